@@ -1,0 +1,51 @@
+# ec2spot.pool: `make demo` runs the main job against a local AWS emulator, `make test` runs every test.
+# Everything is installed into .venv from this repository's own requirements files.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+COLLECTION_LINK := build/collections/ansible_collections/ec2spot/pool
+REQUIREMENTS := requirements.txt requirements-test.txt
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test unit integration sanity lint bench clean
+
+setup: $(VENV)/.installed $(COLLECTION_LINK)
+
+$(VENV)/.installed: $(REQUIREMENTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-test.txt 2>&1 | grep -v 'is ignored: it is neither' || true
+	$(BIN)/python -c 'import ansible_collections.amazon.aws, boto3, moto, pytest' # fail here, not later
+	touch $@
+
+# Ansible finds this checkout as the collection ec2spot.pool through ansible.cfg's collections_path.
+$(COLLECTION_LINK):
+	mkdir -p $(dir $@)
+	ln -sfn ../../../.. $@
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+test: setup
+	$(BIN)/python -m pytest -p no:cacheprovider tests
+	$(MAKE) --no-print-directory sanity lint
+
+unit: setup
+	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest -p no:cacheprovider tests/integration
+
+sanity: setup
+	$(BIN)/python scripts/sanity.py
+
+lint: setup
+	$(BIN)/ansible-lint --profile production --offline
+
+bench: setup
+	$(BIN)/python bench/get_latency.py
+
+clean:
+	rm -rf build tests/output .pytest_cache
