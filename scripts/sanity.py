@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import concurrent.futures
+import importlib.util
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the .venv's bin: `make sanity` runs $(BIN)/python
@@ -111,6 +114,33 @@ def copy_collection() -> None:
     # report an empty collection. An empty repository makes it list the copied files (untracked = content).
     subprocess.run(['git', 'init', '-q', str(COLLECTION_COPY)], check=True)
     log(f'copied {len(files)} files to {COLLECTION_COPY.relative_to(REPO)}')
+
+
+def link_dependencies() -> None:
+    """Make galaxy.yml's dependencies importable next to the copy, from the collections installed in .venv.
+
+    ansible-test's import and validate-modules tests run in virtualenvs that see only the collections under
+    the copy's ansible_collections root; without amazon.aws there, every module_utils that imports it fails.
+    A symlink is enough for a dependency (only the collection under test must be a real directory).
+    """
+    galaxy = yaml.safe_load((REPO / 'galaxy.yml').read_text())
+    for dependency in galaxy.get('dependencies') or {}:
+        namespace, name = dependency.split('.')
+        installed = importlib.util.find_spec(f'ansible_collections.{namespace}.{name}')
+        if installed is None or not installed.submodule_search_locations:
+            raise SystemExit(f'[sanity] dependency {dependency} is not installed in {BIN.parent} (run make setup)')
+        source = Path(list(installed.submodule_search_locations)[0])
+        link = COLLECTIONS_ROOT / 'ansible_collections' / namespace / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and link.resolve() == source.resolve():
+                continue
+            if link.is_symlink():
+                link.unlink()
+            else:
+                shutil.rmtree(link)
+        link.symlink_to(source, target_is_directory=True)
+        log(f'linked dependency {dependency} from {source}')
 
 
 def effective_pip_config() -> dict[str, str]:
@@ -220,11 +250,12 @@ def render_doc(plugin_type: str, name: str) -> list[str]:
         problems.append(f'ansible-doc exited {completed.returncode}')
     problems += [line for line in completed.stderr.splitlines() if '[ERROR]' in line or '[WARNING]' in line]
     rendered = completed.stdout.strip()
-    header = f'{plugin_type.upper()} {fqcn}'
+    # "> MODULE ec2spot.pool.x (path)" for plugins, "> ROLE: *ec2spot.pool.x* (path)" for roles.
+    header = re.compile(rf'^> {plugin_type.upper()}:? \*?{re.escape(fqcn)}\b')
     if not rendered:
         problems.append('empty render')
-    elif header not in rendered:
-        problems.append(f'render does not start with {header!r}: {rendered[:200]!r}')
+    elif not header.match(rendered):
+        problems.append(f'render does not start with the {plugin_type} header: {rendered[:200]!r}')
     elif len(rendered.splitlines()) < 3:
         problems.append(f'render has no description or options: {rendered!r}')
     return [f'{plugin_type} {fqcn}: {p}' for p in problems]
@@ -255,6 +286,7 @@ def main() -> int:
 
     started = time.monotonic()
     copy_collection()
+    link_dependencies()
     ok = True
     if not args.skip_ansible_test:
         ok = run_ansible_test(prepare_home(), args.test) and ok
