@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/python scripts/demo.py
 
 test: setup
-	$(BIN)/python -m pytest -p no:cacheprovider tests
+	$(BIN)/python -m pytest -p no:cacheprovider tests worker/tests
 	$(MAKE) --no-print-directory sanity lint
 
 unit: setup

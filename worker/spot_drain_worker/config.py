@@ -1,0 +1,192 @@
+"""Settings from environment variables, validated once at start-up.
+
+Every problem is reported as a `ConfigError` whose message names the variable, so a typo in the
+systemd EnvironmentFile stops the worker with a line that says what to fix instead of a stack trace
+later (or, worse, a worker that silently runs with the default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message starts with the variable's name."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+DEFAULT_JOB_HANDLER = "spot_drain_worker.handlers:simulate_work"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    database_path: str = "./jobs.db"
+    spot_watcher_enabled: bool = True
+    imds_url: str = "http://169.254.169.254"
+    poll_interval_seconds: float = 5.0
+    grace_period_seconds: float = 110.0
+    job_processing_seconds: float = 5.0
+    # Off by default: a worker reachable from the network must not let anyone stop it.
+    allow_simulate_interruption: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_attempts: int = 5
+    lease_seconds: float = 30.0
+    control_token: str | None = None
+    job_handler: str = DEFAULT_JOB_HANDLER
+    max_payload_bytes: int = 65536
+    retry_backoff_seconds: float = 2.0
+    notice_margin_seconds: float = 10.0
+    imds_token_ttl_seconds: int = 21600
+    server_threads: int = 8
+
+    @property
+    def production(self) -> bool:
+        """Production mode: the test-only control endpoints are off and /drain needs the token."""
+        return not self.allow_simulate_interruption or self.control_token is not None
+
+    @property
+    def graceful_timeout_seconds(self) -> float:
+        """How long the server waits for the worker process on stop: above the grace period so
+        the drain, not the server, decides when a job's lease is released."""
+        return self.grace_period_seconds + 10.0
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be true or false (got {raw!r})")
+
+
+def _number(name: str, raw: str, *, minimum: float, maximum: float | None = None,
+            integer: bool = False, exclusive_minimum: bool = False) -> float:
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind} (got {raw!r})") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name} must be a finite number (got {raw!r})")
+    too_small = value <= minimum if exclusive_minimum else value < minimum
+    if too_small:
+        relation = "greater than" if exclusive_minimum else "at least"
+        raise ConfigError(f"{name} must be {relation} {minimum:g} (got {raw!r})")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g} (got {raw!r})")
+    return value
+
+
+def _database_path(raw: str) -> str:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, or a plain file path."""
+    name = "DATABASE_URL"
+    if "://" in raw:
+        prefix = "sqlite:///"
+        if not raw.startswith(prefix):
+            raise ConfigError(f"{name} must be a sqlite:/// URL or a file path (got {raw!r})")
+        path = raw[len(prefix):]
+    else:
+        path = raw
+    if not path or path == ":memory:" or path.startswith("file:"):
+        # The queue opens one connection per thread and must survive restarts: it needs a file.
+        raise ConfigError(f"{name} must name a database file (got {raw!r})")
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise ConfigError(f"{name} points into a directory that does not exist: {parent}")
+    return str(Path(path).expanduser())
+
+
+def _imds_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"IMDS_URL must be an http:// URL such as http://169.254.169.254 (got {raw!r})")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(f"IMDS_URL has an invalid port (got {raw!r})") from None
+    return raw.rstrip("/")
+
+
+def load_job_handler(spec: str, name: str = "JOB_HANDLER") -> Callable:
+    """Import `module:function` and return the function."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{name} must look like module:function (got {spec!r})")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{name}: cannot import module {module_name!r}: {exc}") from None
+    target = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ConfigError(f"{name}: {module_name!r} has no attribute {attr!r}")
+    if not callable(target):
+        raise ConfigError(f"{name}: {spec!r} is not callable")
+    return target
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Build a `Config` from the environment (unset or empty variables keep their defaults)."""
+    env = os.environ if environ is None else environ
+    defaults = Config()
+    values: dict = {}
+
+    def get(name: str) -> str | None:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            return None
+        return raw.strip()
+
+    if (raw := get("DATABASE_URL")) is not None:
+        values["database_path"] = _database_path(raw)
+    if (raw := get("SPOT_WATCHER_ENABLED")) is not None:
+        values["spot_watcher_enabled"] = _bool("SPOT_WATCHER_ENABLED", raw)
+    if (raw := get("IMDS_URL")) is not None:
+        values["imds_url"] = _imds_url(raw)
+    if (raw := get("ALLOW_SIMULATE_INTERRUPTION")) is not None:
+        values["allow_simulate_interruption"] = _bool("ALLOW_SIMULATE_INTERRUPTION", raw)
+    if (raw := get("HOST")) is not None:
+        if any(c.isspace() for c in raw) or "/" in raw:
+            raise ConfigError(f"HOST must be an address to listen on such as 127.0.0.1 (got {raw!r})")
+        values["host"] = raw
+
+    numbers = {
+        # variable: (field, minimum, maximum, integer, exclusive minimum)
+        "POLL_INTERVAL_SECONDS": ("poll_interval_seconds", 0, 3600, False, True),
+        "GRACE_PERIOD_SECONDS": ("grace_period_seconds", 0, 3600, False, True),
+        "JOB_PROCESSING_SECONDS": ("job_processing_seconds", 0, 86400, False, False),
+        "PORT": ("port", 1, 65535, True, False),
+        "MAX_ATTEMPTS": ("max_attempts", 1, 1000, True, False),
+        # The heartbeat runs three times per lease; below a second it would be all heartbeat.
+        "LEASE_SECONDS": ("lease_seconds", 0.5, 86400, False, False),
+        "MAX_PAYLOAD_BYTES": ("max_payload_bytes", 2, 64 * 1024 * 1024, True, False),
+        "RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", 0, 86400, False, False),
+        "NOTICE_MARGIN_SECONDS": ("notice_margin_seconds", 0, 3600, False, False),
+        # IMDS accepts token lifetimes from 1 second to 6 hours.
+        "IMDS_TOKEN_TTL_SECONDS": ("imds_token_ttl_seconds", 1, 21600, True, False),
+        "SERVER_THREADS": ("server_threads", 1, 256, True, False),
+    }
+    for variable, (field, minimum, maximum, integer, exclusive) in numbers.items():
+        if (raw := get(variable)) is not None:
+            values[field] = _number(variable, raw, minimum=minimum, maximum=maximum,
+                                    integer=integer, exclusive_minimum=exclusive)
+
+    if (raw := get("CONTROL_TOKEN")) is not None:
+        if len(raw) < 16:
+            raise ConfigError("CONTROL_TOKEN must be at least 16 characters long")
+        values["control_token"] = raw
+    if (raw := get("JOB_HANDLER")) is not None:
+        values["job_handler"] = raw
+    load_job_handler(values.get("job_handler", defaults.job_handler))
+
+    return dataclasses.replace(defaults, **values)

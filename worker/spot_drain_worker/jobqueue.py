@@ -1,0 +1,290 @@
+"""The persistent job queue: one SQLite table in WAL mode, leases instead of locks.
+
+Every state change is one SQL statement below, and every statement that ends an attempt is fenced on
+the lease token handed out by `claim`: a worker that lost its lease (it was reclaimed after expiry, or
+released at the drain deadline) can no longer mark the job done or failed. That is what keeps an
+interrupted job from being recorded as done and a job from being done twice.
+
+Each thread gets its own connection (sqlite3 connections must not be shared between threads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+STATUSES = ("queued", "processing", "done", "failed", "dead")
+BACKOFF_CAP_SECONDS = 300.0
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id               TEXT PRIMARY KEY,
+    payload          TEXT NOT NULL,
+    idempotency_key  TEXT UNIQUE,
+    status           TEXT NOT NULL CHECK (status IN ('queued', 'processing', 'done', 'failed', 'dead')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    result           TEXT,
+    run_after        REAL NOT NULL,
+    lease_owner      TEXT,
+    lease_token      TEXT,
+    lease_expires_at REAL,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    started_at       REAL,
+    finished_at      REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (status, run_after);
+CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (status, lease_expires_at);
+"""
+
+_SQL = {
+    "enqueue": """
+        INSERT INTO jobs (id, payload, idempotency_key, status, run_after, created_at, updated_at)
+        VALUES (:id, :payload, :key, 'queued', :now, :now, :now)
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING *""",
+    "by_key": "SELECT * FROM jobs WHERE idempotency_key = :key",
+    "get": "SELECT * FROM jobs WHERE id = :id",
+    # The sub-select and the update run under the write lock taken by BEGIN IMMEDIATE, so two
+    # workers can never claim the same row.
+    "claim": """
+        UPDATE jobs
+           SET status = 'processing', attempts = attempts + 1, lease_owner = :owner,
+               lease_token = :token, lease_expires_at = :now + :lease, started_at = :now,
+               updated_at = :now
+         WHERE rowid = (SELECT rowid FROM jobs
+                         WHERE status IN ('queued', 'failed') AND run_after <= :now
+                         ORDER BY run_after, rowid LIMIT 1)
+        RETURNING *""",
+    "extend": """
+        UPDATE jobs SET lease_expires_at = :now + :lease, updated_at = :now
+         WHERE id = :id AND lease_token = :token AND status = 'processing'""",
+    "complete": """
+        UPDATE jobs
+           SET status = 'done', result = :result, last_error = NULL, lease_owner = NULL,
+               lease_token = NULL, lease_expires_at = NULL, finished_at = :now, updated_at = :now
+         WHERE id = :id AND lease_token = :token AND status = 'processing'""",
+    "fail": """
+        UPDATE jobs
+           SET status = CASE WHEN attempts >= :max_attempts THEN 'dead' ELSE 'failed' END,
+               last_error = :error, run_after = :now + :delay, lease_owner = NULL,
+               lease_token = NULL, lease_expires_at = NULL, updated_at = :now,
+               finished_at = CASE WHEN attempts >= :max_attempts THEN :now ELSE NULL END
+         WHERE id = :id AND lease_token = :token AND status = 'processing'
+        RETURNING status""",
+    # The worker stopped the attempt (drain deadline), not the job: the attempt is given back.
+    "release": """
+        UPDATE jobs
+           SET status = 'queued', attempts = MAX(attempts - 1, 0), last_error = :reason,
+               run_after = :now, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
+               updated_at = :now
+         WHERE id = :id AND lease_token = :token AND status = 'processing'""",
+    # A lease that ran out means the worker died or hung: the attempt counts, so a job that keeps
+    # killing its worker ends dead instead of looping forever.
+    "reclaim": """
+        UPDATE jobs
+           SET status = CASE WHEN attempts >= :max_attempts THEN 'dead' ELSE 'queued' END,
+               last_error = 'lease expired during attempt ' || attempts || ' (worker '
+                            || COALESCE(lease_owner, '?') || ' stopped or hung)',
+               run_after = :now + MIN(:backoff * (1 << MAX(attempts - 1, 0)), :cap),
+               finished_at = CASE WHEN attempts >= :max_attempts THEN :now ELSE NULL END,
+               lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = :now
+         WHERE status = 'processing' AND lease_expires_at < :now
+        RETURNING id, status""",
+    "requeue": """
+        UPDATE jobs
+           SET status = 'queued', attempts = 0, run_after = :now, finished_at = NULL,
+               updated_at = :now
+         WHERE id = :id AND status IN ('dead', 'failed')
+        RETURNING *""",
+    "counts": "SELECT status, COUNT(*) FROM jobs GROUP BY status",
+}
+
+
+def _first(cursor: sqlite3.Cursor) -> sqlite3.Row | None:
+    """The first row, after running the statement to its end: an UPDATE ... RETURNING that is left
+    half-read keeps its write transaction (and the database lock) open."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    id: str
+    payload: Any
+    status: str
+    attempts: int
+    last_error: str | None
+    result: Any
+    idempotency_key: str | None
+    lease_token: str | None
+    lease_expires_at: float | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    run_after: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        return cls(
+            id=row["id"], payload=json.loads(row["payload"]), status=row["status"],
+            attempts=row["attempts"], last_error=row["last_error"],
+            result=None if row["result"] is None else json.loads(row["result"]),
+            idempotency_key=row["idempotency_key"], lease_token=row["lease_token"],
+            lease_expires_at=row["lease_expires_at"], created_at=row["created_at"],
+            updated_at=row["updated_at"], started_at=row["started_at"],
+            finished_at=row["finished_at"], run_after=row["run_after"],
+        )
+
+    def public(self) -> dict:
+        """What GET /jobs/<id> shows (the lease token stays private to the worker)."""
+        return {
+            "id": self.id, "status": self.status, "attempts": self.attempts,
+            "last_error": self.last_error, "result": self.result, "payload": self.payload,
+            "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
+            "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
+            "next_attempt_at": _iso(self.run_after) if self.status in ("queued", "failed") else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ReclaimResult:
+    requeued: list
+    dead: list
+
+
+class JobQueue:
+    """enqueue / claim / extend / complete / fail / release / reclaim / requeue over one SQLite file."""
+
+    def __init__(self, path: str, *, max_attempts: int, retry_backoff_seconds: float,
+                 clock: Callable[[], float] = time.time):
+        self.path = path
+        self.max_attempts = max_attempts
+        self.retry_backoff_seconds = retry_backoff_seconds
+        self.clock = clock
+        self._local = threading.local()
+        # Set on enqueue/requeue/release so the runner in this process wakes at once instead of
+        # waiting for its next poll.
+        self.work_available = threading.Event()
+        conn = self._conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE) where they matter.
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # FULL: a job is accepted only once its row is on disk, even if the instance loses power.
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def backoff(self, attempts: int) -> float:
+        return min(self.retry_backoff_seconds * (2 ** max(attempts - 1, 0)), BACKOFF_CAP_SECONDS)
+
+    def enqueue(self, payload: Any, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Store a job; returns (job, created). A known idempotency key returns the stored job."""
+        params = {"id": uuid.uuid4().hex, "payload": json.dumps(payload, separators=(",", ":")),
+                  "key": idempotency_key, "now": self.clock()}
+        conn = self._conn()
+        row = _first(conn.execute(_SQL["enqueue"], params))
+        if row is not None:
+            self.work_available.set()
+            return Job.from_row(row), True
+        # The key exists (keys are never deleted), so this finds it.
+        return Job.from_row(_first(conn.execute(_SQL["by_key"], params))), False
+
+    def get(self, job_id: str) -> Job | None:
+        row = _first(self._conn().execute(_SQL["get"], {"id": job_id}))
+        return None if row is None else Job.from_row(row)
+
+    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        """Take the oldest runnable job and lease it to `owner`; None when nothing is runnable."""
+        conn = self._conn()
+        params = {"owner": owner, "token": uuid.uuid4().hex, "lease": lease_seconds, "now": self.clock()}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = _first(conn.execute(_SQL["claim"], params))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return None if row is None else Job.from_row(row)
+
+    def _fenced(self, statement: str, **params) -> bool:
+        return self._conn().execute(_SQL[statement], dict(params, now=self.clock())).rowcount == 1
+
+    def extend(self, job: Job, lease_seconds: float) -> bool:
+        """Heartbeat: push the lease forward; False means the lease was lost."""
+        return self._fenced("extend", id=job.id, token=job.lease_token, lease=lease_seconds)
+
+    def complete(self, job: Job, result: Any = None) -> bool:
+        """Mark done; False (and no change) when this worker no longer holds the lease."""
+        return self._fenced("complete", id=job.id, token=job.lease_token,
+                            result=json.dumps(result, default=str))
+
+    def fail(self, job: Job, error: str) -> str | None:
+        """Record a failed attempt: 'failed' (retried after backoff) or 'dead'; None if fenced off."""
+        row = _first(self._conn().execute(_SQL["fail"], {
+            "id": job.id, "token": job.lease_token, "error": error[:2000],
+            "delay": self.backoff(job.attempts), "max_attempts": self.max_attempts,
+            "now": self.clock()}))
+        if row is not None and row["status"] == "failed":
+            self.work_available.set()
+        return None if row is None else row["status"]
+
+    def release(self, job: Job, reason: str) -> bool:
+        """Give the job back without counting the attempt (the worker is going away)."""
+        released = self._fenced("release", id=job.id, token=job.lease_token, reason=reason)
+        if released:
+            self.work_available.set()
+        return released
+
+    def reclaim(self) -> ReclaimResult:
+        """Return every job whose lease ran out to the queue (or to dead after MAX_ATTEMPTS)."""
+        rows = self._conn().execute(_SQL["reclaim"], {
+            "max_attempts": self.max_attempts, "backoff": self.retry_backoff_seconds,
+            "cap": BACKOFF_CAP_SECONDS, "now": self.clock()}).fetchall()
+        requeued = [r["id"] for r in rows if r["status"] == "queued"]
+        if requeued:
+            self.work_available.set()
+        return ReclaimResult(requeued=requeued, dead=[r["id"] for r in rows if r["status"] == "dead"])
+
+    def requeue(self, job_id: str) -> Job | None:
+        """Put a dead (or failed) job back with a fresh attempt count; None if not dead/failed."""
+        row = _first(self._conn().execute(_SQL["requeue"], {"id": job_id, "now": self.clock()}))
+        if row is None:
+            return None
+        self.work_available.set()
+        return Job.from_row(row)
+
+    def counts(self) -> dict:
+        result = dict.fromkeys(STATUSES, 0)
+        result.update(dict(self._conn().execute(_SQL["counts"]).fetchall()))
+        return result
