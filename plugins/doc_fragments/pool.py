@@ -1,0 +1,35 @@
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+    # Options every ec2spot.pool module has: which pool, and where its state file lives.
+    DOCUMENTATION = r"""
+options:
+  pool_name:
+    description:
+      - Name of the pool. Several pools can live side by side; each has its own state file, its own refill
+        job, and its instances carry the tag C(ec2spot:pool=<pool_name>).
+      - 1 to 64 letters, digits, C(.), C(_) or C(-), starting with a letter or digit.
+    type: str
+    default: default
+  state_dir:
+    description:
+      - Directory of the pool state files. Created private to its owner (mode C(0700)).
+      - Defaults to C($XDG_STATE_HOME/ec2spot), or C(~/.local/state/ec2spot) when C(XDG_STATE_HOME) is unset.
+    type: path
+  pool_file:
+    description:
+      - Full path of this pool's state file; overrides O(state_dir).
+      - The file holds no secret. It is written with mode C(0600) by an atomic replace, under a lock on the
+        sidecar file C(<pool_file>.lock).
+    type: path
+notes:
+  - Run these modules on the controller (C(hosts=localhost) or C(delegate_to=localhost)); the pool state
+    lives there.
+"""

@@ -1,0 +1,116 @@
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How the pool reaches EC2: module options, the detached refill's environment, and boto3 clients.
+
+`spot_pool_get` must hand out an instance in about the time Ansible needs to start a module, and importing
+boto3 (which amazon.aws's AnsibleAWSModule does at import time) costs ~0.25 s on a ~1 s module run. So `get`
+declares the same connection options with a plain AnsibleModule and imports amazon.aws's connection helpers
+only when it must call EC2. `connection_argument_spec()` mirrors amazon.aws's `aws_argument_spec()`; a unit test
+compares the two so they cannot drift apart. Every other module uses AnsibleAWSModule directly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible.module_utils.basic import env_fallback
+
+# Option name -> environment variable that boto3 reads, for the detached refill job. Credentials travel only
+# through the child's environment: never on a command line (visible in ps) and never in the state file.
+_ENV_FOR_OPTION = (
+    ("access_key", "AWS_ACCESS_KEY_ID"),
+    ("secret_key", "AWS_SECRET_ACCESS_KEY"),
+    ("session_token", "AWS_SESSION_TOKEN"),
+    ("profile", "AWS_PROFILE"),
+    ("aws_ca_bundle", "AWS_CA_BUNDLE"),
+)
+# Environment variables of the controller that must not leak into the child as a second, conflicting source.
+_CLEARED_FOR_CHILD = ("AWS_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_DEFAULT_PROFILE", "EC2_URL", "AWS_URL")
+
+ENDPOINT_ENV = "EC2SPOT_ENDPOINT_URL"
+VERIFY_ENV = "EC2SPOT_VALIDATE_CERTS"
+
+
+def connection_argument_spec():
+    """The connection options of every amazon.aws module (see module docstring for why it is restated)."""
+    return dict(
+        access_key=dict(aliases=["aws_access_key_id", "aws_access_key"],
+                        fallback=(env_fallback, ["AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY"]), no_log=False),
+        secret_key=dict(aliases=["aws_secret_access_key", "aws_secret_key"],
+                        fallback=(env_fallback, ["AWS_SECRET_ACCESS_KEY", "AWS_SECRET_KEY"]), no_log=True),
+        session_token=dict(aliases=["aws_session_token"], fallback=(env_fallback, ["AWS_SESSION_TOKEN"]), no_log=True),
+        profile=dict(aliases=["aws_profile"], fallback=(env_fallback, ["AWS_PROFILE", "AWS_DEFAULT_PROFILE"])),
+        endpoint_url=dict(aliases=["aws_endpoint_url"], fallback=(env_fallback, ["AWS_URL"])),
+        validate_certs=dict(type="bool", default=True),
+        aws_ca_bundle=dict(type="path", fallback=(env_fallback, ["AWS_CA_BUNDLE"])),
+        aws_config=dict(type="dict"),
+        debug_botocore_endpoint_logs=dict(type="bool", default=False,
+                                          fallback=(env_fallback, ["ANSIBLE_DEBUG_BOTOCORE_LOGS"])),
+        region=dict(aliases=["aws_region"], fallback=(env_fallback, ["AWS_REGION", "AWS_DEFAULT_REGION"])),
+    )
+
+
+def pool_argument_spec():
+    """Options every module of this collection has (documented by the ec2spot.pool.pool doc fragment)."""
+    return dict(
+        pool_name=dict(type="str", default="default"),
+        state_dir=dict(type="path"),
+        pool_file=dict(type="path"),
+    )
+
+
+def child_environment(params, region, base=None):
+    """Environment for the detached refill: the controller's, with the module's connection options applied."""
+    env = dict(os.environ if base is None else base)
+    for name in _CLEARED_FOR_CHILD:
+        env.pop(name, None)
+    if params.get("profile") and not params.get("access_key"):
+        # The module authenticates with a profile: keys in the controller's environment would take precedence
+        # in boto3, so the child would use other credentials than the module did.
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            env.pop(name, None)
+    for option, variable in _ENV_FOR_OPTION:
+        if params.get(option):
+            env[variable] = params[option]
+    if region:
+        env["AWS_DEFAULT_REGION"] = region
+        env["AWS_REGION"] = region
+    if params.get("endpoint_url"):
+        env[ENDPOINT_ENV] = params["endpoint_url"]
+    env[VERIFY_ENV] = "1" if params.get("validate_certs", True) else "0"
+    return env
+
+
+def client_from_environment(service="ec2", environ=None):
+    """A boto3 client for the refill job, configured only from its environment (see child_environment)."""
+    import boto3  # pylint: disable=import-outside-toplevel  (the refill imports it; the hand-out path must not)
+    from botocore.config import Config  # pylint: disable=import-outside-toplevel
+
+    environ = os.environ if environ is None else environ
+    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30,
+                    user_agent_extra="ec2spot.pool-refill")
+    verify = environ.get("AWS_CA_BUNDLE") or environ.get(VERIFY_ENV, "1") != "0"
+    return boto3.session.Session().client(service, endpoint_url=environ.get(ENDPOINT_ENV) or None, verify=verify,
+                                          config=config)
+
+
+def client_from_module(module, service="ec2"):
+    """A boto3 client built the amazon.aws way from a module's options, imported only when needed."""
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.amazon.aws.plugins.module_utils.botocore import boto3_conn
+    from ansible_collections.amazon.aws.plugins.module_utils.botocore import get_aws_connection_info
+
+    region, endpoint_url, connect_kwargs = get_aws_connection_info(module)
+    return boto3_conn(module, conn_type="client", resource=service, region=region, endpoint=endpoint_url,
+                      **connect_kwargs)
+
+
+def module_region(module):
+    """The region the module talks to, without importing boto3 when the option or environment says it."""
+    region = module.params.get("region")
+    if region:
+        return region
+    from ansible_collections.amazon.aws.plugins.module_utils.botocore import get_aws_region  # pylint: disable=import-outside-toplevel
+
+    return get_aws_region(module)

@@ -1,0 +1,149 @@
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One thin function per EC2 call the pool makes. No pool logic here: shaping parameters, retrying throttled
+calls with jittered backoff (a capped number of times, so a throttled account never sees a retry storm from us),
+and turning botocore errors into Ec2Error, which carries the AWS error code the launcher decides on.
+"""
+
+from __future__ import annotations
+
+import functools
+
+try:
+    import botocore.exceptions
+except ImportError:
+    pass  # AnsibleAWSModule reports the missing library; the hand-out path never imports this module.
+
+from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
+
+from .errors import PoolError
+
+POOL_TAG = "ec2spot:pool"
+TYPE_TAG = "ec2spot:type"
+LIVE_STATES = ("pending", "running")
+# Capped: 4 retries with 1 s base delay, at most 15 s apart; botocore's own retries sit below this.
+_retry = AWSRetry.jittered_backoff(retries=4, delay=1, backoff=2.0, max_delay=15)
+
+
+class Ec2Error(PoolError):
+    """An EC2 call failed. `code` is AWS's error code (e.g. InsufficientInstanceCapacity)."""
+
+    def __init__(self, operation, exception):
+        self.exception = exception
+        self.operation = operation
+        if isinstance(exception, botocore.exceptions.ClientError):
+            error = exception.response.get("Error", {})
+            self.code = error.get("Code", "Unknown")
+            text = error.get("Message", str(exception))
+        elif isinstance(exception, botocore.exceptions.NoCredentialsError):
+            self.code = "NoCredentials"
+            text = ("no AWS credentials found: set access_key/secret_key or profile, or the AWS_ACCESS_KEY_ID/"
+                    "AWS_SECRET_ACCESS_KEY or AWS_PROFILE environment variables")
+        elif isinstance(exception, botocore.exceptions.NoRegionError):
+            self.code = "NoRegion"
+            text = "no AWS region set: set the region option or AWS_REGION"
+        else:
+            self.code = type(exception).__name__
+            text = str(exception)
+        super().__init__("%s failed: %s (%s)" % (operation, text, self.code), error_code=self.code)
+
+
+def _ec2_call(operation):
+    """Decorate a thin call: retry throttling, wrap every botocore failure in Ec2Error."""
+
+    def decorate(func):
+        retried = _retry(func)
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            try:
+                return retried(*args, **kwargs)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                raise Ec2Error(operation, exc) from exc
+
+        return wrapper
+
+    return decorate
+
+
+def tag_list(tags):
+    return [{"Key": str(key), "Value": str(value)} for key, value in sorted(tags.items())]
+
+
+def tag_dict(tags):
+    return {tag["Key"]: tag["Value"] for tag in tags or []}
+
+
+@_ec2_call("RunInstances")
+def run_instances(client, **params):
+    return client.run_instances(**params)["Instances"]
+
+
+@_ec2_call("DescribeInstances")
+def describe_instances(client, instance_ids=None, filters=None):
+    """Instances by id and/or filters. Ids go into a filter: an id EC2 no longer knows is then simply absent
+    instead of failing the whole call with InvalidInstanceID.NotFound."""
+    filters = list(filters or [])
+    if instance_ids is not None:
+        if not instance_ids:
+            return []
+        filters.append({"Name": "instance-id", "Values": list(instance_ids)})
+    paginator = client.get_paginator("describe_instances")
+    instances = []
+    for page in paginator.paginate(Filters=filters):
+        for reservation in page["Reservations"]:
+            instances.extend(reservation["Instances"])
+    return instances
+
+
+def describe_pool_instances(client, pool_name, states=("pending", "running", "stopping", "stopped")):
+    return describe_instances(client, filters=[
+        {"Name": "tag:" + POOL_TAG, "Values": [pool_name]},
+        {"Name": "instance-state-name", "Values": list(states)},
+    ])
+
+
+@_ec2_call("TerminateInstances")
+def terminate_instances(client, instance_ids):
+    if not instance_ids:
+        return []
+    return client.terminate_instances(InstanceIds=list(instance_ids))["TerminatingInstances"]
+
+
+@_ec2_call("StopInstances")
+def stop_instances(client, instance_ids):
+    if not instance_ids:
+        return []
+    return client.stop_instances(InstanceIds=list(instance_ids))["StoppingInstances"]
+
+
+@_ec2_call("DescribeAvailabilityZones")
+def describe_availability_zones(client):
+    return client.describe_availability_zones(
+        Filters=[{"Name": "zone-type", "Values": ["availability-zone"]}]
+    )["AvailabilityZones"]
+
+
+@_ec2_call("DescribeSubnets")
+def describe_subnets(client, subnet_ids):
+    return client.describe_subnets(SubnetIds=list(subnet_ids))["Subnets"]
+
+
+@_ec2_call("DescribeInstanceTypes")
+def describe_instance_types(client, instance_types):
+    return client.describe_instance_types(InstanceTypes=list(instance_types))["InstanceTypes"]
+
+
+def instance_summary(instance):
+    """The fields of a DescribeInstances/RunInstances item the pool keeps."""
+    return {
+        "id": instance["InstanceId"],
+        "state": instance.get("State", {}).get("Name"),
+        "public_ip": instance.get("PublicIpAddress"),
+        "private_ip": instance.get("PrivateIpAddress"),
+        "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
+        "instance_type": instance.get("InstanceType"),
+        "lifecycle": instance.get("InstanceLifecycle", "on-demand"),
+        "tags": tag_dict(instance.get("Tags")),
+    }

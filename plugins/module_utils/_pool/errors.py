@@ -1,0 +1,31 @@
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Errors of the pool domain. Modules catch PoolError once in main() and turn it into fail_json."""
+
+from __future__ import annotations
+
+
+class PoolError(Exception):
+    """A failure the user can act on; `details` end up in the module result next to `msg`."""
+
+    def __init__(self, message, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class StateFileError(PoolError):
+    """The pool file is unreadable, corrupt or belongs to something else; it is never overwritten."""
+
+
+class NoReadyInstance(PoolError):
+    """`get` found nothing to hand out."""
+
+
+class InvalidRequest(PoolError):
+    """Bad option values found before anything was changed (unknown zone, bad instance type, ...)."""
+
+
+class LaunchError(PoolError):
+    """EC2 refused every offering (or the error is not one the launcher may work around)."""

@@ -1,0 +1,359 @@
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the five modules do, as plain functions of a PoolStore, an EC2 client and values.
+
+Rules every function keeps: the state lock is held only around file I/O (never around an AWS call or a
+spawn); a failure before the write changes nothing; check mode reads but never writes or launches.
+`get_instance` and its imports stay free of boto3: it receives a factory for the client it rarely needs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from . import jobcontrol
+from .errors import InvalidRequest
+from .errors import NoReadyInstance
+from .errors import PoolError
+from .errors import StateFileError
+from .state import counts
+from .state import isoformat
+from .state import new_state
+from .state import parse_time
+from .state import utcnow
+
+LAUNCH_KEYS = ("image_id", "launch_template", "instance_types", "availability_zones", "subnet_ids",
+               "security_group_ids", "key_name", "iam_instance_profile", "user_data", "tags", "fallback", "region")
+
+
+def launch_spec(params, region):
+    """The part of init's options that every later launch repeats. Credentials are never part of it."""
+    template = params.get("launch_template")
+    if template:
+        template = {key: value for key, value in (("LaunchTemplateId", template.get("id")),
+                                                  ("LaunchTemplateName", template.get("name")),
+                                                  ("Version", template.get("version"))) if value}
+    return {
+        "image_id": params.get("image_id"),
+        "launch_template": template or None,
+        "instance_types": list(params["instance_types"]),
+        "availability_zones": list(params.get("availability_zones") or []),
+        "subnet_ids": list(params.get("subnet_ids") or []),
+        "security_group_ids": list(params.get("security_group_ids") or []),
+        "key_name": params.get("key_name"),
+        "iam_instance_profile": params.get("iam_instance_profile"),
+        "user_data": params.get("user_data"),
+        "tags": dict(params.get("tags") or {}),
+        "fallback": params.get("fallback", True),
+        "region": region,
+    }
+
+
+def _pool_view(state):
+    return {"instances": list(state["instances"]) if state else [], "leases": list(state["leases"]) if state else []}
+
+
+# -- init -------------------------------------------------------------------------------------------------
+def _surplus(state):
+    """Idle instances beyond the target: fallbacks first, then those not ready yet, then the newest."""
+    extra = len(state["instances"]) - state["target_size"]
+    if extra <= 0:
+        return []
+    ranked = sorted(state["instances"], key=lambda e: (e.get("type") != "fallback", bool(e.get("ip")),
+                                                       e.get("launched_at") or ""), reverse=False)
+    return [entry["id"] for entry in ranked[:extra]]
+
+
+def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mode=False, refill_env=None,
+              sleep=time.sleep, clock=time.monotonic):
+    """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address."""
+    # pylint: disable=import-outside-toplevel  (the launcher pulls in boto3; get must not import this path)
+    from . import ec2
+    from .launcher import validate_launch
+    from .refill import reconcile
+
+    if size < 0:
+        raise InvalidRequest("size must be 0 or more, got %d" % size)
+    if not launch.get("instance_types"):
+        raise InvalidRequest("instance_types must name at least one instance type")
+    validate_launch(client, launch)
+    existing = store.read()
+    spec_changed = existing is None or existing["target_size"] != size or existing["launch"] != launch
+    if check_mode:
+        have = len(existing["instances"]) if existing else 0
+        return {"changed": spec_changed or have != size, "launched": [], "terminated": [],
+                "would_launch": max(0, size - have), "pool": _pool_view(existing), "counts": counts(existing)}
+
+    lock = jobcontrol.stop_refill(store)  # the job would race us; we do its work here and restart it if needed
+    try:
+        with store.transaction() as tx:
+            if tx.state is None:
+                tx.state = new_state(store.pool_name, size, launch)
+            else:
+                tx.state["target_size"] = size
+                tx.state["launch"] = launch
+            surplus = _surplus(tx.state)
+        if surplus:
+            ec2.terminate_instances(client, surplus)
+            with store.transaction() as tx:
+                tx.state["instances"] = [e for e in tx.state["instances"] if e["id"] not in surplus]
+        launched, dropped = [], []
+        deadline = clock() + wait_timeout
+        while True:
+            result = reconcile(store, client)
+            launched += result.launched
+            dropped += result.dropped
+            if result.whole or not wait:
+                break
+            if clock() >= deadline:
+                raise PoolError(
+                    "pool '%s' has %d ready of %d after wait_timeout=%ss; %d pending"
+                    % (store.pool_name, result.counts["ready"], size, wait_timeout, result.counts["pending"]),
+                    launched=launched, counts=result.counts,
+                )
+            sleep(1.0)
+    finally:
+        lock.release()
+    state = store.read()
+    pool_counts = counts(state)
+    if refill_env is not None and not (pool_counts["pending"] == 0 and pool_counts["ready"] >= size):
+        jobcontrol.start_refill(store, refill_env)  # without `wait`: addresses are filled in in the background
+    return {"changed": bool(spec_changed or launched or dropped or surplus), "launched": launched,
+            "terminated": surplus, "pool": _pool_view(state), "counts": pool_counts}
+
+
+# -- get --------------------------------------------------------------------------------------------------
+def _needs_verify(state, verify, verify_max_age, now):
+    if not verify:
+        return False
+    verified_at = parse_time((state.get("refill") or {}).get("verified_at"))
+    return verified_at is None or (now - verified_at).total_seconds() > verify_max_age
+
+
+def _dead_among(make_client, entries):
+    """Ids of the given entries whose instance is not running any more (one DescribeInstances)."""
+    from . import ec2  # pylint: disable=import-outside-toplevel  (only a get that must verify pays for boto3)
+
+    ids = [entry["id"] for entry in entries]
+    found = {item["InstanceId"]: item["State"]["Name"] for item in ec2.describe_instances(make_client(), ids)}
+    return {instance_id for instance_id in ids if found.get(instance_id) != "running"}
+
+
+def _no_ready(store, state):
+    pool_counts = counts(state)
+    return NoReadyInstance(
+        "pool '%s' has %d ready of %d; %d pending; %d leased%s" % (
+            store.pool_name, pool_counts["ready"], pool_counts["target"], pool_counts["pending"],
+            pool_counts["leased"],
+            "; refill error: %s" % state["refill"]["last_error"] if state["refill"].get("last_error") else ""),
+        counts=pool_counts,
+    )
+
+
+class _VerifyFirst(Exception):
+    """Raised inside the hand-out transaction when the pool must be checked with EC2 before a lease."""
+
+    def __init__(self, entries):
+        super().__init__()
+        self.entries = entries
+
+
+def _lease_one(store, dead, lease_ttl, check_mode, verify, verify_max_age):
+    """Under the lock: drop the dead, take the first ready entry, record the lease. The whole hand-out core.
+
+    `dead` is None until EC2 was asked: if the pool needs verifying, the transaction ends without a write
+    (_VerifyFirst) so that the DescribeInstances call happens outside the lock."""
+    with store.transaction() as tx:
+        state = tx.state
+        if state is None:
+            raise NoReadyInstance("pool '%s' does not exist (no state file %s); run ec2spot.pool.spot_pool_init"
+                                  % (store.pool_name, store.path))
+        now = utcnow()
+        if dead is None and _needs_verify(state, verify, verify_max_age, now):
+            raise _VerifyFirst([entry for entry in state["instances"] if entry.get("ip")])
+        if dead:
+            state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
+        entry = next((entry for entry in state["instances"] if entry.get("ip")), None)
+        if entry is None:
+            raise _no_ready(store, state)
+        lease = dict(entry, leased_at=isoformat(now))
+        if lease_ttl:
+            lease["expires_at"] = isoformat(now + datetime.timedelta(seconds=lease_ttl))
+        if check_mode:
+            tx.state = None  # check mode: leave the file exactly as it is
+            return lease, counts(state)
+        state["instances"].remove(entry)
+        state["leases"].append(lease)
+        return lease, counts(state)
+
+
+def get_instance(store, make_client, address="public", verify=True, verify_max_age=60, lease_ttl=None,
+                 wait_timeout=0, refill=True, refill_env=None, check_mode=False, sleep=time.sleep,
+                 clock=time.monotonic):
+    """Hand out a ready instance now; never wait for a launch (unless `wait_timeout` allows it)."""
+    deadline = clock() + wait_timeout
+    refill_started = (False, None)
+    dead = None
+    while True:
+        try:
+            lease, pool_counts = _lease_one(store, dead, lease_ttl, check_mode, verify, verify_max_age)
+            break
+        except _VerifyFirst as pending:
+            dead = _dead_among(make_client, pending.entries)
+        except NoReadyInstance:
+            if clock() >= deadline:
+                raise
+            if refill and not check_mode and not refill_started[0]:
+                refill_started = jobcontrol.start_refill(store, refill_env)
+            dead = None
+            sleep(1.0)
+    if refill and not check_mode:
+        refill_started = jobcontrol.start_refill(store, refill_env)
+    ip = lease.get("private_ip") if address == "private" else (lease.get("public_ip") or lease.get("ip"))
+    return {
+        "changed": True,
+        "ip": ip,
+        "public_ip": lease.get("public_ip"),
+        "private_ip": lease.get("private_ip"),
+        "instance_id": lease["id"],
+        "type": lease.get("type"),
+        "availability_zone": lease.get("availability_zone"),
+        "instance_type": lease.get("instance_type"),
+        "leased_at": lease["leased_at"],
+        "expires_at": lease.get("expires_at"),
+        "verified": dead is not None,
+        "dropped": sorted(dead or ()),
+        "counts": pool_counts,
+        "refill": {"started": refill_started[0], "pid": refill_started[1]},
+    }
+
+
+# -- release ----------------------------------------------------------------------------------------------
+def release_instance(store, client, instance_id=None, fallback_action="stop", check_mode=False):
+    """End a lease: terminate a Spot instance; stop (or terminate) a fallback."""
+    from . import ec2  # pylint: disable=import-outside-toplevel
+
+    state = store.read()
+    leases = state["leases"] if state else []
+    if instance_id is None:
+        if not leases:
+            return {"changed": False, "instance_id": None, "action": "none",
+                    "msg": "pool '%s' has no lease to release" % store.pool_name, "counts": counts(state)}
+        lease = max(enumerate(leases), key=lambda item: (item[1].get("leased_at") or "", item[0]))[1]
+    else:
+        lease = next((item for item in leases if item["id"] == instance_id), None)
+        if lease is None:
+            raise InvalidRequest("instance %s is not leased from pool '%s'; its leases are: %s"
+                                 % (instance_id, store.pool_name, ", ".join(item["id"] for item in leases) or "none"))
+    action = "terminate" if lease.get("type") != "fallback" or fallback_action == "terminate" else "stop"
+    result = {"changed": True, "instance_id": lease["id"], "type": lease.get("type"), "action": action}
+    if check_mode:
+        result["counts"] = counts(state)
+        return result
+    try:
+        if action == "terminate":
+            ec2.terminate_instances(client, [lease["id"]])
+        else:
+            ec2.stop_instances(client, [lease["id"]])
+    except ec2.Ec2Error as exc:
+        if exc.code != "InvalidInstanceID.NotFound":  # already gone: the lease still ends
+            raise
+    with store.transaction() as tx:
+        if tx.state is not None:
+            tx.state["leases"] = [item for item in tx.state["leases"] if item["id"] != lease["id"]]
+            result["counts"] = counts(tx.state)
+    return result
+
+
+# -- terminate --------------------------------------------------------------------------------------------
+def _classify(state, tagged):
+    """id -> 'spot' | 'fallback' for every instance of the pool: in the file, leased, or only tagged."""
+    kinds = {}
+    for entry in (state["instances"] + state["leases"]) if state else []:
+        kinds[entry["id"]] = entry.get("type") or "spot"
+    orphans = []
+    for item in tagged:
+        if item["id"] not in kinds:
+            orphans.append(item["id"])
+            kinds[item["id"]] = item["tags"].get("ec2spot:type", "spot")
+    return kinds, orphans
+
+
+def terminate_pool(store, client, fallback_action="stop", include_orphans=True, check_mode=False):
+    """End the pool: stop its refill job, terminate Spot, stop (or terminate) fallbacks, clear the state."""
+    from . import ec2  # pylint: disable=import-outside-toplevel
+
+    warnings = []
+    corrupt = None
+    try:
+        state = store.read()
+    except StateFileError as exc:
+        state, corrupt = None, exc
+        warnings.append("%s The instances were found by their tag instead; the file was left in place." % exc.message)
+
+    def plan(current):
+        tagged = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)] \
+            if include_orphans or current is None else []
+        live = {item["id"]: item["state"] for item in tagged}
+        kinds, orphans = _classify(current, tagged)
+        to_terminate, to_stop = [], []
+        for instance_id, kind in sorted(kinds.items()):
+            if kind == "fallback" and fallback_action == "stop":
+                if live.get(instance_id, "running") in ("pending", "running"):
+                    to_stop.append(instance_id)
+            elif live.get(instance_id, "running") != "terminated":
+                to_terminate.append(instance_id)
+        return to_terminate, to_stop, orphans
+
+    if check_mode:
+        to_terminate, to_stop, orphans = plan(state)
+        return {"changed": bool(to_terminate or to_stop or state), "terminated": to_terminate, "stopped": to_stop,
+                "orphans": orphans, "warnings": warnings}
+    lock = jobcontrol.stop_refill(store) if corrupt is None else None
+    try:
+        state = store.read() if corrupt is None else None  # the job may have added instances before it stopped
+        to_terminate, to_stop, orphans = plan(state)
+        try:
+            ec2.terminate_instances(client, to_terminate)
+            ec2.stop_instances(client, to_stop)
+        except ec2.Ec2Error as exc:
+            if exc.code != "InvalidInstanceID.NotFound":
+                raise
+        if corrupt is None:
+            with store.transaction() as tx:
+                if tx.state is not None:
+                    tx.delete()
+    finally:
+        if lock is not None:
+            lock.release()
+    return {"changed": bool(to_terminate or to_stop or state), "terminated": to_terminate, "stopped": to_stop,
+            "orphans": orphans, "warnings": warnings}
+
+
+# -- info -------------------------------------------------------------------------------------------------
+def pool_info(store, make_client=None, verify=False):
+    """The pool as the file says it (and, with `verify`, what EC2 says about each instance). Changes nothing."""
+    state = store.read()
+    result = {
+        "changed": False,
+        "exists": state is not None,
+        "path": store.path,
+        "target_size": state["target_size"] if state else 0,
+        "launch": state["launch"] if state else {},
+        "pool": (state or {}).get("instances", []),
+        "leases": (state or {}).get("leases", []),
+        "counts": counts(state),
+        "refill": jobcontrol.refill_status(store, state),
+    }
+    if verify and state:
+        from . import ec2  # pylint: disable=import-outside-toplevel
+
+        entries = result["pool"] + result["leases"]
+        found = {item["InstanceId"]: item["State"]["Name"]
+                 for item in ec2.describe_instances(make_client(), [entry["id"] for entry in entries])}
+        for entry in entries:
+            entry["ec2_state"] = found.get(entry["id"], "absent")
+        result["dead"] = [entry["id"] for entry in entries if entry["ec2_state"] not in ("pending", "running")]
+    return result

@@ -1,0 +1,203 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: spot_pool_get
+short_description: Hand out a ready instance of the pool at once
+version_added: 0.1.0
+description:
+  - Takes the first instance of the pool that runs and has an address, records it as leased, and returns its
+    address. It never waits for a launch (unless O(wait_timeout) allows it).
+  - Then starts the pool's refill job, a detached process that launches a replacement and fills in its address
+    while the play goes on. At most one refill job runs per pool.
+  - With O(verify=true), instances that are no longer running are dropped first, with one DescribeInstances call
+    for the whole pool; the call is skipped when the pool was checked with EC2 less than O(verify_max_age)
+    seconds ago (the refill job checks it on each pass).
+  - Fails, changing nothing, when no instance is ready; the message gives the ready, pending and leased counts.
+  - This module declares the amazon.aws connection options itself instead of using AnsibleAWSModule, so that
+    the hand-out path does not import boto3 (a quarter of a second per call); boto3 is imported only when EC2
+    must be asked.
+author:
+  - ec2spot.pool contributors
+options:
+  address:
+    description: Which address to return as RV(ip).
+    type: str
+    choices: [public, private]
+    default: public
+  verify:
+    description: Drop instances that are no longer running before handing one out.
+    type: bool
+    default: true
+  verify_max_age:
+    description:
+      - Skip the EC2 check when the pool was checked less than this many seconds ago. C(0) always checks.
+    type: int
+    default: 60
+  wait_timeout:
+    description:
+      - Seconds to wait for an instance to become ready when none is. C(0) fails at once.
+    type: int
+    default: 0
+  refill:
+    description: Start the refill job after the hand-out.
+    type: bool
+    default: true
+  lease_ttl:
+    description:
+      - Seconds after which the lease counts as expired (recorded as C(expires_at)). Unset means no expiry.
+    type: int
+extends_documentation_fragment:
+  - ec2spot.pool.pool
+  - ec2spot.pool.attributes
+  - ec2spot.pool.attributes.action_group
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports the instance that would be handed out, without leasing it or starting the refill job.
+  diff_mode:
+    support: none
+  idempotent:
+    support: none
+    details:
+      - Every run hands out another instance.
+"""
+
+EXAMPLES = r"""
+- name: Get an instance for this CI job
+  ec2spot.pool.spot_pool_get:
+    pool_name: ci
+    lease_ttl: 3600
+  delegate_to: localhost
+  register: runner
+
+- name: Use it
+  ansible.builtin.debug:
+    msg: "Run the job on {{ runner.ip }} ({{ runner.type }} {{ runner.instance_type }} in {{ runner.availability_zone }})"
+
+- name: Always ask EC2 first, and return the private address
+  ec2spot.pool.spot_pool_get:
+    pool_name: ci
+    address: private
+    verify_max_age: 0
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+ip:
+  description: The address chosen by O(address).
+  returned: success
+  type: str
+  sample: 203.0.113.10
+public_ip:
+  description: The public address, if the instance has one.
+  returned: success
+  type: str
+  sample: 203.0.113.10
+private_ip:
+  description: The private address.
+  returned: success
+  type: str
+  sample: 10.0.0.10
+instance_id:
+  description: The instance handed out; pass it to M(ec2spot.pool.spot_pool_release).
+  returned: success
+  type: str
+  sample: i-0123456789abcdef0
+type:
+  description: C(spot), or C(fallback) for an On-Demand instance launched when Spot failed.
+  returned: success
+  type: str
+  sample: spot
+availability_zone:
+  description: Zone of the instance.
+  returned: success
+  type: str
+  sample: us-east-1a
+instance_type:
+  description: Instance type.
+  returned: success
+  type: str
+  sample: t3.micro
+leased_at:
+  description: When the lease started (UTC).
+  returned: success
+  type: str
+  sample: "2026-11-22T10:00:00Z"
+expires_at:
+  description: When the lease expires (UTC), if O(lease_ttl) was given.
+  returned: success
+  type: str
+  sample: "2026-11-22T11:00:00Z"
+verified:
+  description: Whether EC2 was asked about the pool's instances before this hand-out.
+  returned: success
+  type: bool
+  sample: false
+dropped:
+  description: Instances dropped from the pool because EC2 said they no longer run.
+  returned: success
+  type: list
+  elements: str
+  sample: []
+counts:
+  description: The pool's counts after the hand-out.
+  returned: always
+  type: dict
+  sample: {target: 3, ready: 2, pending: 0, leased: 1, spot: 2, fallback: 0}
+refill:
+  description: Whether this run started the refill job (C(false) when one was already running).
+  returned: success
+  type: dict
+  sample: {started: true, pid: 12345}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import client_from_module
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import connection_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import get_instance
+
+
+def main():
+    argument_spec = dict(
+        connection_argument_spec(),
+        **pool_argument_spec(),
+        address=dict(type="str", choices=["public", "private"], default="public"),
+        verify=dict(type="bool", default=True),
+        verify_max_age=dict(type="int", default=60),
+        wait_timeout=dict(type="int", default=0),
+        refill=dict(type="bool", default=True),
+        lease_ttl=dict(type="int", no_log=False),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    params = module.params
+    try:
+        result = get_instance(
+            pool_store(params), lambda: client_from_module(module), address=params["address"],
+            verify=params["verify"], verify_max_age=params["verify_max_age"], lease_ttl=params["lease_ttl"],
+            wait_timeout=params["wait_timeout"], refill=params["refill"],
+            refill_env=child_environment(params, params["region"]), check_mode=module.check_mode,
+        )
+    except PoolError as error:
+        fail(module, error)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

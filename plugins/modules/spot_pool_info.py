@@ -1,0 +1,119 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: spot_pool_info
+short_description: Show a pool without changing it
+version_added: 0.1.0
+description:
+  - Returns the pool's idle instances, its leases, counts and the state of its refill job, as the state file
+    says. With O(verify=true), also asks EC2 for the state of every instance (one DescribeInstances call).
+author:
+  - ec2spot.pool contributors
+options:
+  verify:
+    description: Ask EC2 for the state of every instance and list those no longer running in RV(dead).
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - ec2spot.pool.pool
+  - ec2spot.pool.attributes
+  - ec2spot.pool.attributes.info_module
+  - ec2spot.pool.attributes.action_group
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+"""
+
+EXAMPLES = r"""
+- name: How is the CI pool doing?
+  ec2spot.pool.spot_pool_info:
+    pool_name: ci
+    verify: true
+  delegate_to: localhost
+  register: pool
+
+- name: Show it
+  ansible.builtin.debug:
+    msg: "{{ pool.counts.ready }} ready, {{ pool.counts.leased }} leased, refill running: {{ pool.refill.running }}"
+"""
+
+RETURN = r"""
+exists:
+  description: Whether the pool has a state file.
+  returned: always
+  type: bool
+  sample: true
+path:
+  description: The pool's state file.
+  returned: always
+  type: str
+  sample: /home/ci/.local/state/ec2spot/default.json
+target_size:
+  description: How many idle instances the pool keeps.
+  returned: always
+  type: int
+  sample: 3
+launch:
+  description: The launch specification given to M(ec2spot.pool.spot_pool_init) (no credentials).
+  returned: always
+  type: dict
+  sample: {image_id: ami-0123456789abcdef0, instance_types: [t3.micro], availability_zones: [us-east-1a]}
+pool:
+  description: Idle instances; with O(verify=true) each has C(ec2_state).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{id: i-0123456789abcdef0, ip: 203.0.113.10, type: spot, instance_type: t3.micro}]
+leases:
+  description: Leased instances.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{id: i-0fedcba9876543210, ip: 203.0.113.11, type: spot, leased_at: "2026-11-22T10:00:00Z"}]
+counts:
+  description: Ready, pending, leased, Spot and fallback counts, and the target.
+  returned: always
+  type: dict
+  sample: {target: 3, ready: 2, pending: 1, leased: 1, spot: 3, fallback: 0}
+refill:
+  description: The refill job, its last run and its last error.
+  returned: always
+  type: dict
+  sample: {running: false, pid: null, started_at: "2026-11-22T10:00:01Z", finished_at: "2026-11-22T10:00:09Z",
+           verified_at: "2026-11-22T10:00:09Z", last_error: null, log: /home/ci/.local/state/ec2spot/default.json.refill.log}
+dead:
+  description: Instances of the pool that EC2 says no longer run.
+  returned: when O(verify=true)
+  type: list
+  elements: str
+  sample: []
+"""
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import pool_info
+
+
+def main():
+    argument_spec = dict(pool_argument_spec(), verify=dict(type="bool", default=False))
+    module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        result = pool_info(pool_store(module.params), lambda: module.client("ec2"), verify=module.params["verify"])
+    except PoolError as error:
+        fail(module, error)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: spot_pool_init
+short_description: Create or resize a warm pool of EC2 Spot instances
+version_added: 0.1.0
+description:
+  - Launches EC2 instances until the pool holds O(size) of them, Spot first across every combination of
+    O(instance_types) and O(availability_zones) (or O(subnet_ids)), and On-Demand instances (C(type=fallback))
+    only for what Spot could not supply when O(fallback=true).
+  - Every instance is tagged at launch with C(ec2spot:pool=<pool_name>) and C(ec2spot:type=spot|fallback), so the
+    pool can always be found from EC2, and with O(tags).
+  - With O(wait=true) the module returns once every instance runs and has an address, or fails after
+    O(wait_timeout) seconds (instances launched so far stay in the pool).
+  - Running it again with the same options changes nothing when the pool is whole; a smaller O(size) terminates
+    idle instances (fallbacks first); a new launch specification applies to instances launched from then on.
+  - A refill job of the pool that is running is stopped first; this module does its work.
+author:
+  - ec2spot.pool contributors
+options:
+  size:
+    description: Number of idle instances the pool keeps ready. C(0) keeps an empty pool.
+    type: int
+    default: 5
+  image_id:
+    description: AMI to launch. One of O(image_id) and O(launch_template) is required.
+    type: str
+  launch_template:
+    description:
+      - Launch template to launch from (holds the AMI, user data and the rest). O(image_id) overrides its AMI.
+    type: dict
+    suboptions:
+      id:
+        description: Launch template ID.
+        type: str
+      name:
+        description: Launch template name.
+        type: str
+      version:
+        description: Version (a number, C($Latest) or C($Default)).
+        type: str
+  instance_types:
+    description: Instance types in order of preference. Spot is tried for each before On-Demand is.
+    type: list
+    elements: str
+    default: [t3.micro]
+  availability_zones:
+    description:
+      - Zones to spread the pool over. Defaults to the region's default placement.
+      - Mutually exclusive with O(subnet_ids).
+    type: list
+    elements: str
+  subnet_ids:
+    description: Subnets to spread the pool over (one zone each). Mutually exclusive with O(availability_zones).
+    type: list
+    elements: str
+  security_group_ids:
+    description: Security groups of the instances.
+    type: list
+    elements: str
+  key_name:
+    description: EC2 key pair name.
+    type: str
+  iam_instance_profile:
+    description: Instance profile name or ARN.
+    type: str
+  user_data:
+    description:
+      - User data for the instances.
+      - It is kept in the pool file (mode C(0600)) because every later launch needs it. Keep secrets out of it;
+        use a launch template or a secret store for those.
+    type: str
+  tags:
+    description: Extra tags for the instances and their volumes.
+    type: dict
+    default: {}
+  fallback:
+    description: Launch On-Demand instances for what Spot cannot supply (capacity or account limits).
+    type: bool
+    default: true
+  wait:
+    description: Wait until every instance runs and has an address.
+    type: bool
+    default: true
+  wait_timeout:
+    description: How long O(wait) waits, in seconds.
+    type: int
+    default: 300
+extends_documentation_fragment:
+  - ec2spot.pool.pool
+  - ec2spot.pool.attributes
+  - ec2spot.pool.attributes.action_group
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Validates the options against EC2 (zones, instance types) and reports what would be launched.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: A pool of three Spot instances across two zones, with On-Demand fallback
+  ec2spot.pool.spot_pool_init:
+    pool_name: ci
+    size: 3
+    image_id: ami-0123456789abcdef0
+    instance_types: [t3.micro, t3a.micro]
+    availability_zones: [us-east-1a, us-east-1b]
+    tags:
+      team: ci
+  delegate_to: localhost
+
+- name: Connection options for every pool module at once
+  hosts: localhost
+  module_defaults:
+    group/ec2spot.pool.spot:
+      region: eu-west-1
+  tasks:
+    - name: Launch from a launch template, without waiting for addresses
+      ec2spot.pool.spot_pool_init:
+        launch_template:
+          name: ci-runner
+          version: $Latest
+        size: 5
+        wait: false
+"""
+
+RETURN = r"""
+launched:
+  description: IDs of the instances launched by this run.
+  returned: always
+  type: list
+  elements: str
+  sample: [i-0123456789abcdef0]
+terminated:
+  description: IDs of idle instances terminated because O(size) got smaller.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+would_launch:
+  description: In check mode, how many instances a real run would launch.
+  returned: check mode
+  type: int
+  sample: 3
+pool:
+  description: The pool after the run.
+  returned: always
+  type: dict
+  contains:
+    instances:
+      description: Idle instances; those with an C(ip) are ready to hand out.
+      type: list
+      elements: dict
+      sample: [{id: i-0123456789abcdef0, ip: 203.0.113.10, private_ip: 10.0.0.10, type: spot,
+                availability_zone: us-east-1a, instance_type: t3.micro, launched_at: "2026-11-22T10:00:00Z"}]
+    leases:
+      description: Instances handed out and not released yet.
+      type: list
+      elements: dict
+      sample: []
+counts:
+  description: How many instances are ready, pending, leased, Spot and fallback, and the target.
+  returned: always
+  type: dict
+  sample: {target: 3, ready: 3, pending: 0, leased: 0, spot: 3, fallback: 0}
+"""
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import init_pool
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import launch_spec
+
+
+def main():
+    argument_spec = dict(
+        pool_argument_spec(),
+        size=dict(type="int", default=5),
+        image_id=dict(type="str"),
+        launch_template=dict(type="dict", options=dict(id=dict(type="str"), name=dict(type="str"),
+                                                       version=dict(type="str"))),
+        instance_types=dict(type="list", elements="str", default=["t3.micro"]),
+        availability_zones=dict(type="list", elements="str"),
+        subnet_ids=dict(type="list", elements="str"),
+        security_group_ids=dict(type="list", elements="str"),
+        key_name=dict(type="str"),
+        iam_instance_profile=dict(type="str"),
+        user_data=dict(type="str"),
+        tags=dict(type="dict", default={}),
+        fallback=dict(type="bool", default=True),
+        wait=dict(type="bool", default=True),
+        wait_timeout=dict(type="int", default=300),
+    )
+    module = AnsibleAWSModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        required_one_of=[("image_id", "launch_template")],
+        mutually_exclusive=[("availability_zones", "subnet_ids")],
+    )
+    params = module.params
+    try:
+        result = init_pool(
+            pool_store(params), module.client("ec2"), params["size"], launch_spec(params, module.region),
+            wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
+            refill_env=child_environment(params, module.region),
+        )
+    except PoolError as error:
+        fail(module, error)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: spot_pool_release
+short_description: End a lease of a pool instance
+version_added: 0.1.0
+description:
+  - Ends the lease of an instance handed out by M(ec2spot.pool.spot_pool_get) and removes it from the pool's
+    leases. A Spot instance is terminated (a fresh one replaces it in the pool); an On-Demand fallback is
+    stopped, or terminated with O(fallback_action=terminate).
+  - Without O(instance_id), releases the pool's most recent lease; with no lease at all it changes nothing, so
+    it is safe in an always-run cleanup step even when the hand-out failed.
+  - An O(instance_id) the pool has not leased is an error, and nothing is changed.
+author:
+  - ec2spot.pool contributors
+options:
+  instance_id:
+    description: The leased instance to release. Defaults to the pool's most recent lease.
+    type: str
+  fallback_action:
+    description: What to do with an On-Demand fallback instance.
+    type: str
+    choices: [stop, terminate]
+    default: stop
+extends_documentation_fragment:
+  - ec2spot.pool.pool
+  - ec2spot.pool.attributes
+  - ec2spot.pool.attributes.action_group
+  - amazon.aws.common.modules
+  - amazon.aws.region.modules
+  - amazon.aws.boto3
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details:
+      - Releasing the same O(instance_id) twice fails the second time (it is no longer leased); without
+        O(instance_id) each run releases the next most recent lease.
+"""
+
+EXAMPLES = r"""
+- name: Release the instance this job got
+  ec2spot.pool.spot_pool_release:
+    pool_name: ci
+    instance_id: "{{ runner.instance_id }}"
+  delegate_to: localhost
+
+- name: Release the most recent lease, terminating it even if it is an On-Demand fallback
+  ec2spot.pool.spot_pool_release:
+    pool_name: ci
+    fallback_action: terminate
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+instance_id:
+  description: The instance released, or null when there was no lease.
+  returned: always
+  type: str
+  sample: i-0123456789abcdef0
+type:
+  description: C(spot) or C(fallback).
+  returned: when a lease was released
+  type: str
+  sample: spot
+action:
+  description: C(terminate), C(stop), or C(none) when there was no lease.
+  returned: always
+  type: str
+  sample: terminate
+counts:
+  description: The pool's counts after the release.
+  returned: always
+  type: dict
+  sample: {target: 3, ready: 3, pending: 0, leased: 0, spot: 3, fallback: 0}
+"""
+
+from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import release_instance
+
+
+def main():
+    argument_spec = dict(
+        pool_argument_spec(),
+        instance_id=dict(type="str"),
+        fallback_action=dict(type="str", choices=["stop", "terminate"], default="stop"),
+    )
+    module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
+    try:
+        result = release_instance(pool_store(module.params), module.client("ec2"), module.params["instance_id"],
+                                  module.params["fallback_action"], check_mode=module.check_mode)
+    except PoolError as error:
+        fail(module, error)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
