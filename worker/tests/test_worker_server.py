@@ -1,0 +1,216 @@
+"""The real server process (gunicorn + gthread worker) on 127.0.0.1 with the fake IMDS."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import time
+
+import pytest
+
+from fake_imds import INSTANCE_ACTION
+from worker_process import run_lines
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def post_job(worker, payload=None, **headers):
+    return worker.request("POST", "/jobs", {} if payload is None else payload, headers)
+
+
+def table(worker) -> list[tuple]:
+    path = worker.env["DATABASE_URL"][len("sqlite:///"):]
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT id, status, attempts FROM jobs ORDER BY rowid").fetchall()
+
+
+def starts_of(run_log, job_id):
+    return [line for line in run_lines(run_log) if line[0] == "start" and line[1] == job_id]
+
+
+def ends_of(run_log, job_id):
+    return [line for line in run_lines(run_log) if line[0] == "end" and line[1] == job_id]
+
+
+def test_admission_runs_job_and_reports_it(start_worker, run_log):
+    worker = start_worker()
+    assert worker.request("GET", "/ready").status == 200
+
+    response = post_job(worker, {"n": 1}, **{"Idempotency-Key": "build-42"})
+    assert response.status == 202
+    job_id = response.json()["id"]
+    assert response.headers["Location"] == f"/jobs/{job_id}"
+
+    replay = post_job(worker, {"n": 1}, **{"Idempotency-Key": "build-42"})
+    assert (replay.status, replay.json()["id"]) == (200, job_id)
+    assert post_job(worker, {"n": 2}, **{"Idempotency-Key": "build-42"}).status == 409
+
+    done = worker.wait_job_status(job_id, "done")
+    assert done["attempts"] == 1 and done["result"] == {"slept": 0.2}
+    assert len(starts_of(run_log, job_id)) == 1
+    assert table(worker) == [(job_id, "done", 1)]
+
+    text = worker.request("GET", "/metrics")
+    assert text.headers["Content-Type"].startswith("text/plain")
+    assert b'spot_drain_jobs{state="done"} 1.0' in text.body
+    assert b"spot_drain_job_duration_seconds_bucket" in text.body
+    as_json = worker.request("GET", "/metrics", headers={"Accept": "application/json"}).json()
+    assert as_json["spot_drain_jobs"]["state=done"] == 1
+    assert as_json["spot_drain_jobs_accepted_total"] == 1
+
+
+def test_interruption_notice_drains_then_exits(start_worker, fake_imds, run_log):
+    worker = start_worker(JOB_PROCESSING_SECONDS=1.5)
+    job_id = post_job(worker).json()["id"]
+    worker.wait_for(lambda: starts_of(run_log, job_id), 5, what="job start")
+    assert fake_imds.count_gets(INSTANCE_ACTION, 404) > 0  # polled, nothing there yet
+    assert worker.request("GET", "/ready").status == 200
+
+    fake_imds.notice("terminate", at=time.time() + 120)
+    worker.wait_for(lambda: worker.request("GET", "/ready").status == 503, 2, what="/ready 503")
+    refused = post_job(worker, {"late": True})
+    assert refused.status == 503 and int(refused.headers["Retry-After"]) > 0
+    assert worker.request("GET", "/health").status == 200
+    assert worker.request("GET", f"/jobs/{job_id}").json()["status"] == "processing"
+
+    assert worker.wait_exit(10) == 0
+    assert table(worker) == [(job_id, "done", 1)]  # the job in flight finished; the late one was never stored
+    assert fake_imds.token_puts and all(ttl > 0 for ttl in fake_imds.token_puts)
+
+
+def test_sigterm_drains_like_a_notice(start_worker, run_log):
+    worker = start_worker(JOB_PROCESSING_SECONDS=1.5, SPOT_WATCHER_ENABLED="false")
+    job_id = post_job(worker).json()["id"]
+    worker.wait_for(lambda: starts_of(run_log, job_id), 5, what="job start")
+
+    worker.signal(signal.SIGTERM)
+    worker.wait_for(lambda: worker.request("GET", "/ready").status == 503, 2, what="/ready 503")
+    assert worker.request("GET", "/health").status == 200
+    assert post_job(worker).status == 503
+
+    assert worker.wait_exit(10) == 0
+    assert table(worker) == [(job_id, "done", 1)]
+    assert len(ends_of(run_log, job_id)) == 1
+
+
+def test_imds_script_404_then_rebalance_then_notice(start_worker, fake_imds, run_log):
+    worker = start_worker(JOB_PROCESSING_SECONDS=0.3)
+    first = post_job(worker).json()["id"]
+    second = post_job(worker).json()["id"]
+
+    fake_imds.recommend_rebalance()
+    worker.wait_for(lambda: worker.request("GET", "/ready").status == 503, 2, what="/ready 503")
+    assert post_job(worker).status == 503
+    # Admission only: the queued work still runs and the worker stays up.
+    worker.wait_job_status(first, "done")
+    worker.wait_job_status(second, "done")
+    time.sleep(0.5)
+    assert worker.running()
+    assert worker.request("GET", "/health").json()["drain"]["state"] == "admission_stopped"
+
+    fake_imds.notice("stop")
+    assert worker.wait_exit(5) == 0
+    assert [row[1] for row in table(worker)] == ["done", "done"]
+
+
+def test_deadline_comes_from_the_notice_time(start_worker, fake_imds, run_log):
+    # Grace 20 s, but the instance goes away 3 s from now (margin 1 s): the job must be given back
+    # after about 2 s, not 20.
+    worker = start_worker(JOB_PROCESSING_SECONDS=30)
+    job_id = post_job(worker).json()["id"]
+    worker.wait_for(lambda: starts_of(run_log, job_id), 5, what="job start")
+
+    noticed = time.monotonic()
+    fake_imds.notice("terminate", at=time.time() + 3)
+    assert worker.wait_exit(8) == 0
+    elapsed = time.monotonic() - noticed
+    assert 1.0 < elapsed < 5.0, elapsed
+
+    # Released, not done and not failed: the interrupted attempt is given back.
+    assert table(worker) == [(job_id, "queued", 0)]
+    assert ends_of(run_log, job_id) == []
+
+    fake_imds.instance_action = None
+    restarted = start_worker(JOB_PROCESSING_SECONDS=0.1)
+    done = restarted.wait_job_status(job_id, "done")
+    assert done["attempts"] == 1
+    assert len(starts_of(run_log, job_id)) == 2 and len(ends_of(run_log, job_id)) == 1
+
+
+@pytest.mark.parametrize("how", ["sigterm", "notice"])
+def test_idle_drain_exits_at_once(start_worker, fake_imds, how):
+    worker = start_worker(GRACE_PERIOD_SECONDS=60)
+    started = time.monotonic()
+    if how == "sigterm":
+        worker.signal(signal.SIGTERM)
+    else:
+        fake_imds.notice()
+    assert worker.wait_exit(5) == 0
+    assert time.monotonic() - started < 2.5  # nowhere near the 60 s grace
+
+
+def test_kill9_while_job_runs_then_restart_runs_it_again_once(start_worker, run_log):
+    worker = start_worker(JOB_PROCESSING_SECONDS=1.0)
+    job_id = post_job(worker).json()["id"]
+    worker.wait_for(lambda: starts_of(run_log, job_id), 5, what="job start")
+    worker.kill9()
+    assert table(worker) == [(job_id, "processing", 1)]
+
+    restarted = start_worker(JOB_PROCESSING_SECONDS=0.2)
+    done = restarted.wait_job_status(job_id, "done", timeout=10)
+    assert done["attempts"] == 2
+    assert [line[2] for line in starts_of(run_log, job_id)] == ["1", "2"]
+    assert len(ends_of(run_log, job_id)) == 1
+    assert table(restarted) == [(job_id, "done", 2)]
+    metrics = restarted.request("GET", "/metrics", headers={"Accept": "application/json"}).json()
+    assert metrics["spot_drain_lease_expiries_total"] == 1
+
+
+def test_random_kills_lose_no_accepted_job(start_worker, run_log):
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    accepted: list[str] = []
+    worker = start_worker(JOB_PROCESSING_SECONDS=0.05, MAX_ATTEMPTS=10)
+    for kill in range(4):
+        for _ in range(8):
+            try:
+                response = post_job(worker, {"kill_round": kill})
+            except OSError:
+                break
+            if response.status == 202:
+                accepted.append(response.json()["id"])
+        time.sleep(rng.uniform(0.0, 0.4))
+        worker.kill9()
+        worker = start_worker(JOB_PROCESSING_SECONDS=0.05, MAX_ATTEMPTS=10)
+    worker.wait_for(lambda: all(status == "done" for _, status, _ in table(worker)), 30,
+                    what=f"every job done (seed {seed})")
+    rows = table(worker)
+    assert sorted(row[0] for row in rows) == sorted(accepted), f"seed {seed}"
+    assert len(accepted) == 32
+    for job_id in accepted:
+        assert ends_of(run_log, job_id), f"job {job_id} never finished (seed {seed})"
+
+
+def test_poison_job_ends_dead_and_can_be_requeued(start_worker, run_log):
+    worker = start_worker(JOB_HANDLER="handlers_for_tests:always_fail")
+    job_id = post_job(worker, {"poison": True}).json()["id"]
+    dead = worker.wait_job_status(job_id, "dead", timeout=10)
+    assert dead["attempts"] == 3 and "poison payload" in dead["last_error"]
+    time.sleep(0.3)
+    assert len(starts_of(run_log, job_id)) == 3  # no fourth attempt
+
+    requeued = worker.request("POST", f"/jobs/{job_id}/requeue")
+    assert requeued.status == 200 and requeued.json()["attempts"] == 0
+    worker.wait_job_status(job_id, "dead", timeout=10)
+    assert worker.request("POST", "/jobs/nope/requeue").status == 404
+
+
+def test_job_that_crashes_its_worker_process_ends_dead(start_worker, run_log):
+    # Each attempt kills the gunicorn worker process; the master starts a new one, which reclaims
+    # the expired lease. The attempt counts, so the job cannot crash-loop forever.
+    worker = start_worker(JOB_HANDLER="handlers_for_tests:crash_worker_process")
+    job_id = post_job(worker).json()["id"]
+    dead = worker.wait_job_status(job_id, "dead", timeout=20)
+    assert dead["attempts"] == 3 and "lease expired" in dead["last_error"]
+    assert len(starts_of(run_log, job_id)) == 3
