@@ -116,7 +116,8 @@ def test_examples_are_tasks_using_the_module(module, json_docs):
 def test_return_values_have_returned_and_sample(module, json_docs):
     returns = json_docs[fqcn(module)]['return']
     assert returns, 'no RETURN'
-    assert undocumented_return_fields(returns) == []
+    missing = undocumented_return_fields(returns)
+    assert not missing, 'RETURN keys lacking fields:\n' + '\n'.join(missing)
 
 
 @pytest.mark.parametrize('module', MODULES)
