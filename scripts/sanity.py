@@ -249,7 +249,8 @@ def render_doc(plugin_type: str, name: str) -> list[str]:
     env.update(ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_ROOT), ANSIBLE_NOCOLOR='1', ANSIBLE_FORCE_COLOR='0')
     completed = subprocess.run(
         [str(BIN / 'ansible-doc'), '-t', plugin_type, fqcn],
-        cwd=COLLECTION_COPY, env=env, capture_output=True, text=True, timeout=120, check=False,
+        # Not in the copy: ansible would read the copied ansible.cfg from the working directory.
+        cwd=COLLECTIONS_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     problems = []
     if completed.returncode != 0:
