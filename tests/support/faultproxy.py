@@ -38,6 +38,7 @@ import http.server
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -259,6 +260,7 @@ class RequestRecord:
     fleet_errors: list[FleetError] = field(default_factory=list)
     instance_ids: list[str] = field(default_factory=list)
     duration: float = 0.0
+    done: bool = False  # the proxy has finished with it (answered, or gave up because it is stopping)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "started": self.started, "action": self.action, "params": self.params,
@@ -267,7 +269,7 @@ class RequestRecord:
                 "offerings": [o.as_dict() for o in self.offerings],
                 "fleet_errors": [dict(e.offering.as_dict(), code=e.code, message=e.message)
                                  for e in self.fleet_errors],
-                "instance_ids": self.instance_ids}
+                "instance_ids": self.instance_ids, "done": self.done}
 
 
 @dataclass
@@ -380,6 +382,12 @@ class _Server(http.server.ThreadingHTTPServer):
             self.open_sockets.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request, client_address):
+        # A client that gave up (read timeout) or a stop that closed its connection is not a proxy failure.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     def close_open_connections(self) -> None:
         with self.sockets_lock:
             sockets = list(self.open_sockets)
@@ -393,6 +401,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # botocore keeps connections alive; so must we
     timeout = 120  # an idle keep-alive connection is dropped after this
+    # Headers and body go out in two writes; with Nagle on, the client's delayed ACK adds ~40 ms to each answer.
+    disable_nagle_algorithm = True
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass
@@ -439,6 +449,7 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a record arrived or finished
         self._ids = itertools.count(1)
         self._seq = itertools.count(1)
         self._rules: list[RequestRule | OfferingRule] = []
@@ -566,6 +577,28 @@ class FaultProxy:
                 if since is None or record.started >= since
                 for offering in record.offerings if probe.matches(offering)]
 
+    def wait_for(self, action: Matcher = None, params: Mapping[str, Matcher] | None = None, *,
+                 outcome: Matcher = None, count: int = 1, done: bool = False,
+                 timeout: float = 30.0) -> list[RequestRecord]:
+        """Block until `count` matching requests have arrived (with `done` or `outcome`: have been answered).
+
+        A test uses it to act at a precise point of another process's work, e.g. SIGKILL a refill job while its
+        CreateFleet is held by a delay rule (the launch still happens, the answer is lost, as on AWS).
+        """
+        deadline = time.monotonic() + timeout
+
+        def ready() -> list[RequestRecord]:
+            return [r for r in self._records if _matches(action, r.action) and _matches(outcome, r.outcome)
+                    and (r.done or not (done or outcome is not None)) and all(_matches(m, r.params.get(k)) for k, m in (params or {}).items())]
+
+        with self._changed:
+            while len(found := ready()) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{len(found)} of {count} {action or 'any'} requests within {timeout}s")
+                self._changed.wait(remaining)
+            return found
+
     def clear_records(self) -> None:
         with self._lock:
             self._records.clear()
@@ -580,6 +613,7 @@ class FaultProxy:
         with self._lock:
             record.seq = next(self._seq)
             self._records.append(record)
+            self._changed.notify_all()
             rule = next((r for r in self._rules if isinstance(r, RequestRule) and r.matches(action, params)
                          and r._take()), None)
         try:
@@ -596,7 +630,10 @@ class FaultProxy:
                 return self._finish(record, self._idempotent(method, path, headers, body, action, params, record))
             return self._finish(record, self._launch_or_forward(method, path, headers, body, action, params, record))
         finally:
-            record.duration = time.monotonic() - clock
+            with self._lock:
+                record.duration = time.monotonic() - clock
+                record.done = True
+                self._changed.notify_all()
 
     def _finish(self, record: RequestRecord, answer: _Answer) -> _Answer:
         record.status = answer.status

@@ -18,7 +18,6 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.support.faultproxy import (  # noqa: F401 - fixtures used by name
-    ERROR_STATUS,
     FaultProxy,
     fault_env,
     fault_proxy,
@@ -47,8 +46,14 @@ def direct(moto_server):
     return ec2_client(moto_server.url)
 
 
+_AMI: list[str] = []
+
+
 def image_id(client) -> str:
-    return client.describe_images()["Images"][0]["ImageId"]
+    """An AMI moto always has; looked up once because DescribeImages lists hundreds and takes ~0.5 s."""
+    if not _AMI:
+        _AMI.append(client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"])
+    return _AMI[0]
 
 
 def subnet_in(client, zone: str) -> str:
@@ -107,13 +112,6 @@ def test_each_error_code_reaches_boto3_with_the_status_aws_uses(fault_proxy, via
     assert error["ResponseMetadata"]["RequestId"]
     assert instances(direct) == []  # the request never reached moto
     assert fault_proxy.records("RunInstances")[0].outcome == "injected"
-
-
-def test_status_table_covers_the_codes_the_pool_handles():
-    assert {code for code, _ in CODES} - {"Throttling"} <= set(ERROR_STATUS) | {
-        "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "SpotMaxPriceTooLow", "InvalidParameterValue",
-        "InsufficientFreeAddressesInSubnet", "UnfulfillableCapacity", "MaxFleetCountExceeded"}
-    assert status_for("SomethingNew") == 400
 
 
 def test_botocore_retries_5xx_capacity_errors_but_not_account_limits(fault_proxy):
@@ -511,3 +509,46 @@ def test_proxy_and_server_stop_cleanly(tmp_path):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
     proxy.stop()  # a second stop is harmless
+
+
+def test_a_launch_whose_caller_is_killed_still_happens_and_its_token_replays(fault_proxy, direct, template_id):
+    """The crash window of issue 5: the caller dies while CreateFleet is on the wire. AWS still launches; the
+    caller's successor, retrying with the ClientToken it wrote down first, must get those instances back."""
+    fault_proxy.slow("CreateFleet", 1.0, times=1)
+    script = (
+        "import boto3, botocore.config\n"
+        "ec2 = boto3.client('ec2', config=botocore.config.Config(retries={'total_max_attempts': 1}))\n"
+        f"ec2.create_fleet(Type='instant', ClientToken='crash-1', LaunchTemplateConfigs=[{{\n"
+        f"    'LaunchTemplateSpecification': {{'LaunchTemplateId': '{template_id}', 'Version': '$Latest'}},\n"
+        "    'Overrides': [{'InstanceType': 't3.micro', 'AvailabilityZone': 'us-east-1a'}]}],\n"
+        "    TargetCapacitySpecification={'TotalTargetCapacity': 2, 'DefaultTargetCapacityType': 'spot'})\n"
+        "print('answered')\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ, **fault_proxy.env()),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        fault_proxy.wait_for("CreateFleet", timeout=30)
+        child.kill()
+    finally:
+        out, _ = child.communicate(timeout=30)
+    assert child.returncode == -9 and b"answered" not in out
+
+    [lost] = fault_proxy.wait_for("CreateFleet", done=True, timeout=30)
+    assert lost.outcome == "fleet" and len(lost.instance_ids) == 2
+    assert sorted(i["InstanceId"] for i in instances(direct)) == sorted(lost.instance_ids)
+
+    successor = ec2_client(fault_proxy.url, NO_RETRIES)
+    again = successor.create_fleet(  # the very request the killed process sent
+        Type="instant", ClientToken="crash-1",
+        LaunchTemplateConfigs=[{"LaunchTemplateSpecification": {"LaunchTemplateId": template_id,
+                                                                "Version": "$Latest"},
+                                "Overrides": [{"InstanceType": "t3.micro", "AvailabilityZone": "us-east-1a"}]}],
+        TargetCapacitySpecification={"TotalTargetCapacity": 2, "DefaultTargetCapacityType": "spot"})
+    assert sorted(again["Instances"][0]["InstanceIds"]) == sorted(lost.instance_ids)
+    assert len(instances(direct)) == 2
+    assert fault_proxy.records("CreateFleet")[-1].outcome == "replayed"
+
+
+def test_wait_for_times_out_with_a_clear_message(fault_proxy):
+    with pytest.raises(TimeoutError, match="0 of 1 CreateFleet"):
+        fault_proxy.wait_for("CreateFleet", timeout=0.2)
