@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import boto3
 import pytest
 
 from tests.support.moto import REGION, MotoServer
+
+# The collection as Ansible sees it: `make setup` links this checkout to build/collections/ansible_collections/
+# ec2spot/pool, so unit tests import the same `ansible_collections.ec2spot.pool` package the modules use.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "collections"))
+
+# fault_proxy / fault_env: the same emulator behind an HTTP proxy that injects genuine EC2 errors.
+pytest_plugins = ["tests.support.faultproxy"]
 
 
 @pytest.fixture(scope="session")

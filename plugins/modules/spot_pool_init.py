@@ -181,6 +181,7 @@ counts:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
@@ -218,7 +219,7 @@ def main():
     params = module.params
     try:
         result = init_pool(
-            pool_store(params), module.client("ec2"), params["size"], launch_spec(params, module.region),
+            pool_store(params), ec2_client(module), params["size"], launch_spec(params, module.region),
             wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
             refill_env=child_environment(params, module.region),
         )

@@ -87,6 +87,7 @@ counts:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
@@ -102,7 +103,7 @@ def main():
     )
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
-        result = release_instance(pool_store(module.params), module.client("ec2"), module.params["instance_id"],
+        result = release_instance(pool_store(module.params), ec2_client(module), module.params["instance_id"],
                                   module.params["fallback_action"], check_mode=module.check_mode)
     except PoolError as error:
         fail(module, error)

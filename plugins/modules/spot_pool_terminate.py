@@ -80,6 +80,7 @@ orphans:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
@@ -95,7 +96,7 @@ def main():
     )
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
-        result = terminate_pool(pool_store(module.params), module.client("ec2"), module.params["fallback_action"],
+        result = terminate_pool(pool_store(module.params), ec2_client(module), module.params["fallback_action"],
                                 module.params["include_orphans"], check_mode=module.check_mode)
     except PoolError as error:
         fail(module, error)

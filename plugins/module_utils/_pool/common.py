@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .connection import BOTOCORE_CONFIG
 from .state import PoolStore
 from .state import pool_file_path
 
@@ -20,3 +21,8 @@ def fail(module, error):
     if exception is not None and hasattr(module, "fail_json_aws"):
         module.fail_json_aws(exception, msg=error.message, **error.details)
     module.fail_json(msg=error.message, **error.details)
+
+
+def ec2_client(module):
+    """The EC2 client of an AnsibleAWSModule, with the collection's single retry layer (see BOTOCORE_CONFIG)."""
+    return module.client("ec2", config=BOTOCORE_CONFIG)

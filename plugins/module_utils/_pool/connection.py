@@ -28,6 +28,11 @@ _ENV_FOR_OPTION = (
 # Environment variables of the controller that must not leak into the child as a second, conflicting source.
 _CLEARED_FOR_CHILD = ("AWS_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_DEFAULT_PROFILE", "EC2_URL", "AWS_URL")
 
+# One retry layer, ours (ec2.py: AWSRetry.jittered_backoff, capped): botocore would otherwise retry every HTTP 500
+# on its own, and EC2 answers InsufficientInstanceCapacity with a 500, so a dry offering would be asked up to five
+# times before the launcher could move on, and throttling would be retried by two layers at once.
+BOTOCORE_CONFIG = {"retries": {"mode": "standard", "total_max_attempts": 1}, "connect_timeout": 5, "read_timeout": 30}
+
 ENDPOINT_ENV = "EC2SPOT_ENDPOINT_URL"
 VERIFY_ENV = "EC2SPOT_VALIDATE_CERTS"
 
@@ -88,8 +93,7 @@ def client_from_environment(service="ec2", environ=None):
     from botocore.config import Config  # pylint: disable=import-outside-toplevel
 
     environ = os.environ if environ is None else environ
-    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30,
-                    user_agent_extra="ec2spot.pool-refill")
+    config = Config(user_agent_extra="ec2spot.pool-refill", **BOTOCORE_CONFIG)
     verify = environ.get("AWS_CA_BUNDLE") or environ.get(VERIFY_ENV, "1") != "0"
     return boto3.session.Session().client(service, endpoint_url=environ.get(ENDPOINT_ENV) or None, verify=verify,
                                           config=config)
@@ -103,7 +107,7 @@ def client_from_module(module, service="ec2"):
 
     region, endpoint_url, connect_kwargs = get_aws_connection_info(module)
     return boto3_conn(module, conn_type="client", resource=service, region=region, endpoint=endpoint_url,
-                      **connect_kwargs)
+                      config=BOTOCORE_CONFIG, **connect_kwargs)
 
 
 def module_region(module):

@@ -131,6 +131,11 @@ class Launcher:
             for instance in instances:
                 result.entries.append(self.entry(instance, market))
             remaining -= len(instances)
+            if 0 < len(instances) < ask:
+                # A partial answer (MinCount=1) means the offering had some capacity: ask it again after the
+                # others rather than giving up on it. Each re-ask launches at least one instance or fails, so
+                # the loop ends.
+                pending.append(offering)
         return remaining
 
     def run_params(self, offering, count):
