@@ -1,0 +1,193 @@
+"""Fixtures for the pool's integration tests: a private state directory per test, a helper that runs the
+playbooks and modules against it, and a teardown that ends the pool and proves no refill job outlived the test.
+
+Every pool a test creates lives in its own state directory under tmp_path, so the refill job of one test can
+never touch the pool of another, and `pgrep -f <state dir>` finds exactly the processes of this test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.support.ansible import Run, run_module, run_playbook
+from tests.support.moto import REGION
+
+AMI = "ami-12c6146b"  # an image moto knows
+POOL_TAG = "ec2spot:pool"
+TYPE_TAG = "ec2spot:type"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text` (the refill job's has its state file path)."""
+    proc = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True)
+    return [int(pid) for pid in proc.stdout.split() if int(pid) != os.getpid()]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last value: {value!r})")
+        time.sleep(interval)
+
+
+class PoolHarness:
+    """One pool in a private state directory, driven through the real playbooks and ad-hoc module calls."""
+
+    def __init__(self, state_dir: Path, ec2, pool_name: str = "default"):
+        self.state_dir = state_dir
+        self.pool_name = pool_name
+        self.ec2 = ec2
+        self.env: dict[str, str] = {"XDG_STATE_HOME": str(state_dir.parent / "xdg")}
+
+    # -- paths and the state file ----------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / f"{self.pool_name}.json"
+
+    @property
+    def refill_log(self) -> Path:
+        return Path(str(self.state_file) + ".refill.log")
+
+    def state(self) -> dict | None:
+        if not self.state_file.exists():
+            return None
+        return json.loads(self.state_file.read_text())
+
+    def state_bytes(self) -> bytes | None:
+        return self.state_file.read_bytes() if self.state_file.exists() else None
+
+    def assert_private_files(self) -> None:
+        """The pool file is 0600 in a 0700 directory (it can hold user data and says where the instances are)."""
+        assert stat.S_IMODE(self.state_dir.stat().st_mode) == 0o700, oct(self.state_dir.stat().st_mode)
+        assert stat.S_IMODE(self.state_file.stat().st_mode) == 0o600, oct(self.state_file.stat().st_mode)
+
+    # -- running Ansible -------------------------------------------------------------------------------------
+    def vars(self, **extra) -> dict:
+        return {"spot_pool_state_dir": str(self.state_dir), "spot_pool_name": self.pool_name, **extra}
+
+    def playbook(self, name: str, check: bool = False, json_output: bool = True, env: dict | None = None,
+                 **extra_vars) -> Run:
+        return run_playbook(name, self.vars(**extra_vars), env={**self.env, **(env or {})}, check=check,
+                            json_output=json_output)
+
+    def init(self, size: int = 3, check: bool = False, **extra_vars) -> Run:
+        return self.playbook("init_pool.yml", check=check, spot_pool_size=size, spot_pool_image_id=AMI,
+                             **extra_vars)
+
+    def module(self, name: str, check: bool = False, env: dict | None = None, **args) -> tuple[int, dict]:
+        return run_module(name, {"state_dir": str(self.state_dir), "pool_name": self.pool_name, **args},
+                          env={**self.env, **(env or {})}, check=check)
+
+    def info(self) -> dict:
+        rc, result = self.module("spot_pool_info")
+        assert rc == 0, result
+        return result
+
+    # -- EC2 -------------------------------------------------------------------------------------------------
+    def tagged_instances(self, states=("pending", "running", "stopping", "stopped", "shutting-down")) -> list[dict]:
+        """Every instance that carries this pool's tag, in the given states (default: all but terminated)."""
+        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[
+            {"Name": f"tag:{POOL_TAG}", "Values": [self.pool_name]},
+            {"Name": "instance-state-name", "Values": list(states)},
+        ])
+        return [inst for page in pages for res in page["Reservations"] for inst in res["Instances"]]
+
+    def instance(self, instance_id: str) -> dict:
+        reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return reservations[0]["Instances"][0]
+
+    # -- processes -------------------------------------------------------------------------------------------
+    def refill_pids(self) -> list[int]:
+        return processes_mentioning(str(self.state_dir))
+
+
+def tags_of(instance: dict) -> dict[str, str]:
+    return {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+
+
+def task_result(run: Run, module: str) -> dict:
+    """The result of the playbook task that ran `ec2spot.pool.<module>`.
+
+    Each playbook runs its module in its first task. (The json callback writes the task's action into the
+    result's `action` key, hiding the `action` that spot_pool_release returns: read that one from `debug_msgs`.)"""
+    results = run.task_results()
+    assert results and results[0].get("action") == f"ec2spot.pool.{module}", \
+        f"no {module} task result (rc={run.rc}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return results[0]
+
+
+def debug_msgs(run: Run) -> list[str]:
+    """What the playbook's debug tasks printed."""
+    return [r["msg"] for r in run.task_results() if r.get("action") == "ansible.builtin.debug" and "msg" in r]
+
+
+def end_pool(harness: PoolHarness) -> list[int]:
+    """Terminate the pool (which stops its refill job first); return the pids of processes still left after it."""
+    if harness.state_file.exists() or harness.tagged_instances(states=("pending", "running")):
+        # Fallbacks are terminated too: a test must leave nothing running in the emulator for the next one.
+        harness.module("spot_pool_terminate", fallback_action="terminate")
+    try:
+        wait_until(lambda: not harness.refill_pids(), timeout=10, what="no refill process")
+    except AssertionError:
+        return harness.refill_pids()
+    return []
+
+
+@pytest.fixture
+def make_pool(tmp_path):
+    """Factory for PoolHarness objects. Every pool made is ended in teardown, even when the test failed, and the
+    test fails if a process of its state directory survives that.
+
+    Each harness keeps the AWS environment it was made with and passes it to every run: by the time this
+    teardown runs, the monkeypatched os.environ of `aws_env` may already be undone, and a run without it
+    must never fall through to real AWS."""
+    made: list[PoolHarness] = []
+
+    def make(ec2, aws: dict[str, str], pool_name: str = "default") -> PoolHarness:
+        harness = PoolHarness(tmp_path / f"state-{len(made)}", ec2, pool_name)
+        harness.env.update(aws)
+        made.append(harness)
+        return harness
+
+    yield make
+    survivors = {}
+    for harness in made:
+        left = end_pool(harness)
+        if left:
+            survivors[str(harness.state_dir)] = left
+            for pid in left:  # ours (their command line names our tmp dir): do not let them leak into other tests
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    assert not survivors, f"processes outlived spot_pool_terminate: {survivors}"
+
+
+@pytest.fixture
+def pool(make_pool, ec2, aws_env) -> PoolHarness:
+    """A pool on the plain moto server."""
+    return make_pool(ec2, aws_env)
+
+
+@pytest.fixture
+def faulty_pool(make_pool, fault_env, fault_proxy) -> PoolHarness:
+    """A pool whose every EC2 call (modules and refill job) goes through the fault proxy; `pool.proxy` sets the
+    faults. The test's own EC2 client talks to moto directly, so its checks never meet an injected fault."""
+    client = boto3.client("ec2", region_name=REGION, endpoint_url=fault_proxy.upstream.url)
+    harness = make_pool(client, fault_env)
+    harness.proxy = fault_proxy
+    return harness

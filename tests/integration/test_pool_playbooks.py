@@ -1,0 +1,68 @@
+"""The pool's life cycle through the real playbooks (`ansible-playbook` processes) against the moto server.
+
+What is checked is what a user would see and what is really there: the playbook output, the instances in EC2
+(their tags, state and lifecycle) and the pool file on disk. The detached refill job runs for real too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.integration.conftest import POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result, wait_until
+
+
+def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
+    # init: three Spot instances, tagged at launch, recorded in a private pool file.
+    run = pool.init(size=3)
+    assert run.rc == 0, run.stdout[-3000:]
+    init = task_result(run, "spot_pool_init")
+    assert init["changed"] is True
+    assert init["counts"] == {"target": 3, "ready": 3, "pending": 0, "leased": 0, "spot": 3, "fallback": 0}
+    assert len(init["launched"]) == 3
+    pool.assert_private_files()
+    state = pool.state()
+    assert state["pool_name"] == "default" and state["target_size"] == 3 and state["leases"] == []
+    assert sorted(entry["id"] for entry in state["instances"]) == sorted(init["launched"])
+    live = {inst["InstanceId"]: inst for inst in pool.tagged_instances()}
+    assert sorted(live) == sorted(init["launched"])
+    for inst in live.values():
+        assert inst["State"]["Name"] == "running"
+        assert inst.get("InstanceLifecycle") == "spot"
+        assert tags_of(inst)[POOL_TAG] == "default" and tags_of(inst)[TYPE_TAG] == "spot"
+    ip_of = {inst["InstanceId"]: inst["PublicIpAddress"] for inst in live.values()}
+    assert all(entry["ip"] == ip_of[entry["id"]] for entry in state["instances"])
+
+    # get: the default (human-readable) output carries the lines a CI step greps for, and the file it writes.
+    output_file = tmp_path / "instance.env"
+    run = pool.playbook("get_instance.yml", json_output=False, spot_pool_output_file=str(output_file))
+    assert run.rc == 0, run.stdout
+    ip = re.search(r"SPOT_POOL_IP=([0-9.]+)", run.stdout).group(1)
+    instance_id = re.search(r"SPOT_POOL_INSTANCE_ID=(i-[0-9a-f]+)", run.stdout).group(1)
+    assert ip_of[instance_id] == ip, "the printed IP is the leased pool instance's address in EC2"
+    lines = dict(line.split("=", 1) for line in output_file.read_text().splitlines())
+    assert lines["SPOT_POOL_IP"] == ip and lines["SPOT_POOL_INSTANCE_ID"] == instance_id
+    assert lines["SPOT_POOL_TYPE"] == "spot"
+    state = pool.state()
+    assert [lease["id"] for lease in state["leases"]] == [instance_id]
+    assert instance_id not in [entry["id"] for entry in state["instances"]]
+
+    # release (no id: the most recent lease): the Spot instance is terminated and the lease is gone.
+    run = pool.playbook("release_instance.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    release = task_result(run, "spot_pool_release")
+    assert release["instance_id"] == instance_id and release["type"] == "spot"
+    assert debug_msgs(run) == [f"{instance_id}: terminate"]
+    assert pool.instance(instance_id)["State"]["Name"] in ("shutting-down", "terminated")
+    assert pool.state()["leases"] == []
+    pool.assert_private_files()
+
+    # terminate: nothing of the pool keeps running, the file is gone, and so is the refill job that get started.
+    run = pool.playbook("terminate_all.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    terminate = task_result(run, "spot_pool_terminate")
+    assert terminate["changed"] is True and terminate["stopped"] == []
+    assert pool.tagged_instances() == [], "every instance with the pool tag is terminated"
+    assert set(terminate["terminated"]) >= set(ip_of) - {instance_id}
+    assert not pool.state_file.exists()
+    assert pool.refill_pids() == []
