@@ -94,12 +94,14 @@ class WorkerServer(BaseApplication):
                 runtime.on_sigterm()
 
         def on_drained(snapshot: DrainSnapshot) -> None:
+            # Stopping only this process would make the master start a new worker: ask the master
+            # to stop first (a master that is already stopping ignores it). Its signal queue then
+            # holds this SIGTERM ahead of the SIGCHLD of our exit.
+            os.kill(worker.ppid, signal.SIGTERM)
             if self._sigterm_received:
                 stop_worker()
                 return
-            # Stopping only this process would make the master start a new worker: ask the master
-            # to stop; its SIGTERM comes back here and ends this process.
-            os.kill(worker.ppid, signal.SIGTERM)
+            # The master's own SIGTERM comes back here and ends this process.
             fallback = threading.Timer(MASTER_ACK_TIMEOUT_SECONDS, stop_worker)
             fallback.daemon = True
             fallback.start()
