@@ -29,6 +29,8 @@ REFILL_MODULE = __name__.rsplit(".", 1)[0] + ".refill"
 
 
 def refill_lock(store):
+    """Held by the running refill job for as long as it runs (and by init/terminate while they work)."""
+    store.ensure_directory()
     return FileLock(store.path + ".refill.lock")
 
 

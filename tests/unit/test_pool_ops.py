@@ -1,0 +1,152 @@
+"""The module operations as plain functions: hand-out, release, terminate, info, init (refill off)."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import NoReadyInstance
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+from tests.support.moto import REGION
+
+LAUNCH = {"image_id": "ami-12c6146b", "instance_types": ["t3.micro"], "availability_zones": ["us-east-1a"],
+          "fallback": True, "region": REGION}
+
+
+@pytest.fixture
+def client(aws_env):
+    return boto3.client("ec2", region_name=REGION, endpoint_url=aws_env["AWS_URL"], config=Config(**BOTOCORE_CONFIG))
+
+
+@pytest.fixture
+def store(tmp_path):
+    return PoolStore(str(tmp_path / "state" / "p.json"), "p")
+
+
+@pytest.fixture
+def pool(store, client):
+    result = ops.init_pool(store, client, 3, dict(LAUNCH), wait=True, wait_timeout=60)
+    assert result["counts"]["ready"] == 3
+    return store
+
+
+def no_client():
+    raise AssertionError("this hand-out must not call EC2")
+
+
+def states(client, ids):
+    return {i["InstanceId"]: i["State"]["Name"] for r in client.describe_instances(InstanceIds=ids)["Reservations"]
+            for i in r["Instances"]}
+
+
+def test_init_is_idempotent_and_check_mode_changes_nothing(store, client):
+    planned = ops.init_pool(store, client, 2, dict(LAUNCH), check_mode=True)
+    assert planned["changed"] and planned["would_launch"] == 2 and not store.exists()
+    first = ops.init_pool(store, client, 2, dict(LAUNCH))
+    assert first["changed"] and len(first["launched"]) == 2
+    again = ops.init_pool(store, client, 2, dict(LAUNCH))
+    assert not again["changed"] and again["launched"] == []
+    smaller = ops.init_pool(store, client, 1, dict(LAUNCH))
+    assert smaller["changed"] and len(smaller["terminated"]) == 1
+    assert states(client, smaller["terminated"]) == {smaller["terminated"][0]: "terminated"}
+    with pytest.raises(InvalidRequest, match="size must be 0 or more"):
+        ops.init_pool(store, client, -1, dict(LAUNCH))
+
+
+def test_get_hands_out_without_calling_ec2_when_recently_verified(pool):
+    before = pool.read()
+    got = ops.get_instance(pool, no_client, refill=False)
+    assert got["instance_id"] == before["instances"][0]["id"] and got["ip"] == before["instances"][0]["ip"]
+    assert got["verified"] is False and got["counts"]["leased"] == 1 and got["counts"]["ready"] == 2
+    assert pool.read()["leases"][0]["id"] == got["instance_id"]
+
+
+def test_get_in_check_mode_writes_nothing(pool):
+    before = open(pool.path, "rb").read()
+    got = ops.get_instance(pool, no_client, refill=False, check_mode=True)
+    assert got["instance_id"] and open(pool.path, "rb").read() == before
+
+
+def test_a_verifying_get_never_hands_out_a_dead_instance(pool, client):
+    first = pool.read()["instances"][0]["id"]
+    client.terminate_instances(InstanceIds=[first])
+    got = ops.get_instance(pool, lambda: client, verify_max_age=0, refill=False)
+    assert got["verified"] and got["dropped"] == [first] and got["instance_id"] != first
+    assert first not in [e["id"] for e in pool.read()["instances"]]
+
+
+def test_no_ready_instance_fails_with_counts_and_changes_nothing(pool):
+    for _ in range(3):
+        ops.get_instance(pool, no_client, refill=False)
+    before = open(pool.path, "rb").read()
+    with pytest.raises(NoReadyInstance, match=r"pool 'p' has 0 ready of 3; 0 pending; 3 leased"):
+        ops.get_instance(pool, no_client, refill=False)
+    assert open(pool.path, "rb").read() == before
+
+
+def test_get_from_a_pool_that_does_not_exist(store):
+    with pytest.raises(NoReadyInstance, match="does not exist"):
+        ops.get_instance(store, no_client, refill=False)
+
+
+def test_lease_ttl_and_private_address(pool):
+    got = ops.get_instance(pool, no_client, refill=False, lease_ttl=600, address="private")
+    assert got["ip"] == got["private_ip"] and got["expires_at"] > got["leased_at"]
+
+
+def test_release_ends_the_lease_by_market(pool, client):
+    with pool.transaction() as tx:  # make the second instance a fallback, as the launcher would have tagged it
+        tx.state["instances"][1]["type"] = "fallback"
+    spot = ops.get_instance(pool, no_client, refill=False)
+    fallback = ops.get_instance(pool, no_client, refill=False)
+    assert (spot["type"], fallback["type"]) == ("spot", "fallback")
+    released = ops.release_instance(pool, client)  # most recent lease first
+    assert (released["instance_id"], released["action"]) == (fallback["instance_id"], "stop")
+    assert ops.release_instance(pool, client, spot["instance_id"])["action"] == "terminate"
+    assert states(client, [spot["instance_id"], fallback["instance_id"]]) == {
+        spot["instance_id"]: "terminated", fallback["instance_id"]: "stopped"}
+    assert pool.read()["leases"] == []
+    nothing = ops.release_instance(pool, client)
+    assert not nothing["changed"] and nothing["action"] == "none"
+    with pytest.raises(InvalidRequest, match="i-0123 is not leased from pool 'p'"):
+        ops.release_instance(pool, client, "i-0123")
+
+
+def test_terminate_ends_everything_including_orphans_and_is_idempotent(pool, client):
+    leased = ops.get_instance(pool, no_client, refill=False)["instance_id"]
+    orphan = client.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"},
+                                              {"Key": "ec2spot:type", "Value": "spot"}]}])["Instances"][0]["InstanceId"]
+    planned = ops.terminate_pool(pool, client, check_mode=True)
+    assert orphan in planned["orphans"] and pool.exists()
+    done = ops.terminate_pool(pool, client)
+    assert leased in done["terminated"] and orphan in done["terminated"] and len(done["terminated"]) == 4
+    assert not pool.exists()
+    assert set(states(client, done["terminated"]).values()) == {"terminated"}
+    again = ops.terminate_pool(pool, client)
+    assert not again["changed"] and again["terminated"] == []
+
+
+def test_terminate_with_a_corrupt_file_finds_instances_by_tag_and_keeps_the_file(pool, client):
+    ids = [e["id"] for e in pool.read()["instances"]]
+    with open(pool.path, "w") as handle:
+        handle.write("{garbage")
+    done = ops.terminate_pool(pool, client)
+    assert sorted(done["terminated"]) == sorted(ids)
+    assert "not valid JSON" in done["warnings"][0]
+    assert open(pool.path).read() == "{garbage"
+
+
+def test_info_reads_and_verifies_without_changing(pool, client):
+    victim = pool.read()["instances"][0]["id"]
+    client.terminate_instances(InstanceIds=[victim])
+    before = open(pool.path, "rb").read()
+    info = ops.pool_info(pool, lambda: client, verify=True)
+    assert info["exists"] and info["counts"]["ready"] == 3 and info["dead"] == [victim]
+    assert info["refill"]["running"] is False
+    assert open(pool.path, "rb").read() == before
+    assert ops.pool_info(PoolStore(pool.path + ".none", "p"))["exists"] is False
