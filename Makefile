@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 COLLECTION_LINK := build/collections/ansible_collections/ec2spot/pool
-REQUIREMENTS := requirements.txt requirements-test.txt
+REQUIREMENTS := requirements.txt requirements-test.txt worker/pyproject.toml
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -16,7 +16,8 @@ setup: $(VENV)/.installed $(COLLECTION_LINK)
 
 $(VENV)/.installed: $(REQUIREMENTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements-test.txt 2>&1 | grep -v 'is ignored: it is neither' || true
+	# pipefail: a failed install must stop here; grep only hides the mirror's noise about absent index folders.
+	set -o pipefail; $(BIN)/pip install -q -r requirements-test.txt 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	$(BIN)/python -c 'import ansible_collections.amazon.aws, boto3, moto, pytest' # fail here, not later
 	touch $@
 
