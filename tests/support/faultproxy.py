@@ -296,7 +296,7 @@ def ec2_error_body(code: str, message: str, request_id: str | None = None) -> by
 
 def _error_answer(code: str, message: str, status: int | None = None) -> _Answer:
     return _Answer(status or status_for(code), ec2_error_body(code, message),
-                   [("Content-Type", "text/xml;charset=UTF-8"), ("Server", "AmazonEC2")])
+                   [("Content-Type", "text/xml;charset=UTF-8")])
 
 
 def _local(tag: str) -> str:
@@ -359,6 +359,97 @@ def _xml(name: str, value: Any) -> str:
     return f"<{tag}>{inner}</{tag}>"
 
 
+@dataclass
+class _FleetOverride:
+    """One override of an instant fleet, for one market, with the offering it asks for."""
+
+    template: dict[str, Any]
+    override: dict[str, Any]
+    offering: Offering
+
+    def as_response(self) -> dict[str, Any]:
+        spec = {k: self.template[k] for k in ("LaunchTemplateId", "LaunchTemplateName", "Version")
+                if k in self.template}
+        out: dict[str, Any] = {"LaunchTemplateSpecification": spec}
+        if self.override:
+            out["Overrides"] = dict(self.override)
+        return out
+
+
+@dataclass
+class _FleetLaunch:
+    override: _FleetOverride
+    instance_ids: list[str]
+
+
+@dataclass
+class _FleetFailure:
+    override: _FleetOverride
+    error: FleetError
+
+
+@dataclass
+class _FleetMarket:
+    """Fills one market's capacity of an instant fleet over its overrides, the way EC2 does."""
+
+    proxy: "FaultProxy"
+    headers: Mapping[str, str]
+    tree: dict[str, Any]
+    launched: list[_FleetLaunch]
+    failed: list[_FleetFailure]
+
+    def _available(self, candidate: _FleetOverride) -> bool:
+        rule = self.proxy._take_offering_rule(candidate.offering)
+        if rule is None:
+            return True
+        self.failed.append(_FleetFailure(candidate, FleetError(candidate.offering, rule.code,
+                                                               rule.message_for(candidate.offering))))
+        return False
+
+    def fill(self, count: int, overrides: list[_FleetOverride], diversified: bool) -> None:
+        if diversified:  # every pool is tried; the capacity is spread over those that have some
+            survivors = [o for o in overrides if self._available(o)]
+            for index, candidate in enumerate(survivors):
+                share = count // len(survivors) + (1 if index < count % len(survivors) else 0)
+                if share:
+                    self._launch(candidate, share)
+            return
+        for candidate in overrides:  # the first pool with capacity takes it all; later pools are not asked
+            if self._available(candidate) and self._launch(candidate, count):
+                return
+
+    def _launch(self, candidate: _FleetOverride, count: int) -> bool:
+        override, offering = candidate.override, candidate.offering
+        run: dict[str, Any] = {"Action": "RunInstances", "MinCount": str(count), "MaxCount": str(count),
+                               "LaunchTemplate": {k: v for k, v in candidate.template.items()
+                                                  if k in ("LaunchTemplateId", "LaunchTemplateName", "Version")}}
+        if candidate.template.get("LaunchTemplateSpecificationUserData"):
+            run["UserData"] = candidate.template["LaunchTemplateSpecificationUserData"]
+        if offering.instance_type:
+            run["InstanceType"] = offering.instance_type
+        if override.get("ImageId"):
+            run["ImageId"] = override["ImageId"]
+        if override.get("SubnetId"):
+            run["SubnetId"] = override["SubnetId"]
+        elif override.get("AvailabilityZone"):
+            run["Placement"] = {"AvailabilityZone": override["AvailabilityZone"]}
+        if offering.market == "spot":
+            run["InstanceMarketOptions"] = {"MarketType": "spot"}
+            if override.get("MaxPrice"):
+                run["InstanceMarketOptions"]["SpotOptions"] = {"MaxPrice": override["MaxPrice"]}
+        tags = [t for t in self.tree.get("TagSpecification", []) if t.get("ResourceType") in ("instance", "volume")]
+        if tags:
+            run["TagSpecification"] = tags
+        try:
+            root = self.proxy._call(self.headers, flatten(run))
+        except UpstreamError as exc:  # e.g. an instance type moto rejects: EC2 reports it for this override
+            self.failed.append(_FleetFailure(candidate, FleetError(offering, exc.code, exc.message)))
+            return False
+        self.launched.append(_FleetLaunch(candidate, [e.text for e in root.iter()
+                                                      if _local(e.tag) == "instanceId" and e.text]))
+        return True
+
+
 class _Server(http.server.ThreadingHTTPServer):
     """Threaded server that can close idle keep-alive connections, so `stop()` leaves no handler thread behind."""
 
@@ -404,6 +495,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the client's delayed ACK adds ~40 ms to each answer.
     disable_nagle_algorithm = True
 
+    def version_string(self) -> str:
+        return "AmazonEC2"  # send_response() writes Server (as EC2 does) and Date; moto's own are dropped
+
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         pass
 
@@ -437,8 +531,9 @@ class FaultProxy:
     availability_zone="us-east-1a")`, `proxy.slow("DescribeInstances", 2.0)`, then `proxy.count("RunInstances")`.
     """
 
-    HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "te",
-                  "trailer", "upgrade"}
+    # Headers of moto's answer that this server writes itself (framing, Server, Date).
+    NOT_FORWARDED = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "te",
+                     "trailer", "upgrade", "server", "date"}
 
     def __init__(self, upstream: MotoServer, host: str = "127.0.0.1", port: int = 0):
         self.upstream = upstream
@@ -457,6 +552,7 @@ class FaultProxy:
         # ClientToken -> (fingerprint of the request, first successful answer); per-token locks serialise retries.
         self._tokens: dict[tuple[str, str], tuple[str, _Answer, RequestRecord]] = {}
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._subnet_zones: dict[str, str] = {}  # subnet ids are unique even across moto resets
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -503,7 +599,10 @@ class FaultProxy:
     def add_rule(self, action: Matcher, code: str | None = None, *, message: str | None = None,
                  status: int | None = None, params: Mapping[str, Matcher] | None = None,
                  times: int | None = None, delay: float = 0.0) -> RequestRule:
-        """Answer matching requests with `code` (AWS's message and status unless given) and/or after `delay` s."""
+        """Answer matching requests with `code` (AWS's message and status unless given) and/or after `delay` s.
+
+        Rules are tried in the order they were added; the first that matches and has firings left applies.
+        """
         if code is None and not delay:
             raise ValueError("a rule needs an error code, a delay, or both")
         rule = RequestRule(action=action, code=code, message=message, status=status, params=dict(params or {}),
@@ -705,12 +804,12 @@ class FaultProxy:
     def _forward(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> _Answer:
         conn = http.client.HTTPConnection(self.upstream.host, self.upstream.port, timeout=120)
         try:
-            send_headers = {k: v for k, v in headers.items() if k.lower() not in self.HOP_BY_HOP}
+            send_headers = {k: v for k, v in headers.items() if k.lower() not in self.NOT_FORWARDED}
             send_headers["Content-Length"] = str(len(body))
             conn.request(method, path, body=body, headers=send_headers)
             response = conn.getresponse()
             data = response.read()
-            kept = [(k, v) for k, v in response.getheaders() if k.lower() not in self.HOP_BY_HOP]
+            kept = [(k, v) for k, v in response.getheaders() if k.lower() not in self.NOT_FORWARDED]
             return _Answer(response.status, data, kept)
         except (OSError, http.client.HTTPException) as exc:
             # The emulator is gone or broke the connection: say so the way a gateway would.
@@ -738,11 +837,16 @@ class FaultProxy:
     def _subnet_zone(self, headers, subnet_id: str | None) -> str | None:
         if not subnet_id:
             return None
+        if subnet_id in self._subnet_zones:
+            return self._subnet_zones[subnet_id]
         try:
             root = self._call(headers, {"Action": "DescribeSubnets", "SubnetId.1": subnet_id})
         except UpstreamError:
             return None
-        return next((e.text for e in root.iter() if _local(e.tag) == "availabilityZone"), None)
+        zone = next((e.text for e in root.iter() if _local(e.tag) == "availabilityZone"), None)
+        if zone:
+            self._subnet_zones[subnet_id] = zone
+        return zone
 
     def _template_instance_type(self, headers, template: Mapping[str, Any]) -> str | None:
         query = {"Action": "DescribeLaunchTemplateVersions",
@@ -797,114 +901,47 @@ class FaultProxy:
             return _Answer(exc.status, exc.body, [("Content-Type", "text/xml;charset=UTF-8")])
         fleet_id = next((e.text for e in root.iter() if _local(e.tag) == "fleetId"), None)
 
-        candidates = []  # (launch template spec, override as sent, offering for each market)
+        resolved = []  # (launch template spec, override as sent, instance type, zone)
         for config in tree.get("LaunchTemplateConfigs", []):
             template = config.get("LaunchTemplateSpecification", {})
             for override in config.get("Overrides") or [{}]:
                 instance_type = override.get("InstanceType") or self._template_instance_type(headers, template)
                 zone = override.get("AvailabilityZone") or self._subnet_zone(headers, override.get("SubnetId"))
-                candidates.append((template, override, instance_type, zone))
+                resolved.append((template, override, instance_type, zone))
 
-        instances: list[dict[str, Any]] = []
-        errors: list[tuple[dict, dict, str, FleetError]] = []
+        launched: list[_FleetLaunch] = []
+        failed: list[_FleetFailure] = []
         for market, count, options in (("spot", spot, tree.get("SpotOptions", {})),
                                        ("on-demand", on_demand, tree.get("OnDemandOptions", {}))):
             if count <= 0:
                 continue
-            offers = [(t, o, Offering(market, it, z, o.get("SubnetId"))) for t, o, it, z in candidates]
-            record.offerings.extend(offering for _, _, offering in offers)
+            overrides = [_FleetOverride(template, override, Offering(market, instance_type, zone,
+                                                                     override.get("SubnetId")))
+                         for template, override, instance_type, zone in resolved]
+            record.offerings.extend(o.offering for o in overrides)
             strategy = options.get("AllocationStrategy", "")
-            if "prioritized" in strategy or any("Priority" in o for _, o, _ in offers):
-                offers.sort(key=lambda item: float(item[1].get("Priority", "inf")))
-            self._fill_market(headers, tree, market, count, offers, strategy == "diversified", instances, errors)
+            if "prioritized" in strategy or any("Priority" in o.override for o in overrides):
+                overrides.sort(key=lambda o: float(o.override.get("Priority", "inf")))
+            _FleetMarket(self, headers, tree, launched, failed).fill(count, overrides, strategy == "diversified")
 
         record.outcome = "fleet"
-        record.fleet_errors = [e for _, _, _, e in errors]
-        record.instance_ids = [i for item in instances for i in item["InstanceIds"]]
+        record.fleet_errors = [f.error for f in failed]
+        record.instance_ids = [i for launch in launched for i in launch.instance_ids]
         xml = ['<?xml version="1.0" encoding="UTF-8"?>\n',
                f'<CreateFleetResponse xmlns="{EC2_XMLNS}"><requestId>{uuid.uuid4()}</requestId>',
                f"<fleetId>{escape(fleet_id or '')}</fleetId><errorSet>"]
-        for template, override, lifecycle, error in errors:
-            xml.append("<item>" + _xml("LaunchTemplateAndOverrides", self._template_and_overrides(
-                template, override)) + _xml("Lifecycle", lifecycle) + _xml("ErrorCode", error.code)
-                + _xml("ErrorMessage", error.message) + "</item>")
+        for failure in failed:
+            xml.append("<item>" + _xml("LaunchTemplateAndOverrides", failure.override.as_response())
+                       + _xml("Lifecycle", failure.override.offering.market) + _xml("ErrorCode", failure.error.code)
+                       + _xml("ErrorMessage", failure.error.message) + "</item>")
         xml.append("</errorSet><fleetInstanceSet>")
-        for item in instances:
-            xml.append("<item>" + _xml("LaunchTemplateAndOverrides", item["LaunchTemplateAndOverrides"])
-                       + _xml("Lifecycle", item["Lifecycle"]) + _xml("InstanceIds", item["InstanceIds"])
-                       + _xml("InstanceType", item["InstanceType"]) + "</item>")
+        for launch in launched:
+            xml.append("<item>" + _xml("LaunchTemplateAndOverrides", launch.override.as_response())
+                       + _xml("Lifecycle", launch.override.offering.market)
+                       + _xml("InstanceIds", launch.instance_ids)
+                       + _xml("InstanceType", launch.override.offering.instance_type or "") + "</item>")
         xml.append("</fleetInstanceSet></CreateFleetResponse>")
-        return _Answer(200, "".join(xml).encode(), [("Content-Type", "text/xml;charset=UTF-8"),
-                                                   ("Server", "AmazonEC2")])
-
-    @staticmethod
-    def _template_and_overrides(template: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-        spec = {k: template[k] for k in ("LaunchTemplateId", "LaunchTemplateName", "Version") if k in template}
-        out: dict[str, Any] = {"LaunchTemplateSpecification": spec}
-        if override:
-            out["Overrides"] = dict(override)
-        return out
-
-    def _fill_market(self, headers, tree, market, count, offers, diversified, instances, errors) -> None:
-        """Launch `count` instances of one market over the offers in order, as an instant fleet would."""
-        if diversified:
-            survivors = []
-            for template, override, offering in offers:
-                rule = self._take_offering_rule(offering)
-                if rule is None:
-                    survivors.append((template, override, offering))
-                else:
-                    errors.append((template, override, market,
-                                   FleetError(offering, rule.code, rule.message_for(offering))))
-            shares = [count // len(survivors) + (1 if i < count % len(survivors) else 0)
-                      for i in range(len(survivors))] if survivors else []
-            for (template, override, offering), share in zip(survivors, shares):
-                if share:
-                    self._launch_override(headers, tree, market, share, template, override, offering,
-                                          instances, errors)
-            return
-        for template, override, offering in offers:
-            rule = self._take_offering_rule(offering)
-            if rule is not None:
-                errors.append((template, override, market,
-                               FleetError(offering, rule.code, rule.message_for(offering))))
-                continue
-            if self._launch_override(headers, tree, market, count, template, override, offering, instances,
-                                     errors):
-                return
-
-    def _launch_override(self, headers, tree, market, count, template, override, offering, instances,
-                         errors) -> bool:
-        run: dict[str, Any] = {"Action": "RunInstances", "MinCount": str(count), "MaxCount": str(count),
-                               "LaunchTemplate": {k: v for k, v in template.items()
-                                                  if k in ("LaunchTemplateId", "LaunchTemplateName", "Version")}}
-        if template.get("LaunchTemplateSpecificationUserData"):
-            run["UserData"] = template["LaunchTemplateSpecificationUserData"]
-        if offering.instance_type:
-            run["InstanceType"] = offering.instance_type
-        if override.get("ImageId"):
-            run["ImageId"] = override["ImageId"]
-        if override.get("SubnetId"):
-            run["SubnetId"] = override["SubnetId"]
-        elif override.get("AvailabilityZone"):
-            run["Placement"] = {"AvailabilityZone": override["AvailabilityZone"]}
-        if market == "spot":
-            run["InstanceMarketOptions"] = {"MarketType": "spot"}
-            if override.get("MaxPrice"):
-                run["InstanceMarketOptions"]["SpotOptions"] = {"MaxPrice": override["MaxPrice"]}
-        tags = [t for t in tree.get("TagSpecification", []) if t.get("ResourceType") in ("instance", "volume")]
-        if tags:
-            run["TagSpecification"] = tags
-        try:
-            root = self._call(headers, flatten(run))
-        except UpstreamError as exc:
-            errors.append((template, override, market, FleetError(offering, exc.code, exc.message)))
-            return False
-        ids = [e.text for e in root.iter() if _local(e.tag) == "instanceId" and e.text]
-        instances.append({"LaunchTemplateAndOverrides": self._template_and_overrides(template, override),
-                          "Lifecycle": market, "InstanceIds": ids,
-                          "InstanceType": offering.instance_type or ""})
-        return True
+        return _Answer(200, "".join(xml).encode(), [("Content-Type", "text/xml;charset=UTF-8")])
 
     # -- control API ---------------------------------------------------------------------------------------------
 

@@ -11,13 +11,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.support.faultproxy import (  # noqa: F401 - fixtures used by name
+# The fixtures are used by name, so they look unused; importing them keeps this file independent of conftest.
+from tests.support.faultproxy import (  # noqa: F401 pylint: disable=unused-import
     FaultProxy,
     fault_env,
     fault_proxy,
@@ -114,6 +116,24 @@ def test_each_error_code_reaches_boto3_with_the_status_aws_uses(fault_proxy, via
     assert fault_proxy.records("RunInstances")[0].outcome == "injected"
 
 
+def test_injected_error_is_ec2_query_xml_on_the_wire(fault_proxy):
+    fault_proxy.fail("RunInstances", "InsufficientInstanceCapacity", message="no capacity in {availability_zone}")
+    request = urllib.request.Request(fault_proxy.url + "/", method="POST",
+                                     data=b"Action=RunInstances&Version=2016-11-15&ImageId=ami-1&MinCount=1&MaxCount=1",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    answer = caught.value
+    root = ET.fromstring(answer.read())
+    assert answer.code == 500
+    assert answer.headers.get_all("Server") == ["AmazonEC2"]
+    assert answer.headers["Content-Type"].startswith("text/xml")
+    assert root.tag == "Response"
+    assert root.findtext("Errors/Error/Code") == "InsufficientInstanceCapacity"
+    assert root.findtext("Errors/Error/Message") == "no capacity in {availability_zone}"  # a request rule has no offering
+    assert len(root.findtext("RequestID")) == 36
+
+
 def test_botocore_retries_5xx_capacity_errors_but_not_account_limits(fault_proxy):
     """What botocore (default legacy retry mode) does with each class: it retries 500/503 answers itself, so
     a launcher that must move on after InsufficientInstanceCapacity has to turn retries down."""
@@ -139,7 +159,7 @@ def test_times_limits_how_often_a_rule_fires(fault_proxy, via_proxy):
     rule = fault_proxy.fail("DescribeInstances", "RequestLimitExceeded", times=2)
 
     outcomes = []
-    for _ in range(4):
+    for _attempt in range(4):
         try:
             via_proxy.describe_instances()
             outcomes.append("ok")
@@ -198,7 +218,7 @@ def test_offering_rule_fails_run_instances_for_that_type_and_zone_only(fault_pro
     assert by_zone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
     assert {i["InstanceId"] for i in instances(direct)} == {other_zone["InstanceId"], on_demand["InstanceId"]}
     failed = fault_proxy.offering_requests(market="spot", instance_type="t3.micro", availability_zone="us-east-1a")
-    assert [r.outcome for r, _ in failed] == ["injected", "injected"]
+    assert [record.outcome for record, _offering in failed] == ["injected", "injected"]
 
 
 def test_instance_type_from_a_launch_template_is_matched(fault_proxy, via_proxy):
@@ -311,8 +331,8 @@ def test_fleet_honours_the_zone_of_an_override(fault_proxy, via_proxy, direct, t
     assert instance["Placement"]["AvailabilityZone"] == "us-east-1c"
 
 
-def test_fleet_with_every_override_failed_launches_nothing_then_on_demand_works(fault_proxy, via_proxy, direct,
-                                                                               template_id):
+def test_fleet_with_every_spot_override_failed_launches_nothing_then_on_demand_works(
+        fault_proxy, via_proxy, direct, template_id):
     fault_proxy.fail_offering("MaxSpotInstanceCountExceeded", market="spot")
     overrides = [{"InstanceType": "t3.micro", "AvailabilityZone": "us-east-1a"},
                  {"InstanceType": "t3.small", "AvailabilityZone": "us-east-1b"}]
@@ -427,7 +447,8 @@ def test_another_process_sets_rules_and_is_proxied(fault_proxy):
         "    print(exc.response['Error']['Code'], exc.response['ResponseMetadata']['HTTPStatusCode'])\n"
     )
     env = dict(os.environ, **fault_proxy.env())
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
     assert done.returncode == 0, done.stderr
     rule_id, outcome = done.stdout.splitlines()
     assert outcome == "InsufficientInstanceCapacity 500"
@@ -465,14 +486,15 @@ def test_fault_env_points_at_the_proxy(fault_env, fault_proxy):
 def test_concurrent_requests_are_all_recorded(fault_proxy, via_proxy):
     fault_proxy.slow("DescribeInstances", 0.3)
     errors = []
+    clients = [ec2_client(fault_proxy.url, NO_RETRIES) for _caller in range(8)]  # built first: that is slow on 2 cores
 
-    def call():
+    def call(client):
         try:
-            ec2_client(fault_proxy.url, NO_RETRIES).describe_instances()
+            client.describe_instances()
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=call) for _ in range(8)]
+    threads = [threading.Thread(target=call, args=(client,)) for client in clients]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -530,7 +552,7 @@ def test_a_launch_whose_caller_is_killed_still_happens_and_its_token_replays(fau
         fault_proxy.wait_for("CreateFleet", timeout=30)
         child.kill()
     finally:
-        out, _ = child.communicate(timeout=30)
+        out, _err = child.communicate(timeout=30)
     assert child.returncode == -9 and b"answered" not in out
 
     [lost] = fault_proxy.wait_for("CreateFleet", done=True, timeout=30)
