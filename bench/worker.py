@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the spot-drain-worker on loopback.
 
 Prints:
@@ -14,6 +13,7 @@ Usage: python bench/worker.py [--jobs 3000] [--clients 8] [--rounds 5]
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -62,7 +62,7 @@ def bench_admission(tmp: Path, imds_url: str, jobs: int, clients: int) -> float:
             conn = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=10)
             body = json.dumps({"task": "bench", "size": 1})
             barrier.wait()
-            for _ in range(per_client):
+            for _request in range(per_client):
                 conn.request("POST", "/jobs", body, {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()
@@ -70,7 +70,7 @@ def bench_admission(tmp: Path, imds_url: str, jobs: int, clients: int) -> float:
                     errors.append(str(response.status))
             conn.close()
 
-        threads = [threading.Thread(target=client) for _ in range(clients)]
+        threads = [threading.Thread(target=client) for _client in range(clients)]
         for t in threads:
             t.start()
         barrier.wait()
@@ -145,9 +145,9 @@ def bench_drain_latency(tmp: Path, imds: FakeImds, rounds: int) -> dict:
                 worker.request("POST", "/jobs", {})
                 time.sleep(0.1)
                 if name == "SIGTERM":
-                    trigger = lambda: os.kill(worker.proc.pid, signal.SIGTERM)  # noqa: E731
+                    trigger = functools.partial(os.kill, worker.proc.pid, signal.SIGTERM)
                 elif name.startswith("POST"):
-                    trigger = lambda: worker.request("POST", "/simulate/interruption", {})  # noqa: E731
+                    trigger = functools.partial(worker.request, "POST", "/simulate/interruption", {})
                 else:
                     trigger = imds.notice
                 results[name].append(time_to_503(worker, trigger))

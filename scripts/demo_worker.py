@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Demo of the graceful-drain worker on loopback: start it, post a job, simulate a Spot interruption,
 watch /ready turn 503 while the job finishes, and see the worker exit by itself.
 

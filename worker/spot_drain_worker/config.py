@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 from pathlib import Path
 from typing import Callable, Mapping
@@ -75,7 +76,7 @@ def _number(name: str, raw: str, *, minimum: float, maximum: float | None = None
     except ValueError:
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{name} must be {kind} (got {raw!r})") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number (got {raw!r})")
     too_small = value <= minimum if exclusive_minimum else value < minimum
     if too_small:

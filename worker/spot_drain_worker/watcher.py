@@ -71,7 +71,7 @@ class ImdsClient:
 
     def get(self, path: str) -> str | None:
         """The body of a 200, None for a 404; anything else raises ImdsError."""
-        for _ in range(2):
+        for _attempt in range(2):  # once more with a new token after a 401
             status, body = self._request("GET", path, {"X-aws-ec2-metadata-token": self.token()})
             if status == 401:
                 self._token = None

@@ -62,4 +62,3 @@ def start_worker(tmp_path, worker_env):
     yield start
     for worker in started:
         worker.stop()
-

@@ -105,7 +105,7 @@ def test_bad_environment_stops_the_worker_naming_the_variable(worker_env, tmp_pa
     env.update(worker_env)
     env.update({variable: value, "PYTHONPATH": str(TESTS_DIR)})
     result = subprocess.run([sys.executable, "-m", "spot_drain_worker"], env=env, capture_output=True,
-                            text=True, timeout=30)
+                            text=True, timeout=30, check=False)
     assert result.returncode == 2, result.stderr
     assert variable in result.stderr and "configuration error" in result.stderr
     assert "Traceback" not in result.stderr
@@ -116,5 +116,5 @@ def test_console_script_and_module_share_the_entry_point():
     for command in (["spot-drain-worker", "--help"], [sys.executable, "-m", "spot_drain_worker", "--help"]):
         if command[0] == "spot-drain-worker":
             command[0] = os.path.join(os.path.dirname(sys.executable), "spot-drain-worker")
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
         assert result.returncode == 0 and "environment variables" in result.stdout

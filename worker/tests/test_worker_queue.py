@@ -33,7 +33,7 @@ def test_wal_mode_and_schema(queue):
 
 
 def test_claim_sets_lease_and_attempt_in_fifo_order(queue, clock):
-    first, _ = queue.enqueue({"n": 1})
+    first = queue.enqueue({"n": 1})[0]
     queue.enqueue({"n": 2})
     job = queue.claim("w1", lease_seconds=30)
     assert (job.id, job.status, job.attempts) == (first.id, "processing", 1)
@@ -114,7 +114,7 @@ def test_failures_retry_with_backoff_then_dead_and_requeue(queue, clock):
 
 def test_expired_leases_count_as_attempts_until_dead(queue, clock):
     job_id = queue.enqueue({})[0].id
-    for _ in range(3):
+    for _attempt in range(3):
         clock.now += 1000
         assert queue.claim("crashy", 5) is not None
         clock.now += 6

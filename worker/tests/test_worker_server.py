@@ -173,7 +173,7 @@ def test_random_kills_lose_no_accepted_job(start_worker, run_log):
     accepted: list[str] = []
     worker = start_worker(JOB_PROCESSING_SECONDS=0.05, MAX_ATTEMPTS=10)
     for kill in range(4):
-        for _ in range(8):
+        for _post in range(8):
             try:
                 response = post_job(worker, {"kill_round": kill})
             except OSError:
@@ -183,7 +183,7 @@ def test_random_kills_lose_no_accepted_job(start_worker, run_log):
         time.sleep(rng.uniform(0.0, 0.4))
         worker.kill9()
         worker = start_worker(JOB_PROCESSING_SECONDS=0.05, MAX_ATTEMPTS=10)
-    worker.wait_for(lambda: all(status == "done" for _, status, _ in table(worker)), 30,
+    worker.wait_for(lambda: all(row[1] == "done" for row in table(worker)), 30,
                     what=f"every job done (seed {seed})")
     rows = table(worker)
     assert sorted(row[0] for row in rows) == sorted(accepted), f"seed {seed}"
