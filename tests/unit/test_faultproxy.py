@@ -18,14 +18,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-# The fixtures are used by name, so they look unused; importing them keeps this file independent of conftest.
-from tests.support.faultproxy import (  # noqa: F401 pylint: disable=unused-import
-    FaultProxy,
-    fault_env,
-    fault_proxy,
-    fault_proxy_server,
-    status_for,
-)
+from tests.support.faultproxy import FaultProxy, status_for
 from tests.support.moto import REGION, MotoServer
 
 NO_RETRIES = Config(retries={"total_max_attempts": 1})
