@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import sqlite3
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -69,13 +70,18 @@ def _drain_view(runtime: WorkerRuntime) -> dict:
             "seconds_until_deadline": remaining, "outcome": snapshot.outcome}
 
 
+def _reject_constant(name: str):
+    # NaN and Infinity are not JSON; stored, they would make every later answer invalid JSON.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _json_object_body():
     """(object, None) or (None, error response). Reading the body enforces MAX_CONTENT_LENGTH."""
     raw = request.get_data(cache=False)
     if not raw.strip():
         return None, _error(400, "request body must be a JSON object")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         return None, _error(400, f"malformed JSON: {exc}")
     if not isinstance(body, dict):
@@ -227,6 +233,11 @@ def _json_http_error(exc: HTTPException):
     return _error(exc.code or 500, message)
 
 
+def _queue_unavailable(exc: sqlite3.Error):
+    current_app.logger.error("queue database error: %s", exc)
+    return _error(503, "job queue temporarily unavailable; retry", **{"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def create_app(config: Config, runtime: WorkerRuntime | None = None) -> Flask:
     """Build the app. A runtime is created if none is given; its threads are not started here."""
     app = Flask(__name__)
@@ -235,4 +246,5 @@ def create_app(config: Config, runtime: WorkerRuntime | None = None) -> Flask:
     app.extensions[EXTENSION] = runtime if runtime is not None else WorkerRuntime(config)
     app.register_blueprint(api)
     app.register_error_handler(HTTPException, _json_http_error)
+    app.register_error_handler(sqlite3.Error, _queue_unavailable)
     return app

@@ -127,6 +127,10 @@ class JobRunner:
                     continue
                 try:
                     self._run(job, self._current_context)
+                except Exception:  # noqa: BLE001 - the runner must outlive one job's bookkeeping
+                    # E.g. the database stayed locked past busy_timeout while recording the outcome:
+                    # nothing was recorded, the lease runs out and the job runs again.
+                    log.exception("recording job %s failed; its lease will expire", job.id)
                 finally:
                     with self._cond:
                         self._current = self._current_context = None

@@ -30,6 +30,7 @@ def test_bad_requests_are_refused_and_store_nothing(start_worker):
         "string": (b'"job"', {}, 400, "JSON object, not str"),
         "empty body": (b"", {}, 400, "must be a JSON object"),
         "not UTF-8": (b'{"a": "\xff"}', {}, 400, "malformed JSON"),
+        "NaN": (b'{"a": NaN}', {}, 400, "NaN is not valid JSON"),
         "oversize": (b'{"a": "' + b"x" * 2000 + b'"}', {}, 413, "MAX_PAYLOAD_BYTES"),
         "empty key": (b"{}", {"Idempotency-Key": ""}, 400, "Idempotency-Key"),
         "long key": (b"{}", {"Idempotency-Key": "k" * 300}, 400, "Idempotency-Key"),
