@@ -24,6 +24,8 @@ from tests.support.moto import REGION
 AMI = "ami-12c6146b"  # an image moto knows
 POOL_TAG = "ec2spot:pool"
 TYPE_TAG = "ec2spot:type"
+# The EC2 calls that launch instances (the launcher may use either); fault rules on launches name both.
+LAUNCH_ACTIONS = ("RunInstances", "CreateFleet")
 
 
 def processes_mentioning(text: str) -> list[int]:

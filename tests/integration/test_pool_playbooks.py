@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.integration.conftest import POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result, wait_until
+from tests.integration.conftest import LAUNCH_ACTIONS, POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result, wait_until
 
 
 def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
@@ -66,3 +66,47 @@ def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
     assert set(terminate["terminated"]) >= set(ip_of) - {instance_id}
     assert not pool.state_file.exists()
     assert pool.refill_pids() == []
+
+
+def test_get_while_refill_runs_and_pool_back_at_target(faulty_pool):
+    pool = faulty_pool
+    assert pool.init(size=3).rc == 0
+    # Hold every launch for 2 s: the refill job that the first get starts is then certainly still launching when
+    # the second get runs, which is the case under test (a get must not wait for, or collide with, a refill).
+    pool.proxy.clear_records()
+    pool.proxy.slow(LAUNCH_ACTIONS, 2.0)
+
+    first = task_result(pool.playbook("get_instance.yml"), "spot_pool_get")
+    assert first["refill"]["started"] is True and first["refill"]["pid"]
+    pool.proxy.wait_for(LAUNCH_ACTIONS, count=1, timeout=30)  # the job is inside its launch now
+    run = pool.playbook("get_instance.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    second = task_result(run, "spot_pool_get")
+    assert second["refill"]["started"] is False, "one refill job per pool: the running one carries on"
+    assert pool.refill_pids() == [first["refill"]["pid"]], "the job the first get started is still at work"
+
+    assert first["instance_id"] != second["instance_id"] and first["ip"] != second["ip"]
+    for lease in (first, second):
+        inst = pool.instance(lease["instance_id"])
+        assert inst["State"]["Name"] == "running" and inst["PublicIpAddress"] == lease["ip"]
+        assert tags_of(inst)[POOL_TAG] == "default"
+
+    # The detached job alone brings the pool back to its target: nothing else runs while we watch the file.
+    wait_until(lambda: sum(1 for e in pool.state()["instances"] if e["ip"]) == 3 and not pool.refill_pids(),
+               timeout=60, what="pool file back at 3 ready and the refill job gone")
+    info = pool.info()
+    assert info["refill"]["running"] is False
+    assert info["counts"] == {"target": 3, "ready": 3, "pending": 0, "leased": 2, "spot": 3, "fallback": 0}
+    assert info["refill"]["last_error"] is None
+    assert {entry["id"] for entry in info["leases"]} == {first["instance_id"], second["instance_id"]}
+    idle = {entry["id"] for entry in info["pool"]}
+    assert len(idle) == 3 and not idle & {first["instance_id"], second["instance_id"]}
+    running = {inst["InstanceId"] for inst in pool.tagged_instances(states=("running",))}
+    assert running == idle | {first["instance_id"], second["instance_id"]}, "3 idle + 2 leased, nothing else"
+
+    records = [json.loads(line) for line in pool.refill_log.read_text().splitlines()]
+    events = [record["event"] for record in records]
+    assert events[0] == "started" and events[-1] == "finished", events
+    assert all(record["pid"] == first["refill"]["pid"] for record in records), "one job did all of it"
+    refilled = [i for record in records if record["event"] == "reconciled" for i in record["launched"]]
+    assert len(refilled) == 2 and set(refilled) <= idle, "the job launched one replacement per lease"

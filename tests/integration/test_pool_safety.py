@@ -1,0 +1,166 @@
+"""What must change nothing: check mode, re-running init, and every kind of bad input (each with a clear message).
+
+"Nothing changed" is checked where it lives: the pool file's bytes, the instances EC2 has, and the processes
+running for the pool's state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tests.integration.conftest import AMI, debug_msgs, task_result
+from tests.support.ansible import run_playbook
+
+
+def _ids(pool) -> set[str]:
+    return {inst["InstanceId"] for inst in pool.tagged_instances()}
+
+
+def test_init_rerun_is_idempotent_and_check_mode_changes_nothing(pool):
+    # Check mode on a pool that does not exist yet: it says what it would do, and does none of it.
+    run = pool.init(size=2, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    planned = task_result(run, "spot_pool_init")
+    assert planned["changed"] is True and planned["would_launch"] == 2 and planned["launched"] == []
+    assert not pool.state_file.exists() and _ids(pool) == set()
+
+    first = task_result(pool.init(size=2), "spot_pool_init")
+    assert first["changed"] is True and len(first["launched"]) == 2
+    launched = _ids(pool)
+
+    # The same init again: the pool is whole, so nothing is launched and nothing reported as changed.
+    again = task_result(pool.init(size=2), "spot_pool_init")
+    assert again["changed"] is False and again["launched"] == [] and again["terminated"] == []
+    assert again["counts"] == first["counts"]
+    assert _ids(pool) == launched
+
+    # A lease to release later, taken without starting the refill so the file stays still while we compare it.
+    rc, lease = pool.module("spot_pool_get", refill=False)
+    assert rc == 0, lease
+    before = pool.state_bytes()
+
+    run = pool.init(size=3, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert task_result(run, "spot_pool_init")["would_launch"] == 2  # 1 idle left of 3 wanted
+
+    run = pool.playbook("get_instance.yml", check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    would_get = task_result(run, "spot_pool_get")
+    assert would_get["instance_id"] in launched - {lease["instance_id"]}
+    assert pool.refill_pids() == [], "check mode starts no refill job"
+
+    run = pool.playbook("release_instance.yml", check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert debug_msgs(run) == [f"{lease['instance_id']}: terminate"]
+    assert pool.instance(lease["instance_id"])["State"]["Name"] == "running"
+
+    run = pool.playbook("terminate_all.yml", check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    would_end = task_result(run, "spot_pool_terminate")
+    assert would_end["changed"] is True and set(would_end["terminated"]) == launched
+
+    assert pool.state_bytes() == before, "no check-mode run wrote the pool file"
+    assert _ids(pool) == launched
+    assert all(inst["State"]["Name"] == "running" for inst in pool.tagged_instances())
+
+
+@pytest.mark.parametrize("size, extra_vars, expected", [
+    (2, {"spot_pool_availability_zones": ["us-east-1a", "us-east-1z"]}, ["unknown availability zone", "us-east-1z"]),
+    (2, {"spot_pool_instance_types": ["t3.micro", "t3.bogus"]}, ["instance_types", "t3.bogus"]),
+    (-1, {}, ["size must be 0 or more", "-1"]),
+], ids=["unknown-zone", "bad-instance-type", "negative-size"])
+def test_init_rejects_bad_input_and_changes_nothing(pool, size, extra_vars, expected):
+    run = pool.init(size=size, **extra_vars)
+    assert run.rc != 0
+    msg = task_result(run, "spot_pool_init")["msg"]
+    for words in expected:
+        assert words in msg, msg
+    assert not pool.state_file.exists(), "a rejected init writes no pool"
+    assert pool.tagged_instances() == []
+    assert pool.refill_pids() == []
+
+
+def test_corrupt_pool_file_is_named_and_left_untouched(pool):
+    pool.state_dir.mkdir(mode=0o700)
+    pool.state_file.write_text('{"version": 1, "pool_name": "default", "instances": [{"id": "i-0')
+    os.chmod(pool.state_file, 0o600)
+    before = pool.state_bytes()
+
+    for playbook, module, extra in (
+        ("init_pool.yml", "spot_pool_init", {"spot_pool_size": 1, "spot_pool_image_id": AMI}),
+        ("get_instance.yml", "spot_pool_get", {}),
+        ("release_instance.yml", "spot_pool_release", {}),
+    ):
+        run = pool.playbook(playbook, **extra)
+        assert run.rc != 0, f"{playbook} accepted a corrupt pool file"
+        msg = task_result(run, module)["msg"]
+        assert str(pool.state_file) in msg and "not valid JSON" in msg, msg
+        assert "spot_pool_init" in msg or "spot_pool_terminate" in msg, f"no way to recover in: {msg}"
+        assert pool.state_bytes() == before
+        assert stat.S_IMODE(pool.state_file.stat().st_mode) == 0o600
+    assert pool.tagged_instances() == []
+    assert pool.refill_pids() == []
+
+
+def test_no_credentials_fail_clearly_and_change_nothing(pool, tmp_path, monkeypatch):
+    assert pool.init(size=1).rc == 0
+    before = pool.state_bytes()
+    instances = pool.tagged_instances()
+
+    # No credentials anywhere boto3 looks: no AWS_* variables, empty config and credential files, a HOME without
+    # ~/.aws, and the instance metadata service disabled (it would otherwise be asked, off this machine).
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "AWS_CONFIG_FILE": str(empty), "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_URL": pool.env["AWS_URL"],
+           "AWS_ENDPOINT_URL": pool.env["AWS_URL"], "AWS_REGION": pool.env["AWS_REGION"],
+           "XDG_STATE_HOME": pool.env["XDG_STATE_HOME"]}
+
+    for playbook, module, extra in (
+        ("init_pool.yml", "spot_pool_init", {"spot_pool_size": 2, "spot_pool_image_id": AMI}),
+        ("get_instance.yml", "spot_pool_get", {"spot_pool_verify_max_age": 0}),  # must ask EC2 before handing out
+    ):
+        run = run_playbook(playbook, pool.vars(**extra), env=env)
+        assert run.rc != 0, f"{playbook} succeeded without credentials"
+        msg = task_result(run, module)["msg"]
+        assert "credentials" in msg.lower(), msg
+        assert pool.state_bytes() == before
+    assert pool.tagged_instances() == instances
+    assert pool.refill_pids() == []
+
+
+def test_adhoc_get_then_no_ready_instance_and_unknown_release(pool):
+    assert pool.init(size=1).rc == 0
+
+    # `ansible localhost -m ec2spot.pool.spot_pool_get`, as a CI step might call it. No refill: the next get
+    # must find the pool empty.
+    rc, got = pool.module("spot_pool_get", refill=False)
+    assert rc == 0, got
+    inst = pool.instance(got["instance_id"])
+    assert inst["State"]["Name"] == "running" and inst["PublicIpAddress"] == got["ip"]
+    assert [lease["id"] for lease in pool.state()["leases"]] == [got["instance_id"]]
+    before = pool.state_bytes()
+
+    run = pool.playbook("get_instance.yml")
+    assert run.rc != 0
+    failed = task_result(run, "spot_pool_get")
+    assert failed["msg"].startswith("pool 'default' has 0 ready of 1; 0 pending; 1 leased"), failed["msg"]
+    assert failed["counts"] == {"target": 1, "ready": 0, "pending": 0, "leased": 1, "spot": 0, "fallback": 0}
+    assert pool.state_bytes() == before
+    assert pool.refill_pids() == [], "a failed get starts nothing"
+
+    unknown = "i-0123456789abcdef0"
+    run = pool.playbook("release_instance.yml", spot_pool_instance_id=unknown)
+    assert run.rc != 0
+    msg = task_result(run, "spot_pool_release")["msg"]
+    assert unknown in msg and "not leased" in msg and got["instance_id"] in msg, msg
+    assert pool.state_bytes() == before
+    assert pool.instance(got["instance_id"])["State"]["Name"] == "running"
