@@ -203,7 +203,11 @@ class RequestRule(_Rule):
 
 @dataclass(eq=False)
 class OfferingRule(_Rule):
-    """Fail launches of one offering: a RunInstances for it, or its override in a CreateFleet."""
+    """Fail launches of one offering: a RunInstances for it, or its override in a CreateFleet.
+
+    With `capacity` the offering is not dry but finite: it supplies that many instances in all (`capacity` counts
+    down) and fails only what is asked beyond them, as a nearly exhausted capacity pool does.
+    """
 
     code: str
     market: Matcher = None
@@ -212,6 +216,7 @@ class OfferingRule(_Rule):
     subnet_id: Matcher = None
     message: str | None = None
     times: int | None = None
+    capacity: int | None = None
     id: int = 0
     fired: int = 0
 
@@ -226,7 +231,8 @@ class OfferingRule(_Rule):
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "kind": "offering", "code": self.code, "message": self.message,
-                "times": self.times, "fired": self.fired, "market": _matcher_json(self.market),
+                "times": self.times, "fired": self.fired, "capacity": self.capacity,
+                "market": _matcher_json(self.market),
                 "instance_type": _matcher_json(self.instance_type),
                 "availability_zone": _matcher_json(self.availability_zone),
                 "subnet_id": _matcher_json(self.subnet_id)}
@@ -398,25 +404,46 @@ class _FleetMarket:
     launched: list[_FleetLaunch]
     failed: list[_FleetFailure]
 
-    def _available(self, candidate: _FleetOverride) -> bool:
-        rule = self.proxy._take_offering_rule(candidate.offering)
-        if rule is None:
-            return True
-        self.failed.append(_FleetFailure(candidate, FleetError(candidate.offering, rule.code,
-                                                               rule.message_for(candidate.offering))))
-        return False
+    def _grant(self, candidate: _FleetOverride, wanted: int) -> int:
+        """How many of `wanted` this override can have; a shortfall is reported for the override."""
+        granted, rule = self.proxy._grant(candidate.offering, wanted)
+        if rule is not None:
+            self.failed.append(_FleetFailure(candidate, FleetError(candidate.offering, rule.code,
+                                                                   rule.message_for(candidate.offering))))
+        return granted
 
     def fill(self, count: int, overrides: list[_FleetOverride], diversified: bool) -> None:
-        if diversified:  # every pool is tried; the capacity is spread over those that have some
-            survivors = [o for o in overrides if self._available(o)]
-            for index, candidate in enumerate(survivors):
-                share = count // len(survivors) + (1 if index < count % len(survivors) else 0)
-                if share:
-                    self._launch(candidate, share)
+        if diversified:
+            # Spread over every pool; what a pool cannot supply is spread again over the pools that supplied all
+            # they were asked for, until the capacity is met or no pool is left.
+            pools, remaining = list(overrides), count
+            while remaining and pools:
+                fewest_first = sorted(range(len(pools)), key=lambda i: self._launched_count(pools[i]))
+                extra = set(fewest_first[:remaining % len(pools)])  # the odd instances go where fewest are
+                shares = [remaining // len(pools) + (1 if i in extra else 0) for i in range(len(pools))]
+                still = []
+                for candidate, share in zip(pools, shares):
+                    if not share:
+                        still.append(candidate)
+                        continue
+                    granted = self._grant(candidate, share)
+                    launched = bool(granted) and self._launch(candidate, granted)
+                    if launched:
+                        remaining -= granted
+                    if launched and granted == share:  # a pool that refused or failed is not asked again
+                        still.append(candidate)
+                pools = still
             return
-        for candidate in overrides:  # the first pool with capacity takes it all; later pools are not asked
-            if self._available(candidate) and self._launch(candidate, count):
+        remaining = count
+        for candidate in overrides:  # pools in order until the capacity is met; later pools are not asked
+            granted = self._grant(candidate, remaining)
+            if granted and self._launch(candidate, granted):
+                remaining -= granted
+            if not remaining:
                 return
+
+    def _launched_count(self, candidate: _FleetOverride) -> int:
+        return sum(len(launch.instance_ids) for launch in self.launched if launch.override is candidate)
 
     def _launch(self, candidate: _FleetOverride, count: int) -> bool:
         override, offering = candidate.override, candidate.offering
@@ -444,9 +471,14 @@ class _FleetMarket:
             root = self.proxy._call(self.headers, flatten(run))
         except UpstreamError as exc:  # e.g. an instance type moto rejects: EC2 reports it for this override
             self.failed.append(_FleetFailure(candidate, FleetError(offering, exc.code, exc.message)))
+            self.proxy._give_back(offering, count)
             return False
-        self.launched.append(_FleetLaunch(candidate, [e.text for e in root.iter()
-                                                      if _local(e.tag) == "instanceId" and e.text]))
+        ids = [e.text for e in root.iter() if _local(e.tag) == "instanceId" and e.text]
+        earlier = next((launch for launch in self.launched if launch.override is candidate), None)
+        if earlier is not None:
+            earlier.instance_ids.extend(ids)
+        else:
+            self.launched.append(_FleetLaunch(candidate, ids))
         return True
 
 
@@ -623,6 +655,16 @@ class FaultProxy:
                             availability_zone=availability_zone, subnet_id=subnet_id, message=message, times=times)
         return self._add(rule)
 
+    def limit_offering(self, capacity: int, *, market: Matcher = None, instance_type: Matcher = None,
+                       availability_zone: Matcher = None, subnet_id: Matcher = None,
+                       code: str = "InsufficientInstanceCapacity", message: str | None = None) -> OfferingRule:
+        """Give matching offerings `capacity` instances in all; a launch beyond them gets `code` for the rest
+        (RunInstances launches at least MinCount or fails; a fleet moves the rest on to its next override)."""
+        rule = OfferingRule(code=code, market=market, instance_type=instance_type,
+                            availability_zone=availability_zone, subnet_id=subnet_id, message=message,
+                            capacity=int(capacity))
+        return self._add(rule)
+
     def _add(self, rule):
         with self._lock:
             rule.id = next(self._ids)
@@ -744,13 +786,25 @@ class FaultProxy:
         if action == "RunInstances":
             offering = self._run_instances_offering(params, headers)
             record.offerings = [offering]
-            rule = self._take_offering_rule(offering)
+            wanted = int(params.get("MaxCount") or 1)
+            granted, rule = self._grant(offering, wanted)
             if rule is not None:
-                record.outcome, record.error_code, record.rule_id = "injected", rule.code, rule.id
-                return _error_answer(rule.code, rule.message_for(offering))
+                record.rule_id = rule.id
+                if granted < int(params.get("MinCount") or 1):
+                    self._give_back(offering, granted)
+                    record.outcome, record.error_code = "injected", rule.code
+                    return _error_answer(rule.code, rule.message_for(offering))
+            if str(granted) != params.get("MinCount", "1"):
+                # AWS launches as many as it can up to MaxCount (at least MinCount); moto launches exactly
+                # MinCount. Asking moto for MinCount=MaxCount=what the offering has gives AWS's answer.
+                body = urllib.parse.urlencode(dict(params, MinCount=str(granted), MaxCount=str(granted))).encode()
+                headers = dict(headers, **{"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+                path = urllib.parse.urlsplit(path).path or "/"
             answer = self._forward(method, path, headers, body)
             if answer.status == 200:
                 record.instance_ids = self._instance_ids(answer.body)
+            else:
+                self._give_back(offering, granted)
             return answer
         if action == "CreateFleet" and params.get("Type") == "instant":
             return self._instant_fleet(params, headers, record)
@@ -781,10 +835,33 @@ class FaultProxy:
                     self._tokens[key] = (fingerprint, answer, record)
             return answer
 
-    def _take_offering_rule(self, offering: Offering) -> OfferingRule | None:
+    def _grant(self, offering: Offering, wanted: int) -> tuple[int, OfferingRule | None]:
+        """How many of `wanted` instances `offering` supplies now, and the rule that refused the rest (if any)."""
         with self._lock:
-            return next((r for r in self._rules if isinstance(r, OfferingRule) and r.matches(offering)
-                         and r._take()), None)
+            for rule in self._rules:
+                if not isinstance(rule, OfferingRule) or not rule.matches(offering):
+                    continue
+                if rule.capacity is None:
+                    if rule._take():
+                        return 0, rule
+                    continue
+                granted = min(wanted, rule.capacity)
+                rule.capacity -= granted
+                if granted == wanted:
+                    return granted, None
+                rule.fired += 1
+                return granted, rule
+        return wanted, None
+
+    def _give_back(self, offering: Offering, count: int) -> None:
+        """Return capacity granted to a launch that moto then refused."""
+        if not count:
+            return
+        with self._lock:
+            rule = next((r for r in self._rules if isinstance(r, OfferingRule) and r.capacity is not None
+                         and r.matches(offering)), None)
+            if rule is not None:
+                rule.capacity += count
 
     @staticmethod
     def _params(path: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
@@ -952,7 +1029,7 @@ class FaultProxy:
         GET    /__faults__/records         -> [...] (query: action=, outcome=)
         POST   /__faults__/rules           {"action", "code", "message", "status", "params", "times", "delay"}
         POST   /__faults__/offerings       {"code", "market", "instance_type", "availability_zone",
-                                            "subnet_id", "message", "times"}
+                                            "subnet_id", "message", "times"} or with "capacity" (finite pool)
         DELETE /__faults__/rules/<id>      remove one rule;  DELETE /__faults__/rules: remove all
         POST   /__faults__/reset           forget rules, records and client tokens
         In JSON a matcher is a string (equal) or a list of strings (one of).
@@ -978,8 +1055,13 @@ class FaultProxy:
                                      times=data.get("times"), delay=data.get("delay", 0.0))
                 return reply(201, rule.as_dict())
             if method == "POST" and route == "offerings":
-                rule = self.fail_offering(data["code"], **{k: data.get(k) for k in (
-                    "market", "instance_type", "availability_zone", "subnet_id", "message", "times")})
+                where = {k: data.get(k) for k in ("market", "instance_type", "availability_zone", "subnet_id",
+                                                  "message")}
+                if data.get("capacity") is not None:
+                    rule = self.limit_offering(data["capacity"], code=data.get("code") or "InsufficientInstanceCapacity",
+                                               **where)
+                else:
+                    rule = self.fail_offering(data["code"], times=data.get("times"), **where)
                 return reply(201, rule.as_dict())
             if method == "DELETE" and route == "rules":
                 self.clear_rules()

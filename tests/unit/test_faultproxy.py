@@ -82,6 +82,15 @@ def test_run_and_describe_instances_pass_through_to_moto(fault_proxy, via_proxy,
     assert fault_proxy.count("DescribeInstances") == 1
 
 
+def test_run_instances_launches_max_count_as_aws_does_where_moto_launches_min_count(fault_proxy, via_proxy,
+                                                                                    direct):
+    by_moto = direct.run_instances(ImageId=image_id(direct), MinCount=1, MaxCount=3)["Instances"]
+    by_proxy = via_proxy.run_instances(ImageId=image_id(via_proxy), MinCount=1, MaxCount=3)["Instances"]
+    assert len(by_moto) == 1  # moto's gap: when this fails, moto has caught up and the rewrite can go
+    assert len(by_proxy) == 3
+    assert fault_proxy.records("RunInstances")[0].params["MinCount"] == "1"  # recorded as the caller sent it
+
+
 # -- genuine errors ------------------------------------------------------------------------------------------------
 
 CODES = [
@@ -212,6 +221,25 @@ def test_offering_rule_fails_run_instances_for_that_type_and_zone_only(fault_pro
     assert {i["InstanceId"] for i in instances(direct)} == {other_zone["InstanceId"], on_demand["InstanceId"]}
     failed = fault_proxy.offering_requests(market="spot", instance_type="t3.micro", availability_zone="us-east-1a")
     assert [record.outcome for record, _offering in failed] == ["injected", "injected"]
+
+
+def test_run_instances_gets_what_a_finite_offering_has_down_to_min_count(fault_proxy, via_proxy, direct):
+    limit = fault_proxy.limit_offering(2, market="spot", availability_zone="us-east-1a")
+    spot_in_a = {"InstanceMarketOptions": {"MarketType": "spot"}, "Placement": {"AvailabilityZone": "us-east-1a"}}
+
+    with pytest.raises(ClientError) as all_or_nothing:
+        via_proxy.run_instances(ImageId=image_id(via_proxy), MinCount=3, MaxCount=3, **spot_in_a)
+    assert all_or_nothing.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+    assert limit.capacity == 2  # a refused launch takes nothing
+    partial = via_proxy.run_instances(ImageId=image_id(via_proxy), MinCount=1, MaxCount=3, **spot_in_a)
+    assert len(partial["Instances"]) == 2 and limit.capacity == 0
+    with pytest.raises(ClientError):
+        run_one(via_proxy, **spot_in_a)
+    run_one(via_proxy, InstanceMarketOptions={"MarketType": "spot"}, Placement={"AvailabilityZone": "us-east-1b"})
+
+    assert len(instances(direct)) == 3
+    assert [r.outcome for r in fault_proxy.records("RunInstances")] == ["injected", "forwarded", "injected",
+                                                                        "forwarded"]
 
 
 def test_instance_type_from_a_launch_template_is_matched(fault_proxy, via_proxy):
@@ -368,6 +396,22 @@ def test_fleet_with_a_bad_template_fails_like_moto_does(fault_proxy, via_proxy, 
     assert instances(direct) == []
 
 
+def test_fleet_takes_what_a_finite_offering_has_and_the_rest_from_the_next(fault_proxy, via_proxy, direct,
+                                                                          template_id):
+    limit = fault_proxy.limit_offering(1, market="spot", instance_type="t3.micro", availability_zone="us-east-1a")
+    answer = create_fleet(via_proxy, template_id, [
+        {"InstanceType": "t3.micro", "AvailabilityZone": "us-east-1a"},
+        {"InstanceType": "t3.small", "AvailabilityZone": "us-east-1b"},
+    ], capacity=3)
+
+    assert [(e["LaunchTemplateAndOverrides"]["Overrides"]["InstanceType"], e["ErrorCode"])
+            for e in answer["Errors"]] == [("t3.micro", "InsufficientInstanceCapacity")]
+    assert {i["InstanceType"]: len(i["InstanceIds"]) for i in answer["Instances"]} == {"t3.micro": 1, "t3.small": 2}
+    assert sorted((i["InstanceType"], i["Placement"]["AvailabilityZone"]) for i in instances(direct)) == [
+        ("t3.micro", "us-east-1a"), ("t3.small", "us-east-1b"), ("t3.small", "us-east-1b")]
+    assert limit.capacity == 0
+
+
 def test_whole_fleet_request_errors_are_request_rules(fault_proxy, via_proxy, template_id):
     fault_proxy.fail("CreateFleet", "RequestLimitExceeded", times=1)
     with pytest.raises(ClientError) as caught:
@@ -455,13 +499,18 @@ def test_another_process_sets_rules_and_is_proxied(fault_proxy):
 
 
 def test_control_api_request_rules_and_reset(fault_proxy, via_proxy):
+    status, limit = control(fault_proxy, "POST", "/offerings", {"capacity": 1, "instance_type": "t3.micro"})
+    assert status == 201 and limit["capacity"] == 1 and limit["code"] == "InsufficientInstanceCapacity"
+    run_one(via_proxy, InstanceType="t3.micro")
+    with pytest.raises(ClientError):
+        run_one(via_proxy, InstanceType="t3.micro")
     status, rule = control(fault_proxy, "POST", "/rules", {"action": "DescribeInstances", "code": "AuthFailure",
                                                            "params": {"Version": ["2016-11-15"]}, "times": 1})
     assert status == 201 and rule["times"] == 1
     with pytest.raises(ClientError) as caught:
         via_proxy.describe_instances()
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 401
-    status, records = control(fault_proxy, "GET", "/records?outcome=injected")
+    status, records = control(fault_proxy, "GET", "/records?outcome=injected&action=DescribeInstances")
     assert [r["error_code"] for r in records] == ["AuthFailure"]
     assert control(fault_proxy, "POST", "/reset", {}) == (200, {"reset": True})
     assert fault_proxy.records() == [] and fault_proxy.rules() == []
