@@ -41,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
@@ -250,7 +251,8 @@ class RequestRecord:
     """One request as the proxy saw it and what it did with it.
 
     outcome: `forwarded` (moto answered), `injected` (a rule answered), `fleet` (an instant fleet answered by the
-    proxy), `replayed` (a repeated ClientToken got the first answer again), `control` is never recorded.
+    proxy), `replayed` (a repeated ClientToken got the first answer again), `proxy-error` (a bug in the proxy,
+    answered as InternalError). Control API calls are not recorded.
     """
 
     seq: int
@@ -267,6 +269,10 @@ class RequestRecord:
     instance_ids: list[str] = field(default_factory=list)
     duration: float = 0.0
     done: bool = False  # the proxy has finished with it (answered, or gave up because it is stopping)
+
+    def matches(self, action: Matcher, params: Mapping[str, Matcher] | None, outcome: Matcher) -> bool:
+        return (_matches(action, self.action) and _matches(outcome, self.outcome)
+                and all(_matches(m, self.params.get(k)) for k, m in (params or {}).items()))
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "started": self.started, "action": self.action, "params": self.params,
@@ -699,9 +705,7 @@ class FaultProxy:
     def records(self, action: Matcher = None, params: Mapping[str, Matcher] | None = None,
                 outcome: Matcher = None) -> list[RequestRecord]:
         with self._lock:
-            records = list(self._records)
-        return [r for r in records if _matches(action, r.action) and _matches(outcome, r.outcome)
-                and all(_matches(m, r.params.get(k)) for k, m in (params or {}).items())]
+            return [r for r in self._records if r.matches(action, params, outcome)]
 
     def count(self, action: Matcher = None, params: Mapping[str, Matcher] | None = None,
               outcome: Matcher = None) -> int:
@@ -728,9 +732,10 @@ class FaultProxy:
         """
         deadline = time.monotonic() + timeout
 
+        answered = done or outcome is not None  # the outcome is known only once the request is answered
+
         def ready() -> list[RequestRecord]:
-            return [r for r in self._records if _matches(action, r.action) and _matches(outcome, r.outcome)
-                    and (r.done or not (done or outcome is not None)) and all(_matches(m, r.params.get(k)) for k, m in (params or {}).items())]
+            return [r for r in self._records if (r.done or not answered) and r.matches(action, params, outcome)]
 
         with self._changed:
             while len(found := ready()) < count:
@@ -770,6 +775,12 @@ class FaultProxy:
             if action in IDEMPOTENT_ACTIONS and params.get("ClientToken"):
                 return self._finish(record, self._idempotent(method, path, headers, body, action, params, record))
             return self._finish(record, self._launch_or_forward(method, path, headers, body, action, params, record))
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            # A bug here must not look like a dropped connection (which botocore would retry silently): answer
+            # InternalError, mark the record, and print the traceback where pytest shows it.
+            traceback.print_exc()
+            record.outcome = "proxy-error"
+            return self._finish(record, _error_answer("InternalError", f"fault proxy failed: {exc!r}"))
         finally:
             with self._lock:
                 record.duration = time.monotonic() - clock

@@ -82,8 +82,8 @@ def test_run_and_describe_instances_pass_through_to_moto(fault_proxy, via_proxy,
     assert fault_proxy.count("DescribeInstances") == 1
 
 
-def test_run_instances_launches_max_count_as_aws_does_where_moto_launches_min_count(fault_proxy, via_proxy,
-                                                                                    direct):
+def test_run_instances_launches_max_count_as_aws_does_where_moto_launches_min_count(
+        fault_proxy, via_proxy, direct):
     by_moto = direct.run_instances(ImageId=image_id(direct), MinCount=1, MaxCount=3)["Instances"]
     by_proxy = via_proxy.run_instances(ImageId=image_id(via_proxy), MinCount=1, MaxCount=3)["Instances"]
     assert len(by_moto) == 1  # moto's gap: when this fails, moto has caught up and the rewrite can go
@@ -396,8 +396,8 @@ def test_fleet_with_a_bad_template_fails_like_moto_does(fault_proxy, via_proxy, 
     assert instances(direct) == []
 
 
-def test_fleet_takes_what_a_finite_offering_has_and_the_rest_from_the_next(fault_proxy, via_proxy, direct,
-                                                                          template_id):
+def test_fleet_takes_what_a_finite_offering_has_and_the_rest_from_the_next(
+        fault_proxy, via_proxy, direct, template_id):
     limit = fault_proxy.limit_offering(1, market="spot", instance_type="t3.micro", availability_zone="us-east-1a")
     answer = create_fleet(via_proxy, template_id, [
         {"InstanceType": "t3.micro", "AvailabilityZone": "us-east-1a"},
