@@ -616,3 +616,16 @@ def test_a_launch_whose_caller_is_killed_still_happens_and_its_token_replays(fau
 def test_wait_for_times_out_with_a_clear_message(fault_proxy):
     with pytest.raises(TimeoutError, match="0 of 1 CreateFleet"):
         fault_proxy.wait_for("CreateFleet", timeout=0.2)
+
+
+def test_a_failure_inside_the_proxy_is_an_internal_error_and_recorded(fault_proxy, via_proxy, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise KeyError("a bug in the proxy")
+
+    monkeypatch.setattr(fault_proxy, "_launch_or_forward", broken)
+    with pytest.raises(ClientError) as caught:
+        via_proxy.describe_instances()
+    assert caught.value.response["Error"]["Code"] == "InternalError"
+    assert "a bug in the proxy" in caught.value.response["Error"]["Message"]
+    assert fault_proxy.records("DescribeInstances")[0].outcome == "proxy-error"
+    assert "KeyError" in capsys.readouterr().err
