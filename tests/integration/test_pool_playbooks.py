@@ -71,19 +71,23 @@ def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
 def test_get_while_refill_runs_and_pool_back_at_target(faulty_pool):
     pool = faulty_pool
     assert pool.init(size=3).rc == 0
-    # Hold every launch for 2 s: the refill job that the first get starts is then certainly still launching when
-    # the second get runs, which is the case under test (a get must not wait for, or collide with, a refill).
+    # No capacity anywhere, Spot or On-Demand, until the second get is done: the refill job that the first get
+    # starts cannot make the pool whole before then, so the second get certainly runs while it works (a fixed
+    # delay would not do: on a loaded machine a playbook can outlast it). A get must neither wait for that job
+    # nor start a second one.
     pool.proxy.clear_records()
-    pool.proxy.slow(LAUNCH_ACTIONS, 2.0)
+    no_capacity = pool.proxy.fail_offering("InsufficientInstanceCapacity")
 
     first = task_result(pool.playbook("get_instance.yml"), "spot_pool_get")
     assert first["refill"]["started"] is True and first["refill"]["pid"]
-    pool.proxy.wait_for(LAUNCH_ACTIONS, count=1, timeout=30)  # the job is inside its launch now
+    pool.proxy.wait_for(LAUNCH_ACTIONS, count=1, done=True, timeout=30)  # the job holds its lock and tried
     run = pool.playbook("get_instance.yml")
     assert run.rc == 0, run.stdout[-3000:]
     second = task_result(run, "spot_pool_get")
     assert second["refill"]["started"] is False, "one refill job per pool: the running one carries on"
     assert pool.refill_pids() == [first["refill"]["pid"]], "the job the first get started is still at work"
+    assert "InsufficientInstanceCapacity" in pool.state()["refill"]["last_error"]
+    pool.proxy.remove_rule(no_capacity)
 
     assert first["instance_id"] != second["instance_id"] and first["ip"] != second["ip"]
     for lease in (first, second):
@@ -107,6 +111,7 @@ def test_get_while_refill_runs_and_pool_back_at_target(faulty_pool):
     records = [json.loads(line) for line in pool.refill_log.read_text().splitlines()]
     events = [record["event"] for record in records]
     assert events[0] == "started" and events[-1] == "finished", events
+    assert "launch_failed" in events, "the job kept going through the capacity errors"
     assert all(record["pid"] == first["refill"]["pid"] for record in records), "one job did all of it"
     refilled = [i for record in records if record["event"] == "reconciled" for i in record["launched"]]
     assert len(refilled) == 2 and set(refilled) <= idle, "the job launched one replacement per lease"
