@@ -19,7 +19,8 @@ description:
   - With O(verify=true), instances that are no longer running are dropped first, with one DescribeInstances call
     for the whole pool; the call is skipped when the pool was checked with EC2 less than O(verify_max_age)
     seconds ago (the refill job checks it on each pass).
-  - Fails, changing nothing, when no instance is ready; the message gives the ready, pending and leased counts.
+  - Fails, changing nothing, when no instance is ready; the message gives the ready, pending and leased counts,
+    and the refill job's last error if it has one (a failed refill is also reported as a warning).
   - This module declares the amazon.aws connection options itself instead of using AnsibleAWSModule, so that
     the hand-out path does not import boto3 (a quarter of a second per call); boto3 is imported only when EC2
     must be asked.
@@ -196,6 +197,8 @@ def main():
         )
     except PoolError as error:
         fail(module, error)
+    for warning in result.pop("warnings"):
+        module.warn(warning)
     module.exit_json(**result)
 
 

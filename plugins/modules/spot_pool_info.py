@@ -72,7 +72,7 @@ pool:
   elements: dict
   sample: [{id: i-0123456789abcdef0, ip: 203.0.113.10, type: spot, instance_type: t3.micro}]
 leases:
-  description: Leased instances.
+  description: Leased instances; C(expired) is true once C(expires_at) has passed (the next refill ends it).
   returned: always
   type: list
   elements: dict
@@ -88,6 +88,20 @@ refill:
   type: dict
   sample: {running: false, pid: null, started_at: "2026-11-22T10:00:01Z", finished_at: "2026-11-22T10:00:09Z",
            verified_at: "2026-11-22T10:00:09Z", last_error: null, log: /home/ci/.local/state/ec2spot/default.json.refill.log}
+cooldowns:
+  description: Offerings, subnets or markets the refill does not ask until C(until), and the error why.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{scope: offering, market: spot, instance_type: t3.micro, location: us-east-1a,
+            code: InsufficientInstanceCapacity, until: "2026-11-22T10:03:00Z"}]
+pending_launches:
+  description: ClientTokens of fleet requests whose answer the state file has not taken in yet (replayed by the
+    next refill pass).
+  returned: always
+  type: list
+  elements: str
+  sample: []
 dead:
   description: Instances of the pool that EC2 says no longer run.
   returned: when O(verify=true)

@@ -12,9 +12,14 @@ module: spot_pool_init
 short_description: Create or resize a warm pool of EC2 Spot instances
 version_added: 0.1.0
 description:
-  - Launches EC2 instances until the pool holds O(size) of them, Spot first across every combination of
-    O(instance_types) and O(availability_zones) (or O(subnet_ids)), and On-Demand instances (C(type=fallback))
-    only for what Spot could not supply when O(fallback=true).
+  - Launches EC2 instances until the pool holds O(size) of them with one instant EC2 Fleet for Spot over every
+    combination of O(instance_types) and O(availability_zones) (or O(subnet_ids)), and one for On-Demand
+    instances (C(type=fallback)) only for what Spot could not supply, after an error listed in O(fallback_on),
+    when O(fallback=true).
+  - Offerings that failed for lack of capacity, or whose instances were interrupted, are not asked again for
+    O(cooldown) seconds; the refill job later replaces fallbacks by Spot instances.
+  - Fleets launch from O(launch_template), or from a launch template C(ec2spot-<pool_name>) that the pool makes
+    from O(image_id) and the other options (deleted by M(ec2spot.pool.spot_pool_terminate)).
   - Every instance is tagged at launch with C(ec2spot:pool=<pool_name>) and C(ec2spot:type=spot|fallback), so the
     pool can always be found from EC2, and with O(tags).
   - With O(wait=true) the module returns once every instance runs and has an address, or fails after
@@ -30,11 +35,11 @@ options:
     type: int
     default: 5
   image_id:
-    description: AMI to launch. One of O(image_id) and O(launch_template) is required.
+    description: AMI to launch. Exactly one of O(image_id) and O(launch_template) is required.
     type: str
   launch_template:
     description:
-      - Launch template to launch from (holds the AMI, user data and the rest). O(image_id) overrides its AMI.
+      - Launch template to launch from (holds the AMI, user data and the rest), used as it is.
     type: dict
     suboptions:
       id:
@@ -85,6 +90,47 @@ options:
     description: Launch On-Demand instances for what Spot cannot supply (capacity or account limits).
     type: bool
     default: true
+  allocation_strategy:
+    description:
+      - How the Spot fleet picks among the offerings (instance type x zone) that are not cooling down.
+    type: str
+    choices: [price-capacity-optimized, lowest-price, capacity-optimized]
+    default: price-capacity-optimized
+  fallback_on:
+    description:
+      - EC2 error codes of a Spot launch after which On-Demand fallbacks are launched.
+      - Defaults to the capacity errors (C(InsufficientInstanceCapacity), C(UnfulfillableCapacity), C(Unsupported),
+        C(InsufficientCapacityOnHost), ...), C(InsufficientFreeAddressesInSubnet) and the account limits
+        (C(MaxSpotInstanceCountExceeded), C(VcpuLimitExceeded), C(MaxFleetCountExceeded), C(SpotMaxPriceTooLow)).
+    type: list
+    elements: str
+  fallback_action:
+    description:
+      - What the refill does with an idle fallback once a Spot instance has replaced it, and with a leased
+        fallback whose lease expired.
+    type: str
+    choices: [stop, terminate]
+    default: stop
+  cooldown:
+    description:
+      - Seconds an offering is not asked again after a capacity error or an interruption of one of its
+        instances; also how long Spot stays off after an account limit.
+    type: int
+    default: 180
+  orphan_grace:
+    description:
+      - Seconds before an instance with the pool tag that is in neither the pool nor a lease is marked as an
+        orphan, and again before a marked orphan is terminated. Leased and just-launched instances are never
+        touched.
+    type: int
+    default: 600
+  rebuild:
+    description:
+      - Rebuild a lost or corrupt state file from the pool's tags. A corrupt file is moved aside to
+        C(<pool_file>.corrupt-<time>) first, never overwritten. Leased instances are recognised by the tag
+        C(ec2spot:leased-at) that the refill job sets.
+    type: bool
+    default: false
   wait:
     description: Wait until every instance runs and has an address.
     type: bool
@@ -160,15 +206,18 @@ pool:
   description: The pool after the run.
   returned: always
   type: dict
+  sample: {instances: [{id: i-0123456789abcdef0, ip: 203.0.113.10, type: spot}], leases: []}
   contains:
     instances:
       description: Idle instances; those with an C(ip) are ready to hand out.
+      returned: always
       type: list
       elements: dict
       sample: [{id: i-0123456789abcdef0, ip: 203.0.113.10, private_ip: 10.0.0.10, type: spot,
                 availability_zone: us-east-1a, instance_type: t3.micro, launched_at: "2026-11-22T10:00:00Z"}]
     leases:
       description: Instances handed out and not released yet.
+      returned: always
       type: list
       elements: dict
       sample: []
@@ -177,6 +226,18 @@ counts:
   returned: always
   type: dict
   sample: {target: 3, ready: 3, pending: 0, leased: 0, spot: 3, fallback: 0}
+cooldowns:
+  description: Offerings, subnets or markets not asked again until C(until), and the error that put them there.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{scope: offering, market: spot, instance_type: t3.micro, location: us-east-1a,
+            code: InsufficientInstanceCapacity, until: "2026-11-22T10:03:00Z"}]
+moved_aside:
+  description: Where a corrupt state file was moved by O(rebuild=true).
+  returned: when a corrupt file was moved aside
+  type: str
+  sample: /home/ci/.local/state/ec2spot/ci.json.corrupt-20261122T100000Z
 """
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
@@ -207,6 +268,13 @@ def main():
         user_data=dict(type="str"),
         tags=dict(type="dict", default={}),
         fallback=dict(type="bool", default=True),
+        allocation_strategy=dict(type="str", default="price-capacity-optimized",
+                                 choices=["price-capacity-optimized", "lowest-price", "capacity-optimized"]),
+        fallback_on=dict(type="list", elements="str"),
+        fallback_action=dict(type="str", choices=["stop", "terminate"], default="stop"),
+        cooldown=dict(type="int", default=180),
+        orphan_grace=dict(type="int", default=600),
+        rebuild=dict(type="bool", default=False),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="int", default=300),
     )
@@ -214,14 +282,14 @@ def main():
         argument_spec=argument_spec,
         supports_check_mode=True,
         required_one_of=[("image_id", "launch_template")],
-        mutually_exclusive=[("availability_zones", "subnet_ids")],
+        mutually_exclusive=[("availability_zones", "subnet_ids"), ("image_id", "launch_template")],
     )
     params = module.params
     try:
         result = init_pool(
             pool_store(params), ec2_client(module), params["size"], launch_spec(params, module.region),
             wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
-            refill_env=child_environment(params, module.region),
+            refill_env=child_environment(params, module.region), rebuild=params["rebuild"],
         )
     except PoolError as error:
         fail(module, error)

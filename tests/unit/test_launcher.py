@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import boto3
 import pytest
 from botocore.config import Config
@@ -10,7 +13,9 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import LaunchError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Cooldowns
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Launcher
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import validate_launch
 from tests.support.moto import REGION
@@ -43,91 +48,139 @@ def test_offerings_prefer_the_first_type_in_every_zone():
     assert [o.location for o in offerings(launch(subnet_ids=["subnet-1"]), "spot")] == ["subnet-1"]
 
 
-def test_spot_instances_are_spread_over_zones_and_tagged_at_launch(client, fault_proxy):
-    result = Launcher(client, "ci", launch()).launch_instances(3)
+def prepared(client, pool="ci", **overrides):
+    spec = launch(**overrides)
+    spec["template"] = ensure_template(client, pool, spec)
+    return spec
+
+
+def test_one_spot_fleet_over_every_offering_tagged_at_launch(client, fault_proxy):
+    result = Launcher(client, "ci", prepared(client, instance_types=["t3.micro", "t3a.micro"])).launch_instances(3)
     assert len(result.entries) == 3 and not result.errors
-    instances = described(client, result.ids)
-    assert sorted(i["Placement"]["AvailabilityZone"] for i in instances.values()) == \
-        ["us-east-1a", "us-east-1a", "us-east-1b"]
-    for instance in instances.values():
+    assert fault_proxy.count("CreateFleet") == 1
+    request = fault_proxy.records("CreateFleet")[0].params
+    assert request["Type"] == "instant" and request["SpotOptions.AllocationStrategy"] == "price-capacity-optimized"
+    assert {(o.instance_type, o.availability_zone) for _, o in fault_proxy.offering_requests()} >= {
+        ("t3.micro", "us-east-1a"), ("t3.micro", "us-east-1b"), ("t3a.micro", "us-east-1a")}
+    for instance in described(client, result.ids).values():
         tags = ec2.tag_dict(instance["Tags"])
         assert instance.get("InstanceLifecycle") == "spot"
         assert tags["ec2spot:pool"] == "ci" and tags["ec2spot:type"] == "spot" and tags["team"] == "ci"
-    # Tags travel with the launch (TagSpecifications), never as a second CreateTags call that could fail apart.
+    # Tags travel with the launch, never as a second CreateTags call that could fail apart.
     assert fault_proxy.count("CreateTags") == 0
     assert all(entry["ip"] is None and entry["type"] == "spot" for entry in result.entries)
 
 
-def test_a_dry_spot_offering_moves_on_to_the_next(client, fault_proxy):
+def test_the_client_token_is_handed_out_before_the_call(client, fault_proxy):
+    seen = []
+    Launcher(client, "ci", prepared(client), before_call=lambda token, request: seen.append(
+        (token, fault_proxy.count("CreateFleet")))).launch_instances(1)
+    assert seen and seen[0][1] == 0
+    assert fault_proxy.records("CreateFleet")[0].params["ClientToken"] == seen[0][0]
+
+
+def test_a_dry_offering_cools_down_and_the_others_fill_in(client, fault_proxy):
     fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot", instance_type="t3.micro",
                               availability_zone="us-east-1a")
-    result = Launcher(client, "ci", launch()).launch_instances(2)
+    cooldowns = Cooldowns()
+    result = Launcher(client, "ci", prepared(client), cooldowns).launch_instances(2)
     assert [e["type"] for e in result.entries] == ["spot", "spot"]
     assert {e["availability_zone"] for e in result.entries} == {"us-east-1b"}
-    assert [(o.location, code) for o, code, _ in result.errors] == [("us-east-1a", "InsufficientInstanceCapacity")]
-    # Asked once: our retry layer does not retry capacity errors (botocore's would, five times, on HTTP 500).
-    assert fault_proxy.count("RunInstances", {"Placement.AvailabilityZone": "us-east-1a"}) == 1
+    assert [(e["scope"], e["location"], e["code"]) for e in cooldowns.entries] == [
+        ("offering", "us-east-1a", "InsufficientInstanceCapacity")]
+    # During the cool-down the offering is not even asked.
+    since = time.time()
+    Launcher(client, "ci", prepared(client), cooldowns).launch_instances(1)
+    assert fault_proxy.offering_requests(availability_zone="us-east-1a", since=since) == []
 
 
-def test_on_demand_fallback_only_when_spot_fails(client, fault_proxy):
-    fault_proxy.fail("RunInstances", "InsufficientInstanceCapacity",
-                     params={"InstanceMarketOptions.MarketType": "spot"})
-    result = Launcher(client, "ci", launch()).launch_instances(2)
+def test_on_demand_fallback_only_for_what_spot_could_not_supply(client, fault_proxy):
+    fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
+    result = Launcher(client, "ci", prepared(client)).launch_instances(2)
     assert [e["type"] for e in result.entries] == ["fallback", "fallback"]
     for instance in described(client, result.ids).values():
         assert "InstanceLifecycle" not in instance
         assert ec2.tag_dict(instance["Tags"])["ec2spot:type"] == "fallback"
-    on_demand_requests = [r for r in fault_proxy.records("RunInstances")
-                          if "InstanceMarketOptions.MarketType" not in r.params]
-    assert on_demand_requests
+    on_demand = [r for r in fault_proxy.records("CreateFleet")
+                 if r.params["TargetCapacitySpecification.DefaultTargetCapacityType"] == "on-demand"][0]
+    # Never a spot-instances-request tag on an On-Demand launch.
+    assert "spot-instances-request" not in json.dumps(on_demand.params)
 
 
-def test_an_account_limit_stops_trying_spot_offerings(client, fault_proxy):
-    fault_proxy.fail("RunInstances", "MaxSpotInstanceCountExceeded",
-                     params={"InstanceMarketOptions.MarketType": "spot"})
-    result = Launcher(client, "ci", launch(instance_types=["t3.micro", "t3a.micro"])).launch_instances(1)
-    assert result.spot_disabled == "MaxSpotInstanceCountExceeded"
-    assert fault_proxy.count("RunInstances", {"InstanceMarketOptions.MarketType": "spot"}) == 1
+def test_an_account_limit_turns_spot_off_and_goes_on_demand_at_once(client, fault_proxy):
+    fault_proxy.fail_offering("MaxSpotInstanceCountExceeded", market="spot")
+    cooldowns = Cooldowns()
+    result = Launcher(client, "ci", prepared(client, instance_types=["t3.micro", "t3a.micro"]),
+                      cooldowns).launch_instances(1)
     assert [e["type"] for e in result.entries] == ["fallback"]
+    assert cooldowns.market_off("spot")["code"] == "MaxSpotInstanceCountExceeded"
+    since = time.time()
+    again = Launcher(client, "ci", prepared(client), cooldowns).launch_instances(1)
+    assert [e["type"] for e in again.entries] == ["fallback"]
+    assert fault_proxy.offering_requests(market="spot", since=since) == []
+
+
+def test_a_full_subnet_cools_down_the_subnet(client, ec2, fault_proxy):
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"]["SubnetId"]
+               for cidr, zone in (("10.9.1.0/24", "us-east-1a"), ("10.9.2.0/24", "us-east-1b"))]
+    fault_proxy.fail_offering("InsufficientFreeAddressesInSubnet", subnet_id=subnets[0])
+    cooldowns = Cooldowns()
+    spec = prepared(client, availability_zones=None, subnet_ids=subnets)
+    result = Launcher(client, "ci", spec, cooldowns).launch_instances(1)
+    assert len(result.entries) == 1
+    assert [(e["scope"], e["location"]) for e in cooldowns.entries] == [("subnet", subnets[0])]
+    assert all(cooldowns.blocks(o) for o in offerings(spec, "on-demand") if o.subnet_id == subnets[0])
 
 
 def test_without_fallback_a_spot_drought_is_a_launch_error(client, fault_proxy):
-    fault_proxy.fail("RunInstances", "InsufficientInstanceCapacity",
-                     params={"InstanceMarketOptions.MarketType": "spot"})
+    fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
     with pytest.raises(LaunchError) as err:
-        Launcher(client, "ci", launch(fallback=False)).launch_instances(2)
+        Launcher(client, "ci", prepared(client, fallback=False)).launch_instances(2)
     assert "InsufficientInstanceCapacity" in err.value.message
-    assert len(err.value.details["launch_errors"]) == 2
     assert ec2.describe_pool_instances(client, "ci") == []
 
 
-def test_other_errors_fail_loudly_without_fallback(client, fault_proxy):
-    fault_proxy.fail("RunInstances", "UnauthorizedOperation")
+def test_errors_not_in_fallback_on_do_not_fall_back(client, fault_proxy):
+    fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
+    with pytest.raises(LaunchError):
+        Launcher(client, "ci", prepared(client, fallback_on=["VcpuLimitExceeded"])).launch_instances(1)
+
+
+def test_other_errors_fail_loudly(client, fault_proxy):
+    fault_proxy.fail("CreateFleet", "UnauthorizedOperation")
     with pytest.raises(ec2.Ec2Error) as err:
-        Launcher(client, "ci", launch()).launch_instances(1)
+        Launcher(client, "ci", prepared(client)).launch_instances(1)
     assert err.value.code == "UnauthorizedOperation"
-    assert fault_proxy.count("RunInstances") == 1
+    assert fault_proxy.count("CreateFleet") == 1
 
 
 def test_throttling_is_retried_with_backoff_then_succeeds(client, fault_proxy):
-    fault_proxy.fail("RunInstances", "RequestLimitExceeded", times=2)
-    result = Launcher(client, "ci", launch()).launch_instances(1)
+    fault_proxy.fail("CreateFleet", "RequestLimitExceeded", times=2)
+    result = Launcher(client, "ci", prepared(client)).launch_instances(1)
     assert len(result.entries) == 1
-    assert fault_proxy.count("RunInstances") == 3
+    assert fault_proxy.count("CreateFleet") == 3
 
 
-def test_run_params_of_both_markets():
-    launcher = Launcher(None, "ci", launch(security_group_ids=["sg-1"], key_name="k", iam_instance_profile="arn:x",
-                                           user_data="#!/bin/sh"))
-    spot, on_demand = offerings(launcher.launch, "spot")[0], offerings(launcher.launch, "on-demand")[0]
-    params = launcher.run_params(spot, 2)
-    assert params["InstanceMarketOptions"]["MarketType"] == "spot"
-    assert params["Placement"] == {"AvailabilityZone": "us-east-1a"} and params["MaxCount"] == 2
-    assert params["IamInstanceProfile"] == {"Arn": "arn:x"} and params["SecurityGroupIds"] == ["sg-1"]
-    assert params["ClientToken"] != launcher.run_params(spot, 2)["ClientToken"]
-    assert "InstanceMarketOptions" not in launcher.run_params(on_demand, 1)
-    tags = ec2.tag_dict(launcher.run_params(on_demand, 1)["TagSpecifications"][0]["Tags"])
-    assert tags["ec2spot:type"] == "fallback" and tags["Name"] == "ec2spot-ci"
+def test_extra_spot_for_replacements_is_never_launched_on_demand(client, fault_proxy):
+    fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
+    result = Launcher(client, "ci", prepared(client)).launch_instances(0, extra_spot=2)
+    assert result.entries == []
+    assert all(r.params["TargetCapacitySpecification.DefaultTargetCapacityType"] == "spot"
+               for r in fault_proxy.records("CreateFleet"))
+
+
+def test_the_pool_template_is_made_once_and_versioned_on_change(client):
+    first = ensure_template(client, "ci", launch())
+    assert first["owned"] and first["Version"] == "1"
+    assert ensure_template(client, "ci", dict(launch(), template=first)) == first
+    changed = ensure_template(client, "ci", dict(launch(key_name="other"), template=first))
+    assert changed["LaunchTemplateId"] == first["LaunchTemplateId"] and changed["Version"] == "2"
+    data = client.describe_launch_template_versions(LaunchTemplateId=first["LaunchTemplateId"],
+                                                    Versions=["1"])["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert data["ImageId"] == AMI and data["MetadataOptions"]["HttpTokens"] == "required"
+    user = ensure_template(client, "ci", {"launch_template": {"LaunchTemplateName": "theirs"}, "image_id": None})
+    assert user == {"LaunchTemplateName": "theirs", "Version": "$Default", "owned": False}
 
 
 def test_validation_names_the_bad_value(client):

@@ -10,6 +10,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import NoReadyInstance
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
 from tests.support.moto import REGION
 
@@ -110,6 +111,8 @@ def test_release_ends_the_lease_by_market(pool, client):
     assert states(client, [spot["instance_id"], fallback["instance_id"]]) == {
         spot["instance_id"]: "terminated", fallback["instance_id"]: "stopped"}
     assert pool.read()["leases"] == []
+    kept = client.describe_instances(InstanceIds=[fallback["instance_id"]])["Reservations"][0]["Instances"][0]
+    assert "ec2spot:released-at" in {tag["Key"] for tag in kept["Tags"]}  # the orphan sweep leaves it alone
     nothing = ops.release_instance(pool, client)
     assert not nothing["changed"] and nothing["action"] == "none"
     with pytest.raises(InvalidRequest, match="i-0123 is not leased from pool 'p'"):
@@ -150,3 +153,34 @@ def test_info_reads_and_verifies_without_changing(pool, client):
     assert info["refill"]["running"] is False
     assert open(pool.path, "rb").read() == before
     assert ops.pool_info(PoolStore(pool.path + ".none", "p"))["exists"] is False
+
+
+def test_rebuild_from_tags_moves_a_corrupt_file_aside_and_knows_leases(pool, client):
+    leased = ops.get_instance(pool, no_client, refill=False)["instance_id"]
+    client.create_tags(Resources=[leased], Tags=[{"Key": "ec2spot:leased-at", "Value": "2026-11-22T10:00:00Z"}])
+    idle = sorted(e["id"] for e in pool.read()["instances"])
+    with open(pool.path, "w") as handle:
+        handle.write("{torn write")
+    with pytest.raises(StateFileError):
+        ops.init_pool(pool, client, 3, dict(LAUNCH))
+    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+    assert open(rebuilt["moved_aside"]).read() == "{torn write"
+    state = pool.read()
+    assert [lease["id"] for lease in state["leases"]] == [leased]
+    assert set(idle) <= {e["id"] for e in state["instances"]}
+    assert len(state["instances"]) == 3  # the hand-out's slot was refilled
+
+
+def test_terminate_deletes_the_pool_template(pool, client):
+    template = pool.read()["launch"]["template"]
+    assert template["owned"]
+    ops.terminate_pool(pool, client)
+    assert client.describe_launch_templates(Filters=[{"Name": "launch-template-name",
+                                                      "Values": ["ec2spot-p"]}])["LaunchTemplates"] == []
+
+
+def test_get_reports_a_failed_refill(pool):
+    with pool.transaction() as tx:
+        tx.state["refill"]["last_error"] = "CreateFleet failed: not authorized (UnauthorizedOperation)"
+    got = ops.get_instance(pool, no_client, refill=False)
+    assert "UnauthorizedOperation" in got["warnings"][0]

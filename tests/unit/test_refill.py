@@ -13,9 +13,12 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import isoformat
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
@@ -32,10 +35,10 @@ def client(aws_env):
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(tmp_path, client):
     store = PoolStore(str(tmp_path / "state" / "p.json"), "p")
     with store.transaction() as tx:
-        tx.state = new_state("p", 2, dict(LAUNCH))
+        tx.state = new_state("p", 2, dict(LAUNCH, template=ensure_template(client, "p", LAUNCH)))
     return store
 
 
@@ -63,8 +66,13 @@ def test_dead_instances_are_dropped_and_replaced(store, client):
     victim = store.read()["instances"][0]["id"]
     client.terminate_instances(InstanceIds=[victim])
     result = refill.reconcile(store, client)
-    assert result.dropped == [victim] and len(result.launched) == 1
-    assert victim not in [e["id"] for e in store.read()["instances"]]
+    assert result.dropped == [victim] and result.interrupted == [victim] and len(result.launched) == 1
+    state = store.read()
+    assert victim not in [e["id"] for e in state["instances"]]
+    # Nobody in the pool ended that idle Spot instance: an interruption. Its offering (the only Spot one) cools
+    # down, so the replacement is an On-Demand fallback, to be replaced by Spot after the cool-down.
+    assert [(c["code"], c["location"]) for c in state["cooldowns"]] == [("SpotInterruption", "us-east-1a")]
+    assert [e["type"] for e in state["instances"] if e["id"] in result.launched] == ["fallback"]
 
 
 def test_an_instance_ec2_does_not_list_yet_is_kept_for_a_grace_period(store, client):
@@ -95,8 +103,8 @@ def test_leases_taken_during_a_pass_are_not_undone(store, client):
 def test_a_pool_terminated_during_the_launch_leaks_nothing(store, client, monkeypatch):
     real = refill.Launcher.launch_instances
 
-    def launch_then_pool_vanishes(self, count):
-        launched = real(self, count)
+    def launch_then_pool_vanishes(self, count, extra_spot=0):
+        launched = real(self, count, extra_spot)
         os.unlink(store.path)
         return launched
 
@@ -143,12 +151,18 @@ def test_a_get_between_the_last_pass_and_the_exit_is_not_missed(store, client, m
     assert len(state["instances"]) == 2 and len(state["leases"]) == 1
 
 
-def test_an_error_that_retrying_cannot_fix_is_recorded_and_ends_the_job(store, fault_proxy):
-    fault_proxy.fail("RunInstances", "UnauthorizedOperation")
+def test_an_error_that_retrying_cannot_fix_is_recorded_and_ends_the_job(tmp_path, fault_proxy):
     client = boto3.client("ec2", region_name=REGION, endpoint_url=fault_proxy.url, aws_access_key_id="t",
                           aws_secret_access_key="t", config=Config(**BOTOCORE_CONFIG))
+    store = PoolStore(str(tmp_path / "p.json"), "p")
+    with store.transaction() as tx:
+        tx.state = new_state("p", 1, dict(LAUNCH, template=ensure_template(client, "p", LAUNCH)))
+    fault_proxy.fail("CreateFleet", "UnauthorizedOperation")
     assert refill.RefillJob(store, client, lambda e, **f: None).run() == 1
-    assert "UnauthorizedOperation" in store.read()["refill"]["last_error"]
+    state = store.read()
+    assert "UnauthorizedOperation" in state["refill"]["last_error"]
+    assert state["pending_launches"] == []  # the refused request is not replayed
+    assert fault_proxy.count("CreateFleet") == 1  # not retried: retrying cannot fix it
 
 
 def _log_events(store):
@@ -196,3 +210,95 @@ def test_stop_refill_stops_a_running_job_and_holds_its_lock(store, aws_env):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# -- issue 5: the pool heals itself ---------------------------------------------------------------------------
+@pytest.fixture
+def proxied(tmp_path, fault_proxy):
+    """A pool of 2 whose EC2 is the fault proxy (honest instant fleets and ClientToken idempotency)."""
+    client = boto3.client("ec2", region_name=REGION, endpoint_url=fault_proxy.url, aws_access_key_id="t",
+                          aws_secret_access_key="t", config=Config(**BOTOCORE_CONFIG))
+    store = PoolStore(str(tmp_path / "p.json"), "p")
+    spec = dict(LAUNCH, availability_zones=["us-east-1a", "us-east-1b"], cooldown_seconds=1, orphan_grace_seconds=0)
+    with store.transaction() as tx:
+        tx.state = new_state("p", 2, dict(spec, template=ensure_template(client, "p", spec)))
+    return store, client, fault_proxy
+
+
+def settle(store, client, passes=5):
+    for _ in range(passes):
+        result = refill.reconcile(store, client)
+        if result.whole:
+            return result
+    return result
+
+
+def test_a_fleet_answer_lost_in_a_crash_is_replayed_not_launched_again(proxied):
+    store, client, proxy = proxied
+    launcher = refill.Launcher(client, "p", store.read()["launch"])
+    request = launcher.fleet_request("spot", 2, offerings(store.read()["launch"], "spot"))
+    refill._record_pending(store)(request["ClientToken"], request)  # pylint: disable=protected-access
+    launched_then = [i for item in client.create_fleet(**request)["Instances"] for i in item["InstanceIds"]]
+    # ... and the process died here, before writing the answer. The next pass:
+    result = refill.reconcile(store, client)
+    assert sorted(result.replayed) == sorted(launched_then) and result.launched == []
+    state = store.read()
+    assert sorted(e["id"] for e in state["instances"]) == sorted(launched_then)
+    assert state["pending_launches"] == []
+    assert sorted(pool_ids(client)) == sorted(launched_then)  # nothing launched twice
+
+
+def test_an_expired_lease_is_ended_by_the_next_pass(proxied):
+    store, client, _ = proxied
+    settle(store, client)
+    with store.transaction() as tx:
+        lease = tx.state["instances"].pop(0)
+        tx.state["leases"].append(dict(lease, leased_at="2026-01-01T00:00:00Z", expires_at="2026-01-01T01:00:00Z"))
+        kept = tx.state["instances"][0]
+        tx.state["instances"].pop(0)
+        tx.state["leases"].append(dict(kept, leased_at="2026-01-01T00:00:00Z"))
+    result = refill.reconcile(store, client)
+    assert result.expired == [lease["id"]]
+    assert states(client, [lease["id"]]) == {lease["id"]: "terminated"}
+    state = store.read()
+    assert [item["id"] for item in state["leases"]] == [kept["id"]]
+    tags = ec2.tag_dict(client.describe_instances(InstanceIds=[kept["id"]])["Reservations"][0]["Instances"][0]["Tags"])
+    assert ec2.LEASED_TAG in tags  # a rebuild from tags will know it is leased
+
+
+def test_orphans_are_marked_then_terminated_and_leases_never_touched(proxied):
+    store, client, _ = proxied
+    settle(store, client)
+    with store.transaction() as tx:
+        tx.state["leases"].append(dict(tx.state["instances"].pop(0), leased_at="2026-01-01T00:00:00Z"))
+    leased = store.read()["leases"][0]["id"]
+    orphan = client.run_instances(ImageId=LAUNCH["image_id"], MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"}]}])["Instances"][0]["InstanceId"]
+    first = refill.reconcile(store, client)
+    assert first.orphans_marked == [orphan] and first.orphans_terminated == []
+    second = refill.reconcile(store, client)
+    assert second.orphans_terminated == [orphan]
+    assert states(client, [orphan, leased]) == {orphan: "terminated", leased: "running"}
+
+
+def test_fallbacks_are_replaced_by_spot_once_spot_is_back(proxied):
+    store, client, proxy = proxied
+    rule = proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
+    settle(store, client)
+    fallbacks = [e["id"] for e in store.read()["instances"]]
+    assert [e["type"] for e in store.read()["instances"]] == ["fallback", "fallback"]
+    # While Spot is cooling down, no Spot fleet is asked for (no retry storm).
+    since = time.time()
+    refill.reconcile(store, client)
+    assert proxy.offering_requests(market="spot", since=since) == []
+    proxy.remove_rule(rule)
+    time.sleep(1.2)  # the 1 s cool-down of this pool
+    result = settle(store, client)
+    state = store.read()
+    assert [e["type"] for e in state["instances"]] == ["spot", "spot"] and result.whole
+    assert states(client, fallbacks) == {fallbacks[0]: "stopped", fallbacks[1]: "stopped"}
+
+
+def states(client, ids):
+    return {i["InstanceId"]: i["State"]["Name"] for r in client.describe_instances(InstanceIds=ids)["Reservations"]
+            for i in r["Instances"]}

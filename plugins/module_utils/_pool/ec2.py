@@ -21,6 +21,9 @@ from .errors import PoolError
 
 POOL_TAG = "ec2spot:pool"
 TYPE_TAG = "ec2spot:type"
+LEASED_TAG = "ec2spot:leased-at"  # set by the refill on leased instances, so a rebuild from tags knows them
+ORPHAN_TAG = "ec2spot:orphan-since"  # first mark of an instance in neither the pool nor a lease
+RELEASED_TAG = "ec2spot:released-at"  # a stopped fallback kept on purpose (fallback_action=stop)
 LIVE_STATES = ("pending", "running")
 # Capped: 4 retries with 1 s base delay, at most 15 s apart; botocore's own retries sit below this.
 _retry = AWSRetry.jittered_backoff(retries=4, delay=1, backoff=2.0, max_delay=15)
@@ -32,7 +35,10 @@ class Ec2Error(PoolError):
     def __init__(self, operation, exception):
         self.exception = exception
         self.operation = operation
+        # None when no answer came (connection error): the request may or may not have been carried out.
+        self.status = None
         if isinstance(exception, botocore.exceptions.ClientError):
+            self.status = exception.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             error = exception.response.get("Error", {})
             self.code = error.get("Code", "Unknown")
             text = error.get("Message", str(exception))
@@ -47,6 +53,11 @@ class Ec2Error(PoolError):
             self.code = type(exception).__name__
             text = str(exception)
         super().__init__("%s failed: %s (%s)" % (operation, text, self.code), error_code=self.code)
+
+    @property
+    def refused(self):
+        """EC2 answered with a client error: the request was not carried out (so it is safe to forget)."""
+        return self.status is not None and 400 <= self.status < 500
 
 
 def _ec2_call(operation):
@@ -75,9 +86,50 @@ def tag_dict(tags):
     return {tag["Key"]: tag["Value"] for tag in tags or []}
 
 
-@_ec2_call("RunInstances")
-def run_instances(client, **params):
-    return client.run_instances(**params)["Instances"]
+@_ec2_call("CreateFleet")
+def create_fleet(client, **params):
+    """An instant fleet: returns the whole answer ({'Instances': [...], 'Errors': [...]})."""
+    return client.create_fleet(**params)
+
+
+@_ec2_call("CreateLaunchTemplate")
+def create_launch_template(client, name, data, tags):
+    return client.create_launch_template(
+        LaunchTemplateName=name, LaunchTemplateData=data,
+        TagSpecifications=[{"ResourceType": "launch-template", "Tags": tag_list(tags)}],
+    )["LaunchTemplate"]
+
+
+@_ec2_call("CreateLaunchTemplateVersion")
+def create_launch_template_version(client, template_id, data):
+    return client.create_launch_template_version(LaunchTemplateId=template_id,
+                                                 LaunchTemplateData=data)["LaunchTemplateVersion"]
+
+
+@_ec2_call("DescribeLaunchTemplates")
+def find_launch_template(client, name):
+    try:
+        templates = client.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "").startswith("InvalidLaunchTemplateName"):
+            return None
+        raise
+    return templates[0] if templates else None
+
+
+@_ec2_call("DeleteLaunchTemplate")
+def delete_launch_template(client, template_id):
+    try:
+        client.delete_launch_template(LaunchTemplateId=template_id)
+    except botocore.exceptions.ClientError as exc:
+        if not exc.response.get("Error", {}).get("Code", "").startswith("InvalidLaunchTemplateId"):
+            raise
+
+
+@_ec2_call("CreateTags")
+def create_tags(client, resource_ids, tags):
+    if resource_ids:
+        client.create_tags(Resources=list(resource_ids), Tags=tag_list(tags))
 
 
 @_ec2_call("DescribeInstances")
@@ -145,5 +197,7 @@ def instance_summary(instance):
         "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
         "instance_type": instance.get("InstanceType"),
         "lifecycle": instance.get("InstanceLifecycle", "on-demand"),
+        "launch_time": instance.get("LaunchTime"),
+        "state_reason": (instance.get("StateReason") or {}).get("Code"),
         "tags": tag_dict(instance.get("Tags")),
     }

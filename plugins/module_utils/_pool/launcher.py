@@ -1,44 +1,57 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Launching pool instances: Spot first across (instance type x zone/subnet) offerings, On-Demand only for
-what Spot could not supply, every instance tagged at launch so the pool can always be found again from EC2.
+"""Launching pool instances: one instant CreateFleet for Spot over every (instance type x zone/subnet)
+offering that is not cooling down, then, for what Spot could not supply and only for the errors in
+`fallback_on`, one instant CreateFleet On-Demand (`type: fallback`). Every instance is tagged at launch.
 
-One RunInstances per offering (MinCount=1, so a partly available offering still gives what it has). The
-count is spread over the zones of the preferred instance type first: a pool that lives in one zone loses every
-instance to one capacity event. What an offering cannot supply moves on to the next offering.
+The per-override `Errors` of a fleet answer say which offerings failed and why; the error's scope decides what
+is remembered (Cooldowns, kept in the state file): a capacity error cools down that (market, type, zone), a full
+subnet cools down the subnet, an account limit turns Spot off. Throttling never reaches this module: ec2.py
+retries it with a capped, jittered backoff. Anything else (authorisation, validation) is raised.
+
+Fleets need a launch template: the user's, or one the pool owns (`ec2spot-<pool>`), made from `image_id` & co.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
+import json
 import uuid
 
 from . import ec2
 from .errors import InvalidRequest
 from .errors import LaunchError
 from .state import isoformat
+from .state import parse_time
 from .state import utcnow
 
 SPOT = "spot"
 ON_DEMAND = "on-demand"
+DEFAULT_COOLDOWN_SECONDS = 180
+ALLOCATION_STRATEGIES = ("price-capacity-optimized", "lowest-price", "capacity-optimized")
 
-# EC2 error codes by what they say about where to launch next.
-# No capacity for this (market, type, zone): try the next offering.
+# No capacity for this (market, type, zone): cool that offering down, try the others.
 CAPACITY_ERRORS = frozenset((
     "InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacityOnHost",
     "InsufficientReservedInstanceCapacity", "UnfulfillableCapacity", "Unsupported",
-    "InsufficientFreeAddressesInSubnet", "SpotMaxPriceTooLow",
 ))
-# The account cannot get more of this market now: no point trying other Spot offerings.
+# The subnet has no free address: cool the subnet down for every type and market.
+SUBNET_ERRORS = frozenset(("InsufficientFreeAddressesInSubnet",))
+# The account cannot get more Spot now: Spot off for the cool-down, On-Demand at once.
 ACCOUNT_LIMIT_ERRORS = frozenset((
-    "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "MaxFleetCountExceeded", "InstanceLimitExceeded",
+    "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "MaxFleetCountExceeded", "SpotMaxPriceTooLow",
+    "InstanceLimitExceeded",
 ))
-# Codes after which an On-Demand fallback is allowed (the `fallback_on` option may replace this).
-DEFAULT_FALLBACK_ON = tuple(sorted(CAPACITY_ERRORS | ACCOUNT_LIMIT_ERRORS))
+# An instance of the offering was interrupted in the pool (recorded by the refill): like a capacity error.
+INTERRUPTED = "SpotInterruption"
+DEFAULT_FALLBACK_ON = tuple(sorted(CAPACITY_ERRORS | SUBNET_ERRORS | ACCOUNT_LIMIT_ERRORS))
 
 
 class Offering:
-    """Where one RunInstances goes: market, instance type, and a zone or a subnet."""
+    """Where capacity comes from: market, instance type, and a zone or a subnet."""
 
     __slots__ = ("market", "instance_type", "zone", "subnet_id")
 
@@ -59,6 +72,14 @@ class Offering:
         return {"market": self.market, "instance_type": self.instance_type, "zone": self.zone,
                 "subnet_id": self.subnet_id}
 
+    def override(self, priority):
+        out = {"InstanceType": self.instance_type, "Priority": float(priority)}
+        if self.subnet_id:
+            out["SubnetId"] = self.subnet_id
+        elif self.zone:
+            out["AvailabilityZone"] = self.zone
+        return out
+
 
 def offerings(launch, market):
     """Offerings in preference order: the first instance type in every zone, then the next type, ..."""
@@ -68,135 +89,240 @@ def offerings(launch, market):
             for itype in launch["instance_types"] for zone, subnet in locations]
 
 
+class Cooldowns:
+    """What failed recently and must not be asked again before `until`: the state file's `cooldowns` list.
+
+    Entries: {"scope": "offering"|"subnet"|"market", "market", "instance_type", "location", "code", "until"}.
+    """
+
+    def __init__(self, entries=None, now=None):
+        self.now = now or utcnow()
+        self.entries = [dict(e) for e in entries or [] if (parse_time(e.get("until")) or self.now) > self.now]
+
+    def add(self, scope, code, seconds, market=None, instance_type=None, location=None):
+        until = isoformat(self.now + datetime.timedelta(seconds=seconds))
+        key = (scope, market, instance_type, location)
+        self.entries = [e for e in self.entries
+                        if (e["scope"], e.get("market"), e.get("instance_type"), e.get("location")) != key]
+        self.entries.append({"scope": scope, "market": market, "instance_type": instance_type,
+                             "location": location, "code": code, "until": until})
+
+    def blocks(self, offering):
+        for entry in self.entries:
+            if entry["scope"] == "market" and entry["market"] == offering.market:
+                return entry
+            if entry["scope"] == "subnet" and entry["location"] == offering.location:
+                return entry
+            if entry["scope"] == "offering" and (entry["market"], entry["instance_type"], entry["location"]) == \
+                    (offering.market, offering.instance_type, offering.location):
+                return entry
+        return None
+
+    def market_off(self, market):
+        return next((e for e in self.entries if e["scope"] == "market" and e["market"] == market), None)
+
+
 class LaunchResult:
     def __init__(self):
         self.entries = []
-        self.errors = []  # (offering, error code, message)
-        self.spot_disabled = None  # the account-limit code that turned Spot off, if any
+        self.errors = []  # {"market", "instance_type", "zone", "subnet_id", "code", "message"}
 
     @property
     def ids(self):
         return [entry["id"] for entry in self.entries]
 
-    def errors_as_dicts(self):
-        return [dict(offering.as_dict(), code=code, message=message) for offering, code, message in self.errors]
+    def codes(self, market=None):
+        return {e["code"] for e in self.errors if market is None or e["market"] == market}
+
+
+def template_data(pool_name, launch):
+    """LaunchTemplateData for a pool-owned template made from init's options."""
+    data = {"ImageId": launch["image_id"],
+            # IMDSv2 only: the drain worker on the instance reads Spot notices with session tokens.
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            "TagSpecifications": [{"ResourceType": "volume",
+                                   "Tags": ec2.tag_list(dict(launch.get("tags") or {}, **{ec2.POOL_TAG: pool_name}))}]}
+    if launch.get("security_group_ids"):
+        data["SecurityGroupIds"] = list(launch["security_group_ids"])
+    if launch.get("key_name"):
+        data["KeyName"] = launch["key_name"]
+    profile = launch.get("iam_instance_profile")
+    if profile:
+        data["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
+    if launch.get("user_data"):
+        data["UserData"] = base64.b64encode(launch["user_data"].encode()).decode()
+    return data
+
+
+def ensure_template(client, pool_name, launch):
+    """The launch template fleets launch from: {"LaunchTemplateId"|"LaunchTemplateName", "Version", "owned"}.
+
+    A user's launch template is used as given. From `image_id` and the other options, the pool makes its own
+    template `ec2spot-<pool>` once, and a new version of it when those options change (`launch["template"]`
+    holds what was used last); terminate_pool deletes it."""
+    if launch.get("launch_template") and not launch.get("image_id"):
+        spec = dict(launch["launch_template"])
+        spec.setdefault("Version", "$Default")
+        return dict(spec, owned=False)
+    if not launch.get("image_id"):
+        raise InvalidRequest("one of image_id and launch_template is required")
+    data = template_data(pool_name, launch)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    name = "ec2spot-%s" % pool_name
+    existing = ec2.find_launch_template(client, name)
+    if existing is None:
+        created = ec2.create_launch_template(client, name, data, {ec2.POOL_TAG: pool_name, "ec2spot:spec": digest})
+        return {"LaunchTemplateId": created["LaunchTemplateId"], "Version": str(created["LatestVersionNumber"]),
+                "owned": True, "spec": digest}
+    previous = launch.get("template") or {}
+    if previous.get("LaunchTemplateId") == existing["LaunchTemplateId"] and previous.get("spec") == digest:
+        return previous
+    version = ec2.create_launch_template_version(client, existing["LaunchTemplateId"], data)
+    return {"LaunchTemplateId": existing["LaunchTemplateId"], "Version": str(version["VersionNumber"]),
+            "owned": True, "spec": digest}
 
 
 class Launcher:
     """Launches pool instances for one pool's launch specification (the state file's `launch`)."""
 
-    def __init__(self, client, pool_name, launch):
+    def __init__(self, client, pool_name, launch, cooldowns=None, before_call=None):
         self.client = client
         self.pool_name = pool_name
         self.launch = launch
+        self.cooldowns = cooldowns or Cooldowns()
+        self.cooldown_seconds = launch.get("cooldown_seconds", DEFAULT_COOLDOWN_SECONDS)
         self.fallback_on = frozenset(launch.get("fallback_on") or DEFAULT_FALLBACK_ON)
+        # Called with (token, request) before each CreateFleet, so the caller can record the token first: a
+        # crash between the call and the state write is then replayed (same token, same answer), not repeated.
+        self.before_call = before_call or (lambda token, request: None)
+        # Tokens whose request is settled: answered, or refused by EC2. Others stay pending to be replayed.
+        self.settled = []
 
-    def launch_instances(self, count):
-        """Launch up to `count` instances: Spot first; On-Demand for the rest if `fallback` allows it."""
+    def launch_instances(self, count, extra_spot=0):
+        """Launch `count` instances (Spot, then On-Demand for the rest if allowed), plus up to `extra_spot` more
+        Spot ones (to replace fallbacks: never launched On-Demand)."""
         result = LaunchResult()
-        if count <= 0:
+        if count + extra_spot <= 0:
             return result
-        remaining = self._launch_market(SPOT, count, result)
-        spot_failures = {code for _, code, _ in result.errors}
-        if remaining and self.launch.get("fallback", True) and (spot_failures & self.fallback_on):
-            remaining = self._launch_market(ON_DEMAND, remaining, result)
-        if remaining == count:
+        spot_offers = [o for o in offerings(self.launch, SPOT) if not self.cooldowns.blocks(o)]
+        got_spot = 0
+        if spot_offers:
+            got_spot = self._fleet(SPOT, count + extra_spot, spot_offers, result)
+        remaining = max(0, count - got_spot)
+        # Spot "failed" when it answered with an error we fall back on, or when every Spot offering is cooling
+        # down after such an error. Spot that simply has nothing to say (no offering configured) is no reason.
+        recent = {e["code"] for e in self.cooldowns.entries if e.get("market") in (SPOT, None)}
+        failures = result.codes(SPOT) | (recent if not spot_offers else set())
+        # An interruption counts as the capacity error it is: that offering's Spot pool is being reclaimed.
+        spot_failed = bool(failures & self.fallback_on) or INTERRUPTED in failures
+        if remaining and self.launch.get("fallback", True) and spot_failed:
+            on_demand = [o for o in offerings(self.launch, ON_DEMAND) if not self.cooldowns.blocks(o)]
+            if on_demand:
+                self._fleet(ON_DEMAND, remaining, on_demand, result)
+        if not result.entries and count > 0 and result.errors:
             raise LaunchError(
-                "no instance could be launched for pool '%s': %s" % (self.pool_name, "; ".join(
-                    "%s %s in %s: %s" % (o.market, o.instance_type, o.location, code) for o, code, _ in result.errors)),
-                launch_errors=result.errors_as_dicts(),
+                "no instance could be launched for pool '%s': %s" % (self.pool_name, "; ".join(sorted(
+                    "%s %s in %s: %s" % (e["market"], e["instance_type"], e["subnet_id"] or e["zone"], e["code"])
+                    for e in result.errors))),
+                launch_errors=result.errors,
             )
         return result
 
-    def _launch_market(self, market, count, result):
-        pending = offerings(self.launch, market)
-        remaining = count
-        while remaining > 0 and pending:
-            offering = pending.pop(0)
-            # Spread over the locations still untried for this instance type.
-            same_type_left = 1 + sum(1 for other in pending if other.instance_type == offering.instance_type)
-            ask = -(-remaining // same_type_left)
-            try:
-                instances = ec2.run_instances(self.client, **self.run_params(offering, ask))
-            except ec2.Ec2Error as exc:
-                if exc.code in CAPACITY_ERRORS:
-                    result.errors.append((offering, exc.code, exc.message))
-                    continue
-                if exc.code in ACCOUNT_LIMIT_ERRORS:
-                    result.errors.append((offering, exc.code, exc.message))
-                    if market == SPOT:
-                        result.spot_disabled = exc.code
-                    break
-                raise
-            for instance in instances:
-                result.entries.append(self.entry(instance, market))
-            remaining -= len(instances)
-            if 0 < len(instances) < ask:
-                # A partial answer (MinCount=1) means the offering had some capacity: ask it again after the
-                # others rather than giving up on it. Each re-ask launches at least one instance or fails, so
-                # the loop ends.
-                pending.append(offering)
-        return remaining
-
-    def run_params(self, offering, count):
-        launch = self.launch
-        kind = "spot" if offering.market == SPOT else "fallback"
-        tags = dict(launch.get("tags") or {})
+    def fleet_request(self, market, count, offers):
+        kind = "spot" if market == SPOT else "fallback"
+        tags = dict(self.launch.get("tags") or {})
         tags.setdefault("Name", "ec2spot-%s" % self.pool_name)
         tags[ec2.POOL_TAG] = self.pool_name
         tags[ec2.TYPE_TAG] = kind
-        params = {
-            "MinCount": 1,
-            "MaxCount": count,
-            "InstanceType": offering.instance_type,
-            # Retries of this same call (throttling) reuse the token, so EC2 never launches twice for it.
+        template = {key: value for key, value in (self.launch.get("template") or {}).items()
+                    if key in ("LaunchTemplateId", "LaunchTemplateName", "Version")}
+        request = {
+            "Type": "instant",
             "ClientToken": "ec2spot-%s" % uuid.uuid4().hex,
-            "TagSpecifications": [
-                {"ResourceType": "instance", "Tags": ec2.tag_list(tags)},
-                {"ResourceType": "volume", "Tags": ec2.tag_list(tags)},
-            ],
+            "LaunchTemplateConfigs": [{"LaunchTemplateSpecification": template,
+                                       "Overrides": [o.override(n) for n, o in enumerate(offers)]}],
+            "TargetCapacitySpecification": {"TotalTargetCapacity": count, "DefaultTargetCapacityType": market},
+            # Instance tags only: an instant fleet tags what it launches. (No spot-instances-request tag: that
+            # resource does not exist for On-Demand, and tagging it would fail the whole On-Demand launch.)
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": ec2.tag_list(tags)}],
         }
-        if launch.get("launch_template"):
-            params["LaunchTemplate"] = dict(launch["launch_template"])
-        if launch.get("image_id"):
-            params["ImageId"] = launch["image_id"]
-        if offering.subnet_id:
-            params["SubnetId"] = offering.subnet_id
-        elif offering.zone:
-            params["Placement"] = {"AvailabilityZone": offering.zone}
-        if launch.get("security_group_ids"):
-            params["SecurityGroupIds"] = list(launch["security_group_ids"])
-        if launch.get("key_name"):
-            params["KeyName"] = launch["key_name"]
-        profile = launch.get("iam_instance_profile")
-        if profile:
-            params["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
-        if launch.get("user_data"):
-            params["UserData"] = launch["user_data"]
-        if offering.market == SPOT:
-            params["InstanceMarketOptions"] = {
-                "MarketType": "spot",
-                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
-            }
-        return params
+        if market == SPOT:
+            request["TargetCapacitySpecification"]["SpotTargetCapacity"] = count
+            request["SpotOptions"] = {"AllocationStrategy": self.launch.get("allocation_strategy")
+                                      or "price-capacity-optimized", "InstanceInterruptionBehavior": "terminate"}
+        else:
+            request["TargetCapacitySpecification"]["OnDemandTargetCapacity"] = count
+            request["OnDemandOptions"] = {"AllocationStrategy": "prioritized"}  # the user's order of types
+        return request
 
-    @staticmethod
-    def entry(instance, market):
-        summary = ec2.instance_summary(instance)
-        return {
-            "id": summary["id"],
-            "ip": None,  # set once the instance runs and has an address: an entry without one is never handed out
-            "public_ip": None,
-            "private_ip": summary["private_ip"],
-            "type": "spot" if market == SPOT else "fallback",
-            "availability_zone": summary["availability_zone"],
-            "instance_type": summary["instance_type"],
-            "launched_at": isoformat(utcnow()),
-        }
+    def _fleet(self, market, count, offers, result):
+        request = self.fleet_request(market, count, offers)
+        self.before_call(request["ClientToken"], request)
+        answer = self.create_fleet(request)
+        return self.absorb(answer, result)
+
+    def create_fleet(self, request):
+        """CreateFleet with a settled-or-pending account of its token (see `settled`)."""
+        try:
+            answer = ec2.create_fleet(self.client, **request)
+        except ec2.Ec2Error as exc:
+            if exc.refused:
+                self.settled.append(request["ClientToken"])
+            raise
+        self.settled.append(request["ClientToken"])
+        return answer
+
+    def absorb(self, answer, result):
+        """Take a fleet answer (fresh, or replayed after a crash): entries for the instances, cool-downs for the
+        errors. Returns how many instances it launched."""
+        launched = 0
+        for item in answer.get("Instances") or []:
+            offering = _offering_of(item)
+            for instance_id in item.get("InstanceIds") or []:
+                result.entries.append(entry_for(instance_id, offering))
+                launched += 1
+        for error in answer.get("Errors") or []:
+            offering = _offering_of(error)
+            code = error.get("ErrorCode") or "Unknown"
+            result.errors.append(dict(offering.as_dict(), code=code, message=error.get("ErrorMessage")))
+            self._remember(offering, code)
+        return launched
+
+    def _remember(self, offering, code):
+        seconds = self.cooldown_seconds
+        if code in CAPACITY_ERRORS:
+            self.cooldowns.add("offering", code, seconds, offering.market, offering.instance_type, offering.location)
+        elif code in SUBNET_ERRORS:
+            self.cooldowns.add("subnet", code, seconds, location=offering.location)
+        elif code in ACCOUNT_LIMIT_ERRORS and offering.market == SPOT:
+            self.cooldowns.add("market", code, seconds, market=SPOT)
+
+
+def _offering_of(item):
+    overrides = (item.get("LaunchTemplateAndOverrides") or {}).get("Overrides") or {}
+    market = SPOT if item.get("Lifecycle") == "spot" else ON_DEMAND
+    return Offering(market, overrides.get("InstanceType") or item.get("InstanceType"),
+                    overrides.get("AvailabilityZone"), overrides.get("SubnetId"))
+
+
+def entry_for(instance_id, offering):
+    return {
+        "id": instance_id,
+        "ip": None,  # set once the instance runs and has an address: an entry without one is never handed out
+        "public_ip": None,
+        "private_ip": None,
+        "type": "spot" if offering.market == SPOT else "fallback",
+        "availability_zone": offering.zone,
+        "subnet_id": offering.subnet_id,
+        "instance_type": offering.instance_type,
+        "launched_at": isoformat(utcnow()),
+    }
 
 
 def validate_launch(client, launch):
     """Check zones, subnets and instance types against EC2 before anything is launched."""
+    if launch.get("allocation_strategy") and launch["allocation_strategy"] not in ALLOCATION_STRATEGIES:
+        raise InvalidRequest("allocation_strategy must be one of %s" % ", ".join(ALLOCATION_STRATEGIES))
     if launch.get("availability_zones"):
         known = {zone["ZoneName"]: zone for zone in ec2.describe_availability_zones(client)}
         unknown = [zone for zone in launch["availability_zones"] if zone not in known]

@@ -11,6 +11,7 @@ spawn); a failure before the write changes nothing; check mode reads but never w
 from __future__ import annotations
 
 import datetime
+import os
 import time
 
 from . import jobcontrol
@@ -24,9 +25,15 @@ from .state import new_state
 from .state import parse_time
 from .state import utcnow
 
-LAUNCH_KEYS = ("image_id", "launch_template", "instance_types", "availability_zones", "subnet_ids",
-               "security_group_ids", "key_name", "iam_instance_profile", "user_data", "tags", "fallback", "region")
-
+# Defaults of init's options, restated here so that get's import path does not pull in the launcher (boto3).
+DEFAULT_COOLDOWN_SECONDS = 180
+DEFAULT_ORPHAN_GRACE_SECONDS = 600
+DEFAULT_FALLBACK_ON = (
+    "InstanceLimitExceeded", "InsufficientCapacityOnHost", "InsufficientFreeAddressesInSubnet",
+    "InsufficientHostCapacity", "InsufficientInstanceCapacity", "InsufficientReservedInstanceCapacity",
+    "MaxFleetCountExceeded", "MaxSpotInstanceCountExceeded", "SpotMaxPriceTooLow", "UnfulfillableCapacity",
+    "Unsupported", "VcpuLimitExceeded",
+)
 
 def launch_spec(params, region):
     """The part of init's options that every later launch repeats. Credentials are never part of it."""
@@ -47,6 +54,11 @@ def launch_spec(params, region):
         "user_data": params.get("user_data"),
         "tags": dict(params.get("tags") or {}),
         "fallback": params.get("fallback", True),
+        "fallback_on": list(params.get("fallback_on") or DEFAULT_FALLBACK_ON),
+        "fallback_action": params.get("fallback_action") or "stop",
+        "allocation_strategy": params.get("allocation_strategy") or "price-capacity-optimized",
+        "cooldown_seconds": params.get("cooldown", DEFAULT_COOLDOWN_SECONDS),
+        "orphan_grace_seconds": params.get("orphan_grace", DEFAULT_ORPHAN_GRACE_SECONDS),
         "region": region,
     }
 
@@ -56,21 +68,40 @@ def _pool_view(state):
 
 
 # -- init -------------------------------------------------------------------------------------------------
-def _surplus(state):
-    """Idle instances beyond the target: fallbacks first, then those not ready yet, then the newest."""
-    extra = len(state["instances"]) - state["target_size"]
-    if extra <= 0:
-        return []
-    ranked = sorted(state["instances"], key=lambda e: (e.get("type") != "fallback", bool(e.get("ip")),
-                                                       e.get("launched_at") or ""), reverse=False)
-    return [entry["id"] for entry in ranked[:extra]]
+def _rebuild_from_tags(client, store, size, launch, previous):
+    """A state made from what EC2 knows by the pool tag: idle instances, and leases (the refill tags leased
+    instances with ec2spot:leased-at). Leases the old file still knows are kept as they were."""
+    from . import ec2  # pylint: disable=import-outside-toplevel
+
+    state = new_state(store.pool_name, size, launch)
+    old_leases = {lease["id"]: lease for lease in (previous or {}).get("leases", [])}
+    for item in ec2.describe_pool_instances(client, store.pool_name, states=("pending", "running")):
+        info = ec2.instance_summary(item)
+        if ec2.RELEASED_TAG in info["tags"]:
+            continue
+        running = info["state"] == "running"
+        entry = {"id": info["id"], "ip": (info["public_ip"] or info["private_ip"]) if running else None,
+                 "public_ip": info["public_ip"] if running else None, "private_ip": info["private_ip"],
+                 "type": info["tags"].get(ec2.TYPE_TAG, "spot"), "availability_zone": info["availability_zone"],
+                 "subnet_id": None, "instance_type": info["instance_type"],
+                 "launched_at": isoformat(info["launch_time"]) if info["launch_time"] else isoformat(utcnow())}
+        if info["id"] in old_leases:
+            state["leases"].append(old_leases[info["id"]])
+        elif ec2.LEASED_TAG in info["tags"]:
+            state["leases"].append(dict(entry, leased_at=info["tags"][ec2.LEASED_TAG], tagged=True))
+        else:
+            state["instances"].append(entry)
+    return state
 
 
 def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mode=False, refill_env=None,
-              sleep=time.sleep, clock=time.monotonic):
-    """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address."""
+              rebuild=False, sleep=time.sleep, clock=time.monotonic):
+    """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
+
+    With `rebuild`, a lost or corrupt state file is made again from the pool's tags (a corrupt one is first
+    moved aside to `<file>.corrupt-<time>`, never overwritten)."""
     # pylint: disable=import-outside-toplevel  (the launcher pulls in boto3; get must not import this path)
-    from . import ec2
+    from .launcher import ensure_template
     from .launcher import validate_launch
     from .refill import reconcile
 
@@ -79,32 +110,44 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
     if not launch.get("instance_types"):
         raise InvalidRequest("instance_types must name at least one instance type")
     validate_launch(client, launch)
-    existing = store.read()
-    spec_changed = existing is None or existing["target_size"] != size or existing["launch"] != launch
+    corrupt = None
+    try:
+        existing = store.read()
+    except StateFileError as exc:
+        if not rebuild:
+            raise
+        existing, corrupt = None, exc
+    old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
+    spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
     if check_mode:
         have = len(existing["instances"]) if existing else 0
         return {"changed": spec_changed or have != size, "launched": [], "terminated": [],
                 "would_launch": max(0, size - have), "pool": _pool_view(existing), "counts": counts(existing)}
 
-    lock = jobcontrol.stop_refill(store)  # the job would race us; we do its work here and restart it if needed
+    launch = dict(launch, template=ensure_template(client, store.pool_name,
+                                                   dict(launch, template=(existing or {}).get("launch", {})
+                                                        .get("template"))))
+    lock = jobcontrol.stop_refill(store) if corrupt is None else None
     try:
+        if corrupt is not None:
+            aside = "%s.corrupt-%s" % (store.path, utcnow().strftime("%Y%m%dT%H%M%SZ"))
+            os.rename(store.path, aside)
+            lock = jobcontrol.stop_refill(store)
         with store.transaction() as tx:
-            if tx.state is None:
+            if rebuild:
+                tx.state = _rebuild_from_tags(client, store, size, launch, tx.state)
+            elif tx.state is None:
                 tx.state = new_state(store.pool_name, size, launch)
             else:
                 tx.state["target_size"] = size
                 tx.state["launch"] = launch
-            surplus = _surplus(tx.state)
-        if surplus:
-            ec2.terminate_instances(client, surplus)
-            with store.transaction() as tx:
-                tx.state["instances"] = [e for e in tx.state["instances"] if e["id"] not in surplus]
-        launched, dropped = [], []
+        launched, dropped, retired = [], [], []
         deadline = clock() + wait_timeout
         while True:
             result = reconcile(store, client)
-            launched += result.launched
+            launched += result.launched + result.replayed
             dropped += result.dropped
+            retired += result.retired
             if result.whole or not wait:
                 break
             if clock() >= deadline:
@@ -115,13 +158,19 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
                 )
             sleep(1.0)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     state = store.read()
     pool_counts = counts(state)
-    if refill_env is not None and not (pool_counts["pending"] == 0 and pool_counts["ready"] >= size):
-        jobcontrol.start_refill(store, refill_env)  # without `wait`: addresses are filled in in the background
-    return {"changed": bool(spec_changed or launched or dropped or surplus), "launched": launched,
-            "terminated": surplus, "pool": _pool_view(state), "counts": pool_counts}
+    if refill_env is not None and (pool_counts["pending"] or pool_counts["fallback"] or pool_counts["ready"] < size):
+        # Addresses still to fill in (wait=false), or fallbacks to replace by Spot: the job goes on in the background.
+        jobcontrol.start_refill(store, refill_env)
+    result = {"changed": bool(spec_changed or launched or dropped or retired), "launched": launched,
+              "terminated": retired, "pool": _pool_view(state), "counts": pool_counts,
+              "cooldowns": state.get("cooldowns", [])}
+    if corrupt is not None:
+        result["moved_aside"] = aside
+    return result
 
 
 # -- get --------------------------------------------------------------------------------------------------
@@ -179,14 +228,15 @@ def _lease_one(store, dead, lease_ttl, check_mode, verify, verify_max_age):
         if entry is None:
             raise _no_ready(store, state)
         lease = dict(entry, leased_at=isoformat(now))
+        refill_error = (state.get("refill") or {}).get("last_error")
         if lease_ttl:
             lease["expires_at"] = isoformat(now + datetime.timedelta(seconds=lease_ttl))
         if check_mode:
             tx.state = None  # check mode: leave the file exactly as it is
-            return lease, counts(state)
-        state["instances"].remove(entry)
-        state["leases"].append(lease)
-        return lease, counts(state)
+        else:
+            state["instances"].remove(entry)
+            state["leases"].append(lease)
+        return dict(lease, refill_error=refill_error), counts(state)
 
 
 def get_instance(store, make_client, address="public", verify=True, verify_max_age=60, lease_ttl=None,
@@ -227,6 +277,7 @@ def get_instance(store, make_client, address="public", verify=True, verify_max_a
         "dropped": sorted(dead or ()),
         "counts": pool_counts,
         "refill": {"started": refill_started[0], "pid": refill_started[1]},
+        "warnings": ["the pool's refill job failed: %s" % lease["refill_error"]] if lease.get("refill_error") else [],
     }
 
 
@@ -257,6 +308,8 @@ def release_instance(store, client, instance_id=None, fallback_action="stop", ch
             ec2.terminate_instances(client, [lease["id"]])
         else:
             ec2.stop_instances(client, [lease["id"]])
+            # Kept on purpose: the refill's orphan sweep must leave it alone; terminate_pool still ends it.
+            ec2.create_tags(client, [lease["id"]], {ec2.RELEASED_TAG: isoformat(utcnow())})
     except ec2.Ec2Error as exc:
         if exc.code != "InvalidInstanceID.NotFound":  # already gone: the lease still ends
             raise
@@ -321,6 +374,9 @@ def terminate_pool(store, client, fallback_action="stop", include_orphans=True, 
         except ec2.Ec2Error as exc:
             if exc.code != "InvalidInstanceID.NotFound":
                 raise
+        template = ((state or {}).get("launch") or {}).get("template") or {}
+        if template.get("owned"):
+            ec2.delete_launch_template(client, template["LaunchTemplateId"])
         if corrupt is None:
             with store.transaction() as tx:
                 if tx.state is not None:
@@ -336,6 +392,7 @@ def terminate_pool(store, client, fallback_action="stop", include_orphans=True, 
 def pool_info(store, make_client=None, verify=False):
     """The pool as the file says it (and, with `verify`, what EC2 says about each instance). Changes nothing."""
     state = store.read()
+    now = utcnow()
     result = {
         "changed": False,
         "exists": state is not None,
@@ -346,7 +403,11 @@ def pool_info(store, make_client=None, verify=False):
         "leases": (state or {}).get("leases", []),
         "counts": counts(state),
         "refill": jobcontrol.refill_status(store, state),
+        "cooldowns": [c for c in (state or {}).get("cooldowns", []) if (parse_time(c.get("until")) or now) > now],
+        "pending_launches": [p["token"] for p in (state or {}).get("pending_launches", [])],
     }
+    for lease in result["leases"]:
+        lease["expired"] = bool(lease.get("expires_at")) and parse_time(lease["expires_at"]) <= now
     if verify and state:
         from . import ec2  # pylint: disable=import-outside-toplevel
 

@@ -1,11 +1,22 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Keeping a pool whole: the reconcile step, the detached refill job that repeats it, and starting/stopping it.
+"""Keeping a pool whole: the reconcile pass, and the detached refill job that repeats it.
 
-One reconcile step: describe the pool's instances (one call), launch what is missing (outside the state lock,
-so `get` never waits on EC2), then under the lock drop dead entries, fill in addresses, add the new instances
-with `ip: null`. `spot_pool_init` runs the same steps in its own process; `spot_pool_get` starts the detached job.
+One pass (`reconcile`), in order:
+1. replays fleet requests whose answer never reached the state file (a crash between CreateFleet and the write):
+   same ClientToken, so EC2 answers with the instances it launched then instead of launching again;
+2. one DescribeInstances by the pool tag: every idle entry, lease and stray instance of the pool at once;
+3. drops entries whose instance is gone; an idle Spot entry that died without us ending it was interrupted, and
+   its offering cools down like one that had no capacity;
+4. ends leases past their `expires_at`, so a CI job that died before its release step leaks nothing;
+5. marks instances with the pool tag that are in neither the pool nor a lease, and terminates them on a later
+   pass once the mark is older than the orphan grace (never a leased or just-launched one);
+6. launches what is missing (Spot, then On-Demand for what the `fallback_on` errors left), plus Spot instances
+   to replace idle fallbacks; the locks are not held meanwhile, so `get` never waits on EC2;
+7. under the lock: applies all of it to the current state (a `get` may have leased an entry meanwhile), and
+   retires the surplus: fallbacks first, once the Spot instances that replace them are ready.
+`spot_pool_init` runs the same passes in its own process; `spot_pool_get` starts the detached job (jobcontrol.py).
 
 The job is one process per pool: it holds `<pool file>.refill.lock` for as long as it runs, and a second start
 is a no-op. It is started from a copy of the module's code (Ansible deletes the module's payload as soon as the
@@ -15,6 +26,7 @@ module exits), in a new session, with every standard stream redirected, so the p
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -27,7 +39,12 @@ from .errors import LaunchError
 from .errors import PoolError
 from .jobcontrol import log_path
 from .jobcontrol import refill_lock
+from .launcher import INTERRUPTED
+from .launcher import SPOT
+from .launcher import Cooldowns
 from .launcher import Launcher
+from .launcher import LaunchResult
+from .launcher import Offering
 from .state import PoolStore
 from .state import counts
 from .state import isoformat
@@ -37,8 +54,10 @@ from .state import utcnow
 # An instance EC2 does not list yet may simply be new (DescribeInstances is eventually consistent):
 # only an entry older than this is dropped for being absent.
 ABSENT_GRACE_SECONDS = 120
+DEFAULT_ORPHAN_GRACE_SECONDS = 600
 MAX_RUN_SECONDS = 900
 LOG_MAX_BYTES = 1 << 20
+GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 
 
 class PoolGone(PoolError):
@@ -48,7 +67,13 @@ class PoolGone(PoolError):
 class ReconcileResult:
     def __init__(self):
         self.launched = []
+        self.replayed = []
         self.dropped = []
+        self.interrupted = []
+        self.expired = []
+        self.orphans_marked = []
+        self.orphans_terminated = []
+        self.retired = []
         self.launch_errors = []
         self.counts = {}
 
@@ -56,24 +81,81 @@ class ReconcileResult:
     def whole(self):
         return is_whole(self.counts)
 
+    def as_dict(self):
+        """Every field, empty ones too: the refill log's records keep one shape."""
+        return dict(vars(self))
+
 
 def is_whole(pool_counts):
     """Every slot of the pool holds an instance that is ready to hand out."""
     return pool_counts.get("pending", 0) == 0 and pool_counts.get("ready", 0) >= pool_counts.get("target", 0)
 
 
-def _observe(entry, info, now):
-    """Update one entry from what EC2 says; False when the instance is gone for good."""
+def _age(moment, now):
+    if isinstance(moment, str):
+        moment = parse_time(moment)
+    return None if moment is None else (now - moment).total_seconds()
+
+
+def _alive(entry, info, now):
+    """Whether an idle entry still has a live instance (and fill in its addresses when it runs)."""
     if info is None:
-        launched = parse_time(entry.get("launched_at"))
-        return launched is not None and (now - launched).total_seconds() < ABSENT_GRACE_SECONDS
+        age = _age(entry.get("launched_at"), now)
+        return age is not None and age < ABSENT_GRACE_SECONDS
     if info["state"] not in ec2.LIVE_STATES:
         return False
     if info["state"] == "running":
         entry["public_ip"] = info["public_ip"]
         entry["private_ip"] = info["private_ip"]
         entry["ip"] = info["public_ip"] or info["private_ip"]
+        entry["availability_zone"] = info["availability_zone"] or entry.get("availability_zone")
     return True
+
+
+def _end(client, instances, fallback_action):
+    """Terminate Spot instances; stop (and mark as kept) or terminate fallbacks."""
+    stop = [e["id"] for e in instances if e.get("type") == "fallback" and fallback_action == "stop"]
+    terminate = [e["id"] for e in instances if e["id"] not in stop]
+    ec2.terminate_instances(client, terminate)
+    if stop:
+        ec2.stop_instances(client, stop)
+        ec2.create_tags(client, stop, {ec2.RELEASED_TAG: isoformat(utcnow())})
+
+
+def _surplus(instances, target):
+    """Idle entries to retire so the pool holds `target`: fallbacks first, Spot ones only once no fallback is
+    left (pending before ready, newest first). A ready entry goes only while the ready count stays at the target,
+    so a fallback waits for the Spot instance that replaces it to be ready."""
+    surplus = len(instances) - target
+    if surplus <= 0:
+        return []
+    ready = sum(1 for e in instances if e.get("ip"))
+    fallbacks = sorted((e for e in instances if e.get("type") == "fallback"), key=lambda e: bool(e.get("ip")))
+    spots = sorted((e for e in instances if e.get("type") != "fallback"), key=lambda e: e.get("launched_at") or "",
+                   reverse=True)
+    spots.sort(key=lambda e: bool(e.get("ip")))
+    retire = []
+    for entry in fallbacks + spots:
+        if len(retire) == surplus:
+            break
+        if entry.get("type") != "fallback" and len(retire) < len(fallbacks):
+            break  # a fallback is still in the pool: the Spot entries are its replacements
+        if entry.get("ip"):
+            if ready - 1 < target:
+                continue
+            ready -= 1
+        retire.append(entry)
+    return retire
+
+
+def _record_pending(store):
+    def before_call(token, request):
+        with store.transaction() as tx:
+            if tx.state is None:
+                raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
+            tx.state.setdefault("pending_launches", []).append(
+                {"token": token, "request": request, "at": isoformat(utcnow())})
+    return before_call
 
 
 def reconcile(store, client, launch=True):
@@ -81,39 +163,115 @@ def reconcile(store, client, launch=True):
     state = store.read()
     if state is None:
         raise PoolGone("pool '%s' has no state file %s" % (store.pool_name, store.path))
-    checked = [entry["id"] for entry in state["instances"]]
-    found = {item["InstanceId"]: ec2.instance_summary(item) for item in ec2.describe_instances(client, checked)}
     now = utcnow()
-    alive = [entry for entry in state["instances"] if _observe(dict(entry), found.get(entry["id"]), now)]
+    spec = state["launch"]
     result = ReconcileResult()
-    missing = state["target_size"] - len(alive)
-    launched = None
-    if launch and missing > 0:
+    cooldowns = Cooldowns(state.get("cooldowns"), now)
+    launcher = Launcher(client, store.pool_name, spec, cooldowns, before_call=_record_pending(store))
+    orphan_grace = spec.get("orphan_grace_seconds", DEFAULT_ORPHAN_GRACE_SECONDS)
+
+    # 1. fleet requests whose answer was lost
+    replayed = LaunchResult()
+    for pending in state.get("pending_launches") or []:
         try:
-            launched = Launcher(client, store.pool_name, state["launch"]).launch_instances(missing)
+            launcher.absorb(launcher.create_fleet(pending["request"]), replayed)
+        except ec2.Ec2Error as exc:  # refused now (e.g. the token expired): forgotten; else kept for next pass
+            result.launch_errors.append({"token": pending["token"], "code": exc.code, "message": exc.message})
+    result.replayed = replayed.ids
+
+    # 2. the pool as EC2 sees it
+    tagged = {item["InstanceId"]: ec2.instance_summary(item)
+              for item in ec2.describe_instances(client, filters=[{"Name": "tag:" + ec2.POOL_TAG,
+                                                                   "Values": [store.pool_name]}])}
+    # 3. dead idle entries; an idle Spot instance we did not end was interrupted
+    alive = []
+    for entry in state["instances"]:
+        info = tagged.get(entry["id"])
+        if _alive(dict(entry), info, now):
+            alive.append(entry)
+        elif entry.get("type") == "spot" and info is not None:
+            result.interrupted.append(entry["id"])
+            cooldowns.add("offering", INTERRUPTED, launcher.cooldown_seconds, SPOT, entry.get("instance_type"),
+                          entry.get("subnet_id") or entry.get("availability_zone"))
+
+    # 4. expired leases
+    expired = [lease for lease in state["leases"]
+               if lease.get("expires_at") and (_age(lease["expires_at"], now) or 0) >= 0]
+    if expired:
+        _end(client, expired, spec.get("fallback_action", "stop"))
+        result.expired = [lease["id"] for lease in expired]
+    untagged_leases = [lease["id"] for lease in state["leases"] if lease["id"] in tagged
+                       and ec2.LEASED_TAG not in tagged[lease["id"]]["tags"] and lease not in expired]
+    ec2.create_tags(client, untagged_leases, {ec2.LEASED_TAG: isoformat(now)})
+
+    # 5. orphans: tagged, live, in neither the pool nor a lease nor a fleet answer we are about to add
+    known = {e["id"] for e in state["instances"] + state["leases"]} | set(replayed.ids)
+    for instance_id, info in sorted(tagged.items()):
+        if instance_id in known or info["state"] in ("shutting-down", "terminated") \
+                or ec2.RELEASED_TAG in info["tags"] or (_age(info["launch_time"], now) or 0) < orphan_grace:
+            continue
+        marked = info["tags"].get(ec2.ORPHAN_TAG)
+        if marked is None:
+            ec2.create_tags(client, [instance_id], {ec2.ORPHAN_TAG: isoformat(now)})
+            result.orphans_marked.append(instance_id)
+        elif (_age(marked, now) or 0) >= orphan_grace:
+            ec2.terminate_instances(client, [instance_id])
+            result.orphans_terminated.append(instance_id)
+
+    # 6. launches
+    launched = LaunchResult()
+    error = None
+    slots = len(alive) + len(replayed.entries)
+    missing = state["target_size"] - slots
+    spot_count = sum(1 for e in alive + replayed.entries if e.get("type") != "fallback")
+    idle_fallbacks = slots - spot_count
+    extra_spot = min(idle_fallbacks, max(0, state["target_size"] - spot_count - max(0, missing)))
+    if launch and (missing > 0 or extra_spot > 0):
+        try:
+            launched = launcher.launch_instances(max(0, missing), extra_spot)
         except LaunchError as exc:
-            result.launch_errors = exc.details.get("launch_errors", [])
-            raise
-        result.launch_errors = launched.errors_as_dicts()
+            error = exc
+            launched.errors = exc.details.get("launch_errors", [])
+        except ec2.Ec2Error as exc:
+            error = exc  # recorded below with what this pass did learn, then raised
+    result.launch_errors += launched.errors
+
+    # 7. apply to the current state
     with store.transaction() as tx:
         if tx.state is None:
-            if launched and launched.ids:
-                # Terminated while we launched: what we just started must not outlive the pool.
-                ec2.terminate_instances(client, launched.ids)
+            gone = launched.ids + replayed.ids
+            if gone:
+                ec2.terminate_instances(client, gone)  # terminated meanwhile: nothing may outlive the pool
             raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
         current = tx.state
+        leased = {lease["id"] for lease in current["leases"]}
+        checked = {e["id"] for e in state["instances"]} | set(tagged)
         kept = []
         for entry in current["instances"]:
-            if entry["id"] not in checked or _observe(entry, found.get(entry["id"]), now):
-                kept.append(entry)
-            else:
-                result.dropped.append(entry["id"])
-        if launched:
-            kept.extend(launched.entries)
-            result.launched = launched.ids
-        current["instances"] = kept
+            if entry["id"] in checked:
+                if not _alive(entry, tagged.get(entry["id"]), now):
+                    result.dropped.append(entry["id"])
+                    continue
+            kept.append(entry)
+        present = {e["id"] for e in kept} | leased
+        kept.extend(e for e in replayed.entries + launched.entries if e["id"] not in present)
+        retire = _surplus(kept, current["target_size"])
+        current["instances"] = [e for e in kept if e not in retire]
+        current["leases"] = [lease for lease in current["leases"] if lease["id"] not in result.expired]
+        for lease in current["leases"]:
+            if lease["id"] in untagged_leases:
+                lease["tagged"] = True
+        done = set(launcher.settled)
+        current["pending_launches"] = [p for p in current.get("pending_launches") or [] if p["token"] not in done]
+        current["cooldowns"] = cooldowns.entries
         current["refill"]["verified_at"] = isoformat(now)
+        result.launched = launched.ids
+        result.retired = [e["id"] for e in retire]
         result.counts = counts(current)
+    if retire:
+        _end(client, retire, spec.get("fallback_action", "stop"))
+    if error is not None:
+        raise error
     return result
 
 
@@ -166,9 +324,9 @@ class RefillJob:
                 self.log("failed", message=exc.message)
                 return 1
             else:
-                self.log("reconciled", launched=result.launched, dropped=result.dropped, counts=result.counts,
-                         launch_errors=result.launch_errors)
-                if result.whole:
+                self.log("reconciled", **result.as_dict())
+                # Whole, and no fallback left to replace by Spot (or no time left to try): done.
+                if result.whole and (not result.counts.get("fallback") or time.monotonic() >= deadline):
                     self._record(pid=None, finished_at=isoformat(utcnow()), last_error=None)
                     if self._handed_over():
                         self.log("finished", counts=result.counts)

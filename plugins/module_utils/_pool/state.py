@@ -69,6 +69,8 @@ def new_state(pool_name, target_size, launch):
         "launch": launch,
         "instances": [],
         "leases": [],
+        "cooldowns": [],
+        "pending_launches": [],
         "refill": {"pid": None, "started_at": None, "finished_at": None, "verified_at": None, "last_error": None},
     }
 
@@ -235,6 +237,8 @@ class PoolStore:
                 path=self.path,
             )
         state.setdefault("refill", {})
+        state.setdefault("cooldowns", [])
+        state.setdefault("pending_launches", [])
         return state
 
     def _write_text(self, text):
