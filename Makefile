@@ -10,7 +10,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test unit integration sanity lint bench clean
+.PHONY: setup demo test unit integration sanity lint bench clean molecule unit-security nspawn-tools
 
 setup: $(VENV)/.installed $(COLLECTION_LINK)
 
@@ -31,7 +31,7 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -p no:cacheprovider tests worker/tests
-	$(MAKE) --no-print-directory sanity lint
+	$(MAKE) --no-print-directory sanity lint unit-security molecule
 
 unit: setup
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
@@ -44,6 +44,22 @@ sanity: setup
 
 lint: setup
 	$(BIN)/ansible-lint --profile production --offline
+
+# The drain_worker role's systemd unit: systemd-analyze verify, and the sandbox score (fails above 2.0).
+unit-security: setup
+	scripts/unit_security.sh
+
+# The drain_worker role on a real systemd: a cached debootstrap bookworm rootfs booted with systemd-nspawn in its
+# own network namespace (extensions/molecule/). Needs root. The container, namespace and veth go away even when
+# the scenario fails (molecule's destroy, then machine.sh down as a last resort).
+nspawn-tools:
+	@command -v systemd-nspawn >/dev/null && command -v debootstrap >/dev/null && command -v ip >/dev/null || \
+	  { apt-get install -y -q systemd-container debootstrap iproute2 || \
+	    { apt-get update -q && apt-get install -y -q systemd-container debootstrap iproute2; }; }
+
+molecule: setup nspawn-tools
+	$(BIN)/molecule test -s drain_worker || { extensions/molecule/nspawn/machine.sh down; exit 1; }
+	extensions/molecule/nspawn/machine.sh down
 
 bench: setup
 	$(BIN)/python bench/get_latency.py

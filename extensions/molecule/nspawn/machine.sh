@@ -3,7 +3,7 @@
 # container with its own network namespace, joined to the host by a veth pair on a private /30.
 #
 #   machine.sh up   STATE_DIR ROOTFS   boot; writes STATE_DIR/{nspawn.pid,init.pid,address}; prints the init pid
-#   machine.sh down STATE_DIR          stop the container, delete the namespace and the veth; safe to repeat
+#   machine.sh down [STATE_DIR]        stop the container, delete the namespace and the veth; safe to repeat
 #
 # Everything made here carries the name in $DW_MACHINE (default ec2spot-dw) and is recorded in STATE_DIR, so
 # `down` removes exactly what `up` made, also after a failed or interrupted `up`.
@@ -70,9 +70,24 @@ up() {
     echo "$init_pid"
 }
 
+# Without a pid file (a run that died before writing it, or a cleanup from another shell), the container is
+# found through its network namespace: its init runs there, and the init's parent is the nspawn process.
+nspawn_pid_in_netns() {
+    local pid parent
+    [[ -e /run/netns/$NETNS ]] || return 0
+    for pid in $(ip netns pids "$NETNS" 2>/dev/null); do
+        parent=$(awk '/^PPid:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        if [[ -n $parent && $(cat "/proc/$parent/comm" 2>/dev/null) == systemd-nspawn ]]; then
+            echo "$parent"
+            return 0
+        fi
+    done
+}
+
 down() {
-    local state_dir=$1 nspawn_pid=""
-    [[ -f $state_dir/nspawn.pid ]] && nspawn_pid=$(cat "$state_dir/nspawn.pid")
+    local state_dir=${1:-} nspawn_pid=""
+    [[ -n $state_dir && -f $state_dir/nspawn.pid ]] && nspawn_pid=$(cat "$state_dir/nspawn.pid")
+    [[ -n $nspawn_pid ]] || nspawn_pid=$(nspawn_pid_in_netns)
     # Only the recorded pid, and only while it still is a systemd-nspawn (pids are reused).
     if [[ -n $nspawn_pid && $(cat "/proc/$nspawn_pid/comm" 2>/dev/null) == systemd-nspawn ]]; then
         kill -TERM "$nspawn_pid" 2>/dev/null || true      # nspawn turns TERM into an orderly container shutdown
@@ -82,16 +97,15 @@ down() {
         done
         kill -KILL "$nspawn_pid" 2>/dev/null || true
     fi
-    rm -f "$state_dir/nspawn.pid" "$state_dir/init.pid"
+    [[ -n $state_dir ]] && rm -f "$state_dir/nspawn.pid" "$state_dir/init.pid" "$state_dir/netns"
     ip link del "$HOST_IF" 2>/dev/null || true          # deleting one end removes the pair
     if [[ -e /run/netns/$NETNS ]]; then
         ip netns del "$NETNS"
     fi
-    rm -f "$state_dir/netns"
 }
 
 case ${1:-} in
     up) [[ $# -eq 3 ]] || die "usage: machine.sh up STATE_DIR ROOTFS"; up "$2" "$3" ;;
-    down) [[ $# -eq 2 ]] || die "usage: machine.sh down STATE_DIR"; down "$2" ;;
-    *) die "usage: machine.sh up STATE_DIR ROOTFS | down STATE_DIR" ;;
+    down) [[ $# -le 2 ]] || die "usage: machine.sh down [STATE_DIR]"; down "${2:-}" ;;
+    *) die "usage: machine.sh up STATE_DIR ROOTFS | down [STATE_DIR]" ;;
 esac
