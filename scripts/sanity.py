@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import concurrent.futures
+import fcntl
 import importlib.util
 import os
 import re
@@ -292,14 +293,28 @@ def main() -> int:
     args = parser.parse_args()
 
     started = time.monotonic()
+    # Several people run `make sanity` in one working tree: a second run would delete the copy under the
+    # first one's feet (seen: pylint failing in os.getcwd()). A lock held for the whole run serialises them.
+    COLLECTIONS_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(COLLECTIONS_ROOT / '.sanity.lock', 'w', encoding='utf-8') as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log('another sanity run holds build/.sanity.lock; waiting for it')
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        ok = run_all(args)
+    log(f'{"passed" if ok else "FAILED"} in {time.monotonic() - started:.0f} s')
+    return 0 if ok else 1
+
+
+def run_all(args: argparse.Namespace) -> bool:
     copy_collection()
     link_dependencies()
     ok = True
     if not args.skip_ansible_test:
         ok = run_ansible_test(prepare_home(), args.test) and ok
     ok = run_ansible_doc() and ok
-    log(f'{"passed" if ok else "FAILED"} in {time.monotonic() - started:.0f} s')
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == '__main__':
