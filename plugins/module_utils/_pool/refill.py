@@ -39,8 +39,11 @@ from .errors import LaunchError
 from .errors import PoolError
 from .jobcontrol import log_path
 from .jobcontrol import refill_lock
+from .launcher import ACCOUNT_LIMIT_ERRORS
+from .launcher import CAPACITY_ERRORS
 from .launcher import INTERRUPTED
 from .launcher import SPOT
+from .launcher import SUBNET_ERRORS
 from .launcher import Cooldowns
 from .launcher import Launcher
 from .launcher import LaunchResult
@@ -57,6 +60,11 @@ ABSENT_GRACE_SECONDS = 120
 DEFAULT_ORPHAN_GRACE_SECONDS = 600
 MAX_RUN_SECONDS = 900
 LOG_MAX_BYTES = 1 << 20
+# Fleet errors that a later pass may not meet again (a cool-down ends, EC2 recovers). A fleet whose offerings all
+# failed with other codes (authorisation, validation) fails the same way on every pass: the job stops instead.
+TRANSIENT_LAUNCH_ERRORS = CAPACITY_ERRORS | SUBNET_ERRORS | ACCOUNT_LIMIT_ERRORS | frozenset((
+    "RequestLimitExceeded", "Throttling", "InternalError", "InternalFailure", "Unavailable", "ServiceUnavailable",
+))
 GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 
 
@@ -315,6 +323,11 @@ class RefillJob:
                 self.log("pool_gone", message=exc.message)
                 return 0
             except LaunchError as exc:
+                codes = {error.get("code") for error in exc.details.get("launch_errors") or []}
+                if codes and not codes & TRANSIENT_LAUNCH_ERRORS:
+                    self._record(last_error=exc.message, pid=None, finished_at=isoformat(utcnow()))
+                    self.log("failed", message=exc.message, errors=exc.details.get("launch_errors"))
+                    return 1
                 # Every offering refused (capacity): keep trying, gently, until the deadline.
                 self._record(last_error=exc.message)
                 self.log("launch_failed", message=exc.message, errors=exc.details.get("launch_errors"))
