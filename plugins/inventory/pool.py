@@ -24,7 +24,7 @@ description:
   - An unknown pool (no state file, and no tagged instance when O(use_tags) is on) is an error that names the
     file looked for.
 author:
-  - ec2spot.pool maintainers
+  - ec2spot.pool contributors (!UNKNOWN)
 extends_documentation_fragment:
   - constructed
   - ec2spot.pool.pool

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build the worker's wheel on the controller, reproducibly, and print its path as JSON.
 
 Run by the role with the controller's Python: `build_worker_wheel.py SOURCE_DIR DIST_DIR`.
