@@ -6,19 +6,19 @@ Not a test module: pytest does not collect it. The fixtures themselves come from
 
 from __future__ import annotations
 
-import calendar
+import datetime
 import os
 import signal
-import time
 
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import TYPE_TAG, tags_of, wait_until
 
+RELEASED_TAG = "ec2spot:released-at"  # a fallback stopped on purpose (fallback_action=stop)
 LIVE = ("pending", "running", "stopping", "stopped", "shutting-down")
 
 
 def epoch(stamp: str) -> float:
     """A time of the pool file (second precision, UTC) as seconds since the epoch, comparable to record.started."""
-    return float(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def fleets(proxy, market: str | None = None, since: float | None = None, token: str | None = None) -> list:
@@ -29,6 +29,12 @@ def fleets(proxy, market: str | None = None, since: float | None = None, token: 
     if token:
         params["ClientToken"] = token
     return [r for r in proxy.records("CreateFleet", params=params) if since is None or r.started >= since]
+
+
+def instance_ids_in(records) -> list[str]:
+    """The instance ids a StopInstances / TerminateInstances / CreateTags request named."""
+    return [value for r in records for key, value in sorted(r.params.items())
+            if key.startswith(("InstanceId.", "ResourceId."))]
 
 
 def launched_by_proxy(proxy, since: float | None = None) -> list[str]:
@@ -58,7 +64,7 @@ def wait_whole(pool, timeout: float = 40.0, **expected) -> dict:
         ready = [e for e in state["instances"] if e.get("ip")]
         if len(ready) != len(state["instances"]) or len(ready) < state["target_size"]:
             return None
-        kinds = {"spot": sum(e["type"] == "spot" for e in ready), "fallback": sum(e["type"] == "fallback" for e in ready)}
+        kinds = {kind: sum(e["type"] == kind for e in ready) for kind in ("spot", "fallback")}
         return state if all(kinds[k] == v for k, v in expected.items()) else None
     return wait_until(whole, timeout=timeout, interval=0.3, what=f"pool whole with {expected or 'any mix'}")
 
@@ -73,17 +79,22 @@ def kill_refill_job(pool) -> int:
 
 
 def assert_consistent(pool, whole: bool = True) -> dict:
-    """The pool file and EC2 agree: no id twice, every live instance with the pool tag is in the pool or leased,
-    every pool entry is a live instance, no fleet request is left pending; with `whole`, every slot is ready."""
+    """The pool file and EC2 agree: no id twice, every live instance with the pool tag is in the pool or leased
+    (or a fallback stopped and kept on purpose: tagged ec2spot:released-at), every pool entry is a live instance,
+    no fleet request is left pending; with `whole`, every slot is ready."""
     state = pool.state()
     entries = [e["id"] for e in state["instances"]]
     leases = [lease["id"] for lease in state["leases"]]
     assert len(set(entries + leases)) == len(entries) + len(leases), f"an id twice: {entries} {leases}"
-    tagged = {inst["InstanceId"]: inst["State"]["Name"] for inst in pool.tagged_instances(states=LIVE)}
-    assert set(tagged) == set(entries) | set(leases), (
-        f"EC2 and the pool file disagree: only in EC2 {sorted(set(tagged) - set(entries) - set(leases))}, "
-        f"only in the file {sorted(set(entries) | set(leases) - set(tagged))}")
-    assert all(tagged[i] in ("pending", "running") for i in entries + leases), tagged
+    tagged = {inst["InstanceId"]: inst for inst in pool.tagged_instances(states=LIVE)}
+    kept = {i for i, inst in tagged.items() if inst["State"]["Name"] in ("stopping", "stopped")
+            and RELEASED_TAG in tags_of(inst) and tags_of(inst).get(TYPE_TAG) == "fallback"}
+    known = set(entries) | set(leases)
+    assert set(tagged) - kept == known, (
+        f"EC2 and the pool file disagree: only in EC2 {sorted(set(tagged) - kept - known)}, "
+        f"only in the file {sorted(known - set(tagged))}")
+    assert all(tagged[i]["State"]["Name"] in ("pending", "running") for i in known), \
+        {i: tagged[i]["State"]["Name"] for i in known}
     assert state.get("pending_launches", []) == [], state.get("pending_launches")
     if whole:
         assert len(entries) == state["target_size"] and all(e.get("ip") for e in state["instances"]), state

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from tests.integration.conftest import debug_msgs, task_result, wait_until
-from tests.integration.healing import (assert_consistent, epoch, fleets, launched_by_proxy, refill_running,
-                                       wait_refill_done, wait_whole)
+from tests.integration.conftest import task_result, wait_until
+from tests.integration.healing import (assert_consistent, epoch, fleets, instance_ids_in, launched_by_proxy,
+                                       refill_running, wait_refill_done, wait_whole)
 
 TYPES = ["t3.micro", "t3.small"]
 ZONES = ["us-east-1a", "us-east-1b"]
@@ -246,3 +246,46 @@ def test_fallback_on_restricts_which_spot_errors_fall_back(faulty_pool):
     assert run.rc == 0, run.stdout[-3000:]
     assert task_result(run, "spot_pool_init")["counts"]["fallback"] == 2
     assert len(fleets(proxy, market="on-demand")) == 1
+
+
+@pytest.mark.parametrize("fallback_action", ["stop", "terminate"])
+def test_fallbacks_are_replaced_by_spot_once_spot_is_back_never_a_leased_one(faulty_pool, fallback_action):
+    pool, proxy = faulty_pool, faulty_pool.proxy
+    dry = proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
+    run = pool.init(size=3, spot_pool_cooldown=2, spot_pool_fallback_action=fallback_action)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert task_result(run, "spot_pool_init")["counts"]["fallback"] == 3
+    rc, leased = pool.module("spot_pool_get")
+    assert rc == 0 and leased["type"] == "fallback", leased
+
+    spot_back = time.time()
+    proxy.remove_rule(dry)
+    wait_whole(pool, timeout=60, spot=3, fallback=0)
+    wait_refill_done(pool, timeout=20)
+    state = assert_consistent(pool)
+
+    # Every fallback but the leased one was idle: each was replaced (the third new Spot instance fills the leased
+    # slot; a fallback the job launched for that slot before Spot came back is replaced like the others).
+    fallbacks = set(launched_by_proxy(proxy)) - {e["id"] for e in state["instances"]} - {leased["instance_id"]}
+    new_spot = [i for r in fleets(proxy, market="spot", since=spot_back) for i in r.instance_ids]
+    assert sorted(new_spot) == sorted(e["id"] for e in state["instances"]), "the pool is the new Spot instances"
+    assert len(new_spot) == 3 and len(fallbacks) in (2, 3), (fallbacks, new_spot)
+    stopped = instance_ids_in(proxy.records("StopInstances"))
+    terminated = instance_ids_in(proxy.records("TerminateInstances"))
+    retired, untouched = (stopped, terminated) if fallback_action == "stop" else (terminated, stopped)
+    assert sorted(retired) == sorted(fallbacks) and untouched == []
+    gone = ("stopping", "stopped") if fallback_action == "stop" else ("shutting-down", "terminated")
+    assert all(pool.instance(i)["State"]["Name"] in gone for i in fallbacks)
+    # The leased fallback is the job's user's: never stopped, terminated or re-tagged as anything but leased.
+    assert leased["instance_id"] not in stopped + terminated
+    assert pool.instance(leased["instance_id"])["State"]["Name"] == "running"
+    assert [lease["id"] for lease in state["leases"]] == [leased["instance_id"]]
+
+    # terminate (fallback_action=terminate) ends everything with the pool tag: new Spot, the leased fallback, and
+    # the stopped fallbacks that are in neither the pool nor a lease any more.
+    run = pool.playbook("terminate_all.yml", spot_pool_fallback_action="terminate")
+    assert run.rc == 0, run.stdout[-3000:]
+    ended = task_result(run, "spot_pool_terminate")
+    assert set(ended["terminated"]) >= set(new_spot) | {leased["instance_id"]}
+    assert pool.tagged_instances(states=("pending", "running", "stopping", "stopped")) == []
+    assert not pool.state_file.exists()
