@@ -326,8 +326,13 @@ def report_ansible(times, cpu_times, labels, out):
     ping = statistics.median(times["ping"])
     ping_cpu = statistics.median(cpu_times["ping"])
     out("")
-    out("%-9s %9s %9s %7s %11s %8s %7s  %s"
-        % ("case", "median s", "p90 s", "x ping", "vs target", "CPU s", "x ping", "command"))
+    ping_best = min(times["ping"])
+    out("Wall time: median, p90 and best of the runs. The target is judged on the median ratio, as issue 3 says;")
+    out("the best-of-runs ratio and the CPU time (user + system of ansible and all it waited for, the detached")
+    out("refill job excluded) show how much of a miss is the load of other processes on this machine.")
+    out("")
+    out("%-9s %9s %7s %7s %7s %11s %7s %7s %7s  %s"
+        % ("case", "median s", "p90 s", "best s", "x ping", "vs target", "best x", "CPU s", "CPU x", "command"))
     rows = []
     for name, values in times.items():
         median = statistics.median(values)
@@ -336,9 +341,11 @@ def report_ansible(times, cpu_times, labels, out):
         verdict = ""
         if name in TARGETS:
             verdict = "%s <=%.2f" % ("PASS" if ratio <= TARGETS[name] else "MISS", TARGETS[name])
-        out("%-9s %9.3f %9.3f %7.2f %11s %8.3f %7.2f  %s"
-            % (name, median, percentile(values, 0.9), ratio, verdict, cpu, cpu / ping_cpu, labels[name]))
-        rows.append((labels[name], median, percentile(values, 0.9), ratio, verdict, cpu, cpu / ping_cpu))
+        out("%-9s %9.3f %7.3f %7.3f %7.2f %11s %7.2f %7.3f %7.2f  %s"
+            % (name, median, percentile(values, 0.9), min(values), ratio, verdict, min(values) / ping_best, cpu,
+               cpu / ping_cpu, labels[name]))
+        rows.append((labels[name], median, percentile(values, 0.9), ratio, verdict, min(values) / ping_best,
+                     cpu / ping_cpu))
     base = {"pb-get": ("pb-1", "pb-shape"), "get": ("ping",), "get-ec2": ("get",)}
     for name, refs in base.items():
         for ref in refs:
@@ -531,11 +538,11 @@ def explain_core(rows, out):
 
 # == Output ===========================================================================================
 def markdown(ansible_rows, core_rows, command):
-    lines = ["| what (median of the runs) | wall s | p90 s | x ping | target | CPU s | CPU x ping |",
+    lines = ["| what | wall median s | p90 s | x ping (median) | target | x ping (best run) | x ping (CPU time) |",
              "|---|---:|---:|---:|---|---:|---:|"]
-    for label, median, p90, ratio, verdict, cpu, cpu_ratio in ansible_rows:
-        lines.append("| %s | %.3f | %.3f | %.2f | %s | %.3f | %.2f |"
-                     % (label, median, p90, ratio, verdict.replace("<=", "≤ "), cpu, cpu_ratio))
+    for label, median, p90, ratio, verdict, best_ratio, cpu_ratio in ansible_rows:
+        lines.append("| %s | %.3f | %.3f | %.2f | %s | %.2f | %.2f |"
+                     % (label, median, p90, ratio, verdict.replace("<=", "≤ "), best_ratio, cpu_ratio))
     lines += ["", "| hand-out core (`get_instance`, verify/refill off) | pool file | latency p50 | latency p99 |"
               " lock held p50 / p99 | hand-outs/s | target p99 ≤ 2 ms |", "|---|---:|---:|---:|---:|---:|---|"]
     for processes, per_process, size, file_bytes, p50, p99, held50, held99, rate, verdict in core_rows:
