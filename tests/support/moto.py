@@ -22,6 +22,10 @@ FAKE_CREDENTIALS = {
     "AWS_SESSION_TOKEN": "testing",
 }
 REGION = "us-east-1"
+AMI = "ami-12c6146b"  # an AMI every moto server knows
+# A pool's launch specification for tests that call module_utils directly (what spot_pool_init would store).
+POOL_LAUNCH = {"image_id": AMI, "instance_types": ["t3.micro"], "availability_zones": ["us-east-1a"],
+               "fallback": True, "region": REGION}
 
 
 def free_port(host: str = "127.0.0.1") -> int:

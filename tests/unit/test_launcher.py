@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import LaunchError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Cooldowns
@@ -18,15 +15,13 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import validate_launch
-from tests.support.moto import REGION
+from tests.support.moto import AMI
 
-AMI = "ami-12c6146b"
 
 
 @pytest.fixture
-def client(fault_proxy):
-    return boto3.client("ec2", region_name=REGION, endpoint_url=fault_proxy.url, aws_access_key_id="testing",
-                        aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
+def client(proxy_client):
+    return proxy_client
 
 
 def launch(**overrides):

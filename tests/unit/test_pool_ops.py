@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import NoReadyInstance
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
-from tests.support.moto import REGION
+from tests.support.moto import POOL_LAUNCH
 
-LAUNCH = {"image_id": "ami-12c6146b", "instance_types": ["t3.micro"], "availability_zones": ["us-east-1a"],
-          "fallback": True, "region": REGION}
-
-
-@pytest.fixture
-def client(aws_env):
-    return boto3.client("ec2", region_name=REGION, endpoint_url=aws_env["AWS_URL"], config=Config(**BOTOCORE_CONFIG))
+LAUNCH = POOL_LAUNCH
 
 
 @pytest.fixture
@@ -121,7 +112,7 @@ def test_release_ends_the_lease_by_market(pool, client):
 
 def test_terminate_ends_everything_including_orphans_and_is_idempotent(pool, client):
     leased = ops.get_instance(pool, no_client, refill=False)["instance_id"]
-    orphan = client.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[
+    orphan = client.run_instances(ImageId=LAUNCH["image_id"], MinCount=1, MaxCount=1, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"},
                                               {"Key": "ec2spot:type", "Value": "spot"}]}])["Instances"][0]["InstanceId"]
     planned = ops.terminate_pool(pool, client, check_mode=True)

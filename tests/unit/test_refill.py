@@ -9,29 +9,20 @@ import subprocess
 import sys
 import time
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import isoformat
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import utcnow
-from tests.support.moto import REGION
+from tests.support.moto import POOL_LAUNCH
 
-LAUNCH = {"image_id": "ami-12c6146b", "instance_types": ["t3.micro"], "availability_zones": ["us-east-1a"],
-          "fallback": True, "region": REGION}
-
-
-@pytest.fixture
-def client(aws_env):
-    return boto3.client("ec2", region_name=REGION, endpoint_url=aws_env["AWS_URL"], config=Config(**BOTOCORE_CONFIG))
+LAUNCH = POOL_LAUNCH
 
 
 @pytest.fixture
@@ -151,9 +142,8 @@ def test_a_get_between_the_last_pass_and_the_exit_is_not_missed(store, client, m
     assert len(state["instances"]) == 2 and len(state["leases"]) == 1
 
 
-def test_an_error_that_retrying_cannot_fix_is_recorded_and_ends_the_job(tmp_path, fault_proxy):
-    client = boto3.client("ec2", region_name=REGION, endpoint_url=fault_proxy.url, aws_access_key_id="t",
-                          aws_secret_access_key="t", config=Config(**BOTOCORE_CONFIG))
+def test_an_error_that_retrying_cannot_fix_is_recorded_and_ends_the_job(tmp_path, fault_proxy, proxy_client):
+    client = proxy_client
     store = PoolStore(str(tmp_path / "p.json"), "p")
     with store.transaction() as tx:
         tx.state = new_state("p", 1, dict(LAUNCH, template=ensure_template(client, "p", LAUNCH)))
@@ -214,10 +204,9 @@ def test_stop_refill_stops_a_running_job_and_holds_its_lock(store, aws_env):
 
 # -- issue 5: the pool heals itself ---------------------------------------------------------------------------
 @pytest.fixture
-def proxied(tmp_path, fault_proxy):
+def proxied(tmp_path, fault_proxy, proxy_client):
     """A pool of 2 whose EC2 is the fault proxy (honest instant fleets and ClientToken idempotency)."""
-    client = boto3.client("ec2", region_name=REGION, endpoint_url=fault_proxy.url, aws_access_key_id="t",
-                          aws_secret_access_key="t", config=Config(**BOTOCORE_CONFIG))
+    client = proxy_client
     store = PoolStore(str(tmp_path / "p.json"), "p")
     spec = dict(LAUNCH, availability_zones=["us-east-1a", "us-east-1b"], cooldown_seconds=1, orphan_grace_seconds=0)
     with store.transaction() as tx:
