@@ -137,22 +137,35 @@ def debug_msgs(run: Run) -> list[str]:
     return [r["msg"] for r in run.task_results() if r.get("action") == "ansible.builtin.debug" and "msg" in r]
 
 
-def end_pool(harness: PoolHarness) -> list[int]:
-    """Terminate the pool (which stops its refill job first); return the pids of processes still left after it."""
+def end_pool(harness: PoolHarness) -> list[str]:
+    """Terminate the pool (which stops its refill job first); return what is still wrong after it, if anything."""
+    problems = []
     if harness.state_file.exists() or harness.tagged_instances(states=("pending", "running")):
         # Fallbacks are terminated too: a test must leave nothing running in the emulator for the next one.
-        harness.module("spot_pool_terminate", fallback_action="terminate")
+        rc, result = harness.module("spot_pool_terminate", fallback_action="terminate")
+        if rc != 0:
+            problems.append(f"spot_pool_terminate failed: {result.get('msg')}")
+        left = [inst["InstanceId"] for inst in harness.tagged_instances(states=("pending", "running"))]
+        if left:
+            problems.append(f"instances with the pool tag still running: {left}")
     try:
         wait_until(lambda: not harness.refill_pids(), timeout=10, what="no refill process")
     except AssertionError:
-        return harness.refill_pids()
-    return []
+        pids = harness.refill_pids()
+        problems.append(f"processes outlived spot_pool_terminate: {pids}")
+        for pid in pids:  # ours (their command line names our tmp dir): do not let them leak into other tests
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return problems
 
 
 @pytest.fixture
 def make_pool(tmp_path):
-    """Factory for PoolHarness objects. Every pool made is ended in teardown, even when the test failed, and the
-    test fails if a process of its state directory survives that.
+    """Factory for PoolHarness objects. Every pool made is ended with spot_pool_terminate in teardown, even when
+    the test failed, and the test errors if that fails, leaves an instance running, or a process of the pool's
+    state directory survives it.
 
     Each harness keeps the AWS environment it was made with and passes it to every run: by the time this
     teardown runs, the monkeypatched os.environ of `aws_env` may already be undone, and a run without it
@@ -166,17 +179,8 @@ def make_pool(tmp_path):
         return harness
 
     yield make
-    survivors = {}
-    for harness in made:
-        left = end_pool(harness)
-        if left:
-            survivors[str(harness.state_dir)] = left
-            for pid in left:  # ours (their command line names our tmp dir): do not let them leak into other tests
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    assert not survivors, f"processes outlived spot_pool_terminate: {survivors}"
+    problems = {str(harness.state_dir): found for harness in made if (found := end_pool(harness))}
+    assert not problems, f"the pool was not ended cleanly: {problems}"
 
 
 @pytest.fixture
