@@ -39,6 +39,18 @@ def tree_digest(tree: Path) -> str:
     return digest.hexdigest()
 
 
+def replace_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def build(source: Path, dist: Path) -> Path:
     if not (source / "pyproject.toml").is_file():
         raise SystemExit(f"no pyproject.toml in {source}: not the worker's source tree")
@@ -68,9 +80,11 @@ def build(source: Path, dist: Path) -> Path:
             if old.name != built.name:
                 old.unlink()
         target = dist / built.name
+        # Replaced, never rewritten in place: a play copying the wheel at the same moment sees the old or the
+        # new file, not half of one.
         if not target.exists() or target.read_bytes() != built.read_bytes():
-            shutil.copyfile(built, target)
-        stamp.write_text(f"{digest} {target.name}\n")
+            replace_atomically(target, built.read_bytes())
+        replace_atomically(stamp, f"{digest} {target.name}\n".encode())
         return target
 
 
