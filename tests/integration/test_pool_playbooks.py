@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 
 from tests.integration.conftest import (AMI, LAUNCH_ACTIONS, POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result,
                                         wait_until)
@@ -42,6 +43,7 @@ def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
     instance_id = re.search(r"SPOT_POOL_INSTANCE_ID=(i-[0-9a-f]+)", run.stdout).group(1)
     assert ip_of[instance_id] == ip, "the printed IP is the leased pool instance's address in EC2"
     lines = dict(line.split("=", 1) for line in output_file.read_text().splitlines())
+    assert stat.S_IMODE(output_file.stat().st_mode) == 0o600
     assert lines["SPOT_POOL_IP"] == ip and lines["SPOT_POOL_INSTANCE_ID"] == instance_id
     assert lines["SPOT_POOL_TYPE"] == "spot"
     state = pool.state()

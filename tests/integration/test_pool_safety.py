@@ -67,6 +67,14 @@ def test_init_rerun_is_idempotent_and_check_mode_changes_nothing(pool):
     assert all(inst["State"]["Name"] == "running" for inst in pool.tagged_instances())
 
 
+@pytest.mark.xfail(strict=True, reason="known bug: PoolStore.read() creates the state directory and <pool>.json.lock "
+                                      "before it finds that there is no pool file (check mode should write nothing)")
+def test_check_mode_on_a_new_pool_creates_no_files(pool):
+    run = pool.init(size=2, check=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert not pool.state_dir.exists(), sorted(p.name for p in pool.state_dir.iterdir())
+
+
 @pytest.mark.parametrize("size, extra_vars, expected", [
     (2, {"spot_pool_availability_zones": ["us-east-1a", "us-east-1z"]}, ["unknown availability zone", "us-east-1z"]),
     (2, {"spot_pool_instance_types": ["t3.micro", "t3.bogus"]}, ["instance_types", "t3.bogus"]),
