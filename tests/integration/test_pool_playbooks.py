@@ -60,6 +60,13 @@ def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
     assert pool.state()["leases"] == []
     pool.assert_private_files()
 
+    # release again: no lease left, so nothing to do; safe in a CI step that always runs.
+    run = pool.playbook("release_instance.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    again = task_result(run, "spot_pool_release")
+    assert again["changed"] is False and again["instance_id"] is None
+    assert debug_msgs(run) == ["no lease: none"]
+
     # An instance with the pool's tag that the file does not know (say, from a refill job killed mid-launch).
     pool_tags = [{"Key": POOL_TAG, "Value": "default"}, {"Key": TYPE_TAG, "Value": "spot"}]
     orphan = pool.ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro",
@@ -76,6 +83,11 @@ def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
     assert terminate["orphans"] == [orphan]
     assert not pool.state_file.exists()
     assert pool.refill_pids() == []
+
+    # terminate again: nothing left to end.
+    run = pool.playbook("terminate_all.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    assert task_result(run, "spot_pool_terminate")["changed"] is False
 
 
 def test_get_while_refill_runs_and_pool_back_at_target(faulty_pool):
