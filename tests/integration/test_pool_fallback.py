@@ -69,7 +69,7 @@ def test_release_terminates_spot_and_stops_or_terminates_fallback(faulty_pool):
 
     # Lease the whole pool without refilling it, so that the releases below act on known instances only.
     leases = []
-    for _ in range(3):
+    for _lease_number in range(3):
         rc, lease = pool.module("spot_pool_get", refill=False)
         assert rc == 0, lease
         leases.append(lease)

@@ -56,7 +56,7 @@ def run_playbook(playbook: str | Path, extra_vars: dict | None = None, env: dict
         cmd.append("--check")
     extra = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"} if json_output else {}
     proc = subprocess.run(cmd, cwd=REPO, env=ansible_env({**(env or {}), **extra}), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -68,7 +68,7 @@ def run_module(module: str, args: dict, env: dict[str, str] | None = None, check
         cmd.append("--check")
     extra = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=ansible_env({**(env or {}), **extra}), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
     try:
         data = json.loads(proc.stdout)
         result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]

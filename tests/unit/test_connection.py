@@ -21,7 +21,7 @@ def test_child_environment_carries_credentials_only_in_the_environment():
     params = {"access_key": "AKIAEXAMPLE", "secret_key": "s3cr3t", "session_token": None, "profile": None,
               "endpoint_url": "http://127.0.0.1:5000", "validate_certs": False, "aws_ca_bundle": None}
     env = connection.child_environment(params, "eu-west-1", base={"AWS_URL": "http://old", "PATH": "/bin",
-                                                                     "AWS_SESSION_TOKEN": "stale"})
+                                                                  "AWS_SESSION_TOKEN": "stale"})
     assert env["AWS_ACCESS_KEY_ID"] == "AKIAEXAMPLE" and env["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"
     assert env["AWS_DEFAULT_REGION"] == env["AWS_REGION"] == "eu-west-1"
     assert env[connection.ENDPOINT_ENV] == "http://127.0.0.1:5000"

@@ -148,7 +148,7 @@ def _get_put_worker(path, rounds, queue):
     """Hand out an instance (the real `_lease_one`) and put it back, `rounds` times."""
     store = PoolStore(path, "default")
     problems = 0
-    for _ in range(rounds):
+    for _round in range(rounds):
         lease, _counts = ops._lease_one(store, set(), None, False, False, 0)  # pylint: disable=protected-access
         with store.transaction() as tx:
             held = [item for item in tx.state["leases"] if item["id"] == lease["id"]]
@@ -164,10 +164,10 @@ def test_32_processes_x_100_get_put_lose_and_duplicate_nothing(tmp_path):
     store = make_store(tmp_path, original)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    workers = [ctx.Process(target=_get_put_worker, args=(store.path, 100, queue)) for _ in range(32)]
+    workers = [ctx.Process(target=_get_put_worker, args=(store.path, 100, queue)) for _process in range(32)]
     for worker in workers:
         worker.start()
-    problems = [queue.get(timeout=300) for _ in workers]
+    problems = [queue.get(timeout=300) for _worker in workers]
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0

@@ -224,7 +224,6 @@ def test_job_that_crashes_its_worker_process_ends_dead(start_worker, run_log):
     assert len(starts_of(run_log, job_id)) == 3
 
 
-
 def test_running_worker_reclaims_a_lease_left_by_another_worker(worker_env, start_worker, run_log):
     # Not only at start: a lease that runs out while this worker is up comes back to the queue.
     other = JobQueue(worker_env["DATABASE_URL"][len("sqlite:///"):], max_attempts=3,
