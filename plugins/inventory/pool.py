@@ -65,10 +65,12 @@ options:
 """
 
 EXAMPLES = r"""
+---
 # ci.pool.yml: the instances of the pool 'ci', reached on their public addresses.
 plugin: ec2spot.pool.pool
 pool_name: ci
 
+---
 # ci-live.pool.yml: the same pool as EC2 sees it now, private addresses, grouped by zone as well.
 plugin: ec2spot.pool.pool
 pool_name: ci
