@@ -26,6 +26,7 @@ def test_init_rerun_is_idempotent_and_check_mode_changes_nothing(pool):
     planned = task_result(run, "spot_pool_init")
     assert planned["changed"] is True and planned["would_launch"] == 2 and planned["launched"] == []
     assert not pool.state_file.exists() and _ids(pool) == set()
+    assert pool.ec2.describe_launch_templates()["LaunchTemplates"] == []
 
     first = task_result(pool.init(size=2), "spot_pool_init")
     assert first["changed"] is True and len(first["launched"]) == 2
@@ -42,29 +43,32 @@ def test_init_rerun_is_idempotent_and_check_mode_changes_nothing(pool):
     assert rc == 0, lease
     before = pool.state_bytes()
 
+    def assert_unchanged(what):
+        assert pool.state_bytes() == before, f"check-mode {what} wrote the pool file"
+        assert _ids(pool) == launched, f"check-mode {what} launched or lost an instance"
+        assert all(inst["State"]["Name"] == "running" for inst in pool.tagged_instances()), what
+        assert pool.refill_pids() == [], f"check-mode {what} started a refill job"
+
     run = pool.init(size=3, check=True)
     assert run.rc == 0, run.stdout[-3000:]
     assert task_result(run, "spot_pool_init")["would_launch"] == 2  # 1 idle left of 3 wanted
+    assert_unchanged("init")
 
     run = pool.playbook("get_instance.yml", check=True)
     assert run.rc == 0, run.stdout[-3000:]
-    would_get = task_result(run, "spot_pool_get")
-    assert would_get["instance_id"] in launched - {lease["instance_id"]}
-    assert pool.refill_pids() == [], "check mode starts no refill job"
+    assert task_result(run, "spot_pool_get")["instance_id"] in launched - {lease["instance_id"]}
+    assert_unchanged("get")
 
     run = pool.playbook("release_instance.yml", check=True)
     assert run.rc == 0, run.stdout[-3000:]
     assert debug_msgs(run) == [f"{lease['instance_id']}: terminate"]
-    assert pool.instance(lease["instance_id"])["State"]["Name"] == "running"
+    assert_unchanged("release")
 
     run = pool.playbook("terminate_all.yml", check=True)
     assert run.rc == 0, run.stdout[-3000:]
     would_end = task_result(run, "spot_pool_terminate")
     assert would_end["changed"] is True and set(would_end["terminated"]) == launched
-
-    assert pool.state_bytes() == before, "no check-mode run wrote the pool file"
-    assert _ids(pool) == launched
-    assert all(inst["State"]["Name"] == "running" for inst in pool.tagged_instances())
+    assert_unchanged("terminate")
 
 
 @pytest.mark.xfail(strict=True, reason="known bug: PoolStore.read() creates the state directory and <pool>.json.lock "
