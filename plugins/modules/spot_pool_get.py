@@ -25,7 +25,7 @@ description:
     the hand-out path does not import boto3 (a quarter of a second per call); boto3 is imported only when EC2
     must be asked.
 author:
-  - ec2spot.pool contributors
+  - ec2spot.pool contributors (!UNKNOWN)
 options:
   address:
     description: Which address to return as RV(ip).

@@ -15,7 +15,7 @@ description:
   - Returns the pool's idle instances, its leases, counts and the state of its refill job, as the state file
     says. With O(verify=true), also asks EC2 for the state of every instance (one DescribeInstances call).
 author:
-  - ec2spot.pool contributors
+  - ec2spot.pool contributors (!UNKNOWN)
 options:
   verify:
     description: Ask EC2 for the state of every instance and list those no longer running in RV(dead).

@@ -28,7 +28,7 @@ description:
     idle instances (fallbacks first); a new launch specification applies to instances launched from then on.
   - A refill job of the pool that is running is stopped first; this module does its work.
 author:
-  - ec2spot.pool contributors
+  - ec2spot.pool contributors (!UNKNOWN)
 options:
   size:
     description: Number of idle instances the pool keeps ready. C(0) keeps an empty pool.

@@ -19,7 +19,7 @@ description:
     it is safe in an always-run cleanup step even when the hand-out failed.
   - An O(instance_id) the pool has not leased is an error, and nothing is changed.
 author:
-  - ec2spot.pool contributors
+  - ec2spot.pool contributors (!UNKNOWN)
 options:
   instance_id:
     description: The leased instance to release. Defaults to the pool's most recent lease.

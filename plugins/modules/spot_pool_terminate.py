@@ -20,7 +20,7 @@ description:
   - Works even when the state file is corrupt. The instances are then found by their tag, and the file is left in
     place for inspection.
 author:
-  - ec2spot.pool contributors
+  - ec2spot.pool contributors (!UNKNOWN)
 options:
   fallback_action:
     description: What to do with On-Demand fallback instances.

@@ -30,7 +30,7 @@ LAUNCH_ACTIONS = ("RunInstances", "CreateFleet")
 
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains `text` (the refill job's has its state file path)."""
-    proc = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True)
+    proc = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True, check=False)  # 1: none found
     return [int(pid) for pid in proc.stdout.split() if int(pid) != os.getpid()]
 
 

@@ -18,7 +18,6 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import
 from tests.support.moto import AMI
 
 
-
 @pytest.fixture
 def client(proxy_client):
     return proxy_client
@@ -55,7 +54,7 @@ def test_one_spot_fleet_over_every_offering_tagged_at_launch(client, fault_proxy
     assert fault_proxy.count("CreateFleet") == 1
     request = fault_proxy.records("CreateFleet")[0].params
     assert request["Type"] == "instant" and request["SpotOptions.AllocationStrategy"] == "price-capacity-optimized"
-    assert {(o.instance_type, o.availability_zone) for _, o in fault_proxy.offering_requests()} >= {
+    assert {(o.instance_type, o.availability_zone) for _record, o in fault_proxy.offering_requests()} >= {
         ("t3.micro", "us-east-1a"), ("t3.micro", "us-east-1b"), ("t3a.micro", "us-east-1a")}
     for instance in described(client, result.ids).values():
         tags = ec2.tag_dict(instance["Tags"])

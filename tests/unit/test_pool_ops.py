@@ -72,7 +72,7 @@ def test_a_verifying_get_never_hands_out_a_dead_instance(pool, client):
 
 
 def test_no_ready_instance_fails_with_counts_and_changes_nothing(pool):
-    for _ in range(3):
+    for _lease in range(3):
         ops.get_instance(pool, no_client, refill=False)
     before = open(pool.path, "rb").read()
     with pytest.raises(NoReadyInstance, match=r"pool 'p' has 0 ready of 3; 0 pending; 3 leased"):

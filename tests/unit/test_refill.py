@@ -215,7 +215,7 @@ def proxied(tmp_path, fault_proxy, proxy_client):
 
 
 def settle(store, client, passes=5):
-    for _ in range(passes):
+    for _pass in range(passes):
         result = refill.reconcile(store, client)
         if result.whole:
             return result
@@ -238,7 +238,7 @@ def test_a_fleet_answer_lost_in_a_crash_is_replayed_not_launched_again(proxied):
 
 
 def test_an_expired_lease_is_ended_by_the_next_pass(proxied):
-    store, client, _ = proxied
+    store, client, _proxy = proxied
     settle(store, client)
     with store.transaction() as tx:
         lease = tx.state["instances"].pop(0)
@@ -256,7 +256,7 @@ def test_an_expired_lease_is_ended_by_the_next_pass(proxied):
 
 
 def test_orphans_are_marked_then_terminated_and_leases_never_touched(proxied):
-    store, client, _ = proxied
+    store, client, _proxy = proxied
     settle(store, client)
     with store.transaction() as tx:
         tx.state["leases"].append(dict(tx.state["instances"].pop(0), leased_at="2026-01-01T00:00:00Z"))

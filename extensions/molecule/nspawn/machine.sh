@@ -24,6 +24,8 @@ die() { echo "machine.sh: $*" >&2; exit 1; }
 init_pid_of() {
     local nspawn_pid=$1 children
     children=$(cat "/proc/$nspawn_pid/task/$nspawn_pid/children" 2>/dev/null || true)
+    # Word splitting on purpose: the children file is a space-separated list of pids.
+    # shellcheck disable=SC2086
     set -- $children
     [[ $# -ge 1 ]] && echo "$1"
 }

@@ -89,7 +89,8 @@ def child_environment(params, region, base=None):
 
 def client_from_environment(service="ec2", environ=None):
     """A boto3 client for the refill job, configured only from its environment (see child_environment)."""
-    import boto3  # pylint: disable=import-outside-toplevel  # the refill imports it; the hand-out path must not
+    # The refill imports boto3; the hand-out path must not, so this import stays inside the function.
+    import boto3  # pylint: disable=import-outside-toplevel
     from botocore.config import Config  # pylint: disable=import-outside-toplevel
 
     environ = os.environ if environ is None else environ

@@ -99,7 +99,8 @@ def start_refill(store, env):
     env.pop("PYTHONSTARTUP", None)
     log_fd = os.open(log_path(store), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
-        proc = subprocess.Popen(  # pylint: disable=consider-using-with  (detached on purpose; never waited for)
+        # Detached on purpose; never waited for.
+        proc = subprocess.Popen(  # pylint: disable=consider-using-with
             [sys.executable, "-m", REFILL_MODULE, "--state-file", store.path, "--pool-name", store.pool_name],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd="/", env=env,
             close_fds=True, start_new_session=True,
@@ -141,5 +142,3 @@ def refill_status(store, state):
     refill["running"] = refill_lock(store).is_held_elsewhere()
     refill["log"] = log_path(store)
     return refill
-
-

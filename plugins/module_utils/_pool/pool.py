@@ -35,6 +35,7 @@ DEFAULT_FALLBACK_ON = (
     "Unsupported", "VcpuLimitExceeded",
 )
 
+
 def launch_spec(params, region):
     """The part of init's options that every later launch repeats. Credentials are never part of it."""
     template = params.get("launch_template")
@@ -100,7 +101,8 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
 
     With `rebuild`, a lost or corrupt state file is made again from the pool's tags (a corrupt one is first
     moved aside to `<file>.corrupt-<time>`, never overwritten)."""
-    # pylint: disable=import-outside-toplevel  (the launcher pulls in boto3; get must not import this path)
+    # pylint: disable=import-outside-toplevel
+    # The launcher pulls in boto3; get must not import this path.
     from .launcher import ensure_template
     from .launcher import validate_launch
     from .refill import reconcile
@@ -183,7 +185,8 @@ def _needs_verify(state, verify, verify_max_age, now):
 
 def _dead_among(make_client, entries):
     """Ids of the given entries whose instance is not running any more (one DescribeInstances)."""
-    from . import ec2  # pylint: disable=import-outside-toplevel  (only a get that must verify pays for boto3)
+    # Only a get that must verify pays for boto3.
+    from . import ec2  # pylint: disable=import-outside-toplevel
 
     ids = [entry["id"] for entry in entries]
     found = {item["InstanceId"]: item["State"]["Name"] for item in ec2.describe_instances(make_client(), ids)}

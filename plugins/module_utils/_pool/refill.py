@@ -26,7 +26,6 @@ module exits), in a new session, with every standard stream redirected, so the p
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import signal
@@ -47,7 +46,6 @@ from .launcher import SUBNET_ERRORS
 from .launcher import Cooldowns
 from .launcher import Launcher
 from .launcher import LaunchResult
-from .launcher import Offering
 from .state import PoolStore
 from .state import counts
 from .state import isoformat
@@ -410,7 +408,8 @@ def main(argv=None):
                                                             or os.environ.get("AWS_DEFAULT_REGION")):
             os.environ["AWS_DEFAULT_REGION"] = state["launch"]["region"]
         client = client_from_environment()
-    except Exception as exc:  # pylint: disable=broad-except  (anything here is recorded, then the job ends)
+    # Anything here is recorded, then the job ends.
+    except Exception as exc:  # pylint: disable=broad-except
         log("failed", message="cannot create the EC2 client: %s" % exc)
         return 1
     job = RefillJob(store, client, log, max_seconds=args.max_seconds)
@@ -419,4 +418,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

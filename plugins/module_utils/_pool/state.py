@@ -272,6 +272,12 @@ class PoolStore:
     # -- public API --------------------------------------------------------------------------------
     def read(self):
         """The current state, or None when the pool has no file."""
+        if not os.path.lexists(self.path):
+            # No pool: say so without creating its directory and lock file (a check-mode run must write nothing).
+            # Files only appear by os.replace, so this answer is the one a locked read would have given a moment ago.
+            if os.path.isdir(self.directory):
+                self.ensure_directory()  # creates nothing here; still refuses a directory others can write to
+            return None
         with self.locked():
             text = self._read_text()
         return None if text is None else self._parse(text)
