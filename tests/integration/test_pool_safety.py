@@ -71,8 +71,6 @@ def test_init_rerun_is_idempotent_and_check_mode_changes_nothing(pool):
     assert_unchanged("terminate")
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: PoolStore.read() creates the state directory and <pool>.json.lock "
-                                      "before it finds that there is no pool file (check mode should write nothing)")
 def test_check_mode_on_a_new_pool_creates_no_files(pool):
     run = pool.init(size=2, check=True)
     assert run.rc == 0, run.stdout[-3000:]
