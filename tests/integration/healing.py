@@ -21,14 +21,17 @@ def epoch(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-def fleets(proxy, market: str | None = None, since: float | None = None, token: str | None = None) -> list:
-    """CreateFleet requests (optionally of one market: the request's DefaultTargetCapacityType)."""
+def fleets(proxy, market: str | None = None, since: float | None = None, token: str | None = None,
+           answered: bool = False) -> list:
+    """CreateFleet requests (optionally of one market: the request's DefaultTargetCapacityType; with `answered`,
+    only those the proxy has finished, so that their instance ids and errors are filled in)."""
     params = {}
     if market:
         params["TargetCapacitySpecification.DefaultTargetCapacityType"] = market
     if token:
         params["ClientToken"] = token
-    return [r for r in proxy.records("CreateFleet", params=params) if since is None or r.started >= since]
+    return [r for r in proxy.records("CreateFleet", params=params)
+            if (since is None or r.started >= since) and (r.done or not answered)]
 
 
 def instance_ids_in(records) -> list[str]:

@@ -2,7 +2,8 @@
 errors injected by the fault proxy in front of moto.
 
 Each test counts what reached EC2 (the proxy's records) and checks EC2 itself (the test's own client talks to moto
-directly) and the pool file. Cool-downs are a few seconds so that a test can watch one start and end.
+directly) and the pool file. Cool-downs are a few seconds so that a test can watch one start and end, and long
+enough that the refill job's next pass (its backoff is 1, 2, 4, 8 s) surely falls inside one on a loaded machine.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def test_capacity_error_cools_down_that_offering_while_the_others_fill_in(faulty
     dry = {"market": "spot", "instance_type": "t3.micro", "availability_zone": "us-east-1a"}
     proxy.fail_offering("InsufficientInstanceCapacity", **dry)
 
-    run = pool.init(size=2, spot_pool_instance_types=TYPES, spot_pool_availability_zones=ZONES, spot_pool_cooldown=6)
+    run = pool.init(size=2, spot_pool_instance_types=TYPES, spot_pool_availability_zones=ZONES,
+                    spot_pool_cooldown=10)
     assert run.rc == 0, run.stdout[-3000:]
     init = task_result(run, "spot_pool_init")
     # One fleet over all four offerings: the dry one is reported in its Errors, the next one supplied both.
@@ -58,6 +60,8 @@ def test_capacity_error_cools_down_that_offering_while_the_others_fill_in(faulty
     assert set(_offerings(during)) == {("spot", "t3.micro", "us-east-1b"), ("spot", "t3.small", "us-east-1a"),
                                        ("spot", "t3.small", "us-east-1b")}
     assert len(during[0].instance_ids) == 1
+    print(f"offering cool-down: 0 requests for the dry offering, the refill's fleet {until - during[0].started:.1f}s "
+          f"before the cool-down ended, 1 instance from the other offerings")
 
     # After it: the offering is asked again (still dry here, so it cools down again; the others still fill in).
     wait_until(lambda: time.time() >= until + 1, timeout=15, what="the cool-down over")
@@ -75,7 +79,7 @@ def test_account_limit_turns_spot_off_for_the_cooldown_and_goes_on_demand_at_onc
     pool, proxy = faulty_pool, faulty_pool.proxy
     limit = proxy.fail_offering("MaxSpotInstanceCountExceeded", market="spot")
 
-    run = pool.init(size=2, spot_pool_instance_types=TYPES, spot_pool_cooldown=8)
+    run = pool.init(size=2, spot_pool_instance_types=TYPES, spot_pool_cooldown=12)
     assert run.rc == 0, run.stdout[-3000:]
     init = task_result(run, "spot_pool_init")
     assert init["counts"]["fallback"] == 2 and init["counts"]["ready"] == 2, init["counts"]
@@ -100,17 +104,21 @@ def test_account_limit_turns_spot_off_for_the_cooldown_and_goes_on_demand_at_onc
     cooling_from = time.time()
     rc, got = pool.module("spot_pool_get")
     assert rc == 0 and got["type"] == "fallback", got
-    first = wait_until(lambda: fleets(proxy, since=cooling_from), timeout=20, what="the refill's fleet")[0]
+    first = wait_until(lambda: fleets(proxy, since=cooling_from, answered=True), timeout=20,
+                       what="the refill's fleet")[0]
     assert first.started < until
     assert first.params["TargetCapacitySpecification.DefaultTargetCapacityType"] == "on-demand"
     assert len(first.instance_ids) == 1
-    asked_again = wait_until(lambda: fleets(proxy, market="spot", since=cooling_from), timeout=25,
+    asked_again = wait_until(lambda: fleets(proxy, market="spot", since=cooling_from, answered=True), timeout=25,
                              what="Spot asked again after the cool-down")[0]
     assert asked_again.started >= until - 1  # the file keeps whole seconds
     assert {e.code for e in asked_again.fleet_errors} == {"VcpuLimitExceeded"}
     passes = [line for line in pool.refill_log.read_text().splitlines()
               if '"reconciled"' in line and epoch(json.loads(line)["time"]) < until - 1]
     assert len(passes) >= 2, "the job did look at the pool during the cool-down"
+    print(f"account limit: {len(passes)} passes and 0 Spot requests in the cool-down, On-Demand "
+          f"{(on_demand.started - spot.started) * 1000:.0f} ms after the refusal, Spot asked again "
+          f"{asked_again.started - until:+.1f}s from the cool-down's end")
     assert proxy.offering_requests(market="spot", since=spot.started + 0.001) == \
         proxy.offering_requests(market="spot", since=asked_again.started)
     state = wait_until(lambda: [c for c in pool.state()["cooldowns"] if c["code"] == "VcpuLimitExceeded"] and
@@ -128,7 +136,7 @@ def test_full_subnet_cools_down_the_subnet_for_every_type(faulty_pool):
     proxy.fail_offering("InsufficientFreeAddressesInSubnet", subnet_id=full)
 
     run = pool.init(size=2, spot_pool_instance_types=TYPES, spot_pool_subnet_ids=[full, spare],
-                    spot_pool_cooldown=6)
+                    spot_pool_cooldown=30)
     assert run.rc == 0, run.stdout[-3000:]
     init = task_result(run, "spot_pool_init")
     assert init["counts"]["spot"] == 2 and init["counts"]["ready"] == 2, init["counts"]
@@ -261,6 +269,7 @@ def test_fallbacks_are_replaced_by_spot_once_spot_is_back_never_a_leased_one(fau
     spot_back = time.time()
     proxy.remove_rule(dry)
     wait_whole(pool, timeout=60, spot=3, fallback=0)
+    replaced_after = time.time() - spot_back
     wait_refill_done(pool, timeout=20)
     state = assert_consistent(pool)
 
@@ -280,6 +289,8 @@ def test_fallbacks_are_replaced_by_spot_once_spot_is_back_never_a_leased_one(fau
     assert leased["instance_id"] not in stopped + terminated
     assert pool.instance(leased["instance_id"])["State"]["Name"] == "running"
     assert [lease["id"] for lease in state["leases"]] == [leased["instance_id"]]
+    print(f"replacement ({fallback_action}): {len(new_spot)} new Spot, {len(retired)} idle fallbacks retired, "
+          f"leased fallback untouched, whole with Spot {replaced_after:.1f}s after Spot came back")
 
     # terminate (fallback_action=terminate) ends everything with the pool tag: new Spot, the leased fallback, and
     # the stopped fallbacks that are in neither the pool nor a lease any more.
