@@ -168,7 +168,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import client_from_module
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import client_from_params
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import connection_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
@@ -190,7 +190,7 @@ def main():
     params = module.params
     try:
         result = get_instance(
-            pool_store(params), lambda: client_from_module(module), address=params["address"],
+            pool_store(params), lambda: client_from_params(params), address=params["address"],
             verify=params["verify"], verify_max_age=params["verify_max_age"], lease_ttl=params["lease_ttl"],
             wait_timeout=params["wait_timeout"], refill=params["refill"],
             refill_env=child_environment(params, params["region"]), check_mode=module.check_mode,

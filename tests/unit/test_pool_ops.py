@@ -69,6 +69,8 @@ def test_a_verifying_get_never_hands_out_a_dead_instance(pool, client):
     got = ops.get_instance(pool, lambda: client, verify_max_age=0, refill=False)
     assert got["verified"] and got["dropped"] == [first] and got["instance_id"] != first
     assert first not in [e["id"] for e in pool.read()["instances"]]
+    # That check counts as a fresh verification: the next default get does not ask EC2 again.
+    assert ops.get_instance(pool, no_client, refill=False)["verified"] is False
 
 
 def test_no_ready_instance_fails_with_counts_and_changes_nothing(pool):

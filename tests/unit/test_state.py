@@ -149,7 +149,7 @@ def _get_put_worker(path, rounds, queue):
     store = PoolStore(path, "default")
     problems = 0
     for _round in range(rounds):
-        lease, _counts = ops._lease_one(store, set(), None, False, False, 0)  # pylint: disable=protected-access
+        lease, _counts = ops._lease_one(store, None, None, False, False, 0)  # pylint: disable=protected-access
         with store.transaction() as tx:
             held = [item for item in tx.state["leases"] if item["id"] == lease["id"]]
             problems += len(held) != 1  # the same instance leased twice at once

@@ -5,9 +5,10 @@
 
 `spot_pool_get` must hand out an instance in about the time Ansible needs to start a module, and importing
 boto3 (which amazon.aws's AnsibleAWSModule does at import time) costs ~0.25 s on a ~1 s module run. So `get`
-declares the same connection options with a plain AnsibleModule and imports amazon.aws's connection helpers
-only when it must call EC2. `connection_argument_spec()` mirrors amazon.aws's `aws_argument_spec()`; a unit test
+declares the same connection options with a plain AnsibleModule and builds a boto3 client only when it must
+call EC2. `connection_argument_spec()` mirrors amazon.aws's `aws_argument_spec()`; a unit test
 compares the two so they cannot drift apart. Every other module uses AnsibleAWSModule directly.
+(`debug_botocore_endpoint_logs` is accepted by `get` for module_defaults' sake, and has no effect there.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import os
 
 from ansible.module_utils.basic import env_fallback
+
+from .errors import PoolError
 
 # Option name -> environment variable that boto3 reads, for the detached refill job. Credentials travel only
 # through the child's environment: never on a command line (visible in ps) and never in the state file.
@@ -87,35 +90,42 @@ def child_environment(params, region, base=None):
     return env
 
 
-def client_from_environment(service="ec2", environ=None):
-    """A boto3 client for the refill job, configured only from its environment (see child_environment)."""
-    # The refill imports boto3; the hand-out path must not, so this import stays inside the function.
-    import boto3  # pylint: disable=import-outside-toplevel
-    from botocore.config import Config  # pylint: disable=import-outside-toplevel
-
-    environ = os.environ if environ is None else environ
-    config = Config(user_agent_extra="ec2spot.pool-refill", **BOTOCORE_CONFIG)
-    verify = environ.get("AWS_CA_BUNDLE") or environ.get(VERIFY_ENV, "1") != "0"
-    return boto3.session.Session().client(service, endpoint_url=environ.get(ENDPOINT_ENV) or None, verify=verify,
-                                          config=config)
-
-
-def client_from_module(module, service="ec2"):
-    """A boto3 client built the amazon.aws way from a module's options, imported only when needed."""
+def make_client(service="ec2", region=None, endpoint_url=None, verify=True, access_key=None, secret_key=None,
+                session_token=None, profile=None, extra_config=None, user_agent="ec2spot.pool"):
+    """A boto3 client with the collection's retry settings (BOTOCORE_CONFIG). Imports boto3 when called."""
+    # The hand-out path must not import boto3 unless it asks EC2, so the imports stay inside the function.
     # pylint: disable=import-outside-toplevel
-    from ansible_collections.amazon.aws.plugins.module_utils.botocore import boto3_conn
-    from ansible_collections.amazon.aws.plugins.module_utils.botocore import get_aws_connection_info
+    import boto3
+    import botocore.exceptions
+    from botocore.config import Config
 
-    region, endpoint_url, connect_kwargs = get_aws_connection_info(module)
-    return boto3_conn(module, conn_type="client", resource=service, region=region, endpoint=endpoint_url,
-                      config=BOTOCORE_CONFIG, **connect_kwargs)
+    config = Config(user_agent_extra=user_agent, **BOTOCORE_CONFIG)
+    if extra_config:
+        config = config.merge(Config(**extra_config))
+    try:
+        session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+                                        aws_session_token=session_token, profile_name=profile, region_name=region)
+        return session.client(service, endpoint_url=endpoint_url or None, verify=verify, config=config)
+    except botocore.exceptions.BotoCoreError as exc:
+        raise PoolError("cannot connect to EC2: %s" % exc)
 
 
-def module_region(module):
-    """The region the module talks to, without importing boto3 when the option or environment says it."""
-    region = module.params.get("region")
-    if region:
-        return region
-    from ansible_collections.amazon.aws.plugins.module_utils.botocore import get_aws_region  # pylint: disable=import-outside-toplevel
+def client_from_params(params, service="ec2"):
+    """A client from a module's amazon.aws connection options, for spot_pool_get.
 
-    return get_aws_region(module)
+    Built here rather than with amazon.aws's boto3_conn: Ansible puts every file a module imports (even inside a
+    function) into the module's payload and reads them all on the controller for each run, and those helpers
+    add ~0.1 s of controller CPU to every `get`, most of which never asks EC2."""
+    return make_client(service, region=params.get("region"), endpoint_url=params.get("endpoint_url"),
+                       verify=params.get("aws_ca_bundle") or params.get("validate_certs", True),
+                       access_key=params.get("access_key"), secret_key=params.get("secret_key"),
+                       session_token=params.get("session_token"), profile=params.get("profile"),
+                       extra_config=params.get("aws_config"))
+
+
+def client_from_environment(service="ec2", environ=None):
+    """A client for the refill job, configured only from its environment (see child_environment)."""
+    environ = os.environ if environ is None else environ
+    return make_client(service, endpoint_url=environ.get(ENDPOINT_ENV),
+                       verify=environ.get("AWS_CA_BUNDLE") or environ.get(VERIFY_ENV, "1") != "0",
+                       user_agent="ec2spot.pool-refill")

@@ -225,8 +225,10 @@ def _lease_one(store, dead, lease_ttl, check_mode, verify, verify_max_age):
         now = utcnow()
         if dead is None and _needs_verify(state, verify, verify_max_age, now):
             raise _VerifyFirst([entry for entry in state["instances"] if entry.get("ip")])
-        if dead:
+        if dead is not None:
+            # Every ready entry was just checked with EC2: the next gets need not ask again for a while.
             state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
+            state["refill"]["verified_at"] = isoformat(now)
         entry = next((entry for entry in state["instances"] if entry.get("ip")), None)
         if entry is None:
             raise _no_ready(store, state)
