@@ -197,8 +197,12 @@ def reconcile(store, client, launch=True):
             alive.append(entry)
         elif entry.get("type") == "spot" and info is not None:
             result.interrupted.append(entry["id"])
+            # The offering's location as the pool asks for it: a pool without zones or subnets asks EC2 for the
+            # type anywhere, so the zone the instance ran in would name an offering the launcher never uses.
+            location = entry.get("subnet_id") or (entry.get("availability_zone")
+                                                  if spec.get("availability_zones") else None)
             cooldowns.add("offering", INTERRUPTED, launcher.cooldown_seconds, SPOT, entry.get("instance_type"),
-                          entry.get("subnet_id") or entry.get("availability_zone"))
+                          location)
 
     # 4. expired leases
     expired = [lease for lease in state["leases"]
