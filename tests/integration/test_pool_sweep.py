@@ -1,6 +1,7 @@
-"""Nothing leaks: expired leases end, orphans (pool tag, in neither the pool nor a lease) are marked then terminated
-while leased instances are never touched, a corrupt pool file is rebuilt from the tags, and terminate leaves no
-instance with the pool tag running.
+"""Nothing leaks and nothing dead is handed out: an interrupted instance is replaced from another offering, expired
+leases end, orphans (pool tag, in neither the pool nor a lease) are marked then terminated while leased instances
+are never touched, a corrupt pool file is rebuilt from the tags, and terminate leaves no instance with the pool tag
+running.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import time
 
 from tests.integration.conftest import AMI, POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result, wait_until
-from tests.integration.healing import assert_consistent, instance_ids_in, wait_refill_done
+from tests.integration.healing import assert_consistent, fleets, instance_ids_in, wait_refill_done
 
 ORPHAN_TAG = "ec2spot:orphan-since"
 LEASED_TAG = "ec2spot:leased-at"
@@ -21,6 +22,36 @@ def _stray_instance(pool) -> str:
     return pool.ec2.run_instances(ImageId=AMI, InstanceType="t3.micro", MinCount=1, MaxCount=1,
                                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
                                   )["Instances"][0]["InstanceId"]
+
+
+def test_interrupted_spot_instance_is_replaced_from_another_offering(faulty_pool):
+    pool, proxy = faulty_pool, faulty_pool.proxy
+    types = ["t3.micro", "t3.small"]  # no zones: the pool asks for each type anywhere
+    assert pool.init(size=2, spot_pool_instance_types=types, spot_pool_cooldown=30).rc == 0
+    first, reclaimed = pool.state()["instances"]
+    assert reclaimed["instance_type"] == "t3.micro"
+    pool.ec2.terminate_instances(InstanceIds=[reclaimed["id"]])  # EC2 took it back; the pool did not end it
+
+    # A get hands out the live one; its refill sees the idle one died, cools its offering down and replaces both
+    # slots from the other offering.
+    started = time.time()
+    rc, got = pool.module("spot_pool_get")
+    assert rc == 0 and got["instance_id"] == first["id"], got
+    wait_refill_done(pool)
+    state = assert_consistent(pool)
+    assert [(c["code"], c["market"], c["instance_type"], c["location"]) for c in state["cooldowns"]] == \
+        [("SpotInterruption", "spot", "t3.micro", None)]
+    [fleet] = fleets(proxy, since=started)
+    assert [o.instance_type for o in fleet.offerings] == ["t3.small"] and len(fleet.instance_ids) == 2
+    assert [e["instance_type"] for e in state["instances"]] == ["t3.small", "t3.small"]
+
+    # get with verify asks EC2 first and never hands out an instance that died since.
+    dead = state["instances"][0]["id"]
+    pool.ec2.terminate_instances(InstanceIds=[dead])
+    run = pool.playbook("get_instance.yml", spot_pool_verify_max_age=0)
+    assert run.rc == 0, run.stdout[-3000:]
+    result = task_result(run, "spot_pool_get")
+    assert result["dropped"] == [dead] and result["instance_id"] == state["instances"][1]["id"], result
 
 
 def test_expired_lease_is_ended_by_a_later_refill(faulty_pool):
