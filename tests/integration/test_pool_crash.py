@@ -36,7 +36,7 @@ def test_killed_before_create_fleet(faulty_pool):
     assert pool.init(size=2).rc == 0
 
     # The job's first call of the pass, DescribeInstances, is held: the job dies before any launch.
-    started, _ = _lease_and_hold(pool, "DescribeInstances")
+    started = _lease_and_hold(pool, "DescribeInstances")[0]
     kill_refill_job(pool)
     state = pool.state()
     assert fleets(proxy, since=started) == [] and state.get("pending_launches", []) == []
@@ -78,8 +78,8 @@ def test_killed_while_create_fleet_is_in_flight_the_answer_is_lost(faulty_pool):
 def test_killed_after_a_fleet_answered_before_the_state_write(faulty_pool):
     pool, proxy = faulty_pool, faulty_pool.proxy
     assert pool.init(size=3).rc == 0
-    rc, _ = pool.module("spot_pool_get", refill=False)
-    assert rc == 0
+    rc, first = pool.module("spot_pool_get", refill=False)
+    assert rc == 0, first
     # Spot supplies one more instance, then has no capacity: the pass asks On-Demand for the rest in the same pass.
     # That second CreateFleet is held: the Spot answer is then in the job's memory, not yet in the file.
     proxy.limit_offering(1, market="spot")
