@@ -14,6 +14,8 @@ import pytest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Cooldowns
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Offering
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
@@ -291,3 +293,28 @@ def test_fallbacks_are_replaced_by_spot_once_spot_is_back(proxied):
 def states(client, ids):
     return {i["InstanceId"]: i["State"]["Name"] for r in client.describe_instances(InstanceIds=ids)["Reservations"]
             for i in r["Instances"]}
+
+
+def test_an_interruption_in_a_pool_without_zones_cools_down_the_offering_it_asks_for(tmp_path, client):
+    spec = dict(LAUNCH, availability_zones=[], instance_types=["t3.micro", "t3.small"])
+    store = PoolStore(str(tmp_path / "z.json"), "z")
+    with store.transaction() as tx:
+        tx.state = new_state("z", 1, dict(spec, template=ensure_template(client, "z", spec)))
+    settle(store, client)
+    victim = store.read()["instances"][0]
+    client.terminate_instances(InstanceIds=[victim["id"]])
+    result = refill.reconcile(store, client)
+    assert result.interrupted == [victim["id"]]
+    cooldown = store.read()["cooldowns"][0]
+    # The pool asks for each type anywhere (no zone): the cool-down must name that offering to block it.
+    assert (cooldown["instance_type"], cooldown["location"]) == (victim["instance_type"], None)
+    assert Cooldowns(store.read()["cooldowns"]).blocks(Offering("spot", victim["instance_type"]))
+
+
+def test_a_fleet_refused_for_every_offering_by_authorisation_stops_the_job(proxied):
+    store, client, proxy = proxied
+    proxy.fail_offering("UnauthorizedOperation")
+    events = []
+    assert refill.RefillJob(store, client, lambda e, **f: events.append(e)).run() == 1
+    assert events[-1] == "failed" and "UnauthorizedOperation" in store.read()["refill"]["last_error"]
+    assert proxy.count("CreateFleet") == 1  # not asked again every few seconds for 15 minutes
