@@ -89,7 +89,7 @@ def _rebuild_from_tags(client, store, size, launch, previous):
         if info["id"] in old_leases:
             state["leases"].append(old_leases[info["id"]])
         elif ec2.LEASED_TAG in info["tags"]:
-            state["leases"].append(dict(entry, leased_at=info["tags"][ec2.LEASED_TAG], tagged=True))
+            state["leases"].append(dict(entry, leased_at=info["tags"][ec2.LEASED_TAG]))
         else:
             state["instances"].append(entry)
     return state

@@ -63,7 +63,6 @@ LOG_MAX_BYTES = 1 << 20
 TRANSIENT_LAUNCH_ERRORS = CAPACITY_ERRORS | SUBNET_ERRORS | ACCOUNT_LIMIT_ERRORS | frozenset((
     "RequestLimitExceeded", "Throttling", "InternalError", "InternalFailure", "Unavailable", "ServiceUnavailable",
 ))
-GONE_STATES = ("shutting-down", "terminated", "stopping", "stopped")
 
 
 class PoolGone(PoolError):
@@ -268,9 +267,6 @@ def reconcile(store, client, launch=True):
         retire = _surplus(kept, current["target_size"])
         current["instances"] = [e for e in kept if e not in retire]
         current["leases"] = [lease for lease in current["leases"] if lease["id"] not in result.expired]
-        for lease in current["leases"]:
-            if lease["id"] in untagged_leases:
-                lease["tagged"] = True
         done = set(launcher.settled)
         current["pending_launches"] = [p for p in current.get("pending_launches") or [] if p["token"] not in done]
         current["cooldowns"] = cooldowns.entries

@@ -27,7 +27,6 @@ from .errors import StateFileError
 
 STATE_VERSION = 1
 POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-INSTANCE_TYPES = ("spot", "fallback")
 TIME_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
 
 
