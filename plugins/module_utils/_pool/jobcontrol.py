@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,10 +99,14 @@ def start_refill(store, env):
     env["PYTHONPATH"] = code_root
     env.pop("PYTHONSTARTUP", None)
     log_fd = os.open(log_path(store), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    # Background work at a lower CPU priority: the job starts (Python, boto3) while the playbook that started it
+    # is still finishing on the same cores, and the playbook must not wait on it.
+    nice = shutil.which("nice")
     try:
         # Detached on purpose; never waited for.
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            [sys.executable, "-m", REFILL_MODULE, "--state-file", store.path, "--pool-name", store.pool_name],
+            ([nice, "-n", "10"] if nice else [])
+            + [sys.executable, "-m", REFILL_MODULE, "--state-file", store.path, "--pool-name", store.pool_name],
             stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd="/", env=env,
             close_fds=True, start_new_session=True,
         )
