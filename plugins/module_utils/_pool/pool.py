@@ -25,19 +25,15 @@ from .state import new_state
 from .state import parse_time
 from .state import utcnow
 
-# Defaults of init's options, restated here so that get's import path does not pull in the launcher (boto3).
-DEFAULT_COOLDOWN_SECONDS = 180
-DEFAULT_ORPHAN_GRACE_SECONDS = 600
-DEFAULT_FALLBACK_ON = (
-    "InstanceLimitExceeded", "InsufficientCapacityOnHost", "InsufficientFreeAddressesInSubnet",
-    "InsufficientHostCapacity", "InsufficientInstanceCapacity", "InsufficientReservedInstanceCapacity",
-    "MaxFleetCountExceeded", "MaxSpotInstanceCountExceeded", "SpotMaxPriceTooLow", "UnfulfillableCapacity",
-    "Unsupported", "VcpuLimitExceeded",
-)
-
 
 def launch_spec(params, region):
     """The part of init's options that every later launch repeats. Credentials are never part of it."""
+    # Only spot_pool_init calls this, and it imports the launcher anyway; get's path never does.
+    # pylint: disable=import-outside-toplevel
+    from .launcher import DEFAULT_COOLDOWN_SECONDS
+    from .launcher import DEFAULT_FALLBACK_ON
+    from .refill import DEFAULT_ORPHAN_GRACE_SECONDS
+
     template = params.get("launch_template")
     if template:
         template = {key: value for key, value in (("LaunchTemplateId", template.get("id")),
