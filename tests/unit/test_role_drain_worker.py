@@ -65,12 +65,12 @@ def test_role_refuses_before_changing_anything(tmp_path, case):
     assert run.rc != 0, run.stdout
     tasks = played_tasks(run)
     failed = [(name, result) for name, result in tasks if result.get("failed")]
-    assert [name.split(" : ")[-1] for name, _ in failed] == [
+    assert [name.split(" : ")[-1] for name, _result in failed] == [
         "Stop before changing anything when a setting would stop the worker"]
     assert message in failed[0][1]["msg"]
-    assert not any(result.get("changed") for _, result in tasks)
+    assert not any(result.get("changed") for _name, result in tasks)
     # Only the argument validation, the check and the refusal ran: no build, no file.
-    assert len(tasks) <= 4, [name for name, _ in tasks]
+    assert len(tasks) <= 4, [name for name, _result in tasks]
     assert not (tmp_path / "opt").exists() and not (tmp_path / "etc").exists()
     for token in (JOBS, CONTROL, "short-jobs-tok"):
         assert token not in run.stdout and token not in run.stderr
