@@ -110,18 +110,14 @@ def _reject_constant(name: str):
 
 def _too_deep(value, limit: int) -> bool:
     """True when `value` nests more than `limit` arrays/objects (iterative: no recursion to overflow)."""
-    stack = [(value, 1)]
+    containers = (dict, list)
+    stack = [(value, 1)] if isinstance(value, containers) else []
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, containers))
     return False
 
 
@@ -138,7 +134,9 @@ def _json_object_body():
     except (ValueError, UnicodeDecodeError) as exc:
         return None, _error(400, f"malformed JSON: {exc}")
     else:
-        too_deep = _too_deep(body, MAX_JSON_DEPTH)
+        # Fewer brackets than the limit cannot nest deeper: most payloads skip the walk.
+        openers = raw.count(b"[") + raw.count(b"{")
+        too_deep = openers > MAX_JSON_DEPTH and _too_deep(body, MAX_JSON_DEPTH)
     if too_deep:
         return None, _error(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels; send a flatter object")
     if not isinstance(body, dict):
