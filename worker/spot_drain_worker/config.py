@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
+# The retry backoff never exceeds the cap, so a larger base would silently mean the cap.
+from .jobqueue import BACKOFF_CAP_SECONDS as MAX_RETRY_BACKOFF_SECONDS
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message starts with the variable's name."""
@@ -30,8 +33,6 @@ DEFAULT_JOB_HANDLER = "spot_drain_worker.handlers:simulate_work"
 INSTANCE_ACTION_PATH = "/latest/meta-data/spot/instance-action"
 # AWS posts a Spot interruption notice two minutes before the interruption time.
 SPOT_NOTICE_LEAD_SECONDS = 120
-# The retry backoff never exceeds this (jobqueue.BACKOFF_CAP_SECONDS): a larger base would be the cap.
-MAX_RETRY_BACKOFF_SECONDS = 300
 MIN_TOKEN_LENGTH = 16
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
