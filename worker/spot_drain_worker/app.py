@@ -19,6 +19,9 @@ EXTENSION = "spot_drain_worker"
 RETRY_AFTER_SECONDS = 5
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 SIMULATED_NOTICE_LEAD_SECONDS = 120  # what AWS gives: the notice comes two minutes ahead
+# Deeper JSON is refused: Python's parser and encoder recurse per level, so a payload near the
+# interpreter's recursion limit would fail later (storing it, reading it back, in the runner).
+MAX_JSON_DEPTH = 64
 
 api = Blueprint("api", __name__)
 
@@ -34,6 +37,37 @@ def _error(status: int, message: str, **headers):
     return response
 
 
+def _bearer_token() -> str | None:
+    authorization = request.headers.get("Authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
+
+
+def _token_matches(supplied: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; False when either side is missing."""
+    if supplied is None or expected is None:
+        return False
+    return hmac.compare_digest(supplied.encode(), expected.encode())
+
+
+def _jobs_auth_error(*, control_token_too: bool = False):
+    """None when the caller may use the job endpoints, else the 401 response. Only when JOBS_TOKEN is
+    set; `control_token_too` also admits the control token (requeue is an operator's tool as well)."""
+    config = _runtime().config
+    if config.jobs_token is None:
+        return None
+    supplied = _bearer_token()
+    if _token_matches(supplied, config.jobs_token):
+        return None
+    if control_token_too and _token_matches(request.headers.get("X-Control-Token") or supplied,
+                                            config.control_token):
+        return None
+    message = ("missing jobs token (Authorization: Bearer <JOBS_TOKEN>)" if supplied is None
+               else "wrong jobs token")
+    return _error(401, message, **{"WWW-Authenticate": "Bearer"})
+
+
 def _control_auth_error():
     """None when the caller may use the control endpoints, else the error response."""
     config = _runtime().config
@@ -43,13 +77,12 @@ def _control_auth_error():
         return _error(403, "control endpoints need CONTROL_TOKEN to be set on the worker "
                            "(production mode: ALLOW_SIMULATE_INTERRUPTION=false)")
     supplied = request.headers.get("X-Control-Token")
-    authorization = request.headers.get("Authorization", "")
-    if supplied is None and authorization.lower().startswith("bearer "):
-        supplied = authorization[7:].strip()
+    if supplied is None:
+        supplied = _bearer_token()
     if not supplied:
         return _error(401, "missing control token (Authorization: Bearer <CONTROL_TOKEN>)",
                       **{"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(supplied.encode(), config.control_token.encode()):
+    if not _token_matches(supplied, config.control_token):
         return _error(403, "wrong control token")
     return None
 
@@ -75,6 +108,19 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _too_deep(value, limit: int) -> bool:
+    """True when `value` nests more than `limit` arrays/objects (iterative: no recursion to overflow)."""
+    containers = (dict, list)
+    stack = [(value, 1)] if isinstance(value, containers) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, containers))
+    return False
+
+
 def _json_object_body():
     """(object, None) or (None, error response). Reading the body enforces MAX_CONTENT_LENGTH."""
     raw = request.get_data(cache=False)
@@ -82,16 +128,40 @@ def _json_object_body():
         return None, _error(400, "request body must be a JSON object")
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:  # deeper than the interpreter's recursion limit allows to parse
+        body = None
+        too_deep = True
     except (ValueError, UnicodeDecodeError) as exc:
         return None, _error(400, f"malformed JSON: {exc}")
+    else:
+        # Fewer brackets than the limit cannot nest deeper: most payloads skip the walk.
+        openers = raw.count(b"[") + raw.count(b"{")
+        too_deep = openers > MAX_JSON_DEPTH and _too_deep(body, MAX_JSON_DEPTH)
+    if too_deep:
+        return None, _error(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels; send a flatter object")
     if not isinstance(body, dict):
         return None, _error(400, f"request body must be a JSON object, not {type(body).__name__}")
     return body, None
 
 
+def _not_json_error():
+    """415 unless the body is declared JSON: a browser's cross-origin "simple request" can only send
+    text/plain, form or multipart bodies, so this keeps other web pages from submitting jobs."""
+    if request.mimetype == "application/json":
+        return None
+    got = request.mimetype or "none"
+    return _error(415, f"Content-Type must be application/json (got {got})")
+
+
 @api.post("/jobs")
 def submit_job():
     runtime = _runtime()
+    if (denied := _jobs_auth_error()) is not None:
+        runtime.metrics.jobs_rejected.labels("unauthorized").inc()
+        return denied
+    if (refused := _not_json_error()) is not None:
+        runtime.metrics.jobs_rejected.labels("bad_request").inc()
+        return refused
     snapshot = runtime.signal.snapshot()
     if not snapshot.admitting:
         runtime.metrics.jobs_rejected.labels("not_admitting").inc()
@@ -120,6 +190,8 @@ def submit_job():
 
 @api.get("/jobs/<job_id>")
 def get_job(job_id: str):
+    if (denied := _jobs_auth_error()) is not None:
+        return denied
     job = _runtime().queue.get(job_id)
     if job is None:
         return _error(404, f"no job with id {job_id!r}")
@@ -128,7 +200,13 @@ def get_job(job_id: str):
 
 @api.post("/jobs/<job_id>/requeue")
 def requeue_job(job_id: str):
-    if (denied := _control_auth_error()) is not None:
+    config = _runtime().config
+    if config.jobs_token is not None:
+        # With a jobs token, its holders may requeue their jobs (and the operator's control token may).
+        denied = _jobs_auth_error(control_token_too=True)
+    else:
+        denied = _control_auth_error()
+    if denied is not None:
         return denied
     queue = _runtime().queue
     job = queue.requeue(job_id)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import ipaddress
 import math
 import os
+import re
 from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
+
+# The retry backoff never exceeds the cap, so a larger base would silently mean the cap.
+from .jobqueue import BACKOFF_CAP_SECONDS as MAX_RETRY_BACKOFF_SECONDS
 
 
 class ConfigError(ValueError):
@@ -24,6 +29,13 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 DEFAULT_JOB_HANDLER = "spot_drain_worker.handlers:simulate_work"
+# The path the seed documented IMDS_URL with; the worker appends its own paths to the base.
+INSTANCE_ACTION_PATH = "/latest/meta-data/spot/instance-action"
+# AWS posts a Spot interruption notice two minutes before the interruption time.
+SPOT_NOTICE_LEAD_SECONDS = 120
+MIN_TOKEN_LENGTH = 16
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +52,9 @@ class Config:
     port: int = 8080
     max_attempts: int = 5
     lease_seconds: float = 30.0
-    control_token: str | None = None
+    # repr=False: a Config that ends up in a log line or a traceback must not carry the tokens.
+    control_token: str | None = dataclasses.field(default=None, repr=False)
+    jobs_token: str | None = dataclasses.field(default=None, repr=False)
     job_handler: str = DEFAULT_JOB_HANDLER
     max_payload_bytes: int = 65536
     retry_backoff_seconds: float = 2.0
@@ -100,6 +114,10 @@ def _database_path(raw: str) -> str:
     if not path or path == ":memory:" or path.startswith("file:"):
         # The queue opens one connection per thread and must survive restarts: it needs a file.
         raise ConfigError(f"{name} must name a database file (got {raw!r})")
+    if raw.startswith(prefix) and ("?" in path or "#" in path):
+        # sqlite3.connect takes a plain file name: a URL query would become part of the name.
+        raise ConfigError(f"{name} must not have a query string or fragment (got {raw!r}); "
+                          f"SQLite options are set by the worker")
     parent = Path(path).expanduser().resolve().parent
     if not parent.is_dir():
         raise ConfigError(f"{name} points into a directory that does not exist: {parent}")
@@ -107,14 +125,59 @@ def _database_path(raw: str) -> str:
 
 
 def _imds_url(raw: str) -> str:
+    """The base URL of IMDS. Also takes the seed's form, the instance-action URL itself, and derives
+    the base from it; any other path would make every request miss, so it is refused."""
+    name = "IMDS_URL"
+    example = f"http://169.254.169.254 or http://169.254.169.254{INSTANCE_ACTION_PATH}"
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"IMDS_URL must be an http:// URL such as http://169.254.169.254 (got {raw!r})")
+        raise ConfigError(f"{name} must be an http:// URL such as {example} (got {raw!r})")
     try:
         parts.port
     except ValueError:
-        raise ConfigError(f"IMDS_URL has an invalid port (got {raw!r})") from None
-    return raw.rstrip("/")
+        raise ConfigError(f"{name} has an invalid port (got {raw!r})") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{name} must not carry a user or password (IMDS takes none): use {example}")
+    if parts.query or raw.endswith("?"):
+        raise ConfigError(f"{name} must not have a query string (got {raw!r}); use {example}")
+    if parts.fragment or raw.endswith("#"):
+        raise ConfigError(f"{name} must not have a fragment (got {raw!r}); use {example}")
+    path = parts.path.rstrip("/")
+    if path not in ("", INSTANCE_ACTION_PATH):
+        raise ConfigError(f"{name} must be the IMDS base URL or the instance-action URL, not the path "
+                          f"{parts.path!r}: use {example}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _host(raw: str) -> str:
+    name = "HOST"
+    if raw.startswith("[") or raw.endswith("]"):
+        raise ConfigError(f"{name} must be an address without brackets, such as ::1 (got {raw!r})")
+    try:
+        ipaddress.ip_address(raw)
+        return raw
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(raw):
+        raise ConfigError(f"{name} must be an address to listen on such as 127.0.0.1 or 0.0.0.0, without "
+                          f"a port (PORT sets it) (got {raw!r})")
+    return raw
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name may resolve to any address
+
+
+def _token(name: str, raw: str) -> str:
+    # The value is never part of a message, not even a wrong one.
+    if len(raw) < MIN_TOKEN_LENGTH:
+        raise ConfigError(f"{name} must be at least {MIN_TOKEN_LENGTH} characters long")
+    return raw
 
 
 def load_job_handler(spec: str, name: str = "JOB_HANDLER") -> Callable:
@@ -157,9 +220,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
     if (raw := get("ALLOW_SIMULATE_INTERRUPTION")) is not None:
         values["allow_simulate_interruption"] = _bool("ALLOW_SIMULATE_INTERRUPTION", raw)
     if (raw := get("HOST")) is not None:
-        if any(c.isspace() for c in raw) or "/" in raw:
-            raise ConfigError(f"HOST must be an address to listen on such as 127.0.0.1 (got {raw!r})")
-        values["host"] = raw
+        values["host"] = _host(raw)
 
     numbers = {
         # variable: (field, minimum, maximum, integer, exclusive minimum)
@@ -171,7 +232,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         # The heartbeat runs three times per lease; below a second it would be all heartbeat.
         "LEASE_SECONDS": ("lease_seconds", 0.5, 86400, False, False),
         "MAX_PAYLOAD_BYTES": ("max_payload_bytes", 2, 64 * 1024 * 1024, True, False),
-        "RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", 0, 86400, False, False),
+        "RETRY_BACKOFF_SECONDS": ("retry_backoff_seconds", 0, MAX_RETRY_BACKOFF_SECONDS, False, False),
         "NOTICE_MARGIN_SECONDS": ("notice_margin_seconds", 0, 3600, False, False),
         # IMDS accepts token lifetimes from 1 second to 6 hours.
         "IMDS_TOKEN_TTL_SECONDS": ("imds_token_ttl_seconds", 1, 21600, True, False),
@@ -183,11 +244,36 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
                                     integer=integer, exclusive_minimum=exclusive)
 
     if (raw := get("CONTROL_TOKEN")) is not None:
-        if len(raw) < 16:
-            raise ConfigError("CONTROL_TOKEN must be at least 16 characters long")
-        values["control_token"] = raw
+        values["control_token"] = _token("CONTROL_TOKEN", raw)
+    if (raw := get("JOBS_TOKEN")) is not None:
+        values["jobs_token"] = _token("JOBS_TOKEN", raw)
     if (raw := get("JOB_HANDLER")) is not None:
         values["job_handler"] = raw
     load_job_handler(values.get("job_handler", defaults.job_handler))
 
-    return dataclasses.replace(defaults, **values)
+    config = dataclasses.replace(defaults, **values)
+    _check_combinations(config)
+    return config
+
+
+def _check_combinations(config: Config) -> None:
+    """Settings that are fine one by one but together would silently do nothing, or something else
+    than the README says."""
+    if config.allow_simulate_interruption and config.control_token is not None:
+        # A control token switches production mode on, which closes the simulate endpoints again.
+        raise ConfigError("ALLOW_SIMULATE_INTERRUPTION=true has no effect while CONTROL_TOKEN is set "
+                          "(a control token means production mode, where /shutdown and /simulate/* are "
+                          "off): unset CONTROL_TOKEN for development, or set ALLOW_SIMULATE_INTERRUPTION=false")
+    if config.jobs_token is not None and config.jobs_token == config.control_token:
+        raise ConfigError("JOBS_TOKEN must differ from CONTROL_TOKEN: every job client could drain the worker")
+    if config.production and config.jobs_token is None and not is_loopback(config.host):
+        raise ConfigError(f"JOBS_TOKEN must be set in production mode when the worker listens on the network "
+                          f"(HOST={config.host}): anyone who reaches the port could submit and read jobs. Set "
+                          f"JOBS_TOKEN (16+ characters), or HOST=127.0.0.1 behind a proxy that authenticates")
+    lead = config.poll_interval_seconds + config.notice_margin_seconds
+    if config.spot_watcher_enabled and lead >= SPOT_NOTICE_LEAD_SECONDS:
+        # A notice seen one poll late has its deadline (notice time - margin) behind it already: the
+        # job in flight would be given back at once instead of finishing within the grace period.
+        raise ConfigError(f"POLL_INTERVAL_SECONDS + NOTICE_MARGIN_SECONDS must be below {SPOT_NOTICE_LEAD_SECONDS} "
+                          f"(the warning a Spot notice gives), got {config.poll_interval_seconds:g} + "
+                          f"{config.notice_margin_seconds:g}: a notice would leave no time to finish a job")

@@ -13,13 +13,20 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
+import os
 import sqlite3
+import stat
 import threading
 import time
 import uuid
 from typing import Any, Callable
 
+log = logging.getLogger("spot_drain_worker.queue")
+
 STATUSES = ("queued", "processing", "done", "failed", "dead")
+# SQLite's companion files; it creates them with the database file's mode.
+COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
 BACKOFF_CAP_SECONDS = 300.0
 BUSY_TIMEOUT_MS = 5000
 
@@ -169,6 +176,28 @@ class ReclaimResult:
     dead: list
 
 
+def make_private(path: str) -> None:
+    """Create the database file 0600 whatever the umask, before SQLite opens it, and take group and
+    other access away from an existing one (and companions left by a crash) that this user owns.
+    SQLite gives the -wal and -shm files it creates the database file's mode, so they are private too:
+    the payloads may be confidential."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # the umask may have taken bits away (0277) or the mode is what we want
+        os.close(fd)
+    except FileExistsError:
+        pass
+    for name in (path,) + tuple(path + suffix for suffix in COMPANION_SUFFIXES):
+        try:
+            status = os.stat(name)
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(status.st_mode)
+        if mode & 0o077 and status.st_uid == os.geteuid() and stat.S_ISREG(status.st_mode):
+            os.chmod(name, mode & 0o700)
+            log.warning("%s was readable by others (mode %04o): made it %04o", name, mode, mode & 0o700)
+
+
 class JobQueue:
     """enqueue / claim / extend / complete / fail / release / reclaim / requeue over one SQLite file."""
 
@@ -182,6 +211,7 @@ class JobQueue:
         # Set on enqueue/requeue/release so the runner in this process wakes at once instead of
         # waiting for its next poll.
         self.work_available = threading.Event()
+        make_private(path)
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(_SCHEMA)

@@ -101,7 +101,7 @@ def parse_instance_action(body: str) -> InterruptionNotice:
     """`{"action": "terminate", "time": "2026-11-22T10:00:00Z"}` -> InterruptionNotice."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ImdsError(f"instance-action is not JSON: {body[:100]!r}") from None
     if not isinstance(document, dict) or document.get("action") not in INTERRUPTION_ACTIONS:
         raise ImdsError(f"instance-action has no known action: {body[:100]!r}")
@@ -120,7 +120,7 @@ def parse_rebalance(body: str) -> float | None:
     """`{"noticeTime": "..."}` -> epoch seconds (None if absent); not JSON -> ImdsError."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ImdsError(f"rebalance recommendation is not JSON: {body[:100]!r}") from None
     if not isinstance(document, dict):
         raise ImdsError(f"rebalance recommendation is not an object: {body[:100]!r}")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import sqlite3
+import stat
 import time
+from pathlib import Path
 
 import pytest
 
-from fake_imds import INSTANCE_ACTION
+from fake_imds import INSTANCE_ACTION, REBALANCE
 from spot_drain_worker.jobqueue import JobQueue
 from worker_process import run_lines
 
@@ -237,3 +240,83 @@ def test_running_worker_reclaims_a_lease_left_by_another_worker(worker_env, star
     assert len(starts_of(run_log, job_id)) == 1  # only this worker ran it; "other" never did
     metrics = worker.request("GET", "/metrics", headers={"Accept": "application/json"}).json()
     assert metrics["spot_drain_lease_expiries_total"] == 1
+
+
+def test_seed_style_imds_url_sees_the_notice(start_worker, fake_imds):
+    # The seed documents IMDS_URL as the instance-action URL itself; a worker configured that way
+    # must poll the right path and drain on a notice (it used to poll .../instance-action/latest/...).
+    worker = start_worker(IMDS_URL=fake_imds.url + INSTANCE_ACTION)
+    worker.wait_for(lambda: fake_imds.count_gets(INSTANCE_ACTION, 404) > 0, 5, what="a poll of instance-action")
+    fake_imds.notice("terminate")
+    assert worker.wait_exit(10) == 0
+    assert all(path in (INSTANCE_ACTION, REBALANCE) for path, _status in fake_imds.gets)
+
+
+JOBS_TOKEN = "jobs-token-0123456789abcdef"
+CONTROL_TOKEN = "control-token-0123456789abc"
+
+
+def test_jobs_token_guards_every_job_endpoint_and_is_never_shown(start_worker):
+    worker = start_worker(JOBS_TOKEN=JOBS_TOKEN, CONTROL_TOKEN=CONTROL_TOKEN, ALLOW_SIMULATE_INTERRUPTION="false",
+                          JOB_HANDLER="handlers_for_tests:always_fail", MAX_ATTEMPTS=1)
+    good = {"Authorization": f"Bearer {JOBS_TOKEN}"}
+    wrong = {"Authorization": "Bearer wrong-token-0000000000"}
+    control = {"Authorization": f"Bearer {CONTROL_TOKEN}"}
+
+    assert worker.request("POST", "/jobs", {"n": 1}, auth=False).status == 401
+    assert worker.request("POST", "/jobs", {"n": 1}, wrong, auth=False).status == 401
+    assert worker.request("POST", "/jobs", {"n": 1}, control, auth=False).status == 401
+    assert table(worker) == []
+    created = worker.request("POST", "/jobs", {"n": 1}, good, auth=False)
+    assert created.status == 202
+    job_id = created.json()["id"]
+    worker.wait_job_status(job_id, "dead")
+
+    for headers in ({}, wrong):
+        assert worker.request("GET", f"/jobs/{job_id}", headers=headers, auth=False).status == 401
+        assert worker.request("POST", f"/jobs/{job_id}/requeue", headers=headers, auth=False).status == 401
+    assert table(worker) == [(job_id, "dead", 1)]
+    assert worker.request("GET", f"/jobs/{job_id}", headers=good, auth=False).json()["status"] == "dead"
+    # Requeue is a job operation: the jobs token may do it (the control token still may, too).
+    assert worker.request("POST", f"/jobs/{job_id}/requeue", headers=good, auth=False).status == 200
+    worker.wait_job_status(job_id, "dead")
+    assert worker.request("POST", f"/jobs/{job_id}/requeue", headers=control, auth=False).status == 200
+    worker.wait_job_status(job_id, "dead")
+    # The jobs token opens no control endpoint.
+    assert worker.request("POST", "/drain", headers=good, auth=False).status == 403
+    assert worker.request("GET", "/ready").status == 200
+
+    # Neither token appears in the log or in any process's command line.
+    log_text = worker.log_path.read_text()
+    assert JOBS_TOKEN not in log_text and CONTROL_TOKEN not in log_text
+    for pid in [worker.proc.pid] + children_of(worker.proc.pid):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert JOBS_TOKEN not in cmdline and CONTROL_TOKEN not in cmdline
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_database_files_are_private_whatever_the_umask(start_worker, tmp_path):
+    # Outside the role's unit (UMask=0077) the usual umask is 022: the queue must still be 0600.
+    previous = os.umask(0o022)
+    try:
+        worker = start_worker()
+    finally:
+        os.umask(previous)
+    job_id = post_job(worker).json()["id"]
+    worker.wait_job_status(job_id, "done")
+    files = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()
+             if path.name.startswith("jobs.db")}
+    assert set(files) == {"jobs.db", "jobs.db-wal", "jobs.db-shm"}
+    assert files == dict.fromkeys(files, 0o600)

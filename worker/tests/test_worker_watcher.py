@@ -67,7 +67,8 @@ def test_rebalance_only_stops_admission(fake_imds):
     assert signal.snapshot().state == DRAINING
 
 
-@pytest.mark.parametrize("body", ["<html>oops</html>", json.dumps({"action": "reboot"}), "[]", ""])
+@pytest.mark.parametrize("body", ["<html>oops</html>", json.dumps({"action": "reboot"}), "[]", "",
+                                  "[" * 100000 + "]" * 100000])
 def test_an_answer_that_is_not_a_notice_is_an_error_not_a_drain(fake_imds, body):
     watcher, signal = make_watcher(fake_imds.url)
     fake_imds.set_raw_instance_action(body)

@@ -67,12 +67,18 @@ class WorkerProcess:
             return ""
 
     def request(self, method: str, path: str, body=None, headers: dict | None = None,
-                timeout: float = 5.0) -> Response:
+                timeout: float = 5.0, auth: bool = True) -> Response:
+        """A request on a new connection. A body that is not bytes or str is sent as JSON; the job
+        endpoints get the worker's JOBS_TOKEN unless `auth` is false or the caller sets Authorization."""
+        headers = dict(headers or {})
         if body is not None and not isinstance(body, (bytes, str)):
             body = json.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        if auth and self.env.get("JOBS_TOKEN") and path.startswith("/jobs"):
+            headers.setdefault("Authorization", f"Bearer {self.env['JOBS_TOKEN']}")
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=dict(headers or {}, Connection="close"))
+            conn.request(method, path, body=body, headers=dict(headers, Connection="close"))
             response = conn.getresponse()
             return Response(response.status, dict(response.getheaders()), response.read())
         finally:

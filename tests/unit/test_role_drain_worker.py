@@ -1,0 +1,129 @@
+"""roles/drain_worker, without an instance: the settings it refuses before changing anything, and the
+environment file's tokens. (The service itself is tested on a real systemd by the molecule scenario.)
+
+Every run is in check mode against localhost with every path in a temporary directory, so even a role
+that failed to refuse could change nothing here; the tokens go in through a vars file, never argv."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+
+import pytest
+
+from tests.support.ansible import BIN, REPO, ansible_env, run_playbook
+
+JOBS = "jobs-token-for-the-role-0123"
+CONTROL = "control-token-for-the-role-01"
+
+
+def write_playbook(tmp_path, variables: dict, tasks: list | None = None, role_tasks: str | None = None) -> str:
+    isolated = {
+        "drain_worker_name": "drain-worker-role-test",
+        "drain_worker_install_dir": str(tmp_path / "opt"),
+        "drain_worker_config_dir": str(tmp_path / "etc"),
+        "drain_worker_controller_dist_dir": str(tmp_path / "dist"),
+        "drain_worker_os_packages": [],
+    }
+    (tmp_path / "vars.json").write_text(json.dumps(dict(isolated, **variables)))
+    role = {"name": "ec2spot.pool.drain_worker"}
+    if role_tasks:
+        role["tasks_from"] = role_tasks
+    play = {"hosts": "localhost", "connection": "local", "gather_facts": False,
+            "vars_files": [str(tmp_path / "vars.json")],
+            "tasks": [{"name": "Run the role", "ansible.builtin.include_role": role}] + (tasks or [])}
+    path = tmp_path / "play.yml"
+    path.write_text(json.dumps([play]))
+    return str(path)
+
+
+def played_tasks(run) -> list[tuple[str, dict]]:
+    return [(task["task"]["name"], task["hosts"]["localhost"])
+            for play in run.json()["plays"] for task in play["tasks"] if "localhost" in task["hosts"]]
+
+
+REFUSED = {
+    "network host without a jobs token": ({}, "drain_worker_jobs_token must be set: the worker listens on 0.0.0.0"),
+    "a control token is not a jobs token": (
+        {"drain_worker_control_token": CONTROL}, "drain_worker_jobs_token must be set"),
+    "short jobs token": ({"drain_worker_jobs_token": "short-jobs-tok"},
+                         "drain_worker_jobs_token must be at least 16 characters long"),
+    "one token for both": ({"drain_worker_jobs_token": JOBS, "drain_worker_control_token": JOBS},
+                           "drain_worker_jobs_token must differ from drain_worker_control_token"),
+    "simulation that a control token would turn off": (
+        {"drain_worker_jobs_token": JOBS, "drain_worker_control_token": CONTROL,
+         "drain_worker_allow_simulate_interruption": True},
+        "drain_worker_allow_simulate_interruption=true has no effect"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_role_refuses_before_changing_anything(tmp_path, case):
+    variables, message = REFUSED[case]
+    run = run_playbook(write_playbook(tmp_path, variables), check=True)
+    assert run.rc != 0, run.stdout
+    tasks = played_tasks(run)
+    failed = [(name, result) for name, result in tasks if result.get("failed")]
+    assert [name.split(" : ")[-1] for name, _result in failed] == [
+        "Stop before changing anything when a setting would stop the worker"]
+    assert message in failed[0][1]["msg"]
+    assert not any(result.get("changed") for _name, result in tasks)
+    # Only the argument validation, the check and the refusal ran: no build, no file.
+    assert len(tasks) <= 4, [name for name, _result in tasks]
+    assert not (tmp_path / "opt").exists() and not (tmp_path / "etc").exists()
+    for token in (JOBS, CONTROL, "short-jobs-tok"):
+        assert token not in run.stdout and token not in run.stderr
+
+
+@pytest.mark.parametrize("variables", [
+    {"drain_worker_jobs_token": JOBS},
+    {"drain_worker_jobs_token": JOBS, "drain_worker_control_token": CONTROL},
+    {"drain_worker_host": "127.0.0.1"},
+    {"drain_worker_host": "::1", "drain_worker_control_token": CONTROL},
+    {"drain_worker_allow_simulate_interruption": True},
+], ids=["jobs token", "both tokens", "loopback", "loopback v6 with control token", "development mode"])
+def test_role_accepts_settings_the_worker_accepts(tmp_path, variables):
+    check = {"name": "Show the verdict", "ansible.builtin.debug": {"var": "_drain_worker_setting_problems"}}
+    run = run_playbook(write_playbook(tmp_path, variables, [check], role_tasks="validate"), check=True)
+    assert run.rc == 0, run.stdout[-2000:]
+    assert played_tasks(run)[-1][1]["_drain_worker_setting_problems"] == []
+    assert JOBS not in run.stdout and CONTROL not in run.stdout
+
+
+def test_environment_file_carries_the_jobs_token_only_when_set(tmp_path):
+    rendered = {}
+    for name, token in (("with", JOBS), ("without", "")):
+        directory = tmp_path / name
+        directory.mkdir()
+        render = {"name": "Render the environment file", "ansible.builtin.template": {
+            "src": str(REPO / "roles" / "drain_worker" / "templates" / "worker.env.j2"),
+            "dest": str(directory / "worker.env"), "mode": "0640"}}
+        play = {"hosts": "localhost", "connection": "local", "gather_facts": False,
+                "vars_files": [str(REPO / "roles" / "drain_worker" / "defaults" / "main.yml"),
+                               str(directory / "vars.json")],
+                "tasks": [render]}
+        (directory / "vars.json").write_text(json.dumps({"drain_worker_jobs_token": token,
+                                                         "drain_worker_name": "w"}))
+        (directory / "play.yml").write_text(json.dumps([play]))
+        run = run_playbook(str(directory / "play.yml"))
+        assert run.rc == 0, run.stdout[-2000:]
+        rendered[name] = (directory / "worker.env").read_text()
+        assert stat.S_IMODE((directory / "worker.env").stat().st_mode) == 0o640
+    assert f'JOBS_TOKEN="{JOBS}"' in rendered["with"].splitlines()
+    assert "JOBS_TOKEN" not in rendered["without"]
+
+
+def test_environment_file_task_never_shows_a_token(tmp_path):
+    # Check mode with --diff at -vvv: the most a run can show. The task's result and diff stay hidden.
+    (tmp_path / "etc").mkdir()
+    play = write_playbook(tmp_path, {"drain_worker_jobs_token": JOBS, "drain_worker_control_token": CONTROL},
+                          [{"name": "Stop before the handlers", "ansible.builtin.meta": "end_play"}],
+                          role_tasks="configure")
+    proc = subprocess.run([str(BIN / "ansible-playbook"), "--check", "--diff", "-vvv", play], cwd=REPO,
+                          env=ansible_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Write the worker environment file" in proc.stdout and "censored" in proc.stdout
+    for token in (JOBS, CONTROL):
+        assert token not in proc.stdout and token not in proc.stderr
+    assert list((tmp_path / "etc").iterdir()) == []  # check mode wrote nothing
