@@ -115,6 +115,13 @@ instance_id:
   returned: success
   type: str
   sample: i-0123456789abcdef0
+lease_id:
+  description:
+    - A random token for this lease. Pass it to M(ec2spot.pool.spot_pool_release) with RV(instance_id); the
+      release then ends this lease and nothing else, however often it runs.
+  returned: success
+  type: str
+  sample: 9f86d081884c7d659a2feaa0c55ad015
 type:
   description: C(spot), or C(fallback) for an On-Demand instance launched when Spot failed.
   returned: success
