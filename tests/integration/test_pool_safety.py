@@ -59,7 +59,8 @@ def test_init_rerun_is_idempotent_and_check_mode_changes_nothing(pool):
     assert task_result(run, "spot_pool_get")["instance_id"] in launched - {lease["instance_id"]}
     assert_unchanged("get")
 
-    run = pool.playbook("release_instance.yml", check=True)
+    run = pool.playbook("release_instance.yml", check=True, spot_pool_instance_id=lease["instance_id"],
+                        spot_pool_lease_id=lease["lease_id"])
     assert run.rc == 0, run.stdout[-3000:]
     assert debug_msgs(run) == [f"{lease['instance_id']}: terminate"]
     assert_unchanged("release")
@@ -102,7 +103,7 @@ def test_corrupt_pool_file_is_named_and_left_untouched(pool):
     for playbook, module, extra in (
         ("init_pool.yml", "spot_pool_init", {"spot_pool_size": 1, "spot_pool_image_id": AMI}),
         ("get_instance.yml", "spot_pool_get", {}),
-        ("release_instance.yml", "spot_pool_release", {}),
+        ("release_instance.yml", "spot_pool_release", {"spot_pool_instance_id": "latest"}),
     ):
         run = pool.playbook(playbook, **extra)
         assert run.rc != 0, f"{playbook} accepted a corrupt pool file"

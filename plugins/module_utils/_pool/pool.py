@@ -325,8 +325,8 @@ def get_instance(store, make_client, address="public", verify=True, verify_max_a
 LATEST = "latest"
 
 
-def _nothing_released(store, state, why, instance_id=None):
-    return {"changed": False, "instance_id": instance_id, "action": "none", "counts": counts(state),
+def _nothing_released(store, state, why):
+    return {"changed": False, "instance_id": None, "action": "none", "counts": counts(state),
             "msg": "nothing released from pool '%s': %s" % (store.pool_name, why)}
 
 
@@ -372,7 +372,7 @@ def release_instance(store, client, instance_id=None, fallback_action="stop", ch
     state = store.read()
     lease = _lease_to_release(store, state, instance_id, lease_id)
     if not isinstance(lease, dict):
-        return _nothing_released(store, state, lease, instance_id or None)
+        return _nothing_released(store, state, lease)
     action = "terminate" if lease.get("type") != "fallback" or fallback_action == "terminate" else "stop"
     result = {"changed": True, "instance_id": lease["id"], "type": lease.get("type"), "action": action}
     if check_mode:
