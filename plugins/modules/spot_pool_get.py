@@ -39,11 +39,13 @@ options:
   verify_max_age:
     description:
       - Skip the EC2 check when the pool was checked less than this many seconds ago. C(0) always checks.
+      - Negative values are refused.
     type: int
     default: 60
   wait_timeout:
     description:
-      - Seconds to wait for an instance to become ready when none is. C(0) fails at once.
+      - Seconds to wait for an instance to become ready when none is. C(0) fails at once. Negative values are
+        refused.
     type: int
     default: 0
   refill:
