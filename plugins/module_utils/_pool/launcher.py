@@ -365,11 +365,14 @@ def validate_launch(client, launch):
 SPOT_VCPU_QUOTA = "L-34B43A08"  # All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests
 ON_DEMAND_VCPU_QUOTA = "L-1216C47A"  # Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances
 STANDARD_FAMILIES = "acdhimrtz"
+# Families that start with one of those letters but have quotas of their own.
+OTHER_QUOTA_FAMILIES = ("dl", "hpc", "inf", "mac", "trn")
 _NOT_ALLOWED = ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException")
 
 
 def _is_standard(instance_type):
-    return instance_type[:1].lower() in STANDARD_FAMILIES and not instance_type.lower().startswith("dl")
+    family = instance_type.split(".", 1)[0].lower()
+    return family[:1] in STANDARD_FAMILIES and not family.startswith(OTHER_QUOTA_FAMILIES)
 
 
 def account_limit_problem(client, quotas_client, launch, count, warn):
