@@ -215,7 +215,7 @@ def test_vcpu_quotas_refuse_only_what_cannot_fit_spot_and_on_demand_together(cli
     # t3.micro has 2 vCPUs. Spot 4 + On-Demand 6 vCPUs leave room for 5 instances, not 6.
     quotas = FakeQuotas({SPOT_VCPU_QUOTA: 4, ON_DEMAND_VCPU_QUOTA: 6})
     assert limit_problem(client, quotas, 5) == (None, [])
-    problem, _ = limit_problem(client, quotas, 6)
+    problem = limit_problem(client, quotas, 6)[0]
     assert problem.startswith("6 more instance(s) need at least 12 vCPUs; the account's vCPU quotas "
                               "(on-demand 6, spot 4) leave 10"), problem
     assert "quota increase" in problem
@@ -238,7 +238,7 @@ def test_without_service_quotas_the_max_instances_attribute_decides(client):
     # moto knows no EC2 quotas (NoSuchResourceException) and says max-instances 20.
     quotas = FakeQuotas(error="NoSuchResourceException")
     assert limit_problem(client, quotas, 20) == (None, [])
-    problem, _ = limit_problem(client, quotas, 21)
+    problem = limit_problem(client, quotas, 21)[0]
     assert problem.startswith("21 more instance(s) do not fit the account's limit of 20 instances (max-instances)")
     # Instance types with quotas of their own are not judged by the standard quota.
     other = FakeQuotas({SPOT_VCPU_QUOTA: 0, ON_DEMAND_VCPU_QUOTA: 0})
