@@ -15,7 +15,8 @@ options:
     description:
       - Name of the pool. Several pools can live side by side; each has its own state file, its own refill
         job, and its instances carry the tag C(ec2spot:pool=<pool_name>).
-      - 1 to 64 letters, digits, C(.), C(_) or C(-), starting with a letter or digit.
+      - 1 to 64 letters, digits, C(.), C(_) or C(-), starting with a letter or digit. An empty name is an error
+        (never the pool C(default)), so that an unset variable cannot select, or end, another pool.
     type: str
     default: default
   state_dir:

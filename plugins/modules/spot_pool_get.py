@@ -39,11 +39,13 @@ options:
   verify_max_age:
     description:
       - Skip the EC2 check when the pool was checked less than this many seconds ago. C(0) always checks.
+      - Negative values are refused.
     type: int
     default: 60
   wait_timeout:
     description:
-      - Seconds to wait for an instance to become ready when none is. C(0) fails at once.
+      - Seconds to wait for an instance to become ready when none is. C(0) fails at once. Negative values are
+        refused.
     type: int
     default: 0
   refill:
@@ -115,6 +117,13 @@ instance_id:
   returned: success
   type: str
   sample: i-0123456789abcdef0
+lease_id:
+  description:
+    - A random token for this lease. Pass it to M(ec2spot.pool.spot_pool_release) with RV(instance_id); the
+      release then ends this lease and nothing else, however often it runs.
+  returned: success
+  type: str
+  sample: 9f86d081884c7d659a2feaa0c55ad015
 type:
   description: C(spot), or C(fallback) for an On-Demand instance launched when Spot failed.
   returned: success

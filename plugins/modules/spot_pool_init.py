@@ -31,15 +31,26 @@ author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:
   size:
-    description: Number of idle instances the pool keeps ready. C(0) keeps an empty pool.
+    description:
+      - Number of idle instances the pool keeps ready. C(0) keeps an empty pool.
+      - At most O(max_size). Before launching, what is missing is checked against the account's limits (the
+        vCPU quotas for Spot and On-Demand standard instances in Service Quotas, or the account attribute
+        C(max-instances) where Service Quotas does not know them); a pool that cannot fit is refused. A limit
+        that cannot be read (no permission) gives a warning and does not block.
     type: int
     default: 5
+  max_size:
+    description:
+      - The largest O(size) accepted, a guard against typos (C(size=10000) for C(10)). Raise it for a larger pool.
+    type: int
+    default: 100
   image_id:
     description: AMI to launch. Exactly one of O(image_id) and O(launch_template) is required.
     type: str
   launch_template:
     description:
       - Launch template to launch from (holds the AMI, user data and the rest), used as it is.
+      - It must exist; that is checked before the pool file is written.
     type: dict
     suboptions:
       id:
@@ -83,7 +94,9 @@ options:
         use a launch template or a secret store for those.
     type: str
   tags:
-    description: Extra tags for the instances and their volumes.
+    description:
+      - Extra tags for the instances and their volumes.
+      - Keys starting with C(ec2spot:) (in any case) are refused; that namespace holds the pool's own tags.
     type: dict
     default: {}
   fallback:
@@ -114,14 +127,14 @@ options:
   cooldown:
     description:
       - Seconds an offering is not asked again after a capacity error or an interruption of one of its
-        instances; also how long Spot stays off after an account limit.
+        instances; also how long Spot stays off after an account limit. C(0) or more.
     type: int
     default: 180
   orphan_grace:
     description:
       - Seconds before an instance with the pool tag that is in neither the pool nor a lease is marked as an
         orphan, and again before a marked orphan is terminated. Leased and just-launched instances are never
-        touched.
+        touched. C(0) or more.
     type: int
     default: 600
   rebuild:
@@ -136,7 +149,7 @@ options:
     type: bool
     default: true
   wait_timeout:
-    description: How long O(wait) waits, in seconds.
+    description: How long O(wait) waits, in seconds. C(0) or more.
     type: int
     default: 300
 extends_documentation_fragment:
@@ -150,7 +163,8 @@ attributes:
   check_mode:
     support: full
     details:
-      - Validates the options against EC2 (zones, instance types) and reports what would be launched.
+      - Validates the options against EC2 (zones, instance types, launch template, account limits) and reports
+        what would be launched.
   diff_mode:
     support: none
   idempotent:
@@ -245,9 +259,11 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_MAX_SIZE
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import init_pool
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import launch_spec
 
@@ -256,6 +272,7 @@ def main():
     argument_spec = dict(
         pool_argument_spec(),
         size=dict(type="int", default=5),
+        max_size=dict(type="int", default=DEFAULT_MAX_SIZE),
         image_id=dict(type="str"),
         launch_template=dict(type="dict", options=dict(id=dict(type="str"), name=dict(type="str"),
                                                        version=dict(type="str"))),
@@ -290,9 +307,12 @@ def main():
             pool_store(params), ec2_client(module), params["size"], launch_spec(params, module.region),
             wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
             refill_env=child_environment(params, module.region), rebuild=params["rebuild"],
+            max_size=params["max_size"], quotas_client=module.client("service-quotas", config=BOTOCORE_CONFIG),
         )
     except PoolError as error:
         fail(module, error)
+    for warning in result.pop("warnings"):
+        module.warn(warning)
     module.exit_json(**result)
 
 

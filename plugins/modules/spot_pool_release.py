@@ -15,14 +15,26 @@ description:
   - Ends the lease of an instance handed out by M(ec2spot.pool.spot_pool_get) and removes it from the pool's
     leases. A Spot instance is terminated (a fresh one replaces it in the pool); an On-Demand fallback is
     stopped, or terminated with O(fallback_action=terminate).
-  - Without O(instance_id), releases the pool's most recent lease; with no lease at all it changes nothing, so
-    it is safe in an always-run cleanup step even when the hand-out failed.
-  - An O(instance_id) the pool has not leased is an error, and nothing is changed.
+  - It ends only the lease its caller names. With O(lease_id) (the token M(ec2spot.pool.spot_pool_get)
+    returned) it ends that lease and nothing else; when that lease is no longer held (a retried cleanup step,
+    an expired lease, or an instance leased again to someone else since) it changes nothing. Pass both
+    O(instance_id) and O(lease_id) in automation.
+  - An empty or omitted O(instance_id) with no O(lease_id) releases nothing (C(changed=false)), so an
+    always-run cleanup step is safe when the hand-out failed. O(instance_id=latest) releases the pool's most
+    recent lease, whoever holds it.
+  - An O(instance_id) the pool has not leased (without O(lease_id)) is an error, and nothing is changed.
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:
   instance_id:
-    description: The leased instance to release. Defaults to the pool's most recent lease.
+    description:
+      - The leased instance to release, or C(latest) for the pool's most recent lease.
+      - Empty or omitted (and no O(lease_id)) means there is nothing to release.
+    type: str
+  lease_id:
+    description:
+      - The lease to end, as returned by M(ec2spot.pool.spot_pool_get) (RV(ec2spot.pool.spot_pool_get#module:lease_id)).
+      - A lease that is no longer held is not an error; nothing is changed.
     type: str
   fallback_action:
     description: What to do with an On-Demand fallback instance.
@@ -44,27 +56,30 @@ attributes:
   idempotent:
     support: partial
     details:
-      - Releasing the same O(instance_id) twice fails the second time (it is no longer leased); without
-        O(instance_id) each run releases the next most recent lease.
+      - With O(lease_id), a second run changes nothing. Releasing the same O(instance_id) without O(lease_id)
+        twice fails the second time (it is no longer leased); O(instance_id=latest) releases the next most
+        recent lease on each run.
 """
 
 EXAMPLES = r"""
-- name: Release the instance this job got
+- name: Release the instance this job got (safe to run again, and when the get failed)
   ec2spot.pool.spot_pool_release:
     pool_name: ci
-    instance_id: "{{ runner.instance_id }}"
+    instance_id: "{{ runner.instance_id | default('') }}"
+    lease_id: "{{ runner.lease_id | default('') }}"
   delegate_to: localhost
 
-- name: Release the most recent lease, terminating it even if it is an On-Demand fallback
+- name: Release the most recent lease, whoever holds it, terminating it even if it is an On-Demand fallback
   ec2spot.pool.spot_pool_release:
     pool_name: ci
+    instance_id: latest
     fallback_action: terminate
   delegate_to: localhost
 """
 
 RETURN = r"""
 instance_id:
-  description: The instance released, or null when there was no lease.
+  description: The instance released, or null when nothing was released.
   returned: always
   type: str
   sample: i-0123456789abcdef0
@@ -74,10 +89,15 @@ type:
   type: str
   sample: spot
 action:
-  description: C(terminate), C(stop), or C(none) when there was no lease.
+  description: C(terminate), C(stop), or C(none) when nothing was released.
   returned: always
   type: str
   sample: terminate
+msg:
+  description: Why nothing was released.
+  returned: when nothing was released
+  type: str
+  sample: "nothing released from pool 'ci': lease 3f2a... is not held any more"
 counts:
   description: The pool's counts after the release.
   returned: always
@@ -99,12 +119,14 @@ def main():
     argument_spec = dict(
         pool_argument_spec(),
         instance_id=dict(type="str"),
+        lease_id=dict(type="str", no_log=False),
         fallback_action=dict(type="str", choices=["stop", "terminate"], default="stop"),
     )
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
         result = release_instance(pool_store(module.params), ec2_client(module), module.params["instance_id"],
-                                  module.params["fallback_action"], check_mode=module.check_mode)
+                                  module.params["fallback_action"], check_mode=module.check_mode,
+                                  lease_id=module.params["lease_id"])
     except PoolError as error:
         fail(module, error)
     module.exit_json(**result)

@@ -42,16 +42,18 @@ def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
     ip = re.search(r"SPOT_POOL_IP=([0-9.]+)", run.stdout).group(1)
     instance_id = re.search(r"SPOT_POOL_INSTANCE_ID=(i-[0-9a-f]+)", run.stdout).group(1)
     assert ip_of[instance_id] == ip, "the printed IP is the leased pool instance's address in EC2"
+    lease_id = re.search(r"SPOT_POOL_LEASE_ID=([0-9a-f]{32})", run.stdout).group(1)
     lines = dict(line.split("=", 1) for line in output_file.read_text().splitlines())
     assert stat.S_IMODE(output_file.stat().st_mode) == 0o600
     assert lines["SPOT_POOL_IP"] == ip and lines["SPOT_POOL_INSTANCE_ID"] == instance_id
+    assert lines["SPOT_POOL_LEASE_ID"] == lease_id
     assert lines["SPOT_POOL_TYPE"] == "spot"
     state = pool.state()
-    assert [lease["id"] for lease in state["leases"]] == [instance_id]
+    assert [(lease["id"], lease["lease_id"]) for lease in state["leases"]] == [(instance_id, lease_id)]
     assert instance_id not in [entry["id"] for entry in state["instances"]]
 
-    # release (no id: the most recent lease): the Spot instance is terminated and the lease is gone.
-    run = pool.playbook("release_instance.yml")
+    # release (the instance and lease the get printed): the Spot instance is terminated and the lease is gone.
+    run = pool.playbook("release_instance.yml", spot_pool_instance_id=instance_id, spot_pool_lease_id=lease_id)
     assert run.rc == 0, run.stdout[-3000:]
     release = task_result(run, "spot_pool_release")
     assert release["instance_id"] == instance_id and release["type"] == "spot"
@@ -60,12 +62,13 @@ def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
     assert pool.state()["leases"] == []
     pool.assert_private_files()
 
-    # release again: no lease left, so nothing to do; safe in a CI step that always runs.
-    run = pool.playbook("release_instance.yml")
+    # release again (a retried CI step): that lease is gone, so nothing to do.
+    run = pool.playbook("release_instance.yml", spot_pool_instance_id=instance_id, spot_pool_lease_id=lease_id)
     assert run.rc == 0, run.stdout[-3000:]
     again = task_result(run, "spot_pool_release")
     assert again["changed"] is False and again["instance_id"] is None
-    assert debug_msgs(run) == ["no lease: none"]
+    assert debug_msgs(run) == [f"no lease: none (nothing released from pool 'default': lease {lease_id} is not "
+                               f"held any more (instance {instance_id} is not touched))"]
 
     # An instance with the pool's tag that the file does not know (say, from a refill job killed mid-launch).
     pool_tags = [{"Key": POOL_TAG, "Value": "default"}, {"Key": TYPE_TAG, "Value": "spot"}]

@@ -59,7 +59,8 @@ def test_init_rerun_is_idempotent_and_check_mode_changes_nothing(pool):
     assert task_result(run, "spot_pool_get")["instance_id"] in launched - {lease["instance_id"]}
     assert_unchanged("get")
 
-    run = pool.playbook("release_instance.yml", check=True)
+    run = pool.playbook("release_instance.yml", check=True, spot_pool_instance_id=lease["instance_id"],
+                        spot_pool_lease_id=lease["lease_id"])
     assert run.rc == 0, run.stdout[-3000:]
     assert debug_msgs(run) == [f"{lease['instance_id']}: terminate"]
     assert_unchanged("release")
@@ -102,7 +103,7 @@ def test_corrupt_pool_file_is_named_and_left_untouched(pool):
     for playbook, module, extra in (
         ("init_pool.yml", "spot_pool_init", {"spot_pool_size": 1, "spot_pool_image_id": AMI}),
         ("get_instance.yml", "spot_pool_get", {}),
-        ("release_instance.yml", "spot_pool_release", {}),
+        ("release_instance.yml", "spot_pool_release", {"spot_pool_instance_id": "latest"}),
     ):
         run = pool.playbook(playbook, **extra)
         assert run.rc != 0, f"{playbook} accepted a corrupt pool file"
@@ -175,3 +176,131 @@ def test_adhoc_get_then_no_ready_instance_and_unknown_release(pool):
     assert unknown in msg and "not leased" in msg and got["instance_id"] in msg, msg
     assert pool.state_bytes() == before
     assert pool.instance(got["instance_id"])["State"]["Name"] == "running"
+
+
+# -- bad input, module by module ------------------------------------------------------------------------------
+# Each case runs against a pool `default` of two instances, one of them leased, and must fail (or, for a release
+# that names nothing it holds, succeed with changed=false) with a message naming the option and the fix, while the
+# pool file keeps its bytes, the state directory its files, and every instance of the pool its state.
+LEASED = "<leased>"  # stands for the leased instance's id in the cases below
+BAD_INPUT = [
+    # (module, args, rc, words the message must contain)
+    ("spot_pool_init", {"size": 10000}, 2, ["size 10000 is above max_size 100", "set max_size to 10000"]),
+    ("spot_pool_init", {"size": 30, "max_size": 200}, 2, ["29 more instance(s) do not fit", "max-instances"]),
+    ("spot_pool_init", {"size": 1, "max_size": 0}, 2, ["max_size must be 1 or more"]),
+    ("spot_pool_init", {"size": 2, "tags": {"ec2spot:pool": "other"}}, 2,
+     ["tags: ec2spot:pool is in the collection's own namespace 'ec2spot:'", "rename it"]),
+    ("spot_pool_init", {"size": 2, "tags": {"team": "ci", "EC2SPOT:Leased-At": "x"}}, 2, ["EC2SPOT:Leased-At"]),
+    ("spot_pool_init", {"size": 2, "wait_timeout": -1}, 2, ["wait_timeout must be 0 or more, got -1"]),
+    ("spot_pool_init", {"size": 2, "cooldown": -1}, 2, ["cooldown must be 0 or more, got -1"]),
+    ("spot_pool_init", {"size": 2, "orphan_grace": -30}, 2, ["orphan_grace must be 0 or more, got -30"]),
+    ("spot_pool_init", {"size": 2, "pool_name": ""}, 2, ["pool_name is empty", "pool_name: default"]),
+    ("spot_pool_init", {"size": 2, "pool_name": "default\n"}, 2, ["pool_name 'default\\n' is not valid"]),
+    ("spot_pool_init", {"size": 2, "image_id": None, "launch_template": {"name": "no-such-template"}}, 2,
+     ["launch_template no-such-template does not exist in region us-east-1", "create it first"]),
+    ("spot_pool_init", {"size": 2, "image_id": None, "launch_template": {"id": "lt-0123456789abcdef0"}}, 2,
+     ["launch_template lt-0123456789abcdef0 does not exist"]),
+    ("spot_pool_init", {"size": 2, "image_id": None, "launch_template": {"version": "1"}}, 2,
+     ["launch_template needs an id or a name"]),
+    ("spot_pool_get", {"pool_name": ""}, 2, ["pool_name is empty"]),
+    ("spot_pool_get", {"pool_name": "default\n"}, 2, ["is not valid"]),
+    ("spot_pool_get", {"wait_timeout": -1}, 2, ["wait_timeout must be 0 or more, got -1"]),
+    ("spot_pool_get", {"verify_max_age": -1}, 2, ["verify_max_age must be 0 or more, got -1"]),
+    ("spot_pool_release", {"pool_name": "", "instance_id": "latest"}, 2, ["pool_name is empty"]),
+    ("spot_pool_release", {"pool_name": "default\n", "instance_id": "latest"}, 2, ["is not valid"]),
+    ("spot_pool_release", {"instance_id": ""}, 0, ["nothing released from pool 'default'", "instance_id=latest"]),
+    ("spot_pool_release", {}, 0, ["no instance_id and no lease_id given"]),
+    ("spot_pool_release", {"instance_id": LEASED, "lease_id": "0" * 32}, 0,
+     ["lease 00000000000000000000000000000000 is not held any more", "is not touched"]),
+    ("spot_pool_release", {"instance_id": "latest", "lease_id": "0" * 32}, 2,
+     ["instance_id=latest and lease_id exclude each other"]),
+    ("spot_pool_terminate", {"pool_name": ""}, 2, ["pool_name is empty"]),
+    ("spot_pool_terminate", {"pool_name": "default\n"}, 2, ["is not valid"]),
+    ("spot_pool_terminate", {"pool_name": "default "}, 2, ["is not valid"]),
+    ("spot_pool_info", {"pool_name": ""}, 2, ["pool_name is empty"]),
+    ("spot_pool_info", {"pool_name": "default\n"}, 2, ["is not valid"]),
+]
+
+
+@pytest.fixture
+def leased_pool(pool):
+    """Pool `default`: two instances, one leased. Made by module_utils directly (a second is faster than a play)."""
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+    from tests.support.moto import POOL_LAUNCH
+
+    store = PoolStore(str(pool.state_file), pool.pool_name)
+    ops.init_pool(store, pool.ec2, 2, dict(POOL_LAUNCH), wait=True, wait_timeout=60)
+    pool.lease = ops.get_instance(store, lambda: pool.ec2, refill=False)
+    return pool
+
+
+def _snapshot(pool) -> tuple:
+    return (pool.state_bytes(), sorted(p.name for p in pool.state_dir.iterdir()),
+            sorted((inst["InstanceId"], inst["State"]["Name"]) for inst in pool.tagged_instances()),
+            sorted(t["LaunchTemplateName"] for t in pool.ec2.describe_launch_templates()["LaunchTemplates"]))
+
+
+@pytest.mark.parametrize("module, args, rc, expected", BAD_INPUT,
+                         ids=[f"{case[0][10:]}-{'-'.join(f'{k}={v!r}' for k, v in case[1].items()) or 'no-args'}"
+                              for case in BAD_INPUT])
+def test_modules_refuse_bad_input_and_change_nothing(leased_pool, module, args, rc, expected):
+    pool = leased_pool
+    before = _snapshot(pool)
+    args = {key: (pool.lease["instance_id"] if value == LEASED else value) for key, value in args.items()}
+    if module == "spot_pool_init":
+        args = {"image_id": AMI, "availability_zones": ["us-east-1a"], **args}
+        args = {key: value for key, value in args.items() if value is not None}
+    got_rc, result = pool.module(module, **args)
+    assert got_rc == rc, result
+    for words in expected:
+        assert words in result["msg"], result["msg"]
+    if rc == 0:
+        assert result["changed"] is False and result["instance_id"] is None, result
+    assert _snapshot(pool) == before
+    assert pool.instance(pool.lease["instance_id"])["State"]["Name"] == "running"
+    assert pool.refill_pids() == []
+
+
+BAD_PLAYBOOK_INPUT = [
+    # (playbook, extra vars, the module it runs, words of the message); `-e spot_pool_name=` is the empty string.
+    ("terminate_all.yml", {"spot_pool_name": ""}, "spot_pool_terminate", ["pool_name is empty"]),
+    ("get_instance.yml", {"spot_pool_name": ""}, "spot_pool_get", ["pool_name is empty"]),
+    ("release_instance.yml", {"spot_pool_name": "", "spot_pool_instance_id": "latest"}, "spot_pool_release",
+     ["pool_name is empty"]),
+    ("init_pool.yml", {"spot_pool_name": "", "spot_pool_size": 2, "spot_pool_image_id": AMI}, "spot_pool_init",
+     ["pool_name is empty"]),
+    ("init_pool.yml", {"spot_pool_size": 10000, "spot_pool_image_id": AMI}, "spot_pool_init",
+     ["size 10000 is above max_size 100"]),
+    ("init_pool.yml", {"spot_pool_size": 2, "spot_pool_image_id": AMI, "spot_pool_tags": {"ec2spot:type": "spot"}},
+     "spot_pool_init", ["tags: ec2spot:type is in the collection's own namespace"]),
+    ("init_pool.yml", {"spot_pool_size": 2, "spot_pool_image_id": AMI, "spot_pool_cooldown": -5}, "spot_pool_init",
+     ["cooldown must be 0 or more, got -5"]),
+]
+
+
+@pytest.mark.parametrize("playbook, extra, module, expected", BAD_PLAYBOOK_INPUT,
+                         ids=[case[0][:-4] + "-" + "-".join(f"{key[10:]}={value!r}" for key, value in case[1].items()
+                                                            if key != "spot_pool_image_id")
+                              for case in BAD_PLAYBOOK_INPUT])
+def test_playbooks_refuse_bad_input_and_change_nothing(leased_pool, playbook, extra, module, expected):
+    pool = leased_pool
+    before = _snapshot(pool)
+    run = pool.playbook(playbook, **extra)
+    assert run.rc != 0, f"{playbook} accepted {extra}"
+    msg = task_result(run, module)["msg"]
+    for words in expected:
+        assert words in msg, msg
+    assert _snapshot(pool) == before
+    assert pool.refill_pids() == []
+
+
+def test_a_release_step_that_names_nothing_changes_nothing(leased_pool):
+    # The seed's always-run cleanup: release_instance.yml without an id. It released the most recent lease.
+    pool = leased_pool
+    before = _snapshot(pool)
+    run = pool.playbook("release_instance.yml", spot_pool_instance_id="")
+    assert run.rc == 0, run.stdout[-3000:]
+    assert task_result(run, "spot_pool_release")["changed"] is False
+    assert debug_msgs(run)[0].startswith("no lease: none (nothing released from pool 'default': no instance_id")
+    assert _snapshot(pool) == before

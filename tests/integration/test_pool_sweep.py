@@ -139,7 +139,7 @@ def test_rebuild_from_tags_after_the_pool_file_is_corrupted(faulty_pool):
     assert [lease["id"] for lease in state["leases"]] == [leased]
 
     # The lease survived the rebuild: releasing "the most recent lease" finds it.
-    run = pool.playbook("release_instance.yml")
+    run = pool.playbook("release_instance.yml", spot_pool_instance_id="latest")
     assert run.rc == 0, run.stdout[-3000:]
     assert debug_msgs(run) == [f"{leased}: terminate"]
     assert pool.state()["leases"] == []

@@ -12,6 +12,9 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import I
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import LaunchError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Cooldowns
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Launcher
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ON_DEMAND_VCPU_QUOTA
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import SPOT_VCPU_QUOTA
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import account_limit_problem
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import validate_launch
@@ -183,3 +186,62 @@ def test_validation_names_the_bad_value(client):
     with pytest.raises(InvalidRequest, match="instance_types.*t9.nope"):
         validate_launch(client, launch(instance_types=["t3.micro", "t9.nope"]))
     validate_launch(client, launch())
+
+
+class FakeQuotas:
+    """A Service Quotas client that answers from a dict (quota code -> vCPUs), or with an AWS error code."""
+
+    def __init__(self, values=None, error=None):
+        self.values = values or {}
+        self.error = error
+        self.asked = []
+
+    def get_service_quota(self, ServiceCode, QuotaCode):  # boto3's parameter names
+        import botocore.exceptions
+
+        self.asked.append((ServiceCode, QuotaCode))
+        if self.error:
+            raise botocore.exceptions.ClientError({"Error": {"Code": self.error, "Message": "no"}}, "GetServiceQuota")
+        return {"Quota": {"Value": float(self.values[QuotaCode])}}
+
+
+def limit_problem(client, quotas, count, **overrides):
+    warnings = []
+    problem = account_limit_problem(client, quotas, launch(**overrides), count, warnings.append)
+    return problem, warnings
+
+
+def test_vcpu_quotas_refuse_only_what_cannot_fit_spot_and_on_demand_together(client):
+    # t3.micro has 2 vCPUs. Spot 4 + On-Demand 6 vCPUs leave room for 5 instances, not 6.
+    quotas = FakeQuotas({SPOT_VCPU_QUOTA: 4, ON_DEMAND_VCPU_QUOTA: 6})
+    assert limit_problem(client, quotas, 5) == (None, [])
+    problem = limit_problem(client, quotas, 6)[0]
+    assert problem.startswith("6 more instance(s) need at least 12 vCPUs; the account's vCPU quotas "
+                              "(on-demand 6, spot 4) leave 10"), problem
+    assert "quota increase" in problem
+    # Without fallback only the Spot quota counts; running instances use it up.
+    assert limit_problem(client, quotas, 3, fallback=False)[0].startswith("3 more instance(s) need at least 6 vCPUs")
+    client.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                         InstanceMarketOptions={"MarketType": "spot"})
+    assert limit_problem(client, quotas, 2, fallback=False)[0].endswith("(spot 4) leave 2. Ask for a quota increase "
+                                                                        "in Service Quotas, or choose a smaller size")
+
+
+def test_a_limit_that_cannot_be_read_warns_and_does_not_block(client):
+    problem, warnings = limit_problem(client, FakeQuotas(error="AccessDeniedException"), 25)
+    assert problem is None
+    assert warnings == ["the account's vCPU quotas could not be read (AccessDeniedException for L-34B43A08); "
+                        "launching without checking them"]
+
+
+def test_without_service_quotas_the_max_instances_attribute_decides(client):
+    # moto knows no EC2 quotas (NoSuchResourceException) and says max-instances 20.
+    quotas = FakeQuotas(error="NoSuchResourceException")
+    assert limit_problem(client, quotas, 20) == (None, [])
+    problem = limit_problem(client, quotas, 21)[0]
+    assert problem.startswith("21 more instance(s) do not fit the account's limit of 20 instances (max-instances)")
+    # Instance types with quotas of their own are not judged by the standard quota.
+    other = FakeQuotas({SPOT_VCPU_QUOTA: 0, ON_DEMAND_VCPU_QUOTA: 0})
+    assert limit_problem(client, other, 2, instance_types=["inf1.xlarge"]) == (None, [])
+    assert other.asked == []
+    assert limit_problem(client, quotas, 0) == (None, [])

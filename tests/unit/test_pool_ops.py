@@ -98,7 +98,7 @@ def test_release_ends_the_lease_by_market(pool, client):
     spot = ops.get_instance(pool, no_client, refill=False)
     fallback = ops.get_instance(pool, no_client, refill=False)
     assert (spot["type"], fallback["type"]) == ("spot", "fallback")
-    released = ops.release_instance(pool, client)  # most recent lease first
+    released = ops.release_instance(pool, client, "latest")  # the most recent lease, asked for explicitly
     assert (released["instance_id"], released["action"]) == (fallback["instance_id"], "stop")
     assert ops.release_instance(pool, client, spot["instance_id"])["action"] == "terminate"
     assert states(client, [spot["instance_id"], fallback["instance_id"]]) == {
@@ -106,7 +106,7 @@ def test_release_ends_the_lease_by_market(pool, client):
     assert pool.read()["leases"] == []
     kept = client.describe_instances(InstanceIds=[fallback["instance_id"]])["Reservations"][0]["Instances"][0]
     assert "ec2spot:released-at" in {tag["Key"] for tag in kept["Tags"]}  # the orphan sweep leaves it alone
-    nothing = ops.release_instance(pool, client)
+    nothing = ops.release_instance(pool, client, "latest")
     assert not nothing["changed"] and nothing["action"] == "none"
     with pytest.raises(InvalidRequest, match="i-0123 is not leased from pool 'p'"):
         ops.release_instance(pool, client, "i-0123")
@@ -177,3 +177,104 @@ def test_get_reports_a_failed_refill(pool):
         tx.state["refill"]["last_error"] = "CreateFleet failed: not authorized (UnauthorizedOperation)"
     got = ops.get_instance(pool, no_client, refill=False)
     assert "UnauthorizedOperation" in got["warnings"][0]
+
+
+@pytest.mark.parametrize("instance_id", [None, ""], ids=["omitted", "empty"])
+def test_release_without_an_id_ends_nobody_s_lease(pool, client, instance_id):
+    # The CI step whose get failed runs its always-run release with an empty id: another job's lease survives.
+    other = ops.get_instance(pool, no_client, refill=False)
+    before = open(pool.path, "rb").read()
+    nothing = ops.release_instance(pool, client, instance_id)
+    assert nothing["changed"] is False and nothing["action"] == "none" and nothing["instance_id"] is None
+    assert "no instance_id and no lease_id" in nothing["msg"] and "instance_id=latest" in nothing["msg"]
+    assert open(pool.path, "rb").read() == before
+    assert states(client, [other["instance_id"]]) == {other["instance_id"]: "running"}
+
+
+def test_get_returns_a_lease_id_and_release_ends_only_that_lease(pool, client):
+    mine = ops.get_instance(pool, no_client, refill=False)
+    other = ops.get_instance(pool, no_client, refill=False)
+    assert len(mine["lease_id"]) == 32 and mine["lease_id"] != other["lease_id"]
+    assert {lease["lease_id"] for lease in pool.read()["leases"]} == {mine["lease_id"], other["lease_id"]}
+    with pytest.raises(InvalidRequest, match="lease %s is of instance %s, not %s" % (
+            mine["lease_id"], mine["instance_id"], other["instance_id"])):
+        ops.release_instance(pool, client, other["instance_id"], lease_id=mine["lease_id"])
+    with pytest.raises(InvalidRequest, match="instance_id=latest and lease_id exclude each other"):
+        ops.release_instance(pool, client, "latest", lease_id=mine["lease_id"])
+    done = ops.release_instance(pool, client, mine["instance_id"], lease_id=mine["lease_id"])
+    assert done["changed"] and done["instance_id"] == mine["instance_id"]
+    # The step is retried: its lease is gone, so nothing happens (no error, and the other lease stays).
+    before = open(pool.path, "rb").read()
+    again = ops.release_instance(pool, client, mine["instance_id"], lease_id=mine["lease_id"])
+    assert again["changed"] is False and "is not held any more" in again["msg"]
+    assert open(pool.path, "rb").read() == before
+    # The lease id alone is enough.
+    assert ops.release_instance(pool, client, lease_id=other["lease_id"])["instance_id"] == other["instance_id"]
+    assert pool.read()["leases"] == []
+
+
+def test_a_retried_release_does_not_end_the_instance_leased_again_to_someone_else(pool, client):
+    with pool.transaction() as tx:
+        tx.state["instances"][0]["type"] = "fallback"
+    mine = ops.get_instance(pool, no_client, refill=False)
+    assert ops.release_instance(pool, client, mine["instance_id"], lease_id=mine["lease_id"])["action"] == "stop"
+    # The stopped fallback is started again and handed to another job (as a pool that reuses fallbacks does).
+    client.start_instances(InstanceIds=[mine["instance_id"]])
+    with pool.transaction() as tx:
+        tx.state["leases"].append(dict(mine, id=mine["instance_id"], lease_id="another-job", type="fallback"))
+    before = open(pool.path, "rb").read()
+    retried = ops.release_instance(pool, client, mine["instance_id"], lease_id=mine["lease_id"])
+    assert retried["changed"] is False and retried["action"] == "none"
+    assert open(pool.path, "rb").read() == before
+    assert states(client, [mine["instance_id"]]) == {mine["instance_id"]: "running"}
+
+
+@pytest.mark.parametrize("option, value", [("wait_timeout", -1), ("verify_max_age", -5)])
+def test_get_refuses_negative_bounds_and_changes_nothing(pool, option, value):
+    before = open(pool.path, "rb").read()
+    with pytest.raises(InvalidRequest, match="%s must be 0 or more, got %d" % (option, value)):
+        ops.get_instance(pool, no_client, refill=False, **{option: value})
+    assert open(pool.path, "rb").read() == before
+
+
+@pytest.mark.parametrize("size, launch, options, expected", [
+    (-1, {}, {}, "size must be 0 or more, got -1"),
+    (2, {}, {"wait_timeout": -1}, "wait_timeout must be 0 or more, got -1"),
+    (2, {"cooldown_seconds": -10}, {}, "cooldown must be 0 or more, got -10"),
+    (2, {"orphan_grace_seconds": -1}, {}, "orphan_grace must be 0 or more, got -1"),
+    (10000, {}, {}, "size 10000 is above max_size 100 (a guard against typos); set max_size to 10000 or more"),
+    (150, {}, {"max_size": 120}, "size 150 is above max_size 120"),
+    (1, {}, {"max_size": 0}, "max_size must be 1 or more, got 0"),
+    (1, {"tags": {"team": "ci", "ec2spot:released-at": "x"}}, {}, "tags: ec2spot:released-at is in the collection's"),
+    (1, {"tags": {"EC2SPOT:Pool": "x", "Ec2Spot:type": "spot"}}, {}, "tags: EC2SPOT:Pool, Ec2Spot:type are in"),
+    (1, {"instance_types": []}, {}, "instance_types must name at least one instance type"),
+], ids=["negative-size", "negative-wait-timeout", "negative-cooldown", "negative-orphan-grace", "size-typo",
+        "above-raised-max-size", "zero-max-size", "reserved-tag", "reserved-tags-any-case", "no-instance-type"])
+def test_init_request_checks_need_no_aws(size, launch, options, expected):
+    with pytest.raises(InvalidRequest) as raised:
+        ops.check_init_request(size, dict(LAUNCH, **launch), **options)
+    assert expected in raised.value.message
+
+
+def test_init_request_checks_accept_what_is_sane():
+    ops.check_init_request(100, dict(LAUNCH, tags={"ec2spot": "x", "team:ec2spot:": "y"}, cooldown_seconds=0))
+    ops.check_init_request(500, dict(LAUNCH), wait_timeout=0, max_size=500)
+
+
+def test_init_refuses_what_the_account_cannot_hold_before_writing_or_launching(store, client):
+    # moto reports max-instances 20 (and no Service Quotas for EC2): 25 cannot fit, whatever max_size allows.
+    with pytest.raises(InvalidRequest, match=r"pool 'p': 25 more instance\(s\) do not fit the account's limit of 20"):
+        ops.init_pool(store, client, 25, dict(LAUNCH), max_size=200)
+    assert not store.exists()
+    assert client.describe_instances()["Reservations"] == []
+    assert client.describe_launch_templates()["LaunchTemplates"] == []
+
+
+@pytest.mark.parametrize("template", [{"LaunchTemplateName": "no-such-template"},
+                                      {"LaunchTemplateId": "lt-0123456789abcdef0"}], ids=["name", "id"])
+def test_init_refuses_a_launch_template_that_does_not_exist_before_writing(store, client, template):
+    launch = dict(LAUNCH, image_id=None, launch_template=template)
+    with pytest.raises(InvalidRequest, match="launch_template %s does not exist" % list(template.values())[0]):
+        ops.init_pool(store, client, 1, launch)
+    assert not store.exists()
+    assert client.describe_instances()["Reservations"] == []

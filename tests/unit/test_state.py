@@ -40,9 +40,13 @@ def test_default_state_dir_follows_xdg(tmp_path):
 
 
 def test_pool_file_path_rejects_names_that_could_escape_the_directory():
-    for bad in ("", "../x", "a/b", ".hidden", "x" * 65):
+    for bad in ("", "../x", "a/b", ".hidden", "x" * 65, "ci\n", "ci\n\n", "\nci", None):
         with pytest.raises(InvalidRequest):
             pool_file_path(bad, "/tmp/s")
+        with pytest.raises(InvalidRequest):  # a pool_file does not make a bad name acceptable
+            pool_file_path(bad, "/tmp/s", "/tmp/s/x.json")
+    with pytest.raises(InvalidRequest, match="pool_name is empty: name the pool explicitly"):
+        pool_file_path("", "/tmp/s")
     assert pool_file_path("ci-1", "/tmp/s") == "/tmp/s/ci-1.json"
     assert pool_file_path("ci", "/tmp/s", "/tmp/other.json") == "/tmp/other.json"
 

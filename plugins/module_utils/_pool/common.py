@@ -11,7 +11,7 @@ from .state import pool_file_path
 
 
 def pool_store(params):
-    name = params.get("pool_name") or "default"
+    name = params.get("pool_name")  # validated by pool_file_path; an empty name is an error, not `default`
     return PoolStore(pool_file_path(name, params.get("state_dir"), params.get("pool_file")), name)
 
 

@@ -117,6 +117,28 @@ def find_launch_template(client, name):
     return templates[0] if templates else None
 
 
+@_ec2_call("DescribeLaunchTemplates")
+def describe_launch_template(client, template_id=None, name=None):
+    """A launch template by id or name; raises Ec2Error (InvalidLaunchTemplate...) when EC2 does not know it."""
+    params = {"LaunchTemplateIds": [template_id]} if template_id else {"LaunchTemplateNames": [name]}
+    templates = client.describe_launch_templates(**params)["LaunchTemplates"]
+    return templates[0] if templates else None
+
+
+@_ec2_call("DescribeAccountAttributes")
+def describe_account_attribute(client, name):
+    """The values of one account attribute (e.g. max-instances), as strings."""
+    attributes = client.describe_account_attributes(AttributeNames=[name])["AccountAttributes"]
+    return [value["AttributeValue"] for item in attributes if item["AttributeName"] == name
+            for value in item.get("AttributeValues", [])]
+
+
+@_ec2_call("GetServiceQuota")
+def get_service_quota(quotas_client, quota_code, service_code="ec2"):
+    """The value of a Service Quotas quota (a Service Quotas client, not an EC2 one)."""
+    return quotas_client.get_service_quota(ServiceCode=service_code, QuotaCode=quota_code)["Quota"]["Value"]
+
+
 @_ec2_call("DeleteLaunchTemplate")
 def delete_launch_template(client, template_id):
     try:

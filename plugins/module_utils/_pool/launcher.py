@@ -320,9 +320,24 @@ def entry_for(instance_id, offering):
 
 
 def validate_launch(client, launch):
-    """Check zones, subnets and instance types against EC2 before anything is launched."""
+    """Check zones, subnets, instance types and the launch template against EC2 before anything is launched."""
     if launch.get("allocation_strategy") and launch["allocation_strategy"] not in ALLOCATION_STRATEGIES:
         raise InvalidRequest("allocation_strategy must be one of %s" % ", ".join(ALLOCATION_STRATEGIES))
+    template = launch.get("launch_template")
+    if template and not launch.get("image_id"):
+        template_id, name = template.get("LaunchTemplateId"), template.get("LaunchTemplateName")
+        if not (template_id or name):
+            raise InvalidRequest("launch_template needs an id or a name")
+        try:
+            found, code = ec2.describe_launch_template(client, template_id, name), "not found"
+        except ec2.Ec2Error as exc:
+            if not exc.code.startswith("InvalidLaunchTemplate"):
+                raise
+            found, code = None, exc.code
+        if found is None:  # EC2 answers an unknown name with an error, an unknown id with an empty list
+            raise InvalidRequest("launch_template %s does not exist in region %s (%s); create it first, or give "
+                                 "image_id instead" % (template_id or name, launch.get("region") or "?", code),
+                                 error_code=code)
     if launch.get("availability_zones"):
         known = {zone["ZoneName"]: zone for zone in ec2.describe_availability_zones(client)}
         unknown = [zone for zone in launch["availability_zones"] if zone not in known]
@@ -344,3 +359,79 @@ def validate_launch(client, launch):
         missing = [itype for itype in launch["instance_types"] if itype not in found]
         if missing:
             raise InvalidRequest("instance_types: unknown instance type(s) %s" % ", ".join(missing))
+
+
+# Service Quotas codes of the vCPU quotas for the standard instance families (A, C, D, H, I, M, R, T, Z).
+SPOT_VCPU_QUOTA = "L-34B43A08"  # All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests
+ON_DEMAND_VCPU_QUOTA = "L-1216C47A"  # Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances
+STANDARD_FAMILIES = "acdhimrtz"
+# Families that start with one of those letters but have quotas of their own.
+OTHER_QUOTA_FAMILIES = ("dl", "hpc", "inf", "mac", "trn")
+_NOT_ALLOWED = ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException")
+
+
+def _is_standard(instance_type):
+    family = instance_type.split(".", 1)[0].lower()
+    return family[:1] in STANDARD_FAMILIES and not family.startswith(OTHER_QUOTA_FAMILIES)
+
+
+def account_limit_problem(client, quotas_client, launch, count, warn):
+    """Why `count` more instances of `launch` cannot fit the account's limits, or None when they may.
+
+    Only a certain misfit is refused: the smallest instance type is assumed, Spot and (with fallback) On-Demand
+    quotas are added up, and a limit that cannot be read (no permission, an endpoint that does not know it) is
+    passed to `warn` and does not block. The vCPU quotas (Service Quotas) are asked for standard instance
+    types; where Service Quotas does not know them, the account attribute max-instances is used."""
+    if count <= 0:
+        return None
+    running = ec2.describe_instances(client, filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    types = list(launch["instance_types"])
+    quotas = None
+    if quotas_client is not None and all(_is_standard(itype) for itype in types):
+        quotas = _vcpu_quotas(quotas_client, launch, warn)
+        if quotas is False:
+            return None  # said so through warn(): do not block on a limit we cannot read
+    if quotas:
+        in_use = [(item.get("InstanceLifecycle") == "spot", item["InstanceType"]) for item in running
+                  if _is_standard(item["InstanceType"])]
+        vcpus = {item["InstanceType"]: item["VCpuInfo"]["DefaultVCpus"] for item in
+                 ec2.describe_instance_types(client, sorted(set(types) | {itype for _spot, itype in in_use}))}
+        free = 0
+        for market, quota in quotas.items():
+            used = sum(vcpus.get(itype, 0) for spot, itype in in_use if spot == (market == SPOT))
+            free += max(0, int(quota) - used)
+        need = count * min(vcpus.get(itype, 1) for itype in types)
+        if need > free:
+            return ("%d more instance(s) need at least %d vCPUs; the account's vCPU quotas (%s) leave %d. Ask for "
+                    "a quota increase in Service Quotas, or choose a smaller size"
+                    % (count, need, ", ".join("%s %s" % (market, int(quota)) for market, quota in sorted(quotas.items())),
+                       free))
+        return None
+    try:
+        limit = ec2.describe_account_attribute(client, "max-instances")
+    except ec2.Ec2Error as exc:
+        if exc.code not in _NOT_ALLOWED:
+            raise
+        warn("the account's instance limit could not be read (%s); launching without checking it" % exc.code)
+        return None
+    if limit and limit[0].isdigit() and count > int(limit[0]) - len(running):
+        return ("%d more instance(s) do not fit the account's limit of %s instances (max-instances), %d of them "
+                "running; ask for a limit increase, or choose a smaller size" % (count, limit[0], len(running)))
+    return None
+
+
+def _vcpu_quotas(quotas_client, launch, warn):
+    """{market: vCPU quota} for Spot and (with fallback) On-Demand; None when Service Quotas does not know them
+    (an emulator, a partition without them); False, after a warning, when they cannot be read."""
+    quotas = {}
+    codes = [(SPOT, SPOT_VCPU_QUOTA)] + ([(ON_DEMAND, ON_DEMAND_VCPU_QUOTA)] if launch.get("fallback", True) else [])
+    for market, code in codes:
+        try:
+            quotas[market] = ec2.get_service_quota(quotas_client, code)
+        except ec2.Ec2Error as exc:
+            if exc.code == "NoSuchResourceException":
+                return None
+            warn("the account's vCPU quotas could not be read (%s for %s); launching without checking them"
+                 % (exc.code, code))
+            return False
+    return quotas

@@ -60,6 +60,37 @@ def launch_spec(params, region):
     }
 
 
+DEFAULT_MAX_SIZE = 100
+# The collection's own tag keys (ec2spot:pool, ec2spot:type, ec2spot:leased-at, ...): the sweep and the rebuild
+# read them, so a user tag in this namespace would be taken for the pool's own bookkeeping.
+RESERVED_TAG_PREFIX = "ec2spot:"
+
+
+def require_non_negative(**values):
+    """Refuse a negative number of seconds (or instances): it would mean "already over" everywhere it is used."""
+    for name, value in sorted(values.items()):
+        if value is not None and value < 0:
+            raise InvalidRequest("%s must be 0 or more, got %d" % (name, value))
+
+
+def check_init_request(size, launch, wait_timeout=0, max_size=DEFAULT_MAX_SIZE):
+    """The checks of init's options that need no AWS call. Raises InvalidRequest before anything is changed."""
+    require_non_negative(size=size, wait_timeout=wait_timeout, cooldown=launch.get("cooldown_seconds"),
+                         orphan_grace=launch.get("orphan_grace_seconds"))
+    if max_size is None or max_size < 1:
+        raise InvalidRequest("max_size must be 1 or more, got %s" % (max_size,))
+    if size > max_size:
+        raise InvalidRequest("size %d is above max_size %d (a guard against typos); set max_size to %d or more "
+                             "to allow a pool that large" % (size, max_size, size))
+    reserved = sorted(key for key in (launch.get("tags") or {}) if str(key).lower().startswith(RESERVED_TAG_PREFIX))
+    if reserved:
+        raise InvalidRequest("tags: %s %s in the collection's own namespace '%s' (the pool's bookkeeping uses it); "
+                             "rename %s" % (", ".join(reserved), "is" if len(reserved) == 1 else "are",
+                                            RESERVED_TAG_PREFIX, "it" if len(reserved) == 1 else "them"))
+    if not launch.get("instance_types"):
+        raise InvalidRequest("instance_types must name at least one instance type")
+
+
 def _pool_view(state):
     return {"instances": list(state["instances"]) if state else [], "leases": list(state["leases"]) if state else []}
 
@@ -92,21 +123,21 @@ def _rebuild_from_tags(client, store, size, launch, previous):
 
 
 def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mode=False, refill_env=None,
-              rebuild=False, sleep=time.sleep, clock=time.monotonic):
+              rebuild=False, sleep=time.sleep, clock=time.monotonic, max_size=DEFAULT_MAX_SIZE, quotas_client=None):
     """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
 
     With `rebuild`, a lost or corrupt state file is made again from the pool's tags (a corrupt one is first
-    moved aside to `<file>.corrupt-<time>`, never overwritten)."""
+    moved aside to `<file>.corrupt-<time>`, never overwritten). Before anything is written or launched, the
+    options are checked, and what would be launched against the account's limits (`quotas_client`: a Service
+    Quotas client, for the vCPU quotas)."""
     # pylint: disable=import-outside-toplevel
     # The launcher pulls in boto3; get must not import this path.
+    from .launcher import account_limit_problem
     from .launcher import ensure_template
     from .launcher import validate_launch
     from .refill import reconcile
 
-    if size < 0:
-        raise InvalidRequest("size must be 0 or more, got %d" % size)
-    if not launch.get("instance_types"):
-        raise InvalidRequest("instance_types must name at least one instance type")
+    check_init_request(size, launch, wait_timeout, max_size)
     validate_launch(client, launch)
     corrupt = None
     try:
@@ -115,12 +146,17 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
         if not rebuild:
             raise
         existing, corrupt = None, exc
+    warnings = []
+    have = len(existing["instances"]) if existing else 0
+    problem = account_limit_problem(client, quotas_client, launch, size - have, warnings.append)
+    if problem:
+        raise InvalidRequest("pool '%s': %s" % (store.pool_name, problem), warnings=warnings)
     old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
     spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
     if check_mode:
-        have = len(existing["instances"]) if existing else 0
         return {"changed": spec_changed or have != size, "launched": [], "terminated": [],
-                "would_launch": max(0, size - have), "pool": _pool_view(existing), "counts": counts(existing)}
+                "would_launch": max(0, size - have), "pool": _pool_view(existing), "counts": counts(existing),
+                "warnings": warnings}
 
     launch = dict(launch, template=ensure_template(client, store.pool_name,
                                                    dict(launch, template=(existing or {}).get("launch", {})
@@ -165,7 +201,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
         jobcontrol.start_refill(store, refill_env)
     result = {"changed": bool(spec_changed or launched or dropped or retired), "launched": launched,
               "terminated": retired, "pool": _pool_view(state), "counts": pool_counts,
-              "cooldowns": state.get("cooldowns", [])}
+              "cooldowns": state.get("cooldowns", []), "warnings": warnings}
     if corrupt is not None:
         result["moved_aside"] = aside
     return result
@@ -228,7 +264,8 @@ def _lease_one(store, dead, lease_ttl, check_mode, verify, verify_max_age):
         entry = next((entry for entry in state["instances"] if entry.get("ip")), None)
         if entry is None:
             raise _no_ready(store, state)
-        lease = dict(entry, leased_at=isoformat(now))
+        # lease_id: the caller's token for this lease; a release that names it can end nothing else.
+        lease = dict(entry, leased_at=isoformat(now), lease_id=os.urandom(16).hex())
         refill_error = (state.get("refill") or {}).get("last_error")
         if lease_ttl:
             lease["expires_at"] = isoformat(now + datetime.timedelta(seconds=lease_ttl))
@@ -244,6 +281,7 @@ def get_instance(store, make_client, address="public", verify=True, verify_max_a
                  wait_timeout=0, refill=True, refill_env=None, check_mode=False, sleep=time.sleep,
                  clock=time.monotonic):
     """Hand out a ready instance now; never wait for a launch (unless `wait_timeout` allows it)."""
+    require_non_negative(wait_timeout=wait_timeout, verify_max_age=verify_max_age)
     deadline = clock() + wait_timeout
     refill_started = (False, None)
     dead = None
@@ -269,6 +307,7 @@ def get_instance(store, make_client, address="public", verify=True, verify_max_a
         "public_ip": lease.get("public_ip"),
         "private_ip": lease.get("private_ip"),
         "instance_id": lease["id"],
+        "lease_id": lease["lease_id"],
         "type": lease.get("type"),
         "availability_zone": lease.get("availability_zone"),
         "instance_type": lease.get("instance_type"),
@@ -283,22 +322,57 @@ def get_instance(store, make_client, address="public", verify=True, verify_max_a
 
 
 # -- release ----------------------------------------------------------------------------------------------
-def release_instance(store, client, instance_id=None, fallback_action="stop", check_mode=False):
+LATEST = "latest"
+
+
+def _nothing_released(store, state, why):
+    return {"changed": False, "instance_id": None, "action": "none", "counts": counts(state),
+            "msg": "nothing released from pool '%s': %s" % (store.pool_name, why)}
+
+
+def _lease_to_release(store, state, instance_id, lease_id):
+    """The lease the caller holds, or a reason why there is nothing to release (a str).
+
+    A release ends only what its caller names: an instance id, a lease id (the token `get` returned), or the
+    explicit `latest`. An empty name is "nothing": a CI step whose get failed, or a cleanup step that runs
+    twice, must never end another job's lease."""
+    leases = state["leases"] if state else []
+    if instance_id == LATEST:
+        if lease_id:
+            raise InvalidRequest("instance_id=latest and lease_id exclude each other: pass the lease_id (and the "
+                                 "instance_id) that spot_pool_get returned, or instance_id=latest alone")
+        if not leases:
+            return "the pool has no lease"
+        return max(enumerate(leases), key=lambda item: (item[1].get("leased_at") or "", item[0]))[1]
+    if not instance_id and not lease_id:
+        return ("no instance_id and no lease_id given (the step that got the instance may have failed); "
+                "pass the instance_id and lease_id that spot_pool_get returned, or instance_id=latest")
+    if lease_id:
+        lease = next((item for item in leases if item.get("lease_id") == lease_id), None)
+        if lease is None:
+            # Already released (a retried step), expired, or never this pool's: the instance may be leased
+            # again by someone else by now, so it is not touched.
+            return "lease %s is not held any more%s" % (
+                lease_id, " (instance %s is not touched)" % instance_id if instance_id else "")
+        if instance_id and lease["id"] != instance_id:
+            raise InvalidRequest("lease %s is of instance %s, not %s: pass the instance_id and lease_id that the "
+                                 "same spot_pool_get returned" % (lease_id, lease["id"], instance_id))
+        return lease
+    lease = next((item for item in leases if item["id"] == instance_id), None)
+    if lease is None:
+        raise InvalidRequest("instance %s is not leased from pool '%s'; its leases are: %s"
+                             % (instance_id, store.pool_name, ", ".join(item["id"] for item in leases) or "none"))
+    return lease
+
+
+def release_instance(store, client, instance_id=None, fallback_action="stop", check_mode=False, lease_id=None):
     """End a lease: terminate a Spot instance; stop (or terminate) a fallback."""
     from . import ec2  # pylint: disable=import-outside-toplevel
 
     state = store.read()
-    leases = state["leases"] if state else []
-    if instance_id is None:
-        if not leases:
-            return {"changed": False, "instance_id": None, "action": "none",
-                    "msg": "pool '%s' has no lease to release" % store.pool_name, "counts": counts(state)}
-        lease = max(enumerate(leases), key=lambda item: (item[1].get("leased_at") or "", item[0]))[1]
-    else:
-        lease = next((item for item in leases if item["id"] == instance_id), None)
-        if lease is None:
-            raise InvalidRequest("instance %s is not leased from pool '%s'; its leases are: %s"
-                                 % (instance_id, store.pool_name, ", ".join(item["id"] for item in leases) or "none"))
+    lease = _lease_to_release(store, state, instance_id, lease_id)
+    if not isinstance(lease, dict):
+        return _nothing_released(store, state, lease)
     action = "terminate" if lease.get("type") != "fallback" or fallback_action == "terminate" else "stop"
     result = {"changed": True, "instance_id": lease["id"], "type": lease.get("type"), "action": action}
     if check_mode:
@@ -316,7 +390,9 @@ def release_instance(store, client, instance_id=None, fallback_action="stop", ch
             raise
     with store.transaction() as tx:
         if tx.state is not None:
-            tx.state["leases"] = [item for item in tx.state["leases"] if item["id"] != lease["id"]]
+            # This lease only: the same instance may be leased again (a reused fallback) under another lease_id.
+            tx.state["leases"] = [item for item in tx.state["leases"]
+                                  if (item["id"], item.get("lease_id")) != (lease["id"], lease.get("lease_id"))]
             result["counts"] = counts(tx.state)
     return result
 

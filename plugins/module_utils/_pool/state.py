@@ -26,7 +26,8 @@ from .errors import InvalidRequest
 from .errors import StateFileError
 
 STATE_VERSION = 1
-POOL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Matched with fullmatch(): `$` would also accept a name followed by a newline ("ci\n" is not pool "ci").
+POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TIME_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
 
 
@@ -55,7 +56,11 @@ def default_state_dir(environ=None):
 
 
 def pool_file_path(pool_name, state_dir=None, pool_file=None):
-    if not POOL_NAME_RE.match(pool_name or ""):
+    if not pool_name:
+        # Never a fallback to the pool `default`: an unset variable (`pool_name: "{{ name }}"`, `-e name=`) must not
+        # select, and end, another pool.
+        raise InvalidRequest("pool_name is empty: name the pool explicitly (for the default pool, pool_name: default)")
+    if not POOL_NAME_RE.fullmatch(pool_name):
         raise InvalidRequest(
             "pool_name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             % (pool_name,)
