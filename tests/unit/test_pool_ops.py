@@ -116,6 +116,7 @@ def test_terminate_ends_everything_including_orphans_and_is_idempotent(pool, cli
     leased = ops.get_instance(pool, no_client, refill=False)["instance_id"]
     orphan = client.run_instances(ImageId=LAUNCH["image_id"], MinCount=1, MaxCount=1, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"},
+                                              {"Key": "ec2spot:pool-id", "Value": pool.read()["pool_id"]},
                                               {"Key": "ec2spot:type", "Value": "spot"}]}])["Instances"][0]["InstanceId"]
     planned = ops.terminate_pool(pool, client, check_mode=True)
     assert orphan in planned["orphans"] and pool.exists()

@@ -17,13 +17,17 @@ except ImportError:
 
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
 
+from . import identity
 from .errors import PoolError
 
-POOL_TAG = "ec2spot:pool"
-TYPE_TAG = "ec2spot:type"
+# The tags are defined with the rules that read them (identity.py); named here too for the callers of this module.
+POOL_TAG = identity.POOL_TAG
+POOL_ID_TAG = identity.POOL_ID_TAG
+TYPE_TAG = identity.TYPE_TAG
+RELEASED_TAG = identity.RELEASED_TAG  # a stopped fallback kept on purpose for reuse (fallback_action=stop)
+
 LEASED_TAG = "ec2spot:leased-at"  # set by the refill on leased instances, so a rebuild from tags knows them
 ORPHAN_TAG = "ec2spot:orphan-since"  # first mark of an instance in neither the pool nor a lease
-RELEASED_TAG = "ec2spot:released-at"  # a stopped fallback kept on purpose (fallback_action=stop)
 LIVE_STATES = ("pending", "running")
 # Capped: 4 retries with 1 s base delay, at most 15 s apart; botocore's own retries sit below this.
 _retry = AWSRetry.jittered_backoff(retries=4, delay=1, backoff=2.0, max_delay=15)
@@ -117,6 +121,31 @@ def find_launch_template(client, name):
     return templates[0] if templates else None
 
 
+@_ec2_call("DescribeLaunchTemplates")
+def find_launch_template_by_id(client, template_id):
+    """The template, or None when EC2 no longer knows it (deleted outside the pool)."""
+    try:
+        templates = client.describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "").startswith(("InvalidLaunchTemplateId",
+                                                                     "InvalidLaunchTemplateName")):
+            return None
+        raise
+    return templates[0] if templates else None
+
+
+@_ec2_call("DescribeLaunchTemplates")
+def describe_pool_templates(client, pool_name):
+    """Launch templates tagged with the pool name, as {"id", "name", "tags"}."""
+    paginator = client.get_paginator("describe_launch_templates")
+    found = []
+    for page in paginator.paginate(Filters=[{"Name": "tag:" + POOL_TAG, "Values": [pool_name]}]):
+        for template in page["LaunchTemplates"]:
+            found.append({"id": template["LaunchTemplateId"], "name": template["LaunchTemplateName"],
+                          "tags": tag_dict(template.get("Tags"))})
+    return found
+
+
 @_ec2_call("DeleteLaunchTemplate")
 def delete_launch_template(client, template_id):
     try:
@@ -130,6 +159,12 @@ def delete_launch_template(client, template_id):
 def create_tags(client, resource_ids, tags):
     if resource_ids:
         client.create_tags(Resources=list(resource_ids), Tags=tag_list(tags))
+
+
+@_ec2_call("DeleteTags")
+def delete_tags(client, resource_ids, keys):
+    if resource_ids:
+        client.delete_tags(Resources=list(resource_ids), Tags=[{"Key": key} for key in keys])
 
 
 @_ec2_call("DescribeInstances")
@@ -161,6 +196,13 @@ def terminate_instances(client, instance_ids):
     if not instance_ids:
         return []
     return client.terminate_instances(InstanceIds=list(instance_ids))["TerminatingInstances"]
+
+
+@_ec2_call("StartInstances")
+def start_instances(client, instance_ids):
+    if not instance_ids:
+        return []
+    return client.start_instances(InstanceIds=list(instance_ids))["StartingInstances"]
 
 
 @_ec2_call("StopInstances")
@@ -195,6 +237,7 @@ def instance_summary(instance):
         "public_ip": instance.get("PublicIpAddress"),
         "private_ip": instance.get("PrivateIpAddress"),
         "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
+        "subnet_id": instance.get("SubnetId"),
         "instance_type": instance.get("InstanceType"),
         "lifecycle": instance.get("InstanceLifecycle", "on-demand"),
         "launch_time": instance.get("LaunchTime"),
