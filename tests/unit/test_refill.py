@@ -272,7 +272,8 @@ def test_orphans_are_marked_then_terminated_and_leases_never_touched(proxied):
         tx.state["leases"].append(dict(tx.state["instances"].pop(0), leased_at="2026-01-01T00:00:00Z"))
     leased = store.read()["leases"][0]["id"]
     orphan = client.run_instances(ImageId=LAUNCH["image_id"], MinCount=1, MaxCount=1, TagSpecifications=[
-        {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"}]}])["Instances"][0]["InstanceId"]
+        {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"},
+                                              {"Key": "ec2spot:pool-id", "Value": POOL_ID}]}])["Instances"][0]["InstanceId"]
     first = refill.reconcile(store, client)
     assert first.orphans_marked == [orphan] and first.orphans_terminated == []
     second = refill.reconcile(store, client)
