@@ -402,7 +402,7 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
     orphans, kept = [], []
     for item in identity.mine(named, pool_name, pool_id, listed):
         live[item["id"]] = item["state"]
-        if item["id"] in listed:
+        if item["id"] in listed or item["state"] in ("shutting-down", "terminated"):
             continue
         if identity.RELEASED_TAG in item["tags"]:
             kept.append(item["id"])
