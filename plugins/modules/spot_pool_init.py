@@ -30,7 +30,7 @@ description:
     running instances of a pool made before pool ids). The message names the other pool's id and instance count.
     Controllers that want one pool share one store (on one controller, the same state file); others choose
     another name.
-  - A pool created before pool ids (a state file without C(pool_id)) adopts an id at its next init or refill: the
+  - A pool created before pool ids (a state file without C(pool_id)) adopts an id at its next init or refill, and the
     instances its state file lists, and its launch template, are tagged with it. Instances with the pool's name that
     the file does not list are never adopted or swept; end them by hand.
   - When Spot cannot supply an instance and a fallback is needed, a stopped fallback that the pool kept for reuse

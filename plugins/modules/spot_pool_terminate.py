@@ -15,12 +15,12 @@ description:
   - Stops the pool's refill job, terminates every instance of the pool (idle or leased, Spot or fallback), the
     stopped fallbacks it kept for reuse (no pool is left to reuse them), and the pool's own launch template, and
     removes its state file. With O(fallback_action=stop), fallbacks are stopped and kept instead.
-  - Only instances of this pool are touched: those its state file lists and those tagged with its pool id
+  - Only instances of this pool are touched, those its state file lists and those tagged with its pool id
     (C(ec2spot:pool-id)). Another pool that uses the same O(pool_name) (another controller's) carries another id
     and is never touched.
   - With O(include_orphans=true) it also finds, by the pool's tags, instances that are missing from the state file
     (for example launched by a refill job that was killed), so nothing is left running unseen.
-  - Works even when the state file is corrupt or lost. The instances are then found by their tags: those of
+  - Works even when the state file is corrupt or lost. The instances are then found by their tags, those of
     O(pool_id), or of the only pool id tagged with O(pool_name) (with several, the module fails and lists them).
     A corrupt file is left in place for inspection.
 author:
