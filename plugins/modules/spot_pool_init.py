@@ -122,6 +122,9 @@ options:
     description:
       - What the refill does with an idle fallback once a Spot instance has replaced it, and with a leased
         fallback whose lease expired.
+      - V(stop) keeps it stopped and tagged C(ec2spot:released-at); the pool starts it again the next time it
+        needs a fallback (see RV(ec2spot.pool.spot_pool_info#module:kept_fallbacks)), and
+        M(ec2spot.pool.spot_pool_terminate) terminates it with the pool.
     type: str
     choices: [stop, terminate]
     default: stop
