@@ -11,7 +11,7 @@ import re
 import stat
 
 from tests.integration.conftest import (AMI, LAUNCH_ACTIONS, POOL_ID_TAG, POOL_TAG, TYPE_TAG, debug_msgs, tags_of,
-                                       task_result, wait_until)
+                                        task_result, wait_until)
 
 
 def test_whole_cycle_init_get_release_terminate(pool, tmp_path):

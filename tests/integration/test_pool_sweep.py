@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from tests.integration.conftest import (AMI, POOL_ID_TAG, POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result,
-                                       wait_until)
+                                        wait_until)
 from tests.integration.healing import assert_consistent, fleets, instance_ids_in, wait_refill_done
 
 ORPHAN_TAG = "ec2spot:orphan-since"

@@ -79,10 +79,9 @@ def test_a_rebuild_adopts_the_only_id_of_the_name_and_refuses_to_guess_between_s
 
 
 def test_terminate_selects_only_its_own_pool_and_ends_the_kept_fallbacks():
-    named = [inst("i-idle"), inst("i-leased"), inst("i-orphan"), inst("i-kept", state="stopped", kind="fallback",
-                                                                       released="2026-01-01T00:00:00Z"),
-             inst("i-other", pool_id=B), inst("i-other-kept", pool_id=B, state="stopped", kind="fallback",
-                                               released="2026-01-01T00:00:00Z"),
+    kept = {"state": "stopped", "kind": "fallback", "released": "2026-01-01T00:00:00Z"}
+    named = [inst("i-idle"), inst("i-leased"), inst("i-orphan"), inst("i-kept", **kept),
+             inst("i-other", pool_id=B), inst("i-other-kept", pool_id=B, **kept),
              inst("i-old", pool_id=None), inst("i-gone", state="terminated")]
     state = state_of("i-idle", leases=["i-leased"])
     got = ops.select_for_terminate(state, named, "ci", A)
@@ -115,5 +114,5 @@ def test_reusable_fallbacks_are_this_pools_stopped_ones_of_an_offering_it_still_
     in_subnet = [inst("i-s", state="stopped", kind="fallback", released="t", subnet="subnet-1"),
                  inst("i-t", state="stopped", kind="fallback", released="t", subnet="subnet-2")]
     assert [i["id"] for i in identity.reusable_fallbacks(in_subnet, subnets, "ci", A)] == ["i-s"]
-    assert [i["id"] for i in identity.kept_fallbacks(named, "ci", A)] == ["i-2", "i-1", "i-running", "i-spot",
-                                                                           "i-type", "i-zone"]
+    kept = [i["id"] for i in identity.kept_fallbacks(named, "ci", A)]
+    assert kept == ["i-2", "i-1", "i-running", "i-spot", "i-type", "i-zone"]
