@@ -331,3 +331,15 @@ def test_terminate_with_defaults_ends_the_stopped_fallbacks_and_says_so(pool, cl
     assert fallback in done["terminated"] and done["kept_fallbacks"] == [fallback] and done["stopped"] == []
     assert "1 stopped fallback kept for reuse terminated with the pool" in done["msg"]
     assert states(client, [fallback]) == {fallback: "terminated"}
+
+
+def test_terminate_of_a_pool_made_before_pool_ids_ends_what_it_lists_and_names_the_rest(pool, client):
+    listed = [e["id"] for e in pool.read()["instances"]]
+    with pool.transaction() as tx:
+        del tx.state["pool_id"]
+    stray = named_stray(client)
+    done = ops.terminate_pool(pool, client)
+    assert sorted(done["terminated"]) == sorted(listed) and done["pool_id"] is None
+    assert stray in done["warnings"][0] and "left alone" in done["warnings"][0]
+    assert states(client, [stray]) == {stray: "running"}
+    client.terminate_instances(InstanceIds=[stray])

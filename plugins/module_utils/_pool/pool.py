@@ -439,6 +439,13 @@ def _terminate_pool_id(store, state, named, requested, warnings):
         return known
     if state is not None:
         # A pool made before pool ids that no refill has run for since: only what its state lists is its own.
+        listed = {entry["id"] for entry in state["instances"] + state["leases"]}
+        unknown = sorted(item["id"] for item in named if item["id"] not in listed
+                         and not item["tags"].get(identity.POOL_ID_TAG) and item["state"] in identity.LIVE_OR_KEPT)
+        if unknown:
+            warnings.append("instances tagged with the name '%s' but with no pool id were left alone, as this pool "
+                            "(made before pool ids) does not list them and they may be another controller's: %s"
+                            % (store.pool_name, ", ".join(unknown)))
         return requested
     pool_id = _pool_id_from_tags(store.pool_name, named, requested)
     if pool_id and not requested:

@@ -6,14 +6,17 @@
 One pass (`reconcile`), in order:
 1. replays fleet requests whose answer never reached the state file (a crash between CreateFleet and the write):
    same ClientToken, so EC2 answers with the instances it launched then instead of launching again;
-2. one DescribeInstances by the pool tag: every idle entry, lease and stray instance of the pool at once;
+0. a pool made before pool ids adopts one (adopt_pool_id);
+2. one DescribeInstances by the pool tag: every idle entry, lease and stray instance of the pool at once; only
+   what carries the pool's id (or is listed in its state) is the pool's: another pool of the same name is not;
 3. drops entries whose instance is gone; an idle Spot entry that died without us ending it was interrupted, and
    its offering cools down like one that had no capacity;
 4. ends leases past their `expires_at`, so a CI job that died before its release step leaks nothing;
 5. marks instances with the pool tag that are in neither the pool nor a lease, and terminates them on a later
    pass once the mark is older than the orphan grace (never a leased or just-launched one);
-6. launches what is missing (Spot, then On-Demand for what the `fallback_on` errors left), plus Spot instances
-   to replace idle fallbacks; the locks are not held meanwhile, so `get` never waits on EC2;
+6. launches what is missing (Spot, then, for what the `fallback_on` errors left, the pool's stopped fallbacks
+   started again, then On-Demand), plus Spot instances to replace idle fallbacks, from the pool's launch template
+   (made again if it was deleted outside the pool); the locks are not held meanwhile, so `get` never waits on EC2;
 7. under the lock: applies all of it to the current state (a `get` may have leased an entry meanwhile), and
    retires the surplus: fallbacks first, once the Spot instances that replace them are ready.
 `spot_pool_init` runs the same passes in its own process; `spot_pool_get` starts the detached job (jobcontrol.py).
