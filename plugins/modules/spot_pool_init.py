@@ -212,7 +212,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 launched:
-  description: IDs of the instances launched by this run.
+  description: IDs of the instances launched by this run (including stopped fallbacks of the pool started again).
   returned: always
   type: list
   elements: str
