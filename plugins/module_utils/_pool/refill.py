@@ -4,9 +4,9 @@
 """Keeping a pool whole: the reconcile pass, and the detached refill job that repeats it.
 
 One pass (`reconcile`), in order:
+0. a pool made before pool ids adopts one (adopt_pool_id);
 1. replays fleet requests whose answer never reached the state file (a crash between CreateFleet and the write):
    same ClientToken, so EC2 answers with the instances it launched then instead of launching again;
-0. a pool made before pool ids adopts one (adopt_pool_id);
 2. one DescribeInstances by the pool tag: every idle entry, lease and stray instance of the pool at once; only
    what carries the pool's id (or is listed in its state) is the pool's: another pool of the same name is not;
 3. drops entries whose instance is gone; an idle Spot entry that died without us ending it was interrupted, and
@@ -201,8 +201,9 @@ def adopt_pool_id(store, client, state, pool_id=None):
         try:
             ec2.create_tags(client, [template["LaunchTemplateId"]], {ec2.POOL_ID_TAG: pool_id})
         except ec2.Ec2Error as exc:
+            # Deleted outside the pool: nothing to tag, ensure_template makes a new one. Anything else is raised.
             if not exc.code.startswith("InvalidLaunchTemplateId"):
-                raise  # gone: ensure_template makes a new one
+                raise
     with store.transaction() as tx:
         if tx.state is None:
             raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
