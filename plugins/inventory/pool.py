@@ -14,7 +14,9 @@ description:
     run on the instances a job was handed, for example the role P(ec2spot.pool.drain_worker#role).
   - Optionally also asks EC2 (one DescribeInstances call filtered by the tag C(ec2spot:pool=<pool_name>)). Then
     only instances that EC2 reports as C(running) are listed, with their current addresses, and tagged instances
-    the state file does not know about are added.
+    the state file does not know about are added if they carry the pool's id (C(ec2spot:pool-id), from the
+    state file), never those of another pool that uses the same name. Without a state file, every running instance
+    tagged with the name is listed.
   - Every host is named by its instance id. C(ansible_host) is its public or private address (O(address));
     instances without that address yet (still launching) are left out unless O(include_pending) is set.
   - "Groups (prefixed with O(group_prefix)): C(pool_<pool_name>) with every instance; C(spot) and C(fallback) by
@@ -93,6 +95,7 @@ from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin
 
 from ansible_collections.amazon.aws.plugins.plugin_utils.inventory import AWSInventoryBase
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import identity
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import pool_file_path
@@ -165,7 +168,7 @@ class InventoryModule(AWSInventoryBase):
 
         tagged = None
         if self.get_option("use_tags"):
-            tagged = self._tagged_instances(pool_name)
+            tagged = self._tagged_instances(pool_name, state)
             if state is None and not tagged:
                 raise AnsibleParserError(
                     "ec2spot.pool.pool: pool '%s' is unknown: there is no state file %s and no running instance "
@@ -177,7 +180,7 @@ class InventoryModule(AWSInventoryBase):
 
         self._populate(pool_name, pool_hosts(state, tagged))
 
-    def _tagged_instances(self, pool_name):
+    def _tagged_instances(self, pool_name, state):
         self.require_aws_sdk()
         self._set_frozen_credentials()
         # Imported here: it needs botocore, which only this path requires.
@@ -187,9 +190,13 @@ class InventoryModule(AWSInventoryBase):
             instances = ec2.describe_pool_instances(self.client("ec2"), pool_name, states=("running",))
         except PoolError as exc:
             raise AnsibleParserError("ec2spot.pool.pool: %s" % exc.message)
+        summaries = [ec2.instance_summary(instance) for instance in instances]
+        if state is not None:
+            # Only this pool's: another controller's pool of the same name carries another pool id.
+            listed = [entry["id"] for entry in state["instances"] + state["leases"]]
+            summaries = identity.mine(summaries, pool_name, state.get("pool_id"), listed)
         result = []
-        for instance in instances:
-            summary = ec2.instance_summary(instance)
+        for summary in summaries:
             tag_type = summary["tags"].get(TYPE_TAG)
             result.append(dict(summary, type=tag_type or ("spot" if summary["lifecycle"] == "spot" else "fallback")))
         return result

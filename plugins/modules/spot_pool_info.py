@@ -55,6 +55,21 @@ path:
   returned: always
   type: str
   sample: /home/ci/.local/state/ec2spot/default.json
+pool_id:
+  description: The pool's id, tagged as C(ec2spot:pool-id) on its instances and launch template (null when none).
+  returned: always
+  type: str
+  sample: 3f9c0a7b5e21d864
+kept_fallbacks:
+  description:
+    - Stopped fallbacks the pool keeps to start again before it launches a new On-Demand instance, as the last
+      refill pass saw them (a fallback released since shows after the next pass).
+    - M(ec2spot.pool.spot_pool_terminate) terminates them with the pool.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{id: i-0fedcba9876543210, instance_type: t3.micro, availability_zone: us-east-1a,
+            released_at: "2026-11-22T10:00:00Z"}]
 target_size:
   description: How many idle instances the pool keeps.
   returned: always

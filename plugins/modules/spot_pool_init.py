@@ -20,8 +20,22 @@ description:
     O(cooldown) seconds; the refill job later replaces fallbacks by Spot instances.
   - Fleets launch from O(launch_template), or from a launch template C(ec2spot-<pool_name>) that the pool makes
     from O(image_id) and the other options (deleted by M(ec2spot.pool.spot_pool_terminate)).
-  - Every instance is tagged at launch with C(ec2spot:pool=<pool_name>) and C(ec2spot:type=spot|fallback), so the
-    pool can always be found from EC2, and with O(tags).
+  - Every pool has a pool id (RV(pool_id), 16 hex digits) made when it is created and kept in its state. Every
+    instance is tagged at launch with C(ec2spot:pool=<pool_name>), C(ec2spot:pool-id=<pool id>) and
+    C(ec2spot:type=spot|fallback), so the pool can always be found from EC2, and with O(tags). The pool's own launch
+    template is named C(ec2spot-<pool_name>-<pool id>) and carries the same tags. The refill's orphan sweep,
+    M(ec2spot.pool.spot_pool_terminate) and O(rebuild) only ever touch instances of the pool's id.
+  - Creating a pool (no state file yet) fails, before anything is written or launched, when another live pool in the
+    region already uses O(pool_name) (instances or a launch template tagged with the name and another pool id, or
+    running instances of a pool made before pool ids). The message names the other pool's id and instance count.
+    Controllers that want one pool share one store (on one controller, the same state file); others choose
+    another name.
+  - A pool created before pool ids (a state file without C(pool_id)) adopts an id at its next init or refill, and the
+    instances its state file lists, and its launch template, are tagged with it. Instances with the pool's name that
+    the file does not list are never adopted or swept; end them by hand.
+  - When Spot cannot supply an instance and a fallback is needed, a stopped fallback that the pool kept for reuse
+    (released with C(fallback_action=stop), of an instance type and zone the pool still asks for) is started again
+    before a new On-Demand instance is launched.
   - With O(wait=true) the module returns once every instance runs and has an address, or fails after
     O(wait_timeout) seconds (instances launched so far stay in the pool).
   - Running it again with the same options changes nothing when the pool is whole; a smaller O(size) terminates
@@ -121,6 +135,9 @@ options:
     description:
       - What the refill does with an idle fallback once a Spot instance has replaced it, and with a leased
         fallback whose lease expired.
+      - V(stop) keeps it stopped and tagged C(ec2spot:released-at); the pool starts it again the next time it
+        needs a fallback (see RV(ec2spot.pool.spot_pool_info#module:kept_fallbacks)), and
+        M(ec2spot.pool.spot_pool_terminate) terminates it with the pool.
     type: str
     choices: [stop, terminate]
     default: stop
@@ -142,8 +159,17 @@ options:
       - Rebuild a lost or corrupt state file from the pool's tags. A corrupt file is moved aside to
         C(<pool_file>.corrupt-<time>) first, never overwritten. Leased instances are recognised by the tag
         C(ec2spot:leased-at) that the refill job sets.
+      - The instances adopted are those of the pool id the old file gives, else O(pool_id), else the only pool id
+        found on instances tagged with O(pool_name); when there are several, the module fails and lists them.
     type: bool
     default: false
+  pool_id:
+    description:
+      - The pool's id (16 lower-case hex digits, as RV(pool_id) and M(ec2spot.pool.spot_pool_info) show it).
+      - Leave it out normally; a new pool gets a random one.
+      - With O(rebuild=true), picks the pool to rebuild when instances of several pools carry O(pool_name).
+      - Must match the id in an existing state file.
+    type: str
   wait:
     description: Wait until every instance runs and has an address.
     type: bool
@@ -200,7 +226,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 launched:
-  description: IDs of the instances launched by this run.
+  description: IDs of the instances launched by this run (including stopped fallbacks of the pool started again).
   returned: always
   type: list
   elements: str
@@ -247,6 +273,11 @@ cooldowns:
   elements: dict
   sample: [{scope: offering, market: spot, instance_type: t3.micro, location: us-east-1a,
             code: InsufficientInstanceCapacity, until: "2026-11-22T10:03:00Z"}]
+pool_id:
+  description: The pool's id, tagged as C(ec2spot:pool-id) on its instances and its launch template.
+  returned: always
+  type: str
+  sample: 3f9c0a7b5e21d864
 moved_aside:
   description: Where a corrupt state file was moved by O(rebuild=true).
   returned: when a corrupt file was moved aside
@@ -292,6 +323,7 @@ def main():
         cooldown=dict(type="int", default=180),
         orphan_grace=dict(type="int", default=600),
         rebuild=dict(type="bool", default=False),
+        pool_id=dict(type="str"),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="int", default=300),
     )
@@ -308,6 +340,7 @@ def main():
             wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
             refill_env=child_environment(params, module.region), rebuild=params["rebuild"],
             max_size=params["max_size"], quotas_client=module.client("service-quotas", config=BOTOCORE_CONFIG),
+            pool_id=params["pool_id"],
         )
     except PoolError as error:
         fail(module, error)

@@ -12,25 +12,39 @@ module: spot_pool_terminate
 short_description: End a whole pool
 version_added: 0.1.0
 description:
-  - Stops the pool's refill job, terminates every Spot instance of the pool (idle or leased), stops (or
-    terminates, with O(fallback_action=terminate)) its On-Demand fallbacks, and removes its state file.
-  - With O(include_orphans=true) it also finds, by the tag C(ec2spot:pool=<pool_name>), instances that are
-    missing from the state file (for example launched by a refill job that was killed), so nothing is left
-    running unseen.
-  - Works even when the state file is corrupt. The instances are then found by their tag, and the file is left in
-    place for inspection.
+  - Stops the pool's refill job, terminates every instance of the pool (idle or leased, Spot or fallback), the
+    stopped fallbacks it kept for reuse (no pool is left to reuse them), and the pool's own launch template, and
+    removes its state file. With O(fallback_action=stop), fallbacks are stopped and kept instead.
+  - Only instances of this pool are touched, those its state file lists and those tagged with its pool id
+    (C(ec2spot:pool-id)). Another pool that uses the same O(pool_name) (another controller's) carries another id
+    and is never touched.
+  - With O(include_orphans=true) it also finds, by the pool's tags, instances that are missing from the state file
+    (for example launched by a refill job that was killed), so nothing is left running unseen.
+  - Works even when the state file is corrupt or lost. The instances are then found by their tags, those of
+    O(pool_id), or of the only pool id tagged with O(pool_name) (with several, the module fails and lists them).
+    A corrupt file is left in place for inspection.
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:
   fallback_action:
-    description: What to do with On-Demand fallback instances.
+    description:
+      - What to do with the pool's On-Demand fallback instances.
+      - V(terminate) ends them like every other instance of the pool, including the stopped fallbacks the pool
+        kept for reuse.
+      - V(stop) stops the running ones and leaves the stopped ones stopped, to inspect their disks. They belong to
+        no pool any more and nothing reuses them; they still carry C(ec2spot:pool-id), so a later run with
+        O(pool_id) and O(fallback_action=terminate) ends them.
     type: str
     choices: [stop, terminate]
-    default: stop
+    default: terminate
   include_orphans:
-    description: Also end instances that carry the pool's tag but are not in the state file.
+    description: Also end instances that carry the pool's tags (name and id) but are not in the state file.
     type: bool
     default: true
+  pool_id:
+    description:
+      - The pool's id, when no readable state file says it (see RV(pool_id)); must match the state file's.
+    type: str
 extends_documentation_fragment:
   - ec2spot.pool.pool
   - ec2spot.pool.attributes
@@ -50,10 +64,15 @@ attributes:
 """
 
 EXAMPLES = r"""
-- name: Tear down the CI pool, terminating fallbacks too
+- name: Tear down the CI pool
   ec2spot.pool.spot_pool_terminate:
     pool_name: ci
-    fallback_action: terminate
+  delegate_to: localhost
+
+- name: Tear down a pool whose state file was lost, when two pools of that name exist
+  ec2spot.pool.spot_pool_terminate:
+    pool_name: ci
+    pool_id: 3f9c0a7b5e21d864
   delegate_to: localhost
 """
 
@@ -65,17 +84,35 @@ terminated:
   elements: str
   sample: [i-0123456789abcdef0]
 stopped:
-  description: Fallback instances stopped.
+  description: Fallback instances stopped (only with O(fallback_action=stop)).
   returned: always
   type: list
   elements: str
   sample: []
 orphans:
-  description: Instances found only by the pool's tag (they were not in the state file).
+  description: Instances found only by the pool's tags (they were not in the state file).
   returned: always
   type: list
   elements: str
   sample: []
+kept_fallbacks:
+  description:
+    - Stopped fallbacks the pool kept for reuse. Terminated with it (they are in RV(terminated) too), or left
+      stopped with O(fallback_action=stop).
+  returned: always
+  type: list
+  elements: str
+  sample: [i-0fedcba9876543210]
+pool_id:
+  description: The id of the pool that was ended (null for a pool made before pool ids).
+  returned: always
+  type: str
+  sample: 3f9c0a7b5e21d864
+msg:
+  description: What was ended, in one sentence.
+  returned: always
+  type: str
+  sample: "pool 'ci' ended: 4 terminated, 0 stopped; 1 stopped fallback kept for reuse terminated with the pool"
 """
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
@@ -91,13 +128,15 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import ter
 def main():
     argument_spec = dict(
         pool_argument_spec(),
-        fallback_action=dict(type="str", choices=["stop", "terminate"], default="stop"),
+        fallback_action=dict(type="str", choices=["stop", "terminate"], default="terminate"),
         include_orphans=dict(type="bool", default=True),
+        pool_id=dict(type="str"),
     )
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
         result = terminate_pool(pool_store(module.params), ec2_client(module), module.params["fallback_action"],
-                                module.params["include_orphans"], check_mode=module.check_mode)
+                                module.params["include_orphans"], check_mode=module.check_mode,
+                                pool_id=module.params["pool_id"])
     except PoolError as error:
         fail(module, error)
     for warning in result.pop("warnings"):

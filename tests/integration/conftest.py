@@ -23,6 +23,7 @@ from tests.support.moto import REGION
 
 AMI = "ami-12c6146b"  # an image moto knows
 POOL_TAG = "ec2spot:pool"
+POOL_ID_TAG = "ec2spot:pool-id"
 TYPE_TAG = "ec2spot:type"
 # The EC2 calls that launch instances (the launcher may use either); fault rules on launches name both.
 LAUNCH_ACTIONS = ("RunInstances", "CreateFleet")
@@ -100,12 +101,26 @@ class PoolHarness:
         return result
 
     # -- EC2 -------------------------------------------------------------------------------------------------
-    def tagged_instances(self, states=("pending", "running", "stopping", "stopped", "shutting-down")) -> list[dict]:
-        """Every instance that carries this pool's tag, in the given states (default: all but terminated)."""
-        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=[
-            {"Name": f"tag:{POOL_TAG}", "Values": [self.pool_name]},
-            {"Name": "instance-state-name", "Values": list(states)},
-        ])
+    @property
+    def pool_id(self) -> str | None:
+        """The pool's id, as its state file said it when last seen (kept after terminate removed the file)."""
+        try:
+            state = self.state()
+        except ValueError:  # a test's corrupt pool file
+            state = None
+        if isinstance(state, dict) and state.get("pool_id"):
+            self._pool_id = state["pool_id"]
+        return getattr(self, "_pool_id", None)
+
+    def tagged_instances(self, states=("pending", "running", "stopping", "stopped", "shutting-down"),
+                         any_pool: bool = False) -> list[dict]:
+        """Every instance that carries this pool's tags (name, and id once known; with `any_pool`, the name only),
+        in the given states (default: all but terminated)."""
+        filters = [{"Name": f"tag:{POOL_TAG}", "Values": [self.pool_name]},
+                   {"Name": "instance-state-name", "Values": list(states)}]
+        if self.pool_id and not any_pool:
+            filters.append({"Name": f"tag:{POOL_ID_TAG}", "Values": [self.pool_id]})
+        pages = self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
         return [inst for page in pages for res in page["Reservations"] for inst in res["Instances"]]
 
     def instance(self, instance_id: str) -> dict:
@@ -140,6 +155,7 @@ def debug_msgs(run: Run) -> list[str]:
 def end_pool(harness: PoolHarness) -> list[str]:
     """Terminate the pool (which stops its refill job first); return what is still wrong after it, if anything."""
     problems = []
+    harness.pool_id  # pylint: disable=pointless-statement  # remember the id before terminate removes the file
     if harness.state_file.exists() or harness.tagged_instances(states=("pending", "running")):
         # Fallbacks are terminated too: a test must leave nothing running in the emulator for the next one.
         rc, result = harness.module("spot_pool_terminate", fallback_action="terminate")

@@ -10,8 +10,8 @@ import json
 import re
 import stat
 
-from tests.integration.conftest import (AMI, LAUNCH_ACTIONS, POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result,
-                                        wait_until)
+from tests.integration.conftest import (AMI, LAUNCH_ACTIONS, POOL_ID_TAG, POOL_TAG, TYPE_TAG, debug_msgs, tags_of,
+                                        task_result, wait_until)
 
 
 def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
@@ -70,8 +70,9 @@ def test_whole_cycle_init_get_release_terminate(pool, tmp_path):
     assert debug_msgs(run) == [f"no lease: none (nothing released from pool 'default': lease {lease_id} is not "
                                f"held any more (instance {instance_id} is not touched))"]
 
-    # An instance with the pool's tag that the file does not know (say, from a refill job killed mid-launch).
-    pool_tags = [{"Key": POOL_TAG, "Value": "default"}, {"Key": TYPE_TAG, "Value": "spot"}]
+    # An instance with the pool's tags that the file does not know (say, from a refill job killed mid-launch).
+    pool_tags = [{"Key": POOL_TAG, "Value": "default"}, {"Key": POOL_ID_TAG, "Value": pool.pool_id},
+                 {"Key": TYPE_TAG, "Value": "spot"}]
     orphan = pool.ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro",
                                     TagSpecifications=[{"ResourceType": "instance", "Tags": pool_tags}],
                                     )["Instances"][0]["InstanceId"]

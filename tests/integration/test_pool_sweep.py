@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from tests.integration.conftest import AMI, POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result, wait_until
+from tests.integration.conftest import (AMI, POOL_ID_TAG, POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result,
+                                        wait_until)
 from tests.integration.healing import assert_consistent, fleets, instance_ids_in, wait_refill_done
 
 ORPHAN_TAG = "ec2spot:orphan-since"
@@ -17,8 +18,9 @@ NOT_TERMINATED = ("pending", "running", "stopping", "stopped", "shutting-down")
 
 
 def _stray_instance(pool) -> str:
-    """An instance with the pool's tags that the pool does not know (a crashed launcher's, a hand-made one)."""
-    tags = [{"Key": POOL_TAG, "Value": pool.pool_name}, {"Key": TYPE_TAG, "Value": "spot"}]
+    """An instance with the pool's tags (name and id) that the pool does not know (a crashed launcher's)."""
+    tags = [{"Key": POOL_TAG, "Value": pool.pool_name}, {"Key": POOL_ID_TAG, "Value": pool.pool_id},
+            {"Key": TYPE_TAG, "Value": "spot"}]
     return pool.ec2.run_instances(ImageId=AMI, InstanceType="t3.micro", MinCount=1, MaxCount=1,
                                   TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
                                   )["Instances"][0]["InstanceId"]

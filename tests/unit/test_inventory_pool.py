@@ -24,12 +24,14 @@ def entry(instance_id, ip, private_ip, kind="spot", zone="us-east-1a", **extra):
                  "instance_type": "t3.micro", "launched_at": "2026-11-22T10:00:00Z"}, **extra)
 
 
-def write_pool(state_dir: Path, pool_name: str, instances=(), leases=()) -> Path:
+def write_pool(state_dir: Path, pool_name: str, instances=(), leases=(), pool_id=None) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = state_dir / f"{pool_name}.json"
     state = {"version": 1, "pool_name": pool_name, "target_size": 3, "launch": LAUNCH,
              "instances": list(instances), "leases": list(leases),
              "refill": {"pid": None, "started_at": None, "last_error": None}}
+    if pool_id:
+        state["pool_id"] = pool_id
     path.write_text(json.dumps(state))
     path.chmod(0o600)
     return path
@@ -178,10 +180,14 @@ def test_other_file_names_are_not_claimed(tmp_path, state_dir):
 
 # -- the tag path, against the moto server ------------------------------------------------------------------
 
-def launch(ec2, pool_name, kind, spot=False):
+POOL_ID = "0123456789abcdef"
+
+
+def launch(ec2, pool_name, kind, spot=False, pool_id=POOL_ID):
     params = dict(ImageId="ami-12345678", InstanceType="t3.micro", MinCount=1, MaxCount=1,
                   TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                      {"Key": "ec2spot:pool", "Value": pool_name}, {"Key": "ec2spot:type", "Value": kind}]}])
+                      {"Key": "ec2spot:pool", "Value": pool_name}, {"Key": "ec2spot:pool-id", "Value": pool_id},
+                      {"Key": "ec2spot:type", "Value": kind}]}])
     if spot:
         params["InstanceMarketOptions"] = {"MarketType": "spot"}
     return ec2.run_instances(**params)["Instances"][0]["InstanceId"]
@@ -197,15 +203,18 @@ def test_tags_add_unknown_instances_and_drop_dead_ones(tmp_path, state_dir, ec2,
     untracked = launch(ec2, "ci", "spot", spot=True)      # launched, but the state file never got it
     gone = launch(ec2, "ci", "spot", spot=True)
     other_pool = launch(ec2, "other", "spot", spot=True)
+    same_name = launch(ec2, "ci", "spot", spot=True, pool_id="f" * 16)  # another controller's pool named ci
     ec2.terminate_instances(InstanceIds=[gone])
     write_pool(state_dir, "ci",
                instances=[entry(spot, "stale-address", "stale-private"), entry(gone, "198.51.100.9", "10.0.0.9")],
-               leases=[entry(leased, "198.51.100.8", "10.0.0.8", kind="fallback", leased_at="2026-11-22T11:00:00Z")])
+               leases=[entry(leased, "198.51.100.8", "10.0.0.8", kind="fallback", leased_at="2026-11-22T11:00:00Z")],
+               pool_id=POOL_ID)
 
     data = listing(inventory(tmp_path, {"pool_name": "ci", "state_dir": str(state_dir), "use_tags": True}))
 
     assert group_hosts(data, "ec2spot_pool_ci") == {spot, leased, untracked}
     assert other_pool not in data["_meta"]["hostvars"] and gone not in data["_meta"]["hostvars"]
+    assert same_name not in data["_meta"]["hostvars"]
     assert group_hosts(data, "ec2spot_leased") == {leased}
     assert group_hosts(data, "ec2spot_ready") == {spot, untracked}
     assert group_hosts(data, "ec2spot_fallback") == {leased}

@@ -20,6 +20,8 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import validate_launch
 from tests.support.moto import AMI
 
+POOL_ID = "0123456789abcdef"
+
 
 @pytest.fixture
 def client(proxy_client):
@@ -47,7 +49,7 @@ def test_offerings_prefer_the_first_type_in_every_zone():
 
 def prepared(client, pool="ci", **overrides):
     spec = launch(**overrides)
-    spec["template"] = ensure_template(client, pool, spec)
+    spec["template"] = ensure_template(client, pool, POOL_ID, spec)
     return spec
 
 
@@ -168,15 +170,17 @@ def test_extra_spot_for_replacements_is_never_launched_on_demand(client, fault_p
 
 
 def test_the_pool_template_is_made_once_and_versioned_on_change(client):
-    first = ensure_template(client, "ci", launch())
+    first = ensure_template(client, "ci", POOL_ID, launch())
     assert first["owned"] and first["Version"] == "1"
-    assert ensure_template(client, "ci", dict(launch(), template=first)) == first
-    changed = ensure_template(client, "ci", dict(launch(key_name="other"), template=first))
+    assert ensure_template(client, "ci", POOL_ID, dict(launch(), template=first)) == first
+    changed = ensure_template(client, "ci", POOL_ID, dict(launch(key_name="other"), template=first))
     assert changed["LaunchTemplateId"] == first["LaunchTemplateId"] and changed["Version"] == "2"
     data = client.describe_launch_template_versions(LaunchTemplateId=first["LaunchTemplateId"],
                                                     Versions=["1"])["LaunchTemplateVersions"][0]["LaunchTemplateData"]
     assert data["ImageId"] == AMI and data["MetadataOptions"]["HttpTokens"] == "required"
-    user = ensure_template(client, "ci", {"launch_template": {"LaunchTemplateName": "theirs"}, "image_id": None})
+    client.create_launch_template(LaunchTemplateName="theirs", LaunchTemplateData={"ImageId": AMI})
+    user = ensure_template(client, "ci", POOL_ID,
+                           {"launch_template": {"LaunchTemplateName": "theirs"}, "image_id": None})
     assert user == {"LaunchTemplateName": "theirs", "Version": "$Default", "owned": False}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
@@ -116,6 +118,7 @@ def test_terminate_ends_everything_including_orphans_and_is_idempotent(pool, cli
     leased = ops.get_instance(pool, no_client, refill=False)["instance_id"]
     orphan = client.run_instances(ImageId=LAUNCH["image_id"], MinCount=1, MaxCount=1, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"},
+                                              {"Key": "ec2spot:pool-id", "Value": pool.read()["pool_id"]},
                                               {"Key": "ec2spot:type", "Value": "spot"}]}])["Instances"][0]["InstanceId"]
     planned = ops.terminate_pool(pool, client, check_mode=True)
     assert orphan in planned["orphans"] and pool.exists()
@@ -278,3 +281,166 @@ def test_init_refuses_a_launch_template_that_does_not_exist_before_writing(store
         ops.init_pool(store, client, 1, launch)
     assert not store.exists()
     assert client.describe_instances()["Reservations"] == []
+
+
+# -- issue 9 item 2: a pool's identity is its id, not its name ---------------------------------------------------
+def tags(client, instance_id):
+    found = client.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {tag["Key"]: tag["Value"] for tag in found.get("Tags", [])}
+
+
+def named_stray(client, pool_id=None):
+    """An instance tagged with the pool's name by someone else: another controller's pool, or an old one."""
+    extra = [{"Key": "ec2spot:pool-id", "Value": pool_id}] if pool_id else []
+    return client.run_instances(ImageId=LAUNCH["image_id"], MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"},
+                                              {"Key": "ec2spot:type", "Value": "spot"}] + extra}],
+    )["Instances"][0]["InstanceId"]
+
+
+def test_a_second_pool_of_a_live_name_is_refused_before_anything_is_written(pool, client, tmp_path):
+    pool_id = pool.read()["pool_id"]
+    other = PoolStore(str(tmp_path / "elsewhere" / "p.json"), "p")
+    before = states(client, [e["id"] for e in pool.read()["instances"]])
+    templates = client.describe_launch_templates()["LaunchTemplates"]
+    for check_mode in (True, False):
+        with pytest.raises(InvalidRequest) as caught:
+            ops.init_pool(other, client, 2, dict(LAUNCH), check_mode=check_mode)
+        message = caught.value.message
+        assert "pool name 'p' is already used" in message and "pool id %s (3 instances" % pool_id in message
+        assert "one store shared by the controllers" in message, message
+    assert not os.path.exists(other.path) and not os.path.exists(os.path.dirname(other.path))
+    assert client.describe_launch_templates()["LaunchTemplates"] == templates
+    everything = [i["InstanceId"] for r in client.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert sorted(everything) == sorted(before) and set(before.values()) == {"running"}
+
+
+def test_terminate_and_the_sweep_leave_another_pool_of_the_same_name_alone(pool, client, tmp_path):
+    pool_id = pool.read()["pool_id"]
+    theirs = named_stray(client, "f" * 16)
+    with pool.transaction() as tx:
+        tx.state["launch"]["orphan_grace_seconds"] = 0
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill  # pylint: disable=import-outside-toplevel
+
+    for _pass in range(2):  # mark, then terminate: if it were ours
+        result = refill.reconcile(pool, client)
+        assert result.orphans_marked == [] and result.orphans_terminated == []
+    assert "ec2spot:orphan-since" not in tags(client, theirs)
+    done = ops.terminate_pool(pool, client)
+    assert theirs not in done["terminated"] and len(done["terminated"]) == 3 and done["pool_id"] == pool_id
+    assert states(client, [theirs]) == {theirs: "running"}
+    client.terminate_instances(InstanceIds=[theirs])
+
+
+def test_a_pool_made_before_pool_ids_adopts_one_for_what_its_state_lists_only(pool, client):
+    listed = [e["id"] for e in pool.read()["instances"]]
+    client.delete_tags(Resources=listed, Tags=[{"Key": "ec2spot:pool-id"}])
+    with pool.transaction() as tx:  # as an older release wrote it
+        del tx.state["pool_id"]
+    stray = named_stray(client)  # another old controller's instance of the same name
+    again = ops.init_pool(pool, client, 3, dict(LAUNCH))
+    pool_id = pool.read()["pool_id"]
+    assert again["pool_id"] == pool_id and len(pool_id) == 16 and again["launched"] == []
+    assert all(tags(client, i)["ec2spot:pool-id"] == pool_id for i in listed)
+    assert "ec2spot:pool-id" not in tags(client, stray) and states(client, [stray]) == {stray: "running"}
+    done = ops.terminate_pool(pool, client)
+    assert sorted(done["terminated"]) == sorted(listed) and states(client, [stray]) == {stray: "running"}
+    client.terminate_instances(InstanceIds=[stray])
+
+
+def test_rebuild_of_a_lost_file_adopts_the_pool_id_from_the_tags_and_asks_when_there_are_several(pool, client):
+    old = pool.read()
+    os.unlink(pool.path)
+    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+    assert rebuilt["pool_id"] == old["pool_id"] and rebuilt["launched"] == []
+    assert sorted(e["id"] for e in pool.read()["instances"]) == sorted(e["id"] for e in old["instances"])
+
+    theirs = named_stray(client, "f" * 16)
+    os.unlink(pool.path)
+    with pytest.raises(InvalidRequest, match="several pools.*pool id %s \\(3 instances\\).*pool id f{16} \\(1 "
+                                             "instance\\).*pool_id=" % old["pool_id"]):
+        ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+    assert not pool.exists()
+    ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True, pool_id=old["pool_id"])
+    assert theirs not in [e["id"] for e in pool.read()["instances"]] and pool.read()["pool_id"] == old["pool_id"]
+    client.terminate_instances(InstanceIds=[theirs])
+
+
+# -- issue 9 item 8: the pool's launch template deleted outside the pool ------------------------------------------
+def test_a_deleted_pool_template_is_made_again_by_the_next_refill(pool, client):
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill  # pylint: disable=import-outside-toplevel
+
+    old = pool.read()["launch"]["template"]["LaunchTemplateId"]
+    client.delete_launch_template(LaunchTemplateId=old)
+    client.terminate_instances(InstanceIds=[pool.read()["instances"][0]["id"]])  # so the refill must launch
+    result = refill.reconcile(pool, client)
+    assert len(result.launched) == 1
+    template = pool.read()["launch"]["template"]
+    assert template["owned"] and template["LaunchTemplateId"] != old
+    [made] = client.describe_launch_templates(LaunchTemplateIds=[template["LaunchTemplateId"]])["LaunchTemplates"]
+    assert made["LaunchTemplateName"] == "ec2spot-p-%s" % pool.read()["pool_id"]
+
+
+def test_a_user_template_that_vanished_stops_the_refill_with_what_to_do(store, client):
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill  # pylint: disable=import-outside-toplevel
+
+    made = client.create_launch_template(LaunchTemplateName="theirs", LaunchTemplateData={"ImageId": LAUNCH["image_id"]})
+    spec = dict(LAUNCH, image_id=None, launch_template={"LaunchTemplateName": "theirs"})
+    ops.init_pool(store, client, 1, spec)
+    client.delete_launch_template(LaunchTemplateId=made["LaunchTemplate"]["LaunchTemplateId"])
+    client.terminate_instances(InstanceIds=[store.read()["instances"][0]["id"]])
+    assert refill.RefillJob(store, client, lambda event, **fields: None).run() == 1
+    error = store.read()["refill"]["last_error"]
+    assert "launch template theirs does not exist" in error and "spot_pool_init" in error, error
+
+
+# -- issue 9 item 9: stopped fallbacks are reused, and ended with the pool -----------------------------------------
+def test_a_stopped_fallback_is_started_again_before_an_on_demand_launch(tmp_path, fault_proxy, proxy_client):
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill  # pylint: disable=import-outside-toplevel
+
+    client = proxy_client
+    store = PoolStore(str(tmp_path / "state" / "p.json"), "p")
+    fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
+    ops.init_pool(store, client, 2, dict(LAUNCH))
+    first = ops.get_instance(store, no_client, refill=False)
+    ops.get_instance(store, no_client, refill=False)
+    client.create_tags(Resources=[first["instance_id"]], Tags=[{"Key": "ec2spot:leased-at", "Value": "x"}])
+    assert ops.release_instance(store, client, first["instance_id"], fallback_action="stop")["action"] == "stop"
+    refill.reconcile(store, client, launch=False)
+    kept = ops.pool_info(store)["kept_fallbacks"]
+    assert [k["id"] for k in kept] == [first["instance_id"]] and kept[0]["instance_type"] == "t3.micro"
+
+    on_demand_before = len(fault_proxy.offering_requests(market="on-demand"))
+    result = refill.reconcile(store, client)
+    assert result.reused == [first["instance_id"]] and len(result.launched) == 2
+    assert len(fault_proxy.offering_requests(market="on-demand")) == on_demand_before + 1  # one new, not two
+    assert states(client, [first["instance_id"]]) == {first["instance_id"]: "running"}
+    left = tags(client, first["instance_id"])
+    assert "ec2spot:released-at" not in left and "ec2spot:leased-at" not in left, left
+    assert first["instance_id"] in [e["id"] for e in store.read()["instances"]]
+    assert ops.pool_info(store)["kept_fallbacks"] == []
+    ops.terminate_pool(store, client)
+
+
+def test_terminate_with_defaults_ends_the_stopped_fallbacks_and_says_so(pool, client):
+    with pool.transaction() as tx:
+        tx.state["instances"][0]["type"] = "fallback"
+    fallback = ops.get_instance(pool, no_client, refill=False)["instance_id"]
+    ops.release_instance(pool, client, fallback, fallback_action="stop")
+    assert states(client, [fallback]) == {fallback: "stopped"}
+    done = ops.terminate_pool(pool, client)
+    assert fallback in done["terminated"] and done["kept_fallbacks"] == [fallback] and done["stopped"] == []
+    assert "1 stopped fallback kept for reuse terminated with the pool" in done["msg"]
+    assert states(client, [fallback]) == {fallback: "terminated"}
+
+
+def test_terminate_of_a_pool_made_before_pool_ids_ends_what_it_lists_and_names_the_rest(pool, client):
+    listed = [e["id"] for e in pool.read()["instances"]]
+    with pool.transaction() as tx:
+        del tx.state["pool_id"]
+    stray = named_stray(client)
+    done = ops.terminate_pool(pool, client)
+    assert sorted(done["terminated"]) == sorted(listed) and done["pool_id"] is None
+    assert stray in done["warnings"][0] and "left alone" in done["warnings"][0]
+    assert states(client, [stray]) == {stray: "running"}
+    client.terminate_instances(InstanceIds=[stray])

@@ -25,13 +25,21 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import ut
 from tests.support.moto import POOL_LAUNCH
 
 LAUNCH = POOL_LAUNCH
+POOL_ID = "0123456789abcdef"
+
+
+def pool_state(client, name, size, spec, pool_id=POOL_ID):
+    """A new pool's state, as init writes it: its id, and the template made for it."""
+    state = new_state(name, size, dict(spec, template=ensure_template(client, name, pool_id, spec)))
+    state["pool_id"] = pool_id
+    return state
 
 
 @pytest.fixture
 def store(tmp_path, client):
     store = PoolStore(str(tmp_path / "state" / "p.json"), "p")
     with store.transaction() as tx:
-        tx.state = new_state("p", 2, dict(LAUNCH, template=ensure_template(client, "p", LAUNCH)))
+        tx.state = pool_state(client, "p", 2, LAUNCH)
     return store
 
 
@@ -148,7 +156,7 @@ def test_an_error_that_retrying_cannot_fix_is_recorded_and_ends_the_job(tmp_path
     client = proxy_client
     store = PoolStore(str(tmp_path / "p.json"), "p")
     with store.transaction() as tx:
-        tx.state = new_state("p", 1, dict(LAUNCH, template=ensure_template(client, "p", LAUNCH)))
+        tx.state = pool_state(client, "p", 1, LAUNCH)
     fault_proxy.fail("CreateFleet", "UnauthorizedOperation")
     assert refill.RefillJob(store, client, lambda e, **f: None).run() == 1
     state = store.read()
@@ -212,7 +220,7 @@ def proxied(tmp_path, fault_proxy, proxy_client):
     store = PoolStore(str(tmp_path / "p.json"), "p")
     spec = dict(LAUNCH, availability_zones=["us-east-1a", "us-east-1b"], cooldown_seconds=1, orphan_grace_seconds=0)
     with store.transaction() as tx:
-        tx.state = new_state("p", 2, dict(spec, template=ensure_template(client, "p", spec)))
+        tx.state = pool_state(client, "p", 2, spec)
     return store, client, fault_proxy
 
 
@@ -264,7 +272,8 @@ def test_orphans_are_marked_then_terminated_and_leases_never_touched(proxied):
         tx.state["leases"].append(dict(tx.state["instances"].pop(0), leased_at="2026-01-01T00:00:00Z"))
     leased = store.read()["leases"][0]["id"]
     orphan = client.run_instances(ImageId=LAUNCH["image_id"], MinCount=1, MaxCount=1, TagSpecifications=[
-        {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"}]}])["Instances"][0]["InstanceId"]
+        {"ResourceType": "instance", "Tags": [{"Key": "ec2spot:pool", "Value": "p"},
+                                              {"Key": "ec2spot:pool-id", "Value": POOL_ID}]}])["Instances"][0]["InstanceId"]
     first = refill.reconcile(store, client)
     assert first.orphans_marked == [orphan] and first.orphans_terminated == []
     second = refill.reconcile(store, client)
@@ -299,7 +308,7 @@ def test_an_interruption_in_a_pool_without_zones_cools_down_the_offering_it_asks
     spec = dict(LAUNCH, availability_zones=[], instance_types=["t3.micro", "t3.small"])
     store = PoolStore(str(tmp_path / "z.json"), "z")
     with store.transaction() as tx:
-        tx.state = new_state("z", 1, dict(spec, template=ensure_template(client, "z", spec)))
+        tx.state = pool_state(client, "z", 1, spec)
     settle(store, client)
     victim = store.read()["instances"][0]
     client.terminate_instances(InstanceIds=[victim["id"]])

@@ -17,13 +17,17 @@ except ImportError:
 
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
 
+from . import identity
 from .errors import PoolError
 
-POOL_TAG = "ec2spot:pool"
-TYPE_TAG = "ec2spot:type"
+# The tags are defined with the rules that read them (identity.py); named here too for the callers of this module.
+POOL_TAG = identity.POOL_TAG
+POOL_ID_TAG = identity.POOL_ID_TAG
+TYPE_TAG = identity.TYPE_TAG
+RELEASED_TAG = identity.RELEASED_TAG  # a stopped fallback kept on purpose for reuse (fallback_action=stop)
+
 LEASED_TAG = "ec2spot:leased-at"  # set by the refill on leased instances, so a rebuild from tags knows them
 ORPHAN_TAG = "ec2spot:orphan-since"  # first mark of an instance in neither the pool nor a lease
-RELEASED_TAG = "ec2spot:released-at"  # a stopped fallback kept on purpose (fallback_action=stop)
 LIVE_STATES = ("pending", "running")
 # Capped: 4 retries with 1 s base delay, at most 15 s apart; botocore's own retries sit below this.
 _retry = AWSRetry.jittered_backoff(retries=4, delay=1, backoff=2.0, max_delay=15)
@@ -117,14 +121,6 @@ def find_launch_template(client, name):
     return templates[0] if templates else None
 
 
-@_ec2_call("DescribeLaunchTemplates")
-def describe_launch_template(client, template_id=None, name=None):
-    """A launch template by id or name; raises Ec2Error (InvalidLaunchTemplate...) when EC2 does not know it."""
-    params = {"LaunchTemplateIds": [template_id]} if template_id else {"LaunchTemplateNames": [name]}
-    templates = client.describe_launch_templates(**params)["LaunchTemplates"]
-    return templates[0] if templates else None
-
-
 @_ec2_call("DescribeAccountAttributes")
 def describe_account_attribute(client, name):
     """The values of one account attribute (e.g. max-instances), as strings."""
@@ -137,6 +133,30 @@ def describe_account_attribute(client, name):
 def get_service_quota(quotas_client, quota_code, service_code="ec2"):
     """The value of a Service Quotas quota (a Service Quotas client, not an EC2 one)."""
     return quotas_client.get_service_quota(ServiceCode=service_code, QuotaCode=quota_code)["Quota"]["Value"]
+
+
+def find_launch_template_by_id(client, template_id):
+    """The template, or None when EC2 no longer knows it (deleted outside the pool)."""
+    try:
+        templates = client.describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "").startswith(("InvalidLaunchTemplateId",
+                                                                     "InvalidLaunchTemplateName")):
+            return None
+        raise
+    return templates[0] if templates else None
+
+
+@_ec2_call("DescribeLaunchTemplates")
+def describe_pool_templates(client, pool_name):
+    """Launch templates tagged with the pool name, as {"id", "name", "tags"}."""
+    paginator = client.get_paginator("describe_launch_templates")
+    found = []
+    for page in paginator.paginate(Filters=[{"Name": "tag:" + POOL_TAG, "Values": [pool_name]}]):
+        for template in page["LaunchTemplates"]:
+            found.append({"id": template["LaunchTemplateId"], "name": template["LaunchTemplateName"],
+                          "tags": tag_dict(template.get("Tags"))})
+    return found
 
 
 @_ec2_call("DeleteLaunchTemplate")
@@ -152,6 +172,12 @@ def delete_launch_template(client, template_id):
 def create_tags(client, resource_ids, tags):
     if resource_ids:
         client.create_tags(Resources=list(resource_ids), Tags=tag_list(tags))
+
+
+@_ec2_call("DeleteTags")
+def delete_tags(client, resource_ids, keys):
+    if resource_ids:
+        client.delete_tags(Resources=list(resource_ids), Tags=[{"Key": key} for key in keys])
 
 
 @_ec2_call("DescribeInstances")
@@ -183,6 +209,13 @@ def terminate_instances(client, instance_ids):
     if not instance_ids:
         return []
     return client.terminate_instances(InstanceIds=list(instance_ids))["TerminatingInstances"]
+
+
+@_ec2_call("StartInstances")
+def start_instances(client, instance_ids):
+    if not instance_ids:
+        return []
+    return client.start_instances(InstanceIds=list(instance_ids))["StartingInstances"]
 
 
 @_ec2_call("StopInstances")
@@ -217,6 +250,7 @@ def instance_summary(instance):
         "public_ip": instance.get("PublicIpAddress"),
         "private_ip": instance.get("PrivateIpAddress"),
         "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
+        "subnet_id": instance.get("SubnetId"),
         "instance_type": instance.get("InstanceType"),
         "lifecycle": instance.get("InstanceLifecycle", "on-demand"),
         "launch_time": instance.get("LaunchTime"),

@@ -10,7 +10,9 @@ is remembered (Cooldowns, kept in the state file): a capacity error cools down t
 subnet cools down the subnet, an account limit turns Spot off. Throttling never reaches this module: ec2.py
 retries it with a capped, jittered backoff. Anything else (authorisation, validation) is raised.
 
-Fleets need a launch template: the user's, or one the pool owns (`ec2spot-<pool>`), made from `image_id` & co.
+Fleets need a launch template: the user's, or one the pool owns (`ec2spot-<pool>-<pool id>`), made from
+`image_id` & co. Before an On-Demand fleet, stopped fallbacks that this pool kept for reuse are started instead
+(faster than a launch, and they would cost storage for nothing otherwise).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import uuid
 
 from . import ec2
+from . import identity
 from .errors import InvalidRequest
 from .errors import LaunchError
 from .state import isoformat
@@ -126,6 +129,7 @@ class LaunchResult:
     def __init__(self):
         self.entries = []
         self.errors = []  # {"market", "instance_type", "zone", "subnet_id", "code", "message"}
+        self.reused = []  # stopped fallbacks started again instead of an On-Demand launch
 
     @property
     def ids(self):
@@ -135,13 +139,13 @@ class LaunchResult:
         return {e["code"] for e in self.errors if market is None or e["market"] == market}
 
 
-def template_data(pool_name, launch):
+def template_data(pool_name, pool_id, launch):
     """LaunchTemplateData for a pool-owned template made from init's options."""
+    volume_tags = dict(launch.get("tags") or {}, **{ec2.POOL_TAG: pool_name, ec2.POOL_ID_TAG: pool_id})
     data = {"ImageId": launch["image_id"],
             # IMDSv2 only: the drain worker on the instance reads Spot notices with session tokens.
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-            "TagSpecifications": [{"ResourceType": "volume",
-                                   "Tags": ec2.tag_list(dict(launch.get("tags") or {}, **{ec2.POOL_TAG: pool_name}))}]}
+            "TagSpecifications": [{"ResourceType": "volume", "Tags": ec2.tag_list(volume_tags)}]}
     if launch.get("security_group_ids"):
         data["SecurityGroupIds"] = list(launch["security_group_ids"])
     if launch.get("key_name"):
@@ -154,27 +158,49 @@ def template_data(pool_name, launch):
     return data
 
 
-def ensure_template(client, pool_name, launch):
+def user_template_exists(client, spec):
+    if spec.get("LaunchTemplateId"):
+        return ec2.find_launch_template_by_id(client, spec["LaunchTemplateId"]) is not None
+    return ec2.find_launch_template(client, spec.get("LaunchTemplateName")) is not None
+
+
+def ensure_template(client, pool_name, pool_id, launch):
     """The launch template fleets launch from: {"LaunchTemplateId"|"LaunchTemplateName", "Version", "owned"}.
 
-    A user's launch template is used as given. From `image_id` and the other options, the pool makes its own
-    template `ec2spot-<pool>` once, and a new version of it when those options change (`launch["template"]`
-    holds what was used last); terminate_pool deletes it."""
+    A user's launch template is used as given, once EC2 confirms it exists. From `image_id` and the other
+    options, the pool makes its own template `ec2spot-<pool>-<pool id>` (tagged with the pool's name and id),
+    and a new version of it when those options change (`launch["template"]` holds what was used last); if that
+    template was deleted outside the pool, it is made again. terminate_pool deletes it."""
     if launch.get("launch_template") and not launch.get("image_id"):
         spec = dict(launch["launch_template"])
         spec.setdefault("Version", "$Default")
+        if not user_template_exists(client, spec):
+            raise InvalidRequest(
+                "launch template %s does not exist (any more) in this region: create it again, or run "
+                "ec2spot.pool.spot_pool_init for pool '%s' with an existing launch_template (or image_id)"
+                % (spec.get("LaunchTemplateId") or spec.get("LaunchTemplateName"), pool_name),
+                error_code="InvalidLaunchTemplateId.NotFound")
         return dict(spec, owned=False)
     if not launch.get("image_id"):
         raise InvalidRequest("one of image_id and launch_template is required")
-    data = template_data(pool_name, launch)
+    if not pool_id:
+        raise InvalidRequest("pool '%s' has no pool id: its template cannot be named" % pool_name)
+    data = template_data(pool_name, pool_id, launch)
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-    name = "ec2spot-%s" % pool_name
-    existing = ec2.find_launch_template(client, name)
+    previous = launch.get("template") or {}
+    existing = None
+    if previous.get("owned") and previous.get("LaunchTemplateId"):
+        # By id: the template the pool recorded (a pool made before pool ids has one without the id in its name).
+        existing = ec2.find_launch_template_by_id(client, previous["LaunchTemplateId"])
     if existing is None:
-        created = ec2.create_launch_template(client, name, data, {ec2.POOL_TAG: pool_name, "ec2spot:spec": digest})
+        # By this pool's own name: made by a run that crashed before recording it. No other pool has this name.
+        existing = ec2.find_launch_template(client, identity.template_name(pool_name, pool_id))
+    if existing is None:
+        created = ec2.create_launch_template(client, identity.template_name(pool_name, pool_id), data,
+                                             {ec2.POOL_TAG: pool_name, ec2.POOL_ID_TAG: pool_id,
+                                              "ec2spot:spec": digest})
         return {"LaunchTemplateId": created["LaunchTemplateId"], "Version": str(created["LatestVersionNumber"]),
                 "owned": True, "spec": digest}
-    previous = launch.get("template") or {}
     if previous.get("LaunchTemplateId") == existing["LaunchTemplateId"] and previous.get("spec") == digest:
         return previous
     version = ec2.create_launch_template_version(client, existing["LaunchTemplateId"], data)
@@ -185,9 +211,12 @@ def ensure_template(client, pool_name, launch):
 class Launcher:
     """Launches pool instances for one pool's launch specification (the state file's `launch`)."""
 
-    def __init__(self, client, pool_name, launch, cooldowns=None, before_call=None):
+    def __init__(self, client, pool_name, launch, cooldowns=None, before_call=None, pool_id=None, reusable=None):
         self.client = client
         self.pool_name = pool_name
+        self.pool_id = pool_id
+        # Stopped fallbacks of this pool to start before launching On-Demand (identity.reusable_fallbacks).
+        self.reusable = list(reusable or [])
         self.launch = launch
         self.cooldowns = cooldowns or Cooldowns()
         self.cooldown_seconds = launch.get("cooldown_seconds", DEFAULT_COOLDOWN_SECONDS)
@@ -216,8 +245,9 @@ class Launcher:
         # An interruption counts as the capacity error it is: that offering's Spot pool is being reclaimed.
         spot_failed = bool(failures & self.fallback_on) or INTERRUPTED in failures
         if remaining and self.launch.get("fallback", True) and spot_failed:
+            remaining -= self.reuse_stopped(remaining, result)
             on_demand = [o for o in offerings(self.launch, ON_DEMAND) if not self.cooldowns.blocks(o)]
-            if on_demand:
+            if on_demand and remaining:
                 self._fleet(ON_DEMAND, remaining, on_demand, result)
         if not result.entries and count > 0 and result.errors:
             raise LaunchError(
@@ -233,6 +263,8 @@ class Launcher:
         tags = dict(self.launch.get("tags") or {})
         tags.setdefault("Name", "ec2spot-%s" % self.pool_name)
         tags[ec2.POOL_TAG] = self.pool_name
+        if self.pool_id:
+            tags[ec2.POOL_ID_TAG] = self.pool_id
         tags[ec2.TYPE_TAG] = kind
         template = {key: value for key, value in (self.launch.get("template") or {}).items()
                     if key in ("LaunchTemplateId", "LaunchTemplateName", "Version")}
@@ -254,6 +286,47 @@ class Launcher:
             request["TargetCapacitySpecification"]["OnDemandTargetCapacity"] = count
             request["OnDemandOptions"] = {"AllocationStrategy": "prioritized"}  # the user's order of types
         return request
+
+    def _reuse_offering(self, item):
+        """The On-Demand offering a stopped fallback stands for, as the pool names its offerings."""
+        if self.launch.get("subnet_ids"):
+            return Offering(ON_DEMAND, item["instance_type"], subnet_id=item.get("subnet_id"))
+        if self.launch.get("availability_zones"):
+            return Offering(ON_DEMAND, item["instance_type"], zone=item.get("availability_zone"))
+        return Offering(ON_DEMAND, item["instance_type"])
+
+    def reuse_stopped(self, count, result):
+        """Start up to `count` stopped fallbacks kept for reuse; returns how many. Their keep/lease marks go first:
+        a start that then fails leaves a stopped instance in no pool, which the orphan sweep ends, whereas a
+        started one still marked as kept would run unseen."""
+        chosen = []
+        for item in self.reusable:
+            if len(chosen) == count:
+                break
+            offering = self._reuse_offering(item)
+            if not self.cooldowns.blocks(offering):
+                chosen.append((item, offering))
+        if not chosen:
+            return 0
+        ids = [item["id"] for item, _offering in chosen]
+        self.reusable = [item for item in self.reusable if item["id"] not in ids]
+        ec2.delete_tags(self.client, ids, (ec2.RELEASED_TAG, ec2.LEASED_TAG, ec2.ORPHAN_TAG))
+        try:
+            ec2.start_instances(self.client, ids)
+        except ec2.Ec2Error as exc:
+            if not exc.refused:
+                raise
+            # Capacity or state errors: keep them for a later try, launch On-Demand instead now.
+            ec2.create_tags(self.client, ids, {ec2.RELEASED_TAG: isoformat(utcnow())})
+            result.errors.append(dict(chosen[0][1].as_dict(), code=exc.code, message=exc.message))
+            return 0
+        for item, offering in chosen:
+            entry = entry_for(item["id"], offering)
+            entry["availability_zone"] = item.get("availability_zone")
+            entry["subnet_id"] = item.get("subnet_id")
+            result.entries.append(entry)
+            result.reused.append(item["id"])
+        return len(chosen)
 
     def _fleet(self, market, count, offers, result):
         request = self.fleet_request(market, count, offers)
@@ -325,19 +398,14 @@ def validate_launch(client, launch):
         raise InvalidRequest("allocation_strategy must be one of %s" % ", ".join(ALLOCATION_STRATEGIES))
     template = launch.get("launch_template")
     if template and not launch.get("image_id"):
-        template_id, name = template.get("LaunchTemplateId"), template.get("LaunchTemplateName")
-        if not (template_id or name):
+        if not (template.get("LaunchTemplateId") or template.get("LaunchTemplateName")):
             raise InvalidRequest("launch_template needs an id or a name")
-        try:
-            found, code = ec2.describe_launch_template(client, template_id, name), "not found"
-        except ec2.Ec2Error as exc:
-            if not exc.code.startswith("InvalidLaunchTemplate"):
-                raise
-            found, code = None, exc.code
-        if found is None:  # EC2 answers an unknown name with an error, an unknown id with an empty list
-            raise InvalidRequest("launch_template %s does not exist in region %s (%s); create it first, or give "
-                                 "image_id instead" % (template_id or name, launch.get("region") or "?", code),
-                                 error_code=code)
+        if not user_template_exists(client, template):
+            raise InvalidRequest("launch_template %s does not exist in region %s; create it first, or give "
+                                 "image_id instead"
+                                 % (template.get("LaunchTemplateId") or template.get("LaunchTemplateName"),
+                                    launch.get("region") or "?"),
+                                 error_code="InvalidLaunchTemplateId.NotFound")
     if launch.get("availability_zones"):
         known = {zone["ZoneName"]: zone for zone in ec2.describe_availability_zones(client)}
         unknown = [zone for zone in launch["availability_zones"] if zone not in known]

@@ -96,16 +96,18 @@ def _pool_view(state):
 
 
 # -- init -------------------------------------------------------------------------------------------------
-def _rebuild_from_tags(client, store, size, launch, previous):
-    """A state made from what EC2 knows by the pool tag: idle instances, and leases (the refill tags leased
+def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
+    """A state made from what EC2 knows by the pool's id: idle instances, and leases (the refill tags leased
     instances with ec2spot:leased-at). Leases the old file still knows are kept as they were."""
     from . import ec2  # pylint: disable=import-outside-toplevel
+    from . import identity  # pylint: disable=import-outside-toplevel
 
     state = new_state(store.pool_name, size, launch)
+    state["pool_id"] = pool_id
     old_leases = {lease["id"]: lease for lease in (previous or {}).get("leases", [])}
-    for item in ec2.describe_pool_instances(client, store.pool_name, states=("pending", "running")):
-        info = ec2.instance_summary(item)
-        if ec2.RELEASED_TAG in info["tags"]:
+    listed = [entry["id"] for entry in (previous or {}).get("instances", [])] + list(old_leases)
+    for info in identity.mine(named, store.pool_name, pool_id, listed):
+        if ec2.RELEASED_TAG in info["tags"] or info["state"] not in ("pending", "running"):
             continue
         running = info["state"] == "running"
         entry = {"id": info["id"], "ip": (info["public_ip"] or info["private_ip"]) if running else None,
@@ -122,19 +124,74 @@ def _rebuild_from_tags(client, store, size, launch, previous):
     return state
 
 
+def _pool_id_from_tags(pool_name, named, requested):
+    """The id a rebuild adopts: the one asked for, else the only one tagged with the name (None: no pool of
+    this name has instances; the rebuild then makes a new pool)."""
+    from . import identity  # pylint: disable=import-outside-toplevel
+
+    if requested:
+        return requested
+    found = {key: number for key, number in identity.pool_ids_in_tags(named, pool_name).items() if key}
+    if len(found) > 1:
+        raise InvalidRequest(
+            "instances of several pools are tagged with the name '%s': %s. Say which pool to rebuild with "
+            "pool_id=<id> (spot_pool_info of each controller's pool shows its pool_id)"
+            % (pool_name, ", ".join("pool id %s (%d instance%s)" % (key, number, "" if number == 1 else "s")
+                                    for key, number in sorted(found.items()))),
+            pool_ids=sorted(found))
+    return next(iter(found), None)
+
+
+def _identify(store, client, existing, rebuild, requested, region):
+    """The pool id init works with, and what EC2 knows by the pool's name (None unless it was asked).
+
+    A new pool (no state file, or a rebuild that finds no pool of its name) gets a new id, once EC2 shows no
+    other live pool of that name: two pools of one name, each with its own controller, were the way one
+    controller ended the other's instances. The check reads only; it runs before anything is written."""
+    from . import ec2  # pylint: disable=import-outside-toplevel
+    from . import identity  # pylint: disable=import-outside-toplevel
+
+    if requested and not identity.valid_pool_id(requested):
+        raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
+                             % (requested,))
+    known = (existing or {}).get("pool_id")
+    if requested and known and requested != known:
+        raise InvalidRequest("pool_id %s does not match the pool id %s in %s; leave pool_id out, or use the "
+                             "state file of pool %s" % (requested, known, store.path, requested))
+    if existing is not None and not rebuild:
+        return known, None
+    named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
+    pool_id = requested
+    if rebuild:
+        pool_id = known or _pool_id_from_tags(store.pool_name, named, requested)
+    if pool_id is None or not any(identity.is_member(item["tags"], store.pool_name, pool_id) for item in named):
+        # A pool that EC2 does not know yet: its name must be free.
+        pool_id = pool_id or identity.new_pool_id()
+        listed = [entry["id"] for entry in (existing or {}).get("instances", []) + (existing or {}).get("leases", [])]
+        others = identity.other_pools(named, ec2.describe_pool_templates(client, store.pool_name), store.pool_name,
+                                      pool_id, listed)
+        if others:
+            raise InvalidRequest(identity.collision_message(store.pool_name, region, others),
+                                 other_pools={key or "none": value for key, value in others.items()})
+    return pool_id, named
+
+
 def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mode=False, refill_env=None,
-              rebuild=False, sleep=time.sleep, clock=time.monotonic, max_size=DEFAULT_MAX_SIZE, quotas_client=None):
+              rebuild=False, sleep=time.sleep, clock=time.monotonic, max_size=DEFAULT_MAX_SIZE, quotas_client=None,
+              pool_id=None):
     """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
 
     With `rebuild`, a lost or corrupt state file is made again from the pool's tags (a corrupt one is first
-    moved aside to `<file>.corrupt-<time>`, never overwritten). Before anything is written or launched, the
-    options are checked, and what would be launched against the account's limits (`quotas_client`: a Service
-    Quotas client, for the vCPU quotas)."""
+    moved aside to `<file>.corrupt-<time>`, never overwritten): the instances of its pool id, which the old
+    file, `pool_id`, or the only pool id tagged with the pool's name gives. Before anything is written or
+    launched, the options are checked, and what would be launched against the account's limits
+    (`quotas_client`: a Service Quotas client, for the vCPU quotas)."""
     # pylint: disable=import-outside-toplevel
     # The launcher pulls in boto3; get must not import this path.
     from .launcher import account_limit_problem
     from .launcher import ensure_template
     from .launcher import validate_launch
+    from .refill import adopt_pool_id
     from .refill import reconcile
 
     check_init_request(size, launch, wait_timeout, max_size)
@@ -151,14 +208,19 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
     problem = account_limit_problem(client, quotas_client, launch, size - have, warnings.append)
     if problem:
         raise InvalidRequest("pool '%s': %s" % (store.pool_name, problem), warnings=warnings)
+    pool_id, named = _identify(store, client, existing, rebuild, pool_id, launch.get("region"))
     old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
     spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
     if check_mode:
         return {"changed": spec_changed or have != size, "launched": [], "terminated": [],
                 "would_launch": max(0, size - have), "pool": _pool_view(existing), "counts": counts(existing),
-                "warnings": warnings}
+                "warnings": warnings, "pool_id": pool_id}
 
-    launch = dict(launch, template=ensure_template(client, store.pool_name,
+    if existing is not None and not existing.get("pool_id"):
+        # A pool made before pool ids: it adopts one now (see adopt_pool_id), before its template is named.
+        existing = adopt_pool_id(store, client, existing, pool_id)
+        pool_id = existing["pool_id"]
+    launch = dict(launch, template=ensure_template(client, store.pool_name, pool_id,
                                                    dict(launch, template=(existing or {}).get("launch", {})
                                                         .get("template"))))
     lock = jobcontrol.stop_refill(store) if corrupt is None else None
@@ -169,9 +231,10 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
             lock = jobcontrol.stop_refill(store)
         with store.transaction() as tx:
             if rebuild:
-                tx.state = _rebuild_from_tags(client, store, size, launch, tx.state)
+                tx.state = _rebuild_from_tags(named, store, size, launch, tx.state, pool_id)
             elif tx.state is None:
                 tx.state = new_state(store.pool_name, size, launch)
+                tx.state["pool_id"] = pool_id
             else:
                 tx.state["target_size"] = size
                 tx.state["launch"] = launch
@@ -200,7 +263,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
         # Addresses still to fill in (wait=false), or fallbacks to replace by Spot: the job goes on in the background.
         jobcontrol.start_refill(store, refill_env)
     result = {"changed": bool(spec_changed or launched or dropped or retired), "launched": launched,
-              "terminated": retired, "pool": _pool_view(state), "counts": pool_counts,
+              "terminated": retired, "pool": _pool_view(state), "counts": pool_counts, "pool_id": state.get("pool_id"),
               "cooldowns": state.get("cooldowns", []), "warnings": warnings}
     if corrupt is not None:
         result["moved_aside"] = aside
@@ -398,22 +461,81 @@ def release_instance(store, client, instance_id=None, fallback_action="stop", ch
 
 
 # -- terminate --------------------------------------------------------------------------------------------
-def _classify(state, tagged):
-    """id -> 'spot' | 'fallback' for every instance of the pool: in the file, leased, or only tagged."""
+def select_for_terminate(state, named, pool_name, pool_id, fallback_action="terminate", include_orphans=True):
+    """What terminate ends, from the state (or None) and the instances tagged with the pool's name (summaries).
+
+    Only this pool's instances: those its state lists, and those tagged with its id (orphans, with
+    `include_orphans`; and the stopped fallbacks it kept for reuse, always: no pool is left to reuse them).
+    With fallback_action=stop, fallbacks are stopped (kept ones stay stopped) instead of terminated.
+    Returns (to_terminate, to_stop, orphans, kept) as sorted id lists."""
+    from . import identity  # pylint: disable=import-outside-toplevel
+
     kinds = {}
     for entry in (state["instances"] + state["leases"]) if state else []:
         kinds[entry["id"]] = entry.get("type") or "spot"
-    orphans = []
-    for item in tagged:
-        if item["id"] not in kinds:
+    listed = set(kinds)
+    live = {}
+    orphans, kept = [], []
+    for item in identity.mine(named, pool_name, pool_id, listed):
+        live[item["id"]] = item["state"]
+        if item["id"] in listed or item["state"] in ("shutting-down", "terminated"):
+            continue
+        if identity.RELEASED_TAG in item["tags"]:
+            kept.append(item["id"])
+        elif include_orphans:
             orphans.append(item["id"])
-            kinds[item["id"]] = item["tags"].get("ec2spot:type", "spot")
-    return kinds, orphans
+        else:
+            continue
+        kinds[item["id"]] = item["tags"].get(identity.TYPE_TAG, "spot")
+    to_terminate, to_stop = [], []
+    for instance_id, kind in sorted(kinds.items()):
+        where = live.get(instance_id, "running")
+        if where in ("shutting-down", "terminated"):
+            continue
+        if kind == "fallback" and fallback_action == "stop":
+            if where in ("pending", "running"):
+                to_stop.append(instance_id)
+        else:
+            to_terminate.append(instance_id)
+    return to_terminate, to_stop, sorted(orphans), sorted(kept)
 
 
-def terminate_pool(store, client, fallback_action="stop", include_orphans=True, check_mode=False):
-    """End the pool: stop its refill job, terminate Spot, stop (or terminate) fallbacks, clear the state."""
+def _terminate_pool_id(store, state, named, requested, warnings):
+    """The id whose instances terminate ends: the state's; without a readable state, `pool_id` or the only id
+    tagged with the pool's name."""
+    from . import identity  # pylint: disable=import-outside-toplevel
+
+    if requested and not identity.valid_pool_id(requested):
+        raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
+                             % (requested,))
+    known = (state or {}).get("pool_id")
+    if known:
+        if requested and requested != known:
+            raise InvalidRequest("pool_id %s does not match the pool id %s in %s" % (requested, known, store.path))
+        return known
+    if state is not None:
+        # A pool made before pool ids that no refill has run for since: only what its state lists is its own.
+        listed = {entry["id"] for entry in state["instances"] + state["leases"]}
+        unknown = sorted(item["id"] for item in named if item["id"] not in listed
+                         and not item["tags"].get(identity.POOL_ID_TAG) and item["state"] in identity.LIVE_OR_KEPT)
+        if unknown:
+            warnings.append("instances tagged with the name '%s' but with no pool id were left alone, as this pool "
+                            "(made before pool ids) does not list them and they may be another controller's: %s"
+                            % (store.pool_name, ", ".join(unknown)))
+        return requested
+    pool_id = _pool_id_from_tags(store.pool_name, named, requested)
+    if pool_id and not requested:
+        warnings.append("pool '%s' has no state file to say its pool id; ended the instances of pool id %s, the only "
+                        "pool of this name in EC2" % (store.pool_name, pool_id))
+    return pool_id
+
+
+def terminate_pool(store, client, fallback_action="terminate", include_orphans=True, check_mode=False,
+                   pool_id=None):
+    """End the pool: stop its refill job, terminate its instances (fallbacks stopped instead with
+    fallback_action=stop), the stopped fallbacks it kept for reuse, and its own launch template; clear the state."""
     from . import ec2  # pylint: disable=import-outside-toplevel
+    from . import identity  # pylint: disable=import-outside-toplevel
 
     warnings = []
     corrupt = None
@@ -424,36 +546,33 @@ def terminate_pool(store, client, fallback_action="stop", include_orphans=True, 
         warnings.append("%s The instances were found by their tag instead; the file was left in place." % exc.message)
 
     def plan(current):
-        tagged = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)] \
-            if include_orphans or current is None else []
-        live = {item["id"]: item["state"] for item in tagged}
-        kinds, orphans = _classify(current, tagged)
-        to_terminate, to_stop = [], []
-        for instance_id, kind in sorted(kinds.items()):
-            if kind == "fallback" and fallback_action == "stop":
-                if live.get(instance_id, "running") in ("pending", "running"):
-                    to_stop.append(instance_id)
-            elif live.get(instance_id, "running") != "terminated":
-                to_terminate.append(instance_id)
-        return to_terminate, to_stop, orphans
+        named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
+        chosen = _terminate_pool_id(store, current, named, pool_id, warnings)
+        return (chosen,) + select_for_terminate(current, named, store.pool_name, chosen, fallback_action,
+                                                include_orphans)
+
+    def result(chosen, to_terminate, to_stop, orphans, kept):
+        msg = "pool '%s' ended: %d terminated, %d stopped" % (store.pool_name, len(to_terminate), len(to_stop))
+        if kept:
+            msg += "; %d stopped fallback%s kept for reuse %s" % (
+                len(kept), "" if len(kept) == 1 else "s",
+                "terminated with the pool" if fallback_action == "terminate" else "left stopped (fallback_action=stop)")
+        return {"changed": bool(to_terminate or to_stop or state), "terminated": to_terminate, "stopped": to_stop,
+                "orphans": orphans, "kept_fallbacks": kept, "pool_id": chosen, "msg": msg, "warnings": warnings}
 
     if check_mode:
-        to_terminate, to_stop, orphans = plan(state)
-        return {"changed": bool(to_terminate or to_stop or state), "terminated": to_terminate, "stopped": to_stop,
-                "orphans": orphans, "warnings": warnings}
+        return result(*plan(state))
     lock = jobcontrol.stop_refill(store) if corrupt is None else None
     try:
         state = store.read() if corrupt is None else None  # the job may have added instances before it stopped
-        to_terminate, to_stop, orphans = plan(state)
+        chosen, to_terminate, to_stop, orphans, kept = plan(state)
         try:
             ec2.terminate_instances(client, to_terminate)
             ec2.stop_instances(client, to_stop)
         except ec2.Ec2Error as exc:
             if exc.code != "InvalidInstanceID.NotFound":
                 raise
-        template = ((state or {}).get("launch") or {}).get("template") or {}
-        if template.get("owned"):
-            ec2.delete_launch_template(client, template["LaunchTemplateId"])
+        _delete_own_template(client, store.pool_name, chosen, state, warnings)
         if corrupt is None:
             with store.transaction() as tx:
                 if tx.state is not None:
@@ -461,8 +580,29 @@ def terminate_pool(store, client, fallback_action="stop", include_orphans=True, 
     finally:
         if lock is not None:
             lock.release()
-    return {"changed": bool(to_terminate or to_stop or state), "terminated": to_terminate, "stopped": to_stop,
-            "orphans": orphans, "warnings": warnings}
+    return result(chosen, to_terminate, to_stop, orphans, kept)
+
+
+def _delete_own_template(client, pool_name, pool_id, state, warnings):
+    """Delete the launch template the pool made: the one its state records, or the one named after its id. Never
+    a template that carries another pool's id (a pool made before pool ids could have recorded another's)."""
+    from . import ec2  # pylint: disable=import-outside-toplevel
+    from . import identity  # pylint: disable=import-outside-toplevel
+
+    template = ((state or {}).get("launch") or {}).get("template") or {}
+    found = None
+    if template.get("owned") and template.get("LaunchTemplateId"):
+        found = ec2.find_launch_template_by_id(client, template["LaunchTemplateId"])
+    if found is None and pool_id:
+        found = ec2.find_launch_template(client, identity.template_name(pool_name, pool_id))
+    if found is None:
+        return
+    owner = ec2.tag_dict(found.get("Tags")).get(identity.POOL_ID_TAG)
+    if owner is not None and owner != pool_id:
+        warnings.append("launch template %s belongs to pool id %s, not to this pool (%s): left in place"
+                        % (found["LaunchTemplateName"], owner, pool_id))
+        return
+    ec2.delete_launch_template(client, found["LaunchTemplateId"])
 
 
 # -- info -------------------------------------------------------------------------------------------------
@@ -474,12 +614,15 @@ def pool_info(store, make_client=None, verify=False):
         "changed": False,
         "exists": state is not None,
         "path": store.path,
+        "pool_id": (state or {}).get("pool_id"),
         "target_size": state["target_size"] if state else 0,
         "launch": state["launch"] if state else {},
         "pool": (state or {}).get("instances", []),
         "leases": (state or {}).get("leases", []),
         "counts": counts(state),
         "refill": jobcontrol.refill_status(store, state),
+        # Stopped fallbacks the pool keeps to start again before it launches On-Demand (as of the last refill pass).
+        "kept_fallbacks": (state or {}).get("kept_fallbacks", []),
         "cooldowns": [c for c in (state or {}).get("cooldowns", []) if (parse_time(c.get("until")) or now) > now],
         "pending_launches": [p["token"] for p in (state or {}).get("pending_launches", [])],
     }

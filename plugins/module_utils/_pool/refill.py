@@ -4,16 +4,19 @@
 """Keeping a pool whole: the reconcile pass, and the detached refill job that repeats it.
 
 One pass (`reconcile`), in order:
+0. a pool made before pool ids adopts one (adopt_pool_id);
 1. replays fleet requests whose answer never reached the state file (a crash between CreateFleet and the write):
    same ClientToken, so EC2 answers with the instances it launched then instead of launching again;
-2. one DescribeInstances by the pool tag: every idle entry, lease and stray instance of the pool at once;
+2. one DescribeInstances by the pool tag: every idle entry, lease and stray instance of the pool at once; only
+   what carries the pool's id (or is listed in its state) is the pool's: another pool of the same name is not;
 3. drops entries whose instance is gone; an idle Spot entry that died without us ending it was interrupted, and
    its offering cools down like one that had no capacity;
 4. ends leases past their `expires_at`, so a CI job that died before its release step leaks nothing;
 5. marks instances with the pool tag that are in neither the pool nor a lease, and terminates them on a later
    pass once the mark is older than the orphan grace (never a leased or just-launched one);
-6. launches what is missing (Spot, then On-Demand for what the `fallback_on` errors left), plus Spot instances
-   to replace idle fallbacks; the locks are not held meanwhile, so `get` never waits on EC2;
+6. launches what is missing (Spot, then, for what the `fallback_on` errors left, the pool's stopped fallbacks
+   started again, then On-Demand), plus Spot instances to replace idle fallbacks, from the pool's launch template
+   (made again if it was deleted outside the pool); the locks are not held meanwhile, so `get` never waits on EC2;
 7. under the lock: applies all of it to the current state (a `get` may have leased an entry meanwhile), and
    retires the surplus: fallbacks first, once the Spot instances that replace them are ready.
 `spot_pool_init` runs the same passes in its own process; `spot_pool_get` starts the detached job (jobcontrol.py).
@@ -34,6 +37,7 @@ import threading
 import time
 
 from . import ec2
+from . import identity
 from .errors import LaunchError
 from .errors import PoolError
 from .jobcontrol import log_path
@@ -46,6 +50,7 @@ from .launcher import SUBNET_ERRORS
 from .launcher import Cooldowns
 from .launcher import Launcher
 from .launcher import LaunchResult
+from .launcher import ensure_template
 from .state import PoolStore
 from .state import counts
 from .state import isoformat
@@ -72,6 +77,7 @@ class PoolGone(PoolError):
 class ReconcileResult:
     def __init__(self):
         self.launched = []
+        self.reused = []  # stopped fallbacks started again (also in `launched`)
         self.replayed = []
         self.dropped = []
         self.interrupted = []
@@ -153,6 +159,22 @@ def _surplus(instances, target):
     return retire
 
 
+def _kept_fallbacks(tagged, pool_name, pool_id, reused, ended, fallback_action, now):
+    """The stopped fallbacks this pool keeps for reuse, as `spot_pool_info` shows them: those EC2 listed with
+    the keep mark, less those started again in this pass, plus the fallbacks this pass stops."""
+    kept = {item["id"]: {"id": item["id"], "instance_type": item.get("instance_type"),
+                         "availability_zone": item.get("availability_zone"),
+                         "released_at": item["tags"].get(ec2.RELEASED_TAG)}
+            for item in identity.kept_fallbacks(tagged.values(), pool_name, pool_id) if item["id"] not in reused}
+    if fallback_action == "stop":
+        for entry in ended:
+            if entry.get("type") == "fallback":
+                kept[entry["id"]] = {"id": entry["id"], "instance_type": entry.get("instance_type"),
+                                     "availability_zone": entry.get("availability_zone"),
+                                     "released_at": isoformat(now)}
+    return [kept[key] for key in sorted(kept)]
+
+
 def _record_pending(store):
     def before_call(token, request):
         with store.transaction() as tx:
@@ -163,16 +185,47 @@ def _record_pending(store):
     return before_call
 
 
+def adopt_pool_id(store, client, state, pool_id=None):
+    """Give a pool made before pool ids its id: tag the instances its state lists (and its own launch template)
+    with a new id, then record it. Only what the state lists: an instance with the pool's name that it does not
+    list may be another controller's, and stays untouched. Returns the state with its `pool_id`."""
+    if state.get("pool_id"):
+        return state
+    pool_id = pool_id or identity.new_pool_id()
+    listed = [entry["id"] for entry in state["instances"] + state["leases"]]
+    # Only those EC2 still knows: CreateTags fails as a whole on one unknown id.
+    known = [item["InstanceId"] for item in ec2.describe_instances(client, listed)]
+    ec2.create_tags(client, known, {ec2.POOL_ID_TAG: pool_id})
+    template = state["launch"].get("template") or {}
+    if template.get("owned") and template.get("LaunchTemplateId"):
+        try:
+            ec2.create_tags(client, [template["LaunchTemplateId"]], {ec2.POOL_ID_TAG: pool_id})
+        except ec2.Ec2Error as exc:
+            # Deleted outside the pool: nothing to tag, ensure_template makes a new one. Anything else is raised.
+            if not exc.code.startswith("InvalidLaunchTemplateId"):
+                raise
+    with store.transaction() as tx:
+        if tx.state is None:
+            raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
+        tx.state["pool_id"] = tx.state.get("pool_id") or pool_id
+        adopted = tx.state
+    if adopted["pool_id"] != pool_id:  # adopted by another process meanwhile: its id wins
+        ec2.create_tags(client, known, {ec2.POOL_ID_TAG: adopted["pool_id"]})
+    return adopted
+
+
 def reconcile(store, client, launch=True):
     """One pass; see the module docstring. Raises PoolGone if the pool no longer exists."""
     state = store.read()
     if state is None:
         raise PoolGone("pool '%s' has no state file %s" % (store.pool_name, store.path))
+    state = adopt_pool_id(store, client, state)
+    pool_id = state["pool_id"]
     now = utcnow()
     spec = state["launch"]
     result = ReconcileResult()
     cooldowns = Cooldowns(state.get("cooldowns"), now)
-    launcher = Launcher(client, store.pool_name, spec, cooldowns, before_call=_record_pending(store))
+    launcher = Launcher(client, store.pool_name, spec, cooldowns, before_call=_record_pending(store), pool_id=pool_id)
     orphan_grace = spec.get("orphan_grace_seconds", DEFAULT_ORPHAN_GRACE_SECONDS)
 
     # 1. fleet requests whose answer was lost
@@ -184,10 +237,13 @@ def reconcile(store, client, launch=True):
             result.launch_errors.append({"token": pending["token"], "code": exc.code, "message": exc.message})
     result.replayed = replayed.ids
 
-    # 2. the pool as EC2 sees it
-    tagged = {item["InstanceId"]: ec2.instance_summary(item)
-              for item in ec2.describe_instances(client, filters=[{"Name": "tag:" + ec2.POOL_TAG,
-                                                                   "Values": [store.pool_name]}])}
+    # 2. the pool as EC2 sees it: what carries this pool's id, or is listed in its state. Another pool of the
+    # same name (another controller's) carries another id: never swept, reused or counted here.
+    named = [ec2.instance_summary(item)
+             for item in ec2.describe_instances(client, filters=[{"Name": "tag:" + ec2.POOL_TAG,
+                                                                  "Values": [store.pool_name]}])]
+    listed = {e["id"] for e in state["instances"] + state["leases"]} | set(replayed.ids)
+    tagged = {item["id"]: item for item in identity.mine(named, store.pool_name, pool_id, listed)}
     # 3. dead idle entries; an idle Spot instance we did not end was interrupted
     alive = []
     for entry in state["instances"]:
@@ -235,7 +291,13 @@ def reconcile(store, client, launch=True):
     spot_count = sum(1 for e in alive + replayed.entries if e.get("type") != "fallback")
     idle_fallbacks = slots - spot_count
     extra_spot = min(idle_fallbacks, max(0, state["target_size"] - spot_count - max(0, missing)))
+    template = spec.get("template")
     if launch and (missing > 0 or extra_spot > 0):
+        # The template may have been deleted outside the pool: the pool's own is made again from the settings in
+        # the state; a user's that vanished stops the job with an error that says what to do.
+        template = ensure_template(client, store.pool_name, pool_id, spec)
+        launcher.launch = dict(spec, template=template)
+        launcher.reusable = identity.reusable_fallbacks(tagged.values(), spec, store.pool_name, pool_id)
         try:
             launched = launcher.launch_instances(max(0, missing), extra_spot)
         except LaunchError as exc:
@@ -270,8 +332,13 @@ def reconcile(store, client, launch=True):
         done = set(launcher.settled)
         current["pending_launches"] = [p for p in current.get("pending_launches") or [] if p["token"] not in done]
         current["cooldowns"] = cooldowns.entries
+        if template and current["launch"].get("template") != template:
+            current["launch"]["template"] = template
+        current["kept_fallbacks"] = _kept_fallbacks(tagged, store.pool_name, pool_id, launched.reused,
+                                                    retire + expired, spec.get("fallback_action", "stop"), now)
         current["refill"]["verified_at"] = isoformat(now)
         result.launched = launched.ids
+        result.reused = launched.reused
         result.retired = [e["id"] for e in retire]
         result.counts = counts(current)
     if retire:

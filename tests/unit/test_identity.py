@@ -1,0 +1,118 @@
+"""Which instances and templates belong to a pool: the selection rules, with plain values (no EC2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import identity
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
+
+A = "aaaaaaaaaaaaaaaa"
+B = "bbbbbbbbbbbbbbbb"
+
+
+def inst(instance_id, state="running", pool="ci", pool_id=A, kind="spot", released=None, itype="t3.micro",
+         zone="us-east-1a", subnet=None):
+    tags = {"ec2spot:pool": pool, "ec2spot:type": kind}
+    if pool_id:
+        tags["ec2spot:pool-id"] = pool_id
+    if released:
+        tags["ec2spot:released-at"] = released
+    return {"id": instance_id, "state": state, "tags": tags, "instance_type": itype, "availability_zone": zone,
+            "subnet_id": subnet}
+
+
+def state_of(*ids, leases=(), kind="spot"):
+    return {"instances": [{"id": i, "type": kind} for i in ids], "leases": [{"id": i, "type": kind} for i in leases]}
+
+
+def test_pool_ids_are_random_16_hex_digits_and_name_the_template():
+    ids = {identity.new_pool_id() for _n in range(50)}
+    assert len(ids) == 50 and all(identity.valid_pool_id(i) for i in ids)
+    for bad in ("", None, "ABCDEFABCDEFABCD", "aaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaa\n", "../aaaaaaaaaaaaa"):
+        assert not identity.valid_pool_id(bad), bad
+    assert identity.template_name("ci", A) == "ec2spot-ci-" + A != identity.template_name("ci", B)
+
+
+def test_a_pool_is_what_carries_its_id_or_what_its_state_lists():
+    named = [inst("i-a1"), inst("i-b1", pool_id=B), inst("i-old", pool_id=None), inst("i-x", pool="other")]
+    assert [i["id"] for i in identity.mine(named, "ci", A)] == ["i-a1"]
+    assert [i["id"] for i in identity.mine(named, "ci", B)] == ["i-b1"]
+    # A pool made before pool ids owns only what its state lists; an id of None matches nothing by tag.
+    assert [i["id"] for i in identity.mine(named, "ci", None, listed=["i-old"])] == ["i-old"]
+    assert identity.mine(named, "ci", None) == []
+    assert not identity.is_member({"ec2spot:pool": "ci"}, "ci", None)
+
+
+def test_other_pools_of_the_name_are_counted_by_id_with_their_templates():
+    named = [inst("i-a1"), inst("i-a2", state="stopped", kind="fallback", released="t"), inst("i-b1", pool_id=B),
+             inst("i-b2", pool_id=B, state="pending"), inst("i-dead", pool_id=B, state="terminated"),
+             inst("i-old", pool_id=None), inst("i-old-stopped", pool_id=None, state="stopped"),
+             inst("i-x", pool="other", pool_id=B)]
+    templates = [{"name": "ec2spot-ci-" + B, "id": "lt-b", "tags": {"ec2spot:pool": "ci", "ec2spot:pool-id": B}},
+                 {"name": "ec2spot-ci", "id": "lt-old", "tags": {"ec2spot:pool": "ci"}},
+                 {"name": "ec2spot-ci-" + A, "id": "lt-a", "tags": {"ec2spot:pool": "ci", "ec2spot:pool-id": A}}]
+    found = identity.other_pools(named, templates, "ci", A)
+    assert found == {B: {"instances": 2, "templates": ["ec2spot-ci-" + B]},
+                     None: {"instances": 1, "templates": ["ec2spot-ci"]}}
+    # Instances the pool lists are its own, whatever their tags (a pool made before pool ids, adopting one).
+    assert identity.other_pools(named, [], "ci", A, listed=["i-old", "i-b1", "i-b2"]) == {}
+    assert identity.other_pools([], [], "ci", A) == {}
+    message = identity.collision_message("ci", "us-east-1", found)
+    for part in ("'ci'", "us-east-1", "pool id " + B, "2 instances", "ec2spot-ci-" + B, "before pool ids",
+                 "one store shared by the controllers", "same state file", "another pool_name"):
+        assert part in message, (part, message)
+
+
+def test_a_rebuild_adopts_the_only_id_of_the_name_and_refuses_to_guess_between_several():
+    one = [inst("i-a1"), inst("i-a2"), inst("i-old", pool_id=None)]
+    assert ops._pool_id_from_tags("ci", one, None) == A  # pylint: disable=protected-access
+    assert ops._pool_id_from_tags("ci", [inst("i-old", pool_id=None)], None) is None  # pylint: disable=protected-access
+    two = one + [inst("i-b1", pool_id=B)]
+    with pytest.raises(InvalidRequest) as caught:
+        ops._pool_id_from_tags("ci", two, None)  # pylint: disable=protected-access
+    assert "pool id %s (2 instances)" % A in caught.value.message and "pool id %s (1 instance)" % B in \
+        caught.value.message and "pool_id=" in caught.value.message
+    assert caught.value.details["pool_ids"] == [A, B]
+    assert ops._pool_id_from_tags("ci", two, B) == B  # pylint: disable=protected-access
+
+
+def test_terminate_selects_only_its_own_pool_and_ends_the_kept_fallbacks():
+    kept = {"state": "stopped", "kind": "fallback", "released": "2026-01-01T00:00:00Z"}
+    named = [inst("i-idle"), inst("i-leased"), inst("i-orphan"), inst("i-kept", **kept),
+             inst("i-other", pool_id=B), inst("i-other-kept", pool_id=B, **kept),
+             inst("i-old", pool_id=None), inst("i-gone", state="terminated")]
+    state = state_of("i-idle", leases=["i-leased"])
+    got = ops.select_for_terminate(state, named, "ci", A)
+    assert got == (["i-idle", "i-kept", "i-leased", "i-orphan"], [], ["i-orphan"], ["i-kept"])
+    # Without orphans, the kept fallbacks are still the pool's own: no pool is left to reuse them.
+    assert ops.select_for_terminate(state, named, "ci", A, include_orphans=False) == \
+        (["i-idle", "i-kept", "i-leased"], [], [], ["i-kept"])
+    # fallback_action=stop: running fallbacks are stopped, kept ones stay stopped.
+    fallbacks = [inst("i-fb", kind="fallback"), named[3]]
+    assert ops.select_for_terminate(state_of("i-fb", kind="fallback"), fallbacks, "ci", A, "stop") == \
+        ([], ["i-fb"], [], ["i-kept"])
+    # A pool made before pool ids ends only what its state lists.
+    assert ops.select_for_terminate(state_of("i-old"), named, "ci", None) == (["i-old"], [], [], [])
+
+
+def test_reusable_fallbacks_are_this_pools_stopped_ones_of_an_offering_it_still_asks_for():
+    launch = {"instance_types": ["t3.micro", "t3.small"], "availability_zones": ["us-east-1a"]}
+    named = [inst("i-2", state="stopped", kind="fallback", released="2026-01-02T00:00:00Z"),
+             inst("i-1", state="stopped", kind="fallback", released="2026-01-01T00:00:00Z", itype="t3.small"),
+             inst("i-running", kind="fallback", released="2026-01-01T00:00:00Z"),
+             inst("i-not-kept", state="stopped", kind="fallback"),
+             inst("i-spot", state="stopped", released="2026-01-01T00:00:00Z"),
+             inst("i-other", state="stopped", kind="fallback", released="2026-01-01T00:00:00Z", pool_id=B),
+             inst("i-type", state="stopped", kind="fallback", released="2026-01-01T00:00:00Z", itype="m5.large"),
+             inst("i-zone", state="stopped", kind="fallback", released="2026-01-01T00:00:00Z", zone="us-east-1b")]
+    assert [i["id"] for i in identity.reusable_fallbacks(named, launch, "ci", A)] == ["i-1", "i-2"]
+    anywhere = dict(launch, availability_zones=[])
+    assert [i["id"] for i in identity.reusable_fallbacks(named, anywhere, "ci", A)] == ["i-1", "i-zone", "i-2"]
+    subnets = {"instance_types": ["t3.micro"], "subnet_ids": ["subnet-1"]}
+    in_subnet = [inst("i-s", state="stopped", kind="fallback", released="t", subnet="subnet-1"),
+                 inst("i-t", state="stopped", kind="fallback", released="t", subnet="subnet-2")]
+    assert [i["id"] for i in identity.reusable_fallbacks(in_subnet, subnets, "ci", A)] == ["i-s"]
+    kept = [i["id"] for i in identity.kept_fallbacks(named, "ci", A)]
+    assert kept == ["i-2", "i-1", "i-running", "i-spot", "i-type", "i-zone"]
