@@ -11,7 +11,6 @@ spawn); a failure before the write changes nothing; check mode reads but never w
 from __future__ import annotations
 
 import datetime
-import os
 import time
 
 from . import jobcontrol
@@ -91,12 +90,20 @@ def _rebuild_from_tags(client, store, size, launch, previous):
     return state
 
 
+def _rebuildable(error, rebuild, force_rebuild):
+    """Whether init may move this unreadable file aside: a damaged file of this pool with `rebuild`; a file that
+    is not recognisably this pool's only with `force_rebuild` (it may be the user's own file that pool_file names
+    by mistake); a file or directory others could change, or a link, never."""
+    return (error.kind == "damaged" and (rebuild or force_rebuild)) or (error.kind == "foreign" and force_rebuild)
+
+
 def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mode=False, refill_env=None,
-              rebuild=False, sleep=time.sleep, clock=time.monotonic):
+              rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic):
     """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
 
-    With `rebuild`, a lost or corrupt state file is made again from the pool's tags (a corrupt one is first
-    moved aside to `<file>.corrupt-<time>`, never overwritten)."""
+    With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first
+    moved aside to `<file>.corrupt-<time>`, never overwritten); `force_rebuild` does the same for a file that is
+    not recognisably this pool's. Anything else unreadable is an error, and nothing is moved or written."""
     # pylint: disable=import-outside-toplevel
     # The launcher pulls in boto3; get must not import this path.
     from .launcher import ensure_template
@@ -112,9 +119,10 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
     try:
         existing = store.read()
     except StateFileError as exc:
-        if not rebuild:
+        if not _rebuildable(exc, rebuild, force_rebuild):
             raise
         existing, corrupt = None, exc
+    rebuild = rebuild or force_rebuild
     old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
     spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
     if check_mode:
@@ -128,8 +136,8 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
     lock = jobcontrol.stop_refill(store) if corrupt is None else None
     try:
         if corrupt is not None:
-            aside = "%s.corrupt-%s" % (store.path, utcnow().strftime("%Y%m%dT%H%M%SZ"))
-            os.rename(store.path, aside)
+            # Under the pool's lock, after checking once more that it is the kind of file we may move.
+            aside = store.move_aside(allow_foreign=force_rebuild)
             lock = jobcontrol.stop_refill(store)
         with store.transaction() as tx:
             if rebuild:
@@ -166,7 +174,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
     result = {"changed": bool(spec_changed or launched or dropped or retired), "launched": launched,
               "terminated": retired, "pool": _pool_view(state), "counts": pool_counts,
               "cooldowns": state.get("cooldowns", [])}
-    if corrupt is not None:
+    if corrupt is not None and aside:
         result["moved_aside"] = aside
     return result
 
@@ -365,7 +373,8 @@ def terminate_pool(store, client, fallback_action="stop", include_orphans=True, 
         to_terminate, to_stop, orphans = plan(state)
         return {"changed": bool(to_terminate or to_stop or state), "terminated": to_terminate, "stopped": to_stop,
                 "orphans": orphans, "warnings": warnings}
-    lock = jobcontrol.stop_refill(store) if corrupt is None else None
+    # A pool without a file gets no lock file made just to be removed again (nothing is created for it).
+    lock = jobcontrol.stop_refill(store, create=state is not None) if corrupt is None else None
     try:
         state = store.read() if corrupt is None else None  # the job may have added instances before it stopped
         to_terminate, to_stop, orphans = plan(state)
@@ -379,9 +388,10 @@ def terminate_pool(store, client, fallback_action="stop", include_orphans=True, 
         if template.get("owned"):
             ec2.delete_launch_template(client, template["LaunchTemplateId"])
         if corrupt is None:
-            with store.transaction() as tx:
-                if tx.state is not None:
-                    tx.delete()
+            # The pool file and its lock, then (still holding the job lock) the job lock, the log, and the code
+            # copy if no other pool here needs it. A damaged file and its sidecars stay for inspection.
+            store.delete()
+            jobcontrol.remove_pool_files(store, lock)
     finally:
         if lock is not None:
             lock.release()
