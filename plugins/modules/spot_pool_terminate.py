@@ -13,7 +13,10 @@ short_description: End a whole pool
 version_added: 0.1.0
 description:
   - Stops the pool's refill job, terminates every Spot instance of the pool (idle or leased), stops (or
-    terminates, with O(fallback_action=terminate)) its On-Demand fallbacks, and removes its state file.
+    terminates, with O(fallback_action=terminate)) its On-Demand fallbacks, and removes its state file and what
+    the pool kept beside it (C(.lock), C(.refill.lock), C(.refill.log) and C(.refill.log.1), and the refill
+    job's code copy once no other pool in the directory needs it and no refill job runs from it).
+  - A pool that does not exist gets nothing created (no state directory, no lock file).
   - With O(include_orphans=true) it also finds, by the tag C(ec2spot:pool=<pool_name>), instances that are
     missing from the state file (for example launched by a refill job that was killed), so nothing is left
     running unseen.
