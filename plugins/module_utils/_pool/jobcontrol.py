@@ -88,7 +88,7 @@ def _open_verified_copy(path, digest):
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) != 0o600:
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) != 0o600:
             return _closed(fd)
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not same_file(fd, path):  # removed by a terminate while we waited
@@ -201,7 +201,7 @@ def _remove_if_unused(path):
         return False
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -235,7 +235,7 @@ def _remove_own_file(path):
         info = os.lstat(path)
     except FileNotFoundError:
         return
-    if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+    if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
         os.unlink(path)
 
 
@@ -267,9 +267,8 @@ def remove_pool_files(store, job_lock):
 
 def start_refill(store, env):
     """Start the detached job unless one runs. Returns (started, pid)."""
-    if refill_lock(store).is_held_elsewhere():
+    if refill_lock(store).is_held_elsewhere() or not store.check_directory():
         return False, None
-    store.ensure_directory()
     code_root, code_fd = _stable_code_root(store.directory)
     try:
         env = dict(env)

@@ -386,7 +386,7 @@ def _rotate_log(path, fd=1, max_bytes=LOG_MAX_BYTES):
         if current.st_size <= max_bytes:
             return None
         at_path = os.lstat(path)
-        if not stat.S_ISREG(at_path.st_mode) or at_path.st_uid != os.getuid() \
+        if not stat.S_ISREG(at_path.st_mode) or at_path.st_uid != os.geteuid() \
                 or (at_path.st_dev, at_path.st_ino) != (current.st_dev, current.st_ino):
             return None
         os.replace(path, path + ".1")

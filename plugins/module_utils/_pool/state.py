@@ -120,7 +120,7 @@ def check_own_directory(path, what, fix):
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         _refuse("%s %s is not a directory (it is a link or a file); %s" % (what, path, fix), path)
-    if info.st_uid != os.getuid():
+    if info.st_uid != os.geteuid():
         _refuse("%s %s belongs to another user (uid %d), who could change what is in it; %s"
                 % (what, path, info.st_uid, fix), path)
     if info.st_mode & 0o022:
@@ -134,7 +134,7 @@ def check_state_directory(directory):
     real = os.path.realpath(directory)
     check_own_directory(real, "state directory", "run 'chmod 700 %s' if it is yours, or choose a state_dir of "
                         "your own (the default is private: ~/.local/state/ec2spot)" % real)
-    uid = os.getuid()
+    uid = os.geteuid()
     parent = real
     while parent != os.path.dirname(parent):
         parent = os.path.dirname(parent)
@@ -189,7 +189,7 @@ def open_private(path, flags):
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             _refuse("%s is not a regular file; refusing to use it" % path, path)
-        if info.st_uid != os.getuid():
+        if info.st_uid != os.geteuid():
             _refuse("%s belongs to another user (uid %d); refusing to use it. Remove it, or choose a state_dir "
                     "(or pool_file) of your own" % (path, info.st_uid), path)
         if info.st_mode & 0o022:
