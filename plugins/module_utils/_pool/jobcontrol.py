@@ -25,6 +25,7 @@ import zipfile
 
 from .errors import PoolError
 from .errors import StateFileError
+from .state import CODE_DIR_NAME
 from .state import FileLock
 from .state import check_code_directory
 from .state import open_private
@@ -176,7 +177,7 @@ def _stable_code_root(state_dir, root=None):
     for info in infos:
         key.update(b"%s\0%d\0%d\0" % (info.filename.encode(), info.CRC, info.file_size))
     prefix = "%s%s-" % (COPY_PREFIX, key.hexdigest()[:16])
-    code_dir = os.path.join(state_dir, "code")
+    code_dir = os.path.join(state_dir, CODE_DIR_NAME)
     _private_code_dir(code_dir)
     for _attempt in range(3):
         for name in sorted(os.listdir(code_dir)):

@@ -102,7 +102,6 @@ def counts(state):
     }
 
 
-
 # -- trust: directories and files ---------------------------------------------------------------------------------
 CODE_DIR_NAME = "code"  # <state dir>/code: the refill job's code copy (jobcontrol.py)
 
@@ -386,7 +385,7 @@ def schema_problems(state):
         _check_launch(problems, launch)
     else:
         problems.append("launch is %s, expected an object" % _shown(launch))
-    for key, check in (("instances", _check_instance), ("leases", _check_lease)):
+    for key in ("instances", "leases"):
         if key not in state:
             problems.append("%s is missing" % key)
     _check_list(problems, state, "instances", _check_instance)
