@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import stat
+import threading
+import time
 
 import pytest
 
@@ -304,9 +307,17 @@ def test_a_missing_pool_creates_nothing(tmp_path):
 
 
 # -- item 17: a lock file may be removed by whoever holds it; lockers make sure theirs is still the one -----------
-def test_a_locker_that_waited_on_a_removed_lock_file_takes_the_new_one(tmp_path):
-    import threading  # pylint: disable=import-outside-toplevel
+def _fds_open_on(path):
+    """This process's descriptors open on `path` (the lock file a thread opened before it blocks in flock)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink("/proc/self/fd/" + name) == path:
+                found.append(int(name))
+    return found
 
+
+def test_a_locker_that_waited_on_a_removed_lock_file_takes_the_new_one(tmp_path):
     path = str(tmp_path / "x.lock")
     holder = FileLock(path)
     assert holder.acquire()
@@ -314,12 +325,11 @@ def test_a_locker_that_waited_on_a_removed_lock_file_takes_the_new_one(tmp_path)
     done = threading.Event()
     thread = threading.Thread(target=lambda: (waiter.acquire(), done.set()))
     thread.start()
-    # The waiter opened the lock file and blocks in flock on it. Remove the file while holding it, then release.
-    deadline = __import__("time").monotonic() + 10
-    while not any(os.readlink("/proc/self/fd/%s" % fd) == path for fd in os.listdir("/proc/self/fd")
-                  if fd.isdigit() and int(fd) != holder.fd and os.path.islink("/proc/self/fd/%s" % fd)) \
-            and __import__("time").monotonic() < deadline:
-        __import__("time").sleep(0.01)
+    # The waiter has opened the lock file and blocks in flock on it. Remove the file while holding it, release.
+    deadline = time.monotonic() + 10
+    while len(_fds_open_on(path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(_fds_open_on(path)) == 2
     os.unlink(path)
     holder.release()
     thread.join(10)

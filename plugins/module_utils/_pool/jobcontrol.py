@@ -81,15 +81,11 @@ def _open_verified_copy(path, digest):
 
     The shared flock marks the copy as in use: the refill job inherits the descriptor and holds it as long as it
     runs, and nothing removes a copy it cannot lock exclusively (see remove_pool_files)."""
-    if not _DIGEST_RE.match(digest):
+    fd = _open_own_file(path) if _DIGEST_RE.match(digest) else None
+    if fd is None:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) != 0o600:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
             return _closed(fd)
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not same_file(fd, path):  # removed by a terminate while we waited
@@ -104,6 +100,16 @@ def _open_verified_copy(path, digest):
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_own_file(path):
+    """A read-only descriptor of our own regular file at `path` (never through a link), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    return fd if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() else _closed(fd)
 
 
 def _closed(fd):
@@ -196,14 +202,10 @@ def _stable_code_root(state_dir, root=None):
 
 def _remove_if_unused(path):
     """Remove our own file at `path` unless a refill job runs from it (holds a shared flock on it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+    fd = _open_own_file(path)
+    if fd is None:
         return False
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
