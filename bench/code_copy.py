@@ -45,10 +45,10 @@ def module_payload(work: str) -> str:
 
 
 def timed(function, runs: int) -> list[float]:
-    for _ in range(20):
+    for _warmup in range(20):
         function()
     samples = []
-    for _ in range(runs):
+    for _run in range(runs):
         start = time.perf_counter()
         function()
         samples.append((time.perf_counter() - start) * 1000)
