@@ -21,14 +21,18 @@ options:
     default: default
   state_dir:
     description:
-      - Directory of the pool state files. Created private to its owner (mode C(0700)).
+      - Directory of the pool state files. Created private to its owner (mode C(0700), whatever the umask).
       - Defaults to C($XDG_STATE_HOME/ec2spot), or C(~/.local/state/ec2spot) when C(XDG_STATE_HOME) is unset.
+      - Refused, with the fix in the message, when it (or its C(code) subdirectory, or a file in it) is not yours
+        or can be written by other users, or when a parent directory can be written by other users and is not
+        sticky. A shared directory such as C(/tmp) is not a state directory; a private directory inside it is.
     type: path
   pool_file:
     description:
-      - Full path of this pool's state file; overrides O(state_dir).
+      - Full path of this pool's state file; overrides O(state_dir). Its directory is the state directory, with
+        the same rules.
       - The file holds no secret. It is written with mode C(0600) by an atomic replace, under a lock on the
-        sidecar file C(<pool_file>.lock).
+        sidecar file C(<pool_file>.lock), which is only created beside a valid pool file.
     type: path
 notes:
   - Run these modules on the controller (C(hosts=localhost) or C(delegate_to=localhost)); the pool state

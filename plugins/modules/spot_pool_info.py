@@ -14,6 +14,7 @@ version_added: 0.1.0
 description:
   - Returns the pool's idle instances, its leases, counts and the state of its refill job, as the state file
     says. With O(verify=true), also asks EC2 for the state of every instance (one DescribeInstances call).
+  - Writes and creates nothing, not even a lock file or the state directory of a pool that does not exist.
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:

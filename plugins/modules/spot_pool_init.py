@@ -156,11 +156,21 @@ options:
     default: 600
   rebuild:
     description:
-      - Rebuild a lost or corrupt state file from the pool's tags. A corrupt file is moved aside to
-        C(<pool_file>.corrupt-<time>) first, never overwritten. Leased instances are recognised by the tag
+      - Rebuild a lost or damaged state file from the pool's tags. Leased instances are recognised by the tag
         C(ec2spot:leased-at) that the refill job sets.
       - The instances adopted are those of the pool id the old file gives, else O(pool_id), else the only pool id
         found on instances tagged with O(pool_name); when there are several, the module fails and lists them.
+      - Only a file that is recognisably this pool's (a JSON object with the pool's C(pool_name) and the state
+        C(version)) whose fields are damaged is moved aside, to C(<pool_file>.corrupt-<time>), never overwritten.
+        Any other file at the path (not JSON, another pool's, a newer version's, perhaps a file of yours that
+        O(pool_file) names by mistake) is an error, and nothing is moved or written; see O(force_rebuild).
+      - A link, or a file or directory that another user owns or may write to, is never moved.
+    type: bool
+    default: false
+  force_rebuild:
+    description:
+      - Like O(rebuild), and also moves aside a file that is not recognisably this pool's. Only for a pool file
+        you know to be damaged beyond recognition (for example a torn or truncated write).
     type: bool
     default: false
   pool_id:
@@ -279,8 +289,8 @@ pool_id:
   type: str
   sample: 3f9c0a7b5e21d864
 moved_aside:
-  description: Where a corrupt state file was moved by O(rebuild=true).
-  returned: when a corrupt file was moved aside
+  description: Where a damaged state file was moved by O(rebuild=true) or O(force_rebuild=true).
+  returned: when a damaged file was moved aside
   type: str
   sample: /home/ci/.local/state/ec2spot/ci.json.corrupt-20261122T100000Z
 """
@@ -324,6 +334,7 @@ def main():
         orphan_grace=dict(type="int", default=600),
         rebuild=dict(type="bool", default=False),
         pool_id=dict(type="str"),
+        force_rebuild=dict(type="bool", default=False),
         wait=dict(type="bool", default=True),
         wait_timeout=dict(type="int", default=300),
     )
@@ -341,6 +352,7 @@ def main():
             refill_env=child_environment(params, module.region), rebuild=params["rebuild"],
             max_size=params["max_size"], quotas_client=module.client("service-quotas", config=BOTOCORE_CONFIG),
             pool_id=params["pool_id"],
+            force_rebuild=params["force_rebuild"],
         )
     except PoolError as error:
         fail(module, error)

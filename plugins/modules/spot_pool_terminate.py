@@ -14,10 +14,13 @@ version_added: 0.1.0
 description:
   - Stops the pool's refill job, terminates every instance of the pool (idle or leased, Spot or fallback), the
     stopped fallbacks it kept for reuse (no pool is left to reuse them), and the pool's own launch template, and
-    removes its state file. With O(fallback_action=stop), fallbacks are stopped and kept instead.
+    removes its state file and what the pool kept beside it (C(.lock), C(.refill.lock), C(.refill.log) and
+    C(.refill.log.1), and the refill job's code copy once no other pool in the directory needs it and no refill
+    job runs from it). With O(fallback_action=stop), fallbacks are stopped and kept instead.
   - Only instances of this pool are touched, those its state file lists and those tagged with its pool id
     (C(ec2spot:pool-id)). Another pool that uses the same O(pool_name) (another controller's) carries another id
     and is never touched.
+  - A pool that does not exist gets nothing created (no state directory, no lock file).
   - With O(include_orphans=true) it also finds, by the pool's tags, instances that are missing from the state file
     (for example launched by a refill job that was killed), so nothing is left running unseen.
   - Works even when the state file is corrupt or lost. The instances are then found by their tags, those of

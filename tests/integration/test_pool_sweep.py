@@ -130,7 +130,11 @@ def test_rebuild_from_tags_after_the_pool_file_is_corrupted(faulty_pool):
     garbage = b'{"version": 1, "instances": [{"id": "i-0'
     pool.state_file.write_bytes(garbage)
     fleets_before = proxy.count("CreateFleet")
+    # Torn: nothing says it is this pool's file, so a plain rebuild moves nothing; force_rebuild is the choice.
     run = pool.init(size=2, spot_pool_rebuild=True)
+    assert run.rc != 0 and "force_rebuild" in task_result(run, "spot_pool_init")["msg"]
+    assert pool.state_bytes() == garbage
+    run = pool.init(size=2, spot_pool_force_rebuild=True)
     assert run.rc == 0, run.stdout[-3000:]
     rebuilt = task_result(run, "spot_pool_init")
     aside = rebuilt["moved_aside"]

@@ -155,16 +155,52 @@ def test_rebuild_from_tags_moves_a_corrupt_file_aside_and_knows_leases(pool, cli
     leased = ops.get_instance(pool, no_client, refill=False)["instance_id"]
     client.create_tags(Resources=[leased], Tags=[{"Key": "ec2spot:leased-at", "Value": "2026-11-22T10:00:00Z"}])
     idle = sorted(e["id"] for e in pool.read()["instances"])
+    damaged = '{"version": 1, "pool_name": "p", "instances": "lost", "leases": null}'
     with open(pool.path, "w") as handle:
-        handle.write("{torn write")
+        handle.write(damaged)
     with pytest.raises(StateFileError):
         ops.init_pool(pool, client, 3, dict(LAUNCH))
     rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
-    assert open(rebuilt["moved_aside"]).read() == "{torn write"
+    assert open(rebuilt["moved_aside"]).read() == damaged
     state = pool.read()
     assert [lease["id"] for lease in state["leases"]] == [leased]
     assert set(idle) <= {e["id"] for e in state["instances"]}
     assert len(state["instances"]) == 3  # the hand-out's slot was refilled
+
+
+@pytest.mark.parametrize("content", [
+    "{torn write",  # not JSON: nothing says it is a pool file
+    "# my dotfile\nexport PATH=$HOME/bin:$PATH\n",
+    '{"version": 1, "pool_name": "other", "instances": [], "leases": []}',  # another pool's
+    '{"version": 2, "pool_name": "p"}',  # a newer collection's
+])
+def test_rebuild_moves_aside_only_this_pools_file_unless_forced(pool, client, content):
+    directory = os.path.dirname(pool.path)
+    with open(pool.path, "w") as handle:
+        handle.write(content)
+    before = sorted(os.listdir(directory))
+    instances = sorted(ops.terminate_pool(pool, client, check_mode=True)["terminated"])
+    assert len(instances) == 3
+    with pytest.raises(StateFileError) as err:
+        ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+    assert pool.path in err.value.message and "force_rebuild" in err.value.message, err.value.message
+    assert open(pool.path).read() == content and sorted(os.listdir(directory)) == before  # nothing moved or written
+    assert sorted(ops.terminate_pool(pool, client, check_mode=True)["terminated"]) == instances
+
+    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), force_rebuild=True)
+    assert open(rebuilt["moved_aside"]).read() == content
+    assert pool.read()["pool_name"] == "p" and len(pool.read()["instances"]) == 3
+
+
+def test_a_rebuild_never_moves_a_link_or_another_users_file(pool, client, tmp_path):
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    os.unlink(pool.path)
+    os.symlink(target, pool.path)
+    for force in (False, True):
+        with pytest.raises(StateFileError, match="symbolic link"):
+            ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True, force_rebuild=force)
+        assert os.path.islink(pool.path) and target.read_text() == "keep me"
 
 
 def test_terminate_deletes_the_pool_template(pool, client):

@@ -16,7 +16,15 @@ class PoolError(Exception):
 
 
 class StateFileError(PoolError):
-    """The pool file is unreadable, corrupt or belongs to something else; it is never overwritten."""
+    """The pool file is unreadable, corrupt or belongs to something else; it is never overwritten.
+
+    `kind` says what `spot_pool_init` may do about it: "damaged" (a file of this pool, broken: `rebuild` moves
+    it aside), "foreign" (not recognisably this pool's file: only `force_rebuild` moves it aside) or "unsafe"
+    (a file or directory others could change, a link: never touched, the user must fix it)."""
+
+    def __init__(self, message, kind="unsafe", **details):
+        super().__init__(message, **details)
+        self.kind = kind
 
 
 class NoReadyInstance(PoolError):

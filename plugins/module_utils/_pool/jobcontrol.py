@@ -9,10 +9,14 @@ this module needs only the standard library and the state store.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,7 +24,12 @@ import typing
 import zipfile
 
 from .errors import PoolError
+from .errors import StateFileError
+from .state import CODE_DIR_NAME
 from .state import FileLock
+from .state import check_code_directory
+from .state import open_private
+from .state import same_file
 
 if typing.TYPE_CHECKING:
     # Never executed; it makes Ansible put the job's code (and what it imports) into the module's payload.
@@ -29,9 +38,13 @@ if typing.TYPE_CHECKING:
 REFILL_MODULE = __name__.rsplit(".", 1)[0] + ".refill"
 
 
+COPY_PREFIX = "ec2spot-pool-"
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
 def refill_lock(store):
-    """Held by the running refill job for as long as it runs (and by init/terminate while they work)."""
-    store.ensure_directory()
+    """Held by the running refill job for as long as it runs (and by init/terminate while they work).
+    Making the object creates nothing: only acquiring it (create=True) makes the file."""
     return FileLock(store.path + ".refill.lock")
 
 
@@ -46,72 +59,248 @@ def _code_root():
     return here[:here.index(marker)]
 
 
-def _stable_code_root(state_dir):
-    """A copy of the code that outlives the module: Ansible deletes its payload directory on exit.
+def _private_code_dir(code_dir):
+    """<state dir>/code, made 0700 whatever the umask; refused when it is not ours alone (it may have been made
+    by someone else when the state directory was shared: a copy there could be swapped and run as us)."""
+    try:
+        os.mkdir(code_dir, 0o700)
+    except FileExistsError:
+        pass
+    else:
+        fd = os.open(code_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    check_code_directory(code_dir)
 
-    The copy leaves out the payload's sitecustomize.py, which points at that temporary directory; what is left
-    is the same for every run of the same collection version, so its digest names one shared copy."""
-    root = _code_root()
-    if not zipfile.is_zipfile(root):
-        return root
-    # Named from the zip's directory (each member's name, CRC-32 and size), read without decompressing anything:
-    # hashing the members' content cost ~9 ms on every get that starts the job; this costs ~0.4 ms.
-    with zipfile.ZipFile(root) as payload:
-        infos = [info for info in payload.infolist() if info.filename != "sitecustomize.py"]
-    digest = hashlib.sha256()
-    for info in infos:
-        digest.update(b"%s\0%d\0%d\0" % (info.filename.encode(), info.CRC, info.file_size))
-    code_dir = os.path.join(state_dir, "code")
-    os.makedirs(code_dir, mode=0o700, exist_ok=True)
-    target = os.path.join(code_dir, "ec2spot-pool-%s.zip" % digest.hexdigest()[:16])
-    if os.path.exists(target):
-        return target
+
+def _open_verified_copy(path, digest):
+    """An open descriptor of the copy at `path`, holding a shared flock, if it is what we wrote: our own regular
+    file (not a link), mode 0600, whose bytes hash to `digest` (recorded in its name). None otherwise.
+
+    The shared flock marks the copy as in use: the refill job inherits the descriptor and holds it as long as it
+    runs, and nothing removes a copy it cannot lock exclusively (see remove_pool_files)."""
+    fd = _open_own_file(path) if _DIGEST_RE.match(digest) else None
+    if fd is None:
+        return None
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+            return _closed(fd)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if not same_file(fd, path):  # removed by a terminate while we waited
+            return _closed(fd)
+        content = hashlib.sha256()
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            content.update(chunk)
+        return fd if content.hexdigest() == digest else _closed(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_own_file(path):
+    """A read-only descriptor of our own regular file at `path` (never through a link), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    return fd if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() else _closed(fd)
+
+
+def _closed(fd):
+    os.close(fd)
+    return None
+
+
+def _discard(path):
+    """Remove a copy that failed the check (never run it). The directory is ours alone: so is the name."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise StateFileError("%s is in the way of the refill job's code copy; remove it" % path, path=path)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _write_copy(root, infos, code_dir, prefix):
+    """Copy the payload's members into a new zip named by the sha256 of its bytes. Returns (path, fd) with a
+    shared flock held on fd, or (None, None) if another run's copy took the name meanwhile."""
     with zipfile.ZipFile(root) as payload:
         members = [(info, payload.read(info.filename)) for info in infos]
-    tmp = "%s.%d.tmp" % (target, os.getpid())
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as copy:
-        for info, data in members:
-            copy.writestr(info, data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, target)
-    _prune_code_copies(code_dir, keep=target)
-    return target
+    tmp = os.path.join(code_dir, ".%s%d.tmp" % (prefix, os.getpid()))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of an earlier run with our pid
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        with os.fdopen(os.dup(fd), "w+b") as handle:
+            with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as copy:
+                for info, data in members:
+                    copy.writestr(info, data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.seek(0)
+            content = hashlib.sha256()
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                content.update(chunk)
+        target = os.path.join(code_dir, "%s%s.zip" % (prefix, content.hexdigest()))
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        os.rename(tmp, target)
+        if same_file(fd, target):
+            return target, fd
+        os.close(fd)
+        return None, None
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _stable_code_root(state_dir, root=None):
+    """A copy of the code that outlives the module: Ansible deletes its payload directory on exit.
+
+    Returns (sys.path entry, fd): fd is None when the code is a directory (not Ansible's payload); otherwise it is
+    the verified copy, open with a shared flock, for the job to inherit.
+
+    The copy leaves out the payload's sitecustomize.py, which points at that temporary directory; what is left
+    is the same for every run of the same collection version. Its name is `ec2spot-pool-<key>-<sha256>.zip`: the
+    key (from the payload's zip directory) finds it, the sha256 of its own bytes proves it is what we wrote. A copy
+    that fails the check is replaced, never run."""
+    root = root or _code_root()
+    if not zipfile.is_zipfile(root):
+        return root, None
+    # Keyed by the zip's directory (each member's name, CRC-32 and size), read without decompressing anything:
+    # hashing the payload's members on every get that starts the job would cost ~9 ms.
+    with zipfile.ZipFile(root) as payload:
+        infos = [info for info in payload.infolist() if info.filename != "sitecustomize.py"]
+    key = hashlib.sha256()
+    for info in infos:
+        key.update(b"%s\0%d\0%d\0" % (info.filename.encode(), info.CRC, info.file_size))
+    prefix = "%s%s-" % (COPY_PREFIX, key.hexdigest()[:16])
+    code_dir = os.path.join(state_dir, CODE_DIR_NAME)
+    _private_code_dir(code_dir)
+    for _attempt in range(3):
+        for name in sorted(os.listdir(code_dir)):
+            if name.startswith(prefix) and name.endswith(".zip"):
+                path = os.path.join(code_dir, name)
+                fd = _open_verified_copy(path, name[len(prefix):-len(".zip")])
+                if fd is not None:
+                    return path, fd
+                _discard(path)
+        path, fd = _write_copy(root, infos, code_dir, prefix)
+        if fd is not None:
+            _prune_code_copies(code_dir, keep=path)
+            return path, fd
+    raise StateFileError("could not make a verified copy of the refill job's code in %s" % code_dir, path=code_dir)
+
+
+def _remove_if_unused(path):
+    """Remove our own file at `path` unless a refill job runs from it (holds a shared flock on it)."""
+    fd = _open_own_file(path)
+    if fd is None:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # in use
+        if same_file(fd, path):
+            os.unlink(path)  # while locked: a get that opened it meanwhile sees it is gone and makes a new one
+            return True
+        return False
+    finally:
+        os.close(fd)
 
 
 def _prune_code_copies(code_dir, keep, min_age=3600):
-    """Old copies (another collection version) go once no refill job can still be running from them."""
+    """Old copies (another collection version) go once no refill job runs from them, and an hour has passed (so
+    two collection versions used in turn do not copy their code on every get)."""
     now = time.time()
     for name in os.listdir(code_dir):
         path = os.path.join(code_dir, name)
-        if path != keep and name.startswith("ec2spot-pool-") and now - os.path.getmtime(path) > min_age:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        try:
+            old = now - os.lstat(path).st_mtime > min_age
+        except OSError:
+            continue
+        if path != keep and old and (name.startswith(COPY_PREFIX) or name.startswith("." + COPY_PREFIX)):
+            _remove_if_unused(path)
+
+
+def _remove_own_file(path):
+    """Unlink `path` if it is our own regular file (not a link, not someone else's)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+        os.unlink(path)
+
+
+def remove_pool_files(store, job_lock):
+    """What a terminated pool leaves beside its (removed) file: its refill lock (`job_lock`, held by the caller:
+    removed while held), its log and the previous log, and the code copy, when no other pool of this directory
+    may still use it and no refill job runs from it."""
+    if job_lock is not None and job_lock.fd is not None:
+        job_lock.remove()
+    if not store.check_directory():
+        return
+    for path in (log_path(store), log_path(store) + ".1"):
+        _remove_own_file(path)
+    own = os.path.basename(store.path)
+    for name in os.listdir(store.directory):
+        if name == own or name.startswith(own + ".") or name.startswith("."):
+            continue
+        if name.endswith(".json") or name.endswith(".lock"):
+            return  # another pool lives here: its next get would copy the code again; keep it for that pool
+    try:
+        check_code_directory(store.code_dir)
+    except (OSError, StateFileError):
+        return  # none, or not ours to clean (a get would refuse it, naming the fix)
+    for name in os.listdir(store.code_dir):
+        _remove_if_unused(os.path.join(store.code_dir, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(store.code_dir)  # only if empty: a running job's copy stays
 
 
 def start_refill(store, env):
     """Start the detached job unless one runs. Returns (started, pid)."""
-    if refill_lock(store).is_held_elsewhere():
+    if refill_lock(store).is_held_elsewhere() or not store.check_directory():
         return False, None
-    code_root = _stable_code_root(store.directory)
-    env = dict(env)
-    env["PYTHONPATH"] = code_root
-    env.pop("PYTHONSTARTUP", None)
-    log_fd = os.open(log_path(store), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    # Background work at a lower CPU priority: the job starts (Python, boto3) while the playbook that started it
-    # is still finishing on the same cores, and the playbook must not wait on it.
-    nice = shutil.which("nice")
+    code_root, code_fd = _stable_code_root(store.directory)
     try:
-        # Detached on purpose; never waited for.
-        proc = subprocess.Popen(  # pylint: disable=consider-using-with
-            ([nice, "-n", "10"] if nice else [])
-            + [sys.executable, "-m", REFILL_MODULE, "--state-file", store.path, "--pool-name", store.pool_name],
-            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd="/", env=env,
-            close_fds=True, start_new_session=True,
-        )
+        env = dict(env)
+        env["PYTHONPATH"] = code_root
+        env.pop("PYTHONSTARTUP", None)
+        # Never through a link, never someone else's file: in a shared place that would let another user choose
+        # what we append to.
+        try:
+            log_fd = open_private(log_path(store), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        except OSError as exc:
+            raise StateFileError("cannot open the refill log %s: %s" % (log_path(store), exc.strerror),
+                                 path=log_path(store))
+        # Background work at a lower CPU priority: the job starts (Python, boto3) while the playbook that started
+        # it is still finishing on the same cores, and the playbook must not wait on it.
+        nice = shutil.which("nice")
+        try:
+            # Detached on purpose; never waited for. The job inherits code_fd, whose shared flock marks its code
+            # copy as in use for as long as it runs.
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                ([nice, "-n", "10"] if nice else [])
+                + [sys.executable, "-m", REFILL_MODULE, "--state-file", store.path, "--pool-name", store.pool_name],
+                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd="/", env=env,
+                close_fds=True, pass_fds=() if code_fd is None else (code_fd,), start_new_session=True,
+            )
+        finally:
+            os.close(log_fd)
     finally:
-        os.close(log_fd)
+        if code_fd is not None:
+            os.close(code_fd)
     return True, proc.pid
 
 
@@ -124,10 +313,17 @@ def _is_refill_process(pid, store):
     return REFILL_MODULE.encode() in argv and store.path.encode() in argv
 
 
-def stop_refill(store, timeout=20.0):
-    """Stop a running refill job and return the job lock, held, so that nothing launches until released."""
+def stop_refill(store, timeout=20.0, create=True):
+    """Stop a running refill job and return the job lock, held, so that nothing launches until released.
+
+    Without `create` (a pool that has no file), nothing is created: when no job ever ran here, the lock returned
+    is not held (its release() does nothing)."""
     lock = refill_lock(store)
-    if lock.acquire(blocking=False):
+    if create:
+        store.ensure_directory()
+    if lock.acquire(blocking=False, create=create):
+        return lock
+    if not create and not os.path.lexists(lock.path):
         return lock
     state = store.read()
     pid = (state or {}).get("refill", {}).get("pid")

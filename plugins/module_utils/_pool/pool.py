@@ -176,16 +176,24 @@ def _identify(store, client, existing, rebuild, requested, region):
     return pool_id, named
 
 
+def _rebuildable(error, rebuild, force_rebuild):
+    """Whether init may move this unreadable file aside: a damaged file of this pool with `rebuild`; a file that
+    is not recognisably this pool's only with `force_rebuild` (it may be the user's own file that pool_file names
+    by mistake); a file or directory others could change, or a link, never."""
+    return (error.kind == "damaged" and (rebuild or force_rebuild)) or (error.kind == "foreign" and force_rebuild)
+
+
 def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mode=False, refill_env=None,
-              rebuild=False, sleep=time.sleep, clock=time.monotonic, max_size=DEFAULT_MAX_SIZE, quotas_client=None,
-              pool_id=None):
+              rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic, max_size=DEFAULT_MAX_SIZE,
+              quotas_client=None, pool_id=None):
     """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
 
-    With `rebuild`, a lost or corrupt state file is made again from the pool's tags (a corrupt one is first
+    With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first
     moved aside to `<file>.corrupt-<time>`, never overwritten): the instances of its pool id, which the old
-    file, `pool_id`, or the only pool id tagged with the pool's name gives. Before anything is written or
-    launched, the options are checked, and what would be launched against the account's limits
-    (`quotas_client`: a Service Quotas client, for the vCPU quotas)."""
+    file, `pool_id`, or the only pool id tagged with the pool's name gives. `force_rebuild` does the same for a
+    file that is not recognisably this pool's. Anything else unreadable is an error, and nothing is moved or
+    written. Before anything is written or launched, the options are checked, and what would be launched
+    against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas)."""
     # pylint: disable=import-outside-toplevel
     # The launcher pulls in boto3; get must not import this path.
     from .launcher import account_limit_problem
@@ -200,9 +208,10 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
     try:
         existing = store.read()
     except StateFileError as exc:
-        if not rebuild:
+        if not _rebuildable(exc, rebuild, force_rebuild):
             raise
         existing, corrupt = None, exc
+    rebuild = rebuild or force_rebuild
     warnings = []
     have = len(existing["instances"]) if existing else 0
     problem = account_limit_problem(client, quotas_client, launch, size - have, warnings.append)
@@ -226,8 +235,8 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
     lock = jobcontrol.stop_refill(store) if corrupt is None else None
     try:
         if corrupt is not None:
-            aside = "%s.corrupt-%s" % (store.path, utcnow().strftime("%Y%m%dT%H%M%SZ"))
-            os.rename(store.path, aside)
+            # Under the pool's lock, after checking once more that it is the kind of file we may move.
+            aside = store.move_aside(allow_foreign=force_rebuild)
             lock = jobcontrol.stop_refill(store)
         with store.transaction() as tx:
             if rebuild:
@@ -265,7 +274,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
     result = {"changed": bool(spec_changed or launched or dropped or retired), "launched": launched,
               "terminated": retired, "pool": _pool_view(state), "counts": pool_counts, "pool_id": state.get("pool_id"),
               "cooldowns": state.get("cooldowns", []), "warnings": warnings}
-    if corrupt is not None:
+    if corrupt is not None and aside:
         result["moved_aside"] = aside
     return result
 
@@ -562,7 +571,8 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
 
     if check_mode:
         return result(*plan(state))
-    lock = jobcontrol.stop_refill(store) if corrupt is None else None
+    # A pool without a file gets no lock file made just to be removed again (nothing is created for it).
+    lock = jobcontrol.stop_refill(store, create=state is not None) if corrupt is None else None
     try:
         state = store.read() if corrupt is None else None  # the job may have added instances before it stopped
         chosen, to_terminate, to_stop, orphans, kept = plan(state)
@@ -574,9 +584,10 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
                 raise
         _delete_own_template(client, store.pool_name, chosen, state, warnings)
         if corrupt is None:
-            with store.transaction() as tx:
-                if tx.state is not None:
-                    tx.delete()
+            # The pool file and its lock, then (still holding the job lock) the job lock, the log, and the code
+            # copy if no other pool here needs it. A damaged file and its sidecars stay for inspection.
+            store.delete()
+            jobcontrol.remove_pool_files(store, lock)
     finally:
         if lock is not None:
             lock.release()

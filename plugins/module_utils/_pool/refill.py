@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -54,6 +55,7 @@ from .launcher import ensure_template
 from .state import PoolStore
 from .state import counts
 from .state import isoformat
+from .state import open_private
 from .state import parse_time
 from .state import utcnow
 
@@ -440,22 +442,38 @@ class RefillJob:
 
 
 # -- the job's entry point ---------------------------------------------------------------------------------
+def _rotate_log(path, fd=1, max_bytes=LOG_MAX_BYTES):
+    """Start a fresh log once the one we write to (`fd`) grew past `max_bytes`; the last one is kept as `.1`.
+
+    Returns the new log's descriptor, or None when nothing was rotated. Only our own regular file is renamed, and
+    only when it is the very file we write to (never what a link or someone else's file at the path points to);
+    the new one is opened like every file of ours (no link followed, refused if not ours)."""
+    try:
+        current = os.fstat(fd)
+        if current.st_size <= max_bytes:
+            return None
+        at_path = os.lstat(path)
+        if not stat.S_ISREG(at_path.st_mode) or at_path.st_uid != os.geteuid() \
+                or (at_path.st_dev, at_path.st_ino) != (current.st_dev, current.st_ino):
+            return None
+        os.replace(path, path + ".1")
+        return open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    except (OSError, PoolError):
+        return None  # a log that cannot rotate is no reason to leave the pool unfilled: keep writing where we are
+
+
 def _json_logger(path):
     def log(event, **fields):
         record = dict(time=isoformat(utcnow()), event=event, pid=os.getpid(), **fields)
         sys.stdout.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
 
-    # Keep the log bounded: start a fresh one when it grew past LOG_MAX_BYTES (the last one is kept as .1).
-    try:
-        if os.path.getsize(path) > LOG_MAX_BYTES:
-            os.replace(path, path + ".1")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.close(fd)
-    except OSError:
-        pass
+    # Keep the log bounded. Our stdout and stderr are the log that start_refill opened.
+    fd = _rotate_log(path)
+    if fd is not None:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     return log
 
 
