@@ -204,7 +204,7 @@ def test_a_get_whose_lease_write_fails_leaves_no_lease(pool, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ops_state.os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ops.PoolError, match=r"cannot write the pool file .*No space left on device; nothing was leased"):
         ops.get_instance(pool, no_client, refill=False, verify=False)
     monkeypatch.setattr(ops_state.os, "fsync", real_fsync)
     assert open(pool.path, "rb").read() == before and leases_of(pool) == []

@@ -237,23 +237,27 @@ def _claim(store, dead, acceptable, lease_ttl, check_mode):
     The lease is this transaction's write, the last step of a get that can fail. The drops are written even when
     nothing can be handed out: what EC2 said must not be rolled back with a failed get."""
     claim = _Claim()
-    with store.transaction() as tx:
-        state = tx.state
-        if state is None:
-            raise _no_pool(store)
-        claim.dropped = [entry["id"] for entry in state["instances"] if entry["id"] in dead]
-        state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
-        ready = [entry for entry in state["instances"] if entry.get("ip")]
-        entry = next((entry for entry in ready if acceptable(entry)), None)
-        claim.unchecked = [item["id"] for item in ready if item is not entry]
-        claim.refill_error = (state.get("refill") or {}).get("last_error")
-        if entry is not None:
-            claim.lease = new_lease(entry, utcnow(), lease_ttl)
-            state["instances"].remove(entry)
-            state["leases"].append(claim.lease)
-        claim.counts = counts(state)
-        if check_mode:
-            tx.state = None  # check mode: leave the file exactly as it is
+    try:
+        with store.transaction() as tx:
+            state = tx.state
+            if state is None:
+                raise _no_pool(store)
+            claim.dropped = [entry["id"] for entry in state["instances"] if entry["id"] in dead]
+            state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
+            ready = [entry for entry in state["instances"] if entry.get("ip")]
+            entry = next((entry for entry in ready if acceptable(entry)), None)
+            claim.unchecked = [item["id"] for item in ready if item is not entry]
+            claim.refill_error = (state.get("refill") or {}).get("last_error")
+            if entry is not None:
+                claim.lease = new_lease(entry, utcnow(), lease_ttl)
+                state["instances"].remove(entry)
+                state["leases"].append(claim.lease)
+            claim.counts = counts(state)
+            if check_mode:
+                tx.state = None  # check mode: leave the file exactly as it is
+    except OSError as exc:  # the write failed (a full disk): the transaction wrote nothing, so nothing was leased
+        raise PoolError("cannot write the pool file %s: %s; nothing was leased or changed"
+                        % (store.path, exc.strerror or exc))
     return claim
 
 
