@@ -24,7 +24,8 @@ description:
     EC2 said is recorded even when the get then fails.
   - That check is a signed EC2 Query API request made with botocore's signer and credential resolution (it
     loads no EC2 service model, which costs a boto3 client about a quarter of a second on every get), with the
-    same connection options as every amazon.aws module. Throttling and passing server errors are retried up to
+    same connection options as every amazon.aws module (of O(aws_config), C(proxies), C(connect_timeout) and
+    C(read_timeout) apply; the defaults are the environment's proxies, 5 s and 15 s). Throttling and passing server errors are retried up to
     3 times with jittered, capped pauses; an authentication error, missing credentials or an unreachable
     endpoint fail the get with a message saying so, and change nothing.
   - Fails when no instance is ready; the message gives the ready, pending and leased counts, the instances it

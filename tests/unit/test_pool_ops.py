@@ -310,3 +310,32 @@ def test_a_get_that_lost_its_checked_instance_to_another_get_checks_the_next(poo
 
     got = ops.get_instance(pool, states_then_someone_else_takes_it, refill=False)
     assert got["instance_id"] != first and sorted(leases_of(pool)) == sorted([first, got["instance_id"]])
+
+
+def test_a_successful_init_clears_the_error_that_stopped_the_refill(pool, client):
+    with pool.transaction() as tx:
+        tx.state["refill"].update(last_error="CreateFleet failed (UnauthorizedOperation)",
+                                  last_error_code="UnauthorizedOperation", last_error_permanent=True)
+    ops.init_pool(pool, client, 3, dict(LAUNCH))
+    refill = pool.read()["refill"]
+    assert (refill["last_error"], refill["last_error_code"], refill["last_error_permanent"]) == (None, None, None)
+    assert ops.pool_info(pool)["refill"]["will_restart"] is True
+
+
+def test_a_waiting_get_starts_the_refill_once_and_takes_what_it_makes_ready(pool, monkeypatch):
+    taken = [ops.get_instance(pool, no_client, refill=False, verify=False)["instance_id"] for _lease in range(3)]
+    started = []
+    monkeypatch.setattr(ops.jobcontrol, "start_refill", lambda store, env: started.append(1) or (True, 4242))
+    now = [0.0]
+
+    def sleep(seconds):  # the "refill" makes one instance ready during the wait
+        now[0] += seconds
+        with pool.transaction() as tx:
+            lease = tx.state["leases"].pop(0)
+            tx.state["instances"].append({key: value for key, value in lease.items()
+                                          if key not in ("leased_at", "expires_at")})
+
+    got = ops.get_instance(pool, no_client, verify=False, wait_timeout=5, refill_env={}, sleep=sleep,
+                           clock=lambda: now[0])
+    assert got["instance_id"] == taken[0] and now[0] == 1.0
+    assert started == [1, 1]  # once while waiting, once after the hand-out (a running job makes it a no-op)

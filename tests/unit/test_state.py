@@ -149,7 +149,7 @@ def _get_put_worker(path, rounds, queue):
     store = PoolStore(path, "default")
     problems = 0
     for _round in range(rounds):
-        lease = ops._claim(store, set(), lambda entry: True, 0, False).lease  # pylint: disable=protected-access
+        lease = ops._claim(store, set(), set(), False, 0, 0, False).lease  # pylint: disable=protected-access
         with store.transaction() as tx:
             held = [item for item in tx.state["leases"] if item["id"] == lease["id"]]
             problems += len(held) != 1  # the same instance leased twice at once

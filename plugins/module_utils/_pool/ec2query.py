@@ -161,8 +161,13 @@ class InstanceStates:
 
     def _region(self, session):
         region = self.params.get("region")
-        if not region and session is not None:
-            region = session.get_config_variable("region")  # the profile's region, as boto3 would take it
+        if not region:
+            # The profile's region (or the default profile's), as boto3 would take it from the config file.
+            # pylint: disable=import-outside-toplevel
+            import botocore.session
+
+            session = session or botocore.session.Session(profile=self.params.get("profile") or None)
+            region = session.get_config_variable("region")
         return region
 
     def _http(self, url):
@@ -173,9 +178,13 @@ class InstanceStates:
         from botocore.httpsession import URLLib3Session
 
         verify = self.params.get("aws_ca_bundle") or self.params.get("validate_certs", True)
+        # The botocore settings of aws_config that apply to one plain request; the others (retries, signature
+        # version...) are this module's own.
+        config = self.params.get("aws_config") or {}
         host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-        proxies = {} if proxy_bypass(host) else getproxies()
-        return URLLib3Session(verify=verify, proxies=proxies, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        proxies = config.get("proxies") or ({} if proxy_bypass(host) else getproxies())
+        return URLLib3Session(verify=verify, proxies=proxies, timeout=(config.get("connect_timeout", CONNECT_TIMEOUT),
+                                                                       config.get("read_timeout", READ_TIMEOUT)))
 
     def __call__(self, instance_ids):
         # pylint: disable=import-outside-toplevel

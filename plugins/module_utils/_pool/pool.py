@@ -227,12 +227,13 @@ class _Claim:
         self.counts = None
         self.refill_error = None
         self.dropped = []
-        self.unchecked = []  # ready entries this get has not asked EC2 about yet
+        self.unchecked = []  # no lease yet: the ready entries to ask EC2 about first
 
 
-def _claim(store, dead, acceptable, lease_ttl, check_mode):
-    """Under the lock, with no AWS call: drop the entries EC2 reported dead, then lease the first ready entry that
-    `acceptable` admits (one this get just saw running, or any when no check is needed).
+def _claim(store, dead, alive, verify, verify_max_age, lease_ttl, check_mode):
+    """One transaction, no AWS call: drop the entries EC2 reported dead (`dead`), then lease the first ready entry,
+    if no check is needed, or else the first that EC2 has just reported running (`alive`). When a check is needed
+    and no ready entry was checked, nothing is leased and `unchecked` names the candidates.
 
     The lease is this transaction's write, the last step of a get that can fail. The drops are written even when
     nothing can be handed out: what EC2 said must not be rolled back with a failed get."""
@@ -242,16 +243,19 @@ def _claim(store, dead, acceptable, lease_ttl, check_mode):
             state = tx.state
             if state is None:
                 raise _no_pool(store)
+            now = utcnow()
             claim.dropped = [entry["id"] for entry in state["instances"] if entry["id"] in dead]
             state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
             ready = [entry for entry in state["instances"] if entry.get("ip")]
-            entry = next((entry for entry in ready if acceptable(entry)), None)
-            claim.unchecked = [item["id"] for item in ready if item is not entry]
+            trusted = not _needs_verify(state, verify, verify_max_age, now)
+            entry = next((entry for entry in ready if trusted or entry["id"] in alive), None)
             claim.refill_error = (state.get("refill") or {}).get("last_error")
             if entry is not None:
-                claim.lease = new_lease(entry, utcnow(), lease_ttl)
+                claim.lease = new_lease(entry, now, lease_ttl)
                 state["instances"].remove(entry)
                 state["leases"].append(claim.lease)
+            else:
+                claim.unchecked = [item["id"] for item in ready if item["id"] not in alive]
             claim.counts = counts(state)
             if check_mode:
                 tx.state = None  # check mode: leave the file exactly as it is
@@ -289,27 +293,20 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
     verified = False
     refill_started = None
     while True:
-        state = store.read()
-        if state is None:
-            raise _no_pool(store)
-        must_check = _needs_verify(state, verify, verify_max_age, utcnow())
-        if must_check:
-            ready = [entry["id"] for entry in state["instances"] if entry.get("ip") and entry["id"] not in dead]
-            if ready and not alive & set(ready):
-                # One id: the common case is one call for one instance. After a dead one, the rest in one call:
-                # an instance seldom dies alone (an interruption wave, a pool ended outside it).
-                asked = [instance_id for instance_id in ready if instance_id not in alive][:None if dead else 1]
-                found = instance_states(asked)
-                verified = True
-                for instance_id in asked:
-                    (alive if found.get(instance_id) == "running" else dead).add(instance_id)
-        claim = _claim(store, dead, (lambda entry: entry["id"] in alive) if must_check else (lambda entry: True),
-                       lease_ttl, check_mode)
+        claim = _claim(store, dead, alive, verify, verify_max_age, lease_ttl, check_mode)
         dropped += [instance_id for instance_id in claim.dropped if instance_id not in dropped]
         if claim.lease is not None:
             break
-        if must_check and claim.unchecked:
-            continue  # another get took the instance this one checked: check the next
+        if claim.unchecked:
+            # Outside the lock. One id: the common case is one call for one instance. After a dead one, all the
+            # other candidates in one call: an instance seldom dies alone (an interruption wave, a pool ended
+            # outside it). If another get leases the checked instance meanwhile, the claim passes it over.
+            asked = claim.unchecked if dead else claim.unchecked[:1]
+            found = instance_states(asked)
+            verified = True
+            for instance_id in asked:
+                (alive if found.get(instance_id) == "running" else dead).add(instance_id)
+            continue
         if refill and not check_mode and refill_started is None:
             refill_started = _start_refill_quietly(store, refill_env)
         if clock() >= deadline:
