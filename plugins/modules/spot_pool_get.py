@@ -17,7 +17,7 @@ description:
   - Then starts the pool's refill job, a detached process that launches a replacement and fills in its address
     while the play goes on. At most one refill job runs per pool. A job that stopped on an error is started again
     by the next get. If the job cannot be started (for example the disk is full), the get still succeeds, with a
-    warning and RV(refill.error).
+    warning and C(error) in RV(refill).
   - With O(verify=true) (the default), EC2 is asked about the instance this get is about to hand out (one
     DescribeInstances of that one id), so an instance EC2 reports as not running is never handed out. When it is
     dead, it is dropped from the pool and the pool's other ready instances are checked in one more call. What

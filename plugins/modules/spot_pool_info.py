@@ -15,7 +15,7 @@ description:
   - Returns the pool's idle instances, its leases, counts and the state of its refill job, as the state file
     says. With O(verify=true), also asks EC2 for the state of every instance (one DescribeInstances call).
   - Says whether a stopped refill job will start again by itself and, when it will not, what to fix
-    (RV(refill.will_restart), RV(refill.fix)).
+    (C(will_restart) and C(fix) in RV(refill)).
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:

@@ -210,8 +210,8 @@ def _no_ready(store, pool_counts, refill_error, refill_note, dropped):
     parts = ["pool '%s' has %d ready of %d; %d pending; %d leased" % (
         store.pool_name, pool_counts["ready"], pool_counts["target"], pool_counts["pending"], pool_counts["leased"])]
     if dropped:
-        parts.append("dropped %s: EC2 reports %s not running" % (", ".join(sorted(dropped)),
-                                                                  "it" if len(dropped) == 1 else "them"))
+        pronoun = "it" if len(dropped) == 1 else "them"
+        parts.append("dropped %s: EC2 reports %s not running" % (", ".join(sorted(dropped)), pronoun))
     if refill_error:
         parts.append("refill error: %s" % refill_error)
     if refill_note:
