@@ -113,3 +113,9 @@ def test_a_profile_gives_the_keys_and_the_region(monkeypatch, tmp_path, aws_env,
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     assert InstanceStates({"profile": "ci", "endpoint_url": aws_env["AWS_URL"]})([instance]) == {instance: "running"}
+
+
+def test_a_bad_profile_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(QueryError, match=r"DescribeInstances failed: .*no-such-profile.*\(ProfileNotFound\)"):
+        InstanceStates({"profile": "no-such-profile", "region": REGION, "endpoint_url": "http://127.0.0.1:9"})(["i-1"])
