@@ -6,8 +6,9 @@ Part 1 (Ansible): a moto server on 127.0.0.1 and a private state directory of ou
 `ansible localhost -m ec2spot.pool.spot_pool_init`; then N rounds, each case once per round in a rotated order
 (so drift and position effects cancel), of
   ping      `ansible localhost -m ping`                      the floor every ad-hoc module call pays
-  get       `ansible localhost -m ec2spot.pool.spot_pool_get` defaults: no EC2 call (pool verified recently)
-  get-ec2   the same with verify_max_age=0                    one DescribeInstances, so boto3 is imported
+  get       `ansible localhost -m ec2spot.pool.spot_pool_get` defaults: one signed DescribeInstances of the
+                                                              chosen instance (botocore's signer, no boto3)
+  get-trust the same with verify_max_age=60                   no EC2 call: the refill checked the pool seconds ago
   pb-1      a one-task playbook (ping)                        the floor of any playbook
   pb-shape  playbooks/get_instance.yml with ping in place of the get (same tasks, vars, module_defaults)
   pb-get    `ansible-playbook playbooks/get_instance.yml`
@@ -50,7 +51,9 @@ from tests.support.moto import REGION, MotoServer  # noqa: E402
 
 IMAGE_ID = "ami-12c6146b"
 POOL_NAME = "default"
-TARGETS = {"get": 1.10, "get-ec2": 1.40}  # issue 3: ratio of the median to the ping median
+# Ratio of the median to the ping median: issue 3 for the get that calls no AWS API, issue 9 for the default get,
+# which asks EC2 about the instance it hands out.
+TARGETS = {"get": 1.40, "get-trust": 1.10}
 CORE_P99_TARGET_MS = 2.0
 MIN_ROUNDS = 5  # fewer would make a median of noise, whatever the time budget says
 JSON_CALLBACK = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
@@ -136,15 +139,15 @@ class AnsibleCases:
         self.commands = {
             "ping": [ansible, "localhost", "-m", "ping"],
             "get": [ansible, "localhost", "-m", "ec2spot.pool.spot_pool_get"],
-            "get-ec2": [ansible, "localhost", "-m", "ec2spot.pool.spot_pool_get", "-a", "verify_max_age=0"],
+            "get-trust": [ansible, "localhost", "-m", "ec2spot.pool.spot_pool_get", "-a", "verify_max_age=60"],
             "pb-1": [playbook, str(pb_one)],
             "pb-shape": [playbook, str(pb_shape)],
             "pb-get": [playbook, str(REPO / "playbooks" / "get_instance.yml")],
         }
         self.labels = {
             "ping": "`ansible localhost -m ping`",
-            "get": "`ansible localhost -m ec2spot.pool.spot_pool_get` (defaults)",
-            "get-ec2": "`... spot_pool_get -a verify_max_age=0` (asks EC2)",
+            "get": "`ansible localhost -m ec2spot.pool.spot_pool_get` (defaults: asks EC2 about the instance)",
+            "get-trust": "`... spot_pool_get -a verify_max_age=60` (no EC2 call)",
             "pb-1": "one-task playbook (ping)",
             "pb-shape": "get_instance.yml with ping instead of the get",
             "pb-get": "`ansible-playbook playbooks/get_instance.yml`",
@@ -234,8 +237,9 @@ def bench_ansible(args, workdir, out):
             % args.pool_size)
         out("launches its replacement; before every timed run the script waits, untimed, until no refill job runs"
             " and the")
-        out("pool is whole. So the default get sees a pool the refill verified seconds ago (verified=false is"
-            " checked),")
+        out("pool is whole. So get-trust sees a pool the refill verified seconds ago (verified=false is checked;"
+            " the default")
+        out("get and pb-get ask EC2 about their instance: verified=true is checked),")
         out("and no background launch competes for the 2 CPUs with the run being timed. The gets' own spawn of"
             " the refill")
         out("job is inside the timed run, as it is for users.")
@@ -255,7 +259,7 @@ def bench_ansible(args, workdir, out):
                 handed_out.append(result["instance_id"])
         times = {name: [] for name in names}
         cpu_times = {name: [] for name in names}
-        verified = {name: [] for name in ("get", "get-ec2", "pb-get")}
+        verified = {name: [] for name in ("get", "get-trust", "pb-get")}
         refill_started = 0
         settle_seconds = 0.0
         bench_started = time.monotonic()
@@ -280,10 +284,10 @@ def bench_ansible(args, workdir, out):
             % (rounds, len(names), time.monotonic() - bench_started, settle_seconds, load_note()))
         if len(set(handed_out)) != len(handed_out):
             raise BenchFailure("an instance was handed out twice: %s" % sorted(handed_out))
-        if verified["get"].count(True) or verified["pb-get"].count(True) or verified["get-ec2"].count(False):
+        if verified["get"].count(False) or verified["pb-get"].count(False) or verified["get-trust"].count(True):
             raise BenchFailure("verified is not what the case means: %s" % verified)
         seen = ["%d x %s" % (len(values), sorted(set(values))) for values in verified.values()]
-        out("verified: get %s, get-ec2 %s, pb-get %s; %d distinct instances handed out, refill started by %d of them"
+        out("verified: get %s, get-trust %s, pb-get %s; %d distinct instances handed out, refill started by %d of them"
             % (seen[0], seen[1], seen[2], len(handed_out), refill_started))
         rows = report_ansible(times, cpu_times, cases.labels, out)
         terminated = teardown_pool(env, store, jobcontrol, moto, out)
@@ -346,7 +350,7 @@ def report_ansible(times, cpu_times, labels, out):
                cpu / ping_cpu, labels[name]))
         rows.append((labels[name], median, percentile(values, 0.9), ratio, verdict, min(values) / ping_best,
                      cpu / ping_cpu))
-    base = {"pb-get": ("pb-1", "pb-shape"), "get": ("ping",), "get-ec2": ("get",)}
+    base = {"pb-get": ("pb-1", "pb-shape"), "get": ("ping", "get-trust"), "get-trust": ("ping",)}
     for name, refs in base.items():
         for ref in refs:
             out("  %s - %s: %+.0f ms (median of the difference within each round: %+.0f ms)" % (

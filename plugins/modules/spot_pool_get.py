@@ -15,15 +15,24 @@ description:
   - Takes the first instance of the pool that runs and has an address, records it as leased, and returns its
     address. It never waits for a launch (unless O(wait_timeout) allows it).
   - Then starts the pool's refill job, a detached process that launches a replacement and fills in its address
-    while the play goes on. At most one refill job runs per pool.
-  - With O(verify=true), instances that are no longer running are dropped first, with one DescribeInstances call
-    for the whole pool; the call is skipped when the pool was checked with EC2 less than O(verify_max_age)
-    seconds ago (the refill job checks it on each pass).
-  - Fails, changing nothing, when no instance is ready; the message gives the ready, pending and leased counts,
-    and the refill job's last error if it has one (a failed refill is also reported as a warning).
+    while the play goes on. At most one refill job runs per pool. A job that stopped on an error is started again
+    by the next get. If the job cannot be started (for example the disk is full), the get still succeeds, with a
+    warning and C(error) in RV(refill).
+  - With O(verify=true) (the default), EC2 is asked about the instance this get is about to hand out (one
+    DescribeInstances of that one id), so an instance EC2 reports as not running is never handed out. When it is
+    dead, it is dropped from the pool and the pool's other ready instances are checked in one more call. What
+    EC2 said is recorded even when the get then fails.
+  - That check is a signed EC2 Query API request made with botocore's signer and credential resolution (it
+    loads no EC2 service model, which costs a boto3 client about a quarter of a second on every get), with the
+    same connection options as every amazon.aws module (of O(aws_config), C(proxies), C(connect_timeout) and
+    C(read_timeout) apply; the defaults are the environment's proxies, 5 s and 15 s). Throttling and passing server errors are retried up to
+    3 times with jittered, capped pauses; an authentication error, missing credentials or an unreachable
+    endpoint fail the get with a message saying so, and change nothing.
+  - Fails when no instance is ready; the message gives the ready, pending and leased counts, the instances it
+    dropped, the refill job's last error if it has one, and whether it (re)started the refill job, which it
+    does in that case too. A failed get leaves no lease behind (the lease is its last write).
   - This module declares the amazon.aws connection options itself instead of using AnsibleAWSModule, so that
-    the hand-out path does not import boto3 (a quarter of a second per call); boto3 is imported only when EC2
-    must be asked.
+    the hand-out path does not import boto3.
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:
@@ -33,15 +42,21 @@ options:
     choices: [public, private]
     default: public
   verify:
-    description: Drop instances that are no longer running before handing one out.
+    description:
+      - Ask EC2 about the instance before handing it out, and hand out only one that EC2 reports as running.
+      - With C(false), the pool file is trusted as it is and EC2 is not called at all (the fastest get; it may
+        hand out an instance that died since the refill job last checked the pool).
     type: bool
     default: true
   verify_max_age:
     description:
-      - Skip the EC2 check when the pool was checked less than this many seconds ago. C(0) always checks.
+      - Skip the EC2 check when the refill job checked the whole pool less than this many seconds ago. A value
+        above C(0) trades the guarantee of O(verify) for speed; within that window a get may hand out an
+        instance that died after the check.
+      - C(0) checks on every get.
       - Negative values are refused.
     type: int
-    default: 60
+    default: 0
   wait_timeout:
     description:
       - Seconds to wait for an instance to become ready when none is. C(0) fails at once. Negative values are
@@ -49,13 +64,19 @@ options:
     type: int
     default: 0
   refill:
-    description: Start the refill job after the hand-out.
+    description: Start the refill job after the hand-out (or when no instance is ready).
     type: bool
     default: true
   lease_ttl:
     description:
-      - Seconds after which the lease counts as expired (recorded as C(expires_at)). Unset means no expiry.
+      - Seconds after which the lease expires (returned as RV(expires_at)); the refill job then ends the
+        instance (a Spot one is terminated, a fallback stopped or terminated per the pool's C(fallback_action)).
+        So a lease whose holder died or never learned the instance id does not keep an instance forever.
+      - Give a value above the longest job you run on an instance.
+      - C(0) means the lease never expires; it then lasts until M(ec2spot.pool.spot_pool_release) or
+        M(ec2spot.pool.spot_pool_terminate) ends it. Negative values are refused.
     type: int
+    default: 86400
 extends_documentation_fragment:
   - ec2spot.pool.pool
   - ec2spot.pool.attributes
@@ -88,11 +109,11 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "Run the job on {{ runner.ip }} ({{ runner.type }} {{ runner.instance_type }} in {{ runner.availability_zone }})"
 
-- name: Always ask EC2 first, and return the private address
+- name: Return the private address; trust a pool the refill checked in the last minute (faster, see verify_max_age)
   ec2spot.pool.spot_pool_get:
     pool_name: ci
     address: private
-    verify_max_age: 0
+    verify_max_age: 60
   delegate_to: localhost
 """
 
@@ -145,17 +166,17 @@ leased_at:
   type: str
   sample: "2026-11-22T10:00:00Z"
 expires_at:
-  description: When the lease expires (UTC), if O(lease_ttl) was given.
+  description: When the lease expires (UTC); C(null) when O(lease_ttl=0).
   returned: success
   type: str
   sample: "2026-11-22T11:00:00Z"
 verified:
-  description: Whether EC2 was asked about the pool's instances before this hand-out.
+  description: Whether EC2 was asked about the instance before this hand-out (see O(verify), O(verify_max_age)).
   returned: success
   type: bool
   sample: false
 dropped:
-  description: Instances dropped from the pool because EC2 said they no longer run.
+  description: Instances dropped from the pool because EC2 said they no longer run (this get asked about them).
   returned: success
   type: list
   elements: str
@@ -166,7 +187,9 @@ counts:
   type: dict
   sample: {target: 3, ready: 2, pending: 0, leased: 1, spot: 2, fallback: 0}
 refill:
-  description: Whether this run started the refill job (C(false) when one was already running).
+  description:
+    - Whether this run started the refill job (C(started=false) when one was already running).
+    - C(error) says why the job could not be started, when it could not; the lease stands all the same.
   returned: success
   type: dict
   sample: {started: true, pid: 12345}
@@ -177,10 +200,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import client_from_params
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import connection_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import InstanceStates
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_LEASE_TTL
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import get_instance
 
 
@@ -190,16 +214,16 @@ def main():
         **pool_argument_spec(),
         address=dict(type="str", choices=["public", "private"], default="public"),
         verify=dict(type="bool", default=True),
-        verify_max_age=dict(type="int", default=60),
+        verify_max_age=dict(type="int", default=0),
         wait_timeout=dict(type="int", default=0),
         refill=dict(type="bool", default=True),
-        lease_ttl=dict(type="int", no_log=False),
+        lease_ttl=dict(type="int", default=DEFAULT_LEASE_TTL, no_log=False),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     try:
         result = get_instance(
-            pool_store(params), lambda: client_from_params(params), address=params["address"],
+            pool_store(params), InstanceStates(params), address=params["address"],
             verify=params["verify"], verify_max_age=params["verify_max_age"], lease_ttl=params["lease_ttl"],
             wait_timeout=params["wait_timeout"], refill=params["refill"],
             refill_env=child_environment(params, params["region"]), check_mode=module.check_mode,

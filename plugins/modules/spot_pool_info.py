@@ -15,6 +15,8 @@ description:
   - Returns the pool's idle instances, its leases, counts and the state of its refill job, as the state file
     says. With O(verify=true), also asks EC2 for the state of every instance (one DescribeInstances call).
   - Writes and creates nothing, not even a lock file or the state directory of a pool that does not exist.
+  - Says whether a stopped refill job will start again by itself and, when it will not, what to fix
+    (C(will_restart) and C(fix) in RV(refill)).
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:
@@ -99,11 +101,23 @@ counts:
   type: dict
   sample: {target: 3, ready: 2, pending: 1, leased: 1, spot: 3, fallback: 0}
 refill:
-  description: The refill job, its last run and its last error.
+  description:
+    - The refill job, its last run and its last error (C(last_error), with AWS's error code in C(last_error_code)).
+    - C(will_restart) says whether the pool recovers without anyone acting. It is true when the job has no error
+      or a passing one (throttling, capacity, EC2 unreachable, a run that gave up); the next
+      M(ec2spot.pool.spot_pool_get) starts the job again. It is false when the job stopped on an error that it
+      would meet again (authorisation, a deleted launch template, invalid launch options, a crash). C(fix) then
+      says what to do, and to run M(ec2spot.pool.spot_pool_init) afterwards to start the job again.
+    - A job that was killed before it could record why it stopped is reported with C(pid=null) and a
+      C(last_error) that says so.
   returned: always
   type: dict
-  sample: {running: false, pid: null, started_at: "2026-11-22T10:00:01Z", finished_at: "2026-11-22T10:00:09Z",
-           verified_at: "2026-11-22T10:00:09Z", last_error: null, log: /home/ci/.local/state/ec2spot/default.json.refill.log}
+  sample: {running: false, pid: null, started_at: "2026-11-22T10:00:01Z", finished_at: "2026-11-22T10:00:02Z",
+           verified_at: "2026-11-22T09:58:09Z",
+           last_error: "CreateFleet failed: You are not authorized to perform this operation. (UnauthorizedOperation)",
+           last_error_code: UnauthorizedOperation, last_error_permanent: true, will_restart: false,
+           fix: "give the credentials the pool runs with ... then run ec2spot.pool.spot_pool_init ...",
+           log: /home/ci/.local/state/ec2spot/default.json.refill.log}
 cooldowns:
   description: Offerings, subnets or markets the refill does not ask until C(until), and the error why.
   returned: always

@@ -212,7 +212,8 @@ def test_auth_error_stops_the_refill_and_is_reported_by_info_and_get(faulty_pool
     assert pool.init(size=2).rc == 0
     denied = proxy.fail(action, code) if where == "request" else proxy.fail_offering(code)
     started = time.time()
-    rc, got = pool.module("spot_pool_get")
+    # verify=false: the get's own DescribeInstances is not the subject here (it would fail on AuthFailure too).
+    rc, got = pool.module("spot_pool_get", verify=False)
     assert rc == 0 and got["refill"]["started"], got
     wait_refill_done(pool, timeout=20)
     attempts = [r for r in proxy.records(action) if r.started >= started]
@@ -222,6 +223,9 @@ def test_auth_error_stops_the_refill_and_is_reported_by_info_and_get(faulty_pool
     info = pool.info()
     assert code in info["refill"]["last_error"] and info["refill"]["running"] is False, info["refill"]
     assert info["counts"]["ready"] == 1 and info["counts"]["leased"] == 1
+    # It will not get past this by itself, and info says what to do.
+    assert info["refill"]["will_restart"] is False and info["refill"]["pid"] is None, info["refill"]
+    assert info["refill"]["fix"].startswith("give the credentials") and "spot_pool_init" in info["refill"]["fix"]
 
     # The next get hands out the last ready instance and warns; EC2 accepts us again, so its refill heals the pool.
     proxy.remove_rule(denied)
@@ -300,3 +304,78 @@ def test_fallbacks_are_replaced_by_spot_once_spot_is_back_never_a_leased_one(fau
     assert set(ended["terminated"]) >= set(new_spot) | {leased["instance_id"]}
     assert pool.tagged_instances(states=("pending", "running", "stopping", "stopped")) == []
     assert not pool.state_file.exists()
+
+
+# -- issue 9: a stopped refill starts again; what a get learns from EC2 is kept -----------------------------------
+def test_a_refill_stopped_by_an_error_is_started_again_by_the_next_get_that_finds_nothing(faulty_pool):
+    """Item 5: a pool of one; its refill stops on UnauthorizedOperation; EC2 recovers. The next get finds 0 ready:
+    it must (re)start the refill and say so, instead of failing on the old error for ever."""
+    pool, proxy = faulty_pool, faulty_pool.proxy
+    assert pool.init(size=1).rc == 0
+    denied = proxy.fail("CreateFleet", "UnauthorizedOperation")
+    rc, first = pool.module("spot_pool_get")
+    assert rc == 0 and first["refill"]["started"], first
+    wait_refill_done(pool, timeout=20)
+    info = pool.info()
+    assert "UnauthorizedOperation" in info["refill"]["last_error"] and info["refill"]["will_restart"] is False
+
+    proxy.remove_rule(denied)  # EC2 accepts us again
+    run = pool.playbook("get_instance.yml")
+    assert run.rc != 0
+    msg = task_result(run, "spot_pool_get")["msg"]
+    assert msg.startswith("pool 'default' has 0 ready of 1; 0 pending; 1 leased"), msg
+    assert "refill error: " in msg and "UnauthorizedOperation" in msg, msg
+    assert "the refill job was started (pid " in msg, msg
+    state = wait_whole(pool)
+    assert state["refill"]["last_error"] is None and [lease["id"] for lease in state["leases"]] == \
+        [first["instance_id"]]
+    rc, second = pool.module("spot_pool_get")
+    assert rc == 0 and second["instance_id"] != first["instance_id"], second
+    wait_refill_done(pool)
+    assert_consistent(pool)
+
+
+def test_dead_instances_a_get_finds_stay_dropped_and_the_refill_starts(pool):
+    """Item 6: every instance ended outside the pool. The get fails (nothing is running), but what EC2 said is
+    recorded (not rolled back with the failed get) and the refill starts, so the pool heals."""
+    assert pool.init(size=3).rc == 0
+    dead = sorted(entry["id"] for entry in pool.state()["instances"])
+    pool.ec2.terminate_instances(InstanceIds=dead)
+
+    run = pool.playbook("get_instance.yml", spot_pool_verify_max_age=0)
+    assert run.rc != 0
+    msg = task_result(run, "spot_pool_get")["msg"]
+    assert msg.startswith("pool 'default' has 0 ready of 3"), msg
+    assert "dropped %s" % ", ".join(dead) in msg and "the refill job was started" in msg, msg
+    assert not set(dead) & {entry["id"] for entry in pool.info()["pool"]}
+    state = wait_whole(pool)
+    assert not set(dead) & {entry["id"] for entry in state["instances"]} and len(state["instances"]) == 3
+    wait_refill_done(pool)
+    rc, got = pool.module("spot_pool_get")
+    assert rc == 0 and got["instance_id"] not in dead, got
+    wait_refill_done(pool)
+    assert_consistent(pool)
+
+
+def test_the_default_get_never_hands_out_an_instance_ec2_reports_terminated(faulty_pool):
+    """Item 7: right after init (the pool was checked a moment ago), the first instance is terminated outside the
+    pool. A get with default options asks EC2 about the one it would hand out, drops it and hands out the next:
+    one DescribeInstances of one id, then one for the rest."""
+    pool, proxy = faulty_pool, faulty_pool.proxy
+    assert pool.init(size=3).rc == 0
+    dead = pool.state()["instances"][0]["id"]
+    pool.ec2.terminate_instances(InstanceIds=[dead])
+    started = time.time()
+    run = pool.playbook("get_instance.yml")
+    assert run.rc == 0, run.stdout[-3000:]
+    got = task_result(run, "spot_pool_get")
+    assert got["instance_id"] != dead and got["verified"] is True and got["dropped"] == [dead], got
+    assert pool.instance(got["instance_id"])["State"]["Name"] == "running"
+    # The get's calls ask by instance id (the refill's ask by the pool tag).
+    asked = [sorted(value for key, value in r.params.items() if key.startswith("Filter.1.Value."))
+             for r in proxy.records("DescribeInstances") if r.started >= started
+             and r.params.get("Filter.1.Name") == "instance-id"]
+    assert asked[0] == [dead] and len(asked) == 2, asked
+    assert got["instance_id"] in asked[1] and len(asked[1]) == 2 and dead not in asked[1], asked
+    wait_refill_done(pool)
+    assert_consistent(pool)

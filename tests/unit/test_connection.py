@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from ansible_collections.amazon.aws.plugins.module_utils.modules import aws_argument_spec
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import connection
@@ -35,17 +34,3 @@ def test_a_profile_wins_over_keys_left_in_the_controller_environment():
     env = connection.child_environment(params, None, base={"AWS_ACCESS_KEY_ID": "other", "AWS_SECRET_ACCESS_KEY": "x"})
     assert env["AWS_PROFILE"] == "ci"
     assert "AWS_ACCESS_KEY_ID" not in env and "AWS_SECRET_ACCESS_KEY" not in env
-
-
-def test_the_get_client_uses_the_module_options_and_one_retry_layer(aws_env):
-    client = connection.client_from_params({"region": "eu-west-1", "endpoint_url": aws_env["AWS_URL"],
-                                            "access_key": "AKIAEXAMPLE", "secret_key": "s3cr3t", "validate_certs": True,
-                                            "aws_config": {"read_timeout": 7}})
-    assert client.meta.region_name == "eu-west-1" and client.meta.endpoint_url == aws_env["AWS_URL"]
-    assert client.meta.config.retries["total_max_attempts"] == 1 and client.meta.config.read_timeout == 7
-    assert client.describe_availability_zones()["AvailabilityZones"]
-
-
-def test_a_bad_profile_is_a_clear_error():
-    with pytest.raises(connection.PoolError, match="cannot connect to EC2.*no-such-profile"):
-        connection.client_from_params({"profile": "no-such-profile", "region": "us-east-1"})

@@ -327,3 +327,71 @@ def test_a_fleet_refused_for_every_offering_by_authorisation_stops_the_job(proxi
     assert refill.RefillJob(store, client, lambda e, **f: events.append(e)).run() == 1
     assert events[-1] == "failed" and "UnauthorizedOperation" in store.read()["refill"]["last_error"]
     assert proxy.count("CreateFleet") == 1  # not asked again every few seconds for 15 minutes
+
+
+# -- issue 9: a stopped refill is seen, and started again ------------------------------------------------------------
+def test_an_unexpected_error_in_the_job_is_recorded_with_its_pid_cleared(store, client, monkeypatch):
+    """Item 16: an unexpected exception in a pass (here the KeyError that a pending launch without `request` once
+    raised) used to kill the job with a traceback only its log showed, leaving last_error empty and a stale pid.
+    Such a file is now refused at read, naming the field (test_state.py); any other crash is recorded."""
+    def crash(*args, **kwargs):
+        raise KeyError("request")
+
+    monkeypatch.setattr(refill, "reconcile", crash)
+    events = []
+    assert refill.RefillJob(store, client, lambda event, **fields: events.append((event, fields))).run() == 1
+    recorded = store.read()["refill"]
+    assert recorded["pid"] is None and recorded["finished_at"]
+    assert recorded["last_error"].startswith("the refill job crashed: KeyError: 'request'")
+    assert (recorded["last_error_code"], recorded["last_error_permanent"]) == ("KeyError", True)
+    assert events[-1][0] == "crashed" and "Traceback" in events[-1][1]["traceback"]
+    status = jobcontrol.refill_status(store, store.read())
+    assert status["will_restart"] is False and "read the refill log" in status["fix"]
+    assert not jobcontrol.refill_lock(store).is_held_elsewhere()
+
+
+def test_a_job_that_cannot_make_its_client_records_why(store, monkeypatch):
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool import connection
+
+    def no_client(*args, **kwargs):
+        raise TypeError("bad config")
+
+    monkeypatch.setattr(connection, "client_from_environment", no_client)
+    monkeypatch.setattr(refill, "_json_logger", lambda path: lambda event, **fields: None)
+    assert refill.main(["--state-file", store.path, "--pool-name", "p"]) == 1
+    recorded = store.read()["refill"]
+    assert recorded["last_error"] == "the refill job could not start: bad config" and recorded["pid"] is None
+
+
+def test_info_says_whether_the_job_recovers_by_itself_and_names_the_fix(store):
+    def status(**refill_fields):
+        with store.transaction() as tx:
+            tx.state["refill"] = dict(refill_fields)
+        return jobcontrol.refill_status(store, store.read())
+
+    assert (status()["will_restart"], status()["fix"]) == (True, None)
+    passing = status(last_error="gave up", last_error_code="GaveUp", last_error_permanent=False)
+    assert (passing["will_restart"], passing["fix"]) == (True, None)
+    auth = status(last_error="x", last_error_code="AuthFailure", last_error_permanent=True)
+    assert auth["will_restart"] is False and auth["fix"].startswith("give the credentials")
+    assert "then run ec2spot.pool.spot_pool_init" in auth["fix"]
+    template = status(last_error="x", last_error_code="InvalidLaunchTemplateId.NotFound", last_error_permanent=True)
+    assert "re-creates the launch template" in template["fix"]
+    assert "correct the launch options" in jobcontrol.refill_fix("InvalidAMIID.Malformed", "log")
+    # Killed before it could record anything: the pid is not reported as if it ran, and the log is named.
+    killed = status(pid=999999, started_at="2026-11-22T10:00:00Z")
+    assert killed["pid"] is None and "ended without recording why" in killed["last_error"]
+    assert killed["will_restart"] is True
+
+
+def test_an_error_stops_the_job_as_permanent_or_passing(proxied):
+    store, client, proxy = proxied
+    proxy.fail("DescribeInstances", "AuthFailure")
+    assert refill.RefillJob(store, client, lambda e, **f: None).run() == 1
+    recorded = store.read()["refill"]
+    assert (recorded["last_error_code"], recorded["last_error_permanent"], recorded["pid"]) == ("AuthFailure", True, None)
+    proxy.clear_rules()
+    proxy.fail("DescribeInstances", "Unavailable")
+    assert refill.RefillJob(store, client, lambda e, **f: None, max_seconds=0).run() == 1
+    recorded = store.read()["refill"]
+    assert (recorded["last_error_code"], recorded["last_error_permanent"]) == ("Unavailable", False)

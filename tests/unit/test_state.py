@@ -152,11 +152,11 @@ def test_counts():
 
 # -- the lock under contention: real processes, the real hand-out core --------------------------------------
 def _get_put_worker(path, rounds, queue):
-    """Hand out an instance (the real `_lease_one`) and put it back, `rounds` times."""
+    """Hand out an instance (the real hand-out transaction, `_claim`) and put it back, `rounds` times."""
     store = PoolStore(path, "default")
     problems = 0
     for _round in range(rounds):
-        lease, _counts = ops._lease_one(store, None, None, False, False, 0)  # pylint: disable=protected-access
+        lease = ops._claim(store, set(), set(), False, 0, 0, False).lease  # pylint: disable=protected-access
         with store.transaction() as tx:
             held = [item for item in tx.state["leases"] if item["id"] == lease["id"]]
             problems += len(held) != 1  # the same instance leased twice at once

@@ -5,8 +5,8 @@
 
 `spot_pool_get` must hand out an instance in about the time Ansible needs to start a module, and importing
 boto3 (which amazon.aws's AnsibleAWSModule does at import time) costs ~0.25 s on a ~1 s module run. So `get`
-declares the same connection options with a plain AnsibleModule and builds a boto3 client only when it must
-call EC2. `connection_argument_spec()` mirrors amazon.aws's `aws_argument_spec()`; a unit test
+declares the same connection options with a plain AnsibleModule and makes its one EC2 call as a signed request
+without a boto3 client (ec2query.py). `connection_argument_spec()` mirrors amazon.aws's `aws_argument_spec()`; a unit test
 compares the two so they cannot drift apart. Every other module uses AnsibleAWSModule directly.
 (`debug_botocore_endpoint_logs` is accepted by `get` for module_defaults' sake, and has no effect there.)
 """
@@ -108,19 +108,6 @@ def make_client(service="ec2", region=None, endpoint_url=None, verify=True, acce
         return session.client(service, endpoint_url=endpoint_url or None, verify=verify, config=config)
     except botocore.exceptions.BotoCoreError as exc:
         raise PoolError("cannot connect to EC2: %s" % exc)
-
-
-def client_from_params(params, service="ec2"):
-    """A client from a module's amazon.aws connection options, for spot_pool_get.
-
-    Built here rather than with amazon.aws's boto3_conn: Ansible puts every file a module imports (even inside a
-    function) into the module's payload and reads them all on the controller for each run, and those helpers
-    add ~0.1 s of controller CPU to every `get`, most of which never asks EC2."""
-    return make_client(service, region=params.get("region"), endpoint_url=params.get("endpoint_url"),
-                       verify=params.get("aws_ca_bundle") or params.get("validate_certs", True),
-                       access_key=params.get("access_key"), secret_key=params.get("secret_key"),
-                       session_token=params.get("session_token"), profile=params.get("profile"),
-                       extra_config=params.get("aws_config"))
 
 
 def client_from_environment(service="ec2", environ=None):

@@ -338,8 +338,44 @@ def stop_refill(store, timeout=20.0, create=True):
     raise PoolError("the refill job of pool '%s' (pid %s) did not stop; stop it and try again" % (store.pool_name, pid))
 
 
+_CREDENTIALS_FIX = ("give the credentials the pool runs with (the modules' connection options, passed to the job "
+                    "in its environment) what the error names, or renew them")
+_INIT_FIX = "run ec2spot.pool.spot_pool_init with the pool's options (it re-creates the launch template the pool owns)"
+# Error code of a job that stopped for good -> what the user has to do before it can succeed.
+_FIXES = (
+    (("AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
+      "RequestExpired", "NoCredentials", "NoCredentialsError", "PartialCredentialsError", "Blocked"), _CREDENTIALS_FIX),
+    (("OptInRequired", "PendingVerification"), "finish the account's set-up for EC2 in this region"),
+    (("InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException",
+      "InvalidLaunchTemplateId.VersionNotFound"), _INIT_FIX),
+    (("NoRegion", "NoRegionError"), "set the region option when you run ec2spot.pool.spot_pool_init"),
+    (("StateFileError",), "repair the pool file, or run ec2spot.pool.spot_pool_init with rebuild: true"),
+)
+
+
+def refill_fix(code, log):
+    """What to do about a refill job that stopped on an error it cannot get past by itself (error code `code`)."""
+    what = next((fix for codes, fix in _FIXES if code in codes), None)
+    if what is None:
+        what = ("correct the launch options the error names (image, instance types, subnets, key, profile...) and "
+                "run ec2spot.pool.spot_pool_init again" if code and code.startswith("Invalid")
+                else "read the refill log %s" % log)
+    return ("%s; then run ec2spot.pool.spot_pool_init (or the next ec2spot.pool.spot_pool_get) to start the refill "
+            "job again" % what)
+
+
 def refill_status(store, state):
+    """The refill job as info reports it: whether it runs, its last error, whether it recovers by itself
+    (`will_restart`: the next get or init starts it and nothing stands in its way) and, when not, the `fix`."""
     refill = dict((state or {}).get("refill") or {})
     refill["running"] = refill_lock(store).is_held_elsewhere()
     refill["log"] = log_path(store)
+    if not refill["running"] and refill.get("pid"):
+        # Killed (SIGKILL, a reboot) before it could write anything: its pid means nothing now.
+        refill["last_error"] = refill.get("last_error") or (
+            "the refill job (pid %s) ended without recording why; see %s" % (refill["pid"], refill["log"]))
+        refill["pid"] = None
+    permanent = bool(refill.get("last_error")) and bool(refill.get("last_error_permanent"))
+    refill["will_restart"] = not permanent
+    refill["fix"] = refill_fix(refill.get("last_error_code"), refill["log"]) if permanent else None
     return refill

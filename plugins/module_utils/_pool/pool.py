@@ -263,6 +263,11 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
                     launched=launched, counts=result.counts,
                 )
             sleep(1.0)
+        with store.transaction() as tx:
+            # A pass went through: whatever stopped the refill job before (credentials, a lost template) is
+            # gone, so its error must not keep failing gets and info.
+            if tx.state is not None and tx.state["refill"].get("last_error"):
+                tx.state["refill"].update(last_error=None, last_error_code=None, last_error_permanent=None)
     finally:
         if lock is not None:
             lock.release()
@@ -280,98 +285,156 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mo
 
 
 # -- get --------------------------------------------------------------------------------------------------
+# A lease whose holder never learned its id (a get that failed after the write, a CI job killed mid-step) must not
+# hold an instance forever: leases expire after a day unless the caller says otherwise (0: never).
+DEFAULT_LEASE_TTL = 86400
+
+
 def _needs_verify(state, verify, verify_max_age, now):
+    """Whether this get must ask EC2 about the instance it hands out: always, unless `verify` is off or the
+    caller accepts a pool that the refill checked less than `verify_max_age` seconds ago (0: always ask)."""
     if not verify:
         return False
+    if not verify_max_age or verify_max_age <= 0:
+        return True
     verified_at = parse_time((state.get("refill") or {}).get("verified_at"))
     return verified_at is None or (now - verified_at).total_seconds() > verify_max_age
 
 
-def _dead_among(make_client, entries):
-    """Ids of the given entries whose instance is not running any more (one DescribeInstances)."""
-    # Only a get that must verify pays for boto3.
-    from . import ec2  # pylint: disable=import-outside-toplevel
-
-    ids = [entry["id"] for entry in entries]
-    found = {item["InstanceId"]: item["State"]["Name"] for item in ec2.describe_instances(make_client(), ids)}
-    return {instance_id for instance_id in ids if found.get(instance_id) != "running"}
-
-
-def _no_ready(store, state):
-    pool_counts = counts(state)
-    return NoReadyInstance(
-        "pool '%s' has %d ready of %d; %d pending; %d leased%s" % (
-            store.pool_name, pool_counts["ready"], pool_counts["target"], pool_counts["pending"],
-            pool_counts["leased"],
-            "; refill error: %s" % state["refill"]["last_error"] if state["refill"].get("last_error") else ""),
-        counts=pool_counts,
-    )
+def new_lease(entry, now, lease_ttl):
+    """The lease record of a hand-out: built here and nowhere else."""
+    # lease_id: the caller's token for this lease; a release that names it can end nothing else.
+    lease = dict(entry, leased_at=isoformat(now), lease_id=os.urandom(16).hex())
+    if lease_ttl:
+        lease["expires_at"] = isoformat(now + datetime.timedelta(seconds=lease_ttl))
+    return lease
 
 
-class _VerifyFirst(Exception):
-    """Raised inside the hand-out transaction when the pool must be checked with EC2 before a lease."""
-
-    def __init__(self, entries):
-        super().__init__()
-        self.entries = entries
+def _no_pool(store):
+    return NoReadyInstance("pool '%s' does not exist (no state file %s); run ec2spot.pool.spot_pool_init"
+                           % (store.pool_name, store.path))
 
 
-def _lease_one(store, dead, lease_ttl, check_mode, verify, verify_max_age):
-    """Under the lock: drop the dead, take the first ready entry, record the lease. The whole hand-out core.
+def _no_ready(store, pool_counts, refill_error, refill_note, dropped):
+    parts = ["pool '%s' has %d ready of %d; %d pending; %d leased" % (
+        store.pool_name, pool_counts["ready"], pool_counts["target"], pool_counts["pending"], pool_counts["leased"])]
+    if dropped:
+        pronoun = "it" if len(dropped) == 1 else "them"
+        parts.append("dropped %s: EC2 reports %s not running" % (", ".join(sorted(dropped)), pronoun))
+    if refill_error:
+        parts.append("refill error: %s" % refill_error)
+    if refill_note:
+        parts.append(refill_note)
+    return NoReadyInstance("; ".join(parts), counts=pool_counts)
 
-    `dead` is None until EC2 was asked: if the pool needs verifying, the transaction ends without a write
-    (_VerifyFirst) so that the DescribeInstances call happens outside the lock."""
-    with store.transaction() as tx:
-        state = tx.state
-        if state is None:
-            raise NoReadyInstance("pool '%s' does not exist (no state file %s); run ec2spot.pool.spot_pool_init"
-                                  % (store.pool_name, store.path))
-        now = utcnow()
-        if dead is None and _needs_verify(state, verify, verify_max_age, now):
-            raise _VerifyFirst([entry for entry in state["instances"] if entry.get("ip")])
-        if dead is not None:
-            # Every ready entry was just checked with EC2: the next gets need not ask again for a while.
+
+class _Claim:
+    """What one hand-out transaction found: the lease (or None), and what the caller reports or decides on."""
+
+    def __init__(self):
+        self.lease = None
+        self.counts = None
+        self.refill_error = None
+        self.dropped = []
+        self.unchecked = []  # no lease yet: the ready entries to ask EC2 about first
+
+
+def _claim(store, dead, alive, verify, verify_max_age, lease_ttl, check_mode):
+    """One transaction, no AWS call: drop the entries EC2 reported dead (`dead`), then lease the first ready entry,
+    if no check is needed, or else the first that EC2 has just reported running (`alive`). When a check is needed
+    and no ready entry was checked, nothing is leased and `unchecked` names the candidates.
+
+    The lease is this transaction's write, the last step of a get that can fail. The drops are written even when
+    nothing can be handed out: what EC2 said must not be rolled back with a failed get."""
+    claim = _Claim()
+    try:
+        with store.transaction() as tx:
+            state = tx.state
+            if state is None:
+                raise _no_pool(store)
+            now = utcnow()
+            claim.dropped = [entry["id"] for entry in state["instances"] if entry["id"] in dead]
             state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
-            state["refill"]["verified_at"] = isoformat(now)
-        entry = next((entry for entry in state["instances"] if entry.get("ip")), None)
-        if entry is None:
-            raise _no_ready(store, state)
-        # lease_id: the caller's token for this lease; a release that names it can end nothing else.
-        lease = dict(entry, leased_at=isoformat(now), lease_id=os.urandom(16).hex())
-        refill_error = (state.get("refill") or {}).get("last_error")
-        if lease_ttl:
-            lease["expires_at"] = isoformat(now + datetime.timedelta(seconds=lease_ttl))
-        if check_mode:
-            tx.state = None  # check mode: leave the file exactly as it is
-        else:
-            state["instances"].remove(entry)
-            state["leases"].append(lease)
-        return dict(lease, refill_error=refill_error), counts(state)
+            ready = [entry for entry in state["instances"] if entry.get("ip")]
+            trusted = not _needs_verify(state, verify, verify_max_age, now)
+            entry = next((entry for entry in ready if trusted or entry["id"] in alive), None)
+            claim.refill_error = (state.get("refill") or {}).get("last_error")
+            if entry is not None:
+                claim.lease = new_lease(entry, now, lease_ttl)
+                state["instances"].remove(entry)
+                state["leases"].append(claim.lease)
+            else:
+                claim.unchecked = [item["id"] for item in ready if item["id"] not in alive]
+            claim.counts = counts(state)
+            if check_mode:
+                tx.state = None  # check mode: leave the file exactly as it is
+    except OSError as exc:  # the write failed (a full disk): the transaction wrote nothing, so nothing was leased
+        raise PoolError("cannot write the pool file %s: %s; nothing was leased or changed"
+                        % (store.path, exc.strerror or exc))
+    return claim
 
 
-def get_instance(store, make_client, address="public", verify=True, verify_max_age=60, lease_ttl=None,
-                 wait_timeout=0, refill=True, refill_env=None, check_mode=False, sleep=time.sleep,
-                 clock=time.monotonic):
-    """Hand out a ready instance now; never wait for a launch (unless `wait_timeout` allows it)."""
+def _start_refill_quietly(store, refill_env):
+    """Start the refill job; a failure to start it is reported, never raised: it must not undo or fail a get."""
+    try:
+        started, pid = jobcontrol.start_refill(store, refill_env)
+    except (PoolError, OSError) as exc:
+        return False, None, "the refill job could not be started: %s" % (getattr(exc, "message", None) or exc)
+    return started, pid, None
+
+
+def get_instance(store, instance_states, address="public", verify=True, verify_max_age=0,
+                 lease_ttl=DEFAULT_LEASE_TTL, wait_timeout=0, refill=True, refill_env=None, check_mode=False,
+                 sleep=time.sleep, clock=time.monotonic):
+    """Hand out a ready instance now; never wait for a launch (unless `wait_timeout` allows it).
+
+    `instance_states(ids)` answers {id: EC2 state name} (one DescribeInstances); it is called outside the lock, for
+    the instance about to be handed out only, and when that one is dead, once more for all the other ready ones.
+    The lease is then written in a transaction that takes the instance only if it is still idle; the dead are
+    dropped in that same transaction, and stay dropped even when nothing is left to hand out."""
     require_non_negative(wait_timeout=wait_timeout, verify_max_age=verify_max_age)
+    if lease_ttl is None:
+        lease_ttl = DEFAULT_LEASE_TTL
+    if lease_ttl < 0:
+        raise InvalidRequest("lease_ttl must be a number of seconds, or 0 for a lease that never expires; got %d"
+                             % lease_ttl)
     deadline = clock() + wait_timeout
-    refill_started = (False, None)
-    dead = None
+    alive, dead, dropped = set(), set(), []
+    verified = False
+    refill_started = None
     while True:
-        try:
-            lease, pool_counts = _lease_one(store, dead, lease_ttl, check_mode, verify, verify_max_age)
+        claim = _claim(store, dead, alive, verify, verify_max_age, lease_ttl, check_mode)
+        dropped += [instance_id for instance_id in claim.dropped if instance_id not in dropped]
+        if claim.lease is not None:
             break
-        except _VerifyFirst as pending:
-            dead = _dead_among(make_client, pending.entries)
-        except NoReadyInstance:
-            if clock() >= deadline:
-                raise
-            if refill and not check_mode and not refill_started[0]:
-                refill_started = jobcontrol.start_refill(store, refill_env)
-            dead = None
-            sleep(1.0)
+        if claim.unchecked:
+            # Outside the lock. One id: the common case is one call for one instance. After a dead one, all the
+            # other candidates in one call: an instance seldom dies alone (an interruption wave, a pool ended
+            # outside it). If another get leases the checked instance meanwhile, the claim passes it over.
+            asked = claim.unchecked if dead else claim.unchecked[:1]
+            found = instance_states(asked)
+            verified = True
+            for instance_id in asked:
+                (alive if found.get(instance_id) == "running" else dead).add(instance_id)
+            continue
+        if refill and not check_mode and refill_started is None:
+            refill_started = _start_refill_quietly(store, refill_env)
+        if clock() >= deadline:
+            raise _no_ready(store, claim.counts, claim.refill_error, _refill_note(refill, check_mode, refill_started),
+                            dropped)
+        alive = set()  # a wait of a second or more: what was running may not be now
+        sleep(1.0)
+    lease = claim.lease
+    warnings = []
+    if claim.refill_error:
+        warnings.append("the pool's refill job failed: %s" % claim.refill_error)
+    refill_result = {"started": False, "pid": None}
     if refill and not check_mode:
-        refill_started = jobcontrol.start_refill(store, refill_env)
+        started, pid, problem = _start_refill_quietly(store, refill_env)
+        refill_result = {"started": started, "pid": pid}
+        if problem:
+            refill_result["error"] = problem
+            warnings.append("%s; the lease stands, and the next get or spot_pool_init starts the job" % problem)
     ip = lease.get("private_ip") if address == "private" else (lease.get("public_ip") or lease.get("ip"))
     return {
         "changed": True,
@@ -385,12 +448,26 @@ def get_instance(store, make_client, address="public", verify=True, verify_max_a
         "instance_type": lease.get("instance_type"),
         "leased_at": lease["leased_at"],
         "expires_at": lease.get("expires_at"),
-        "verified": dead is not None,
-        "dropped": sorted(dead or ()),
-        "counts": pool_counts,
-        "refill": {"started": refill_started[0], "pid": refill_started[1]},
-        "warnings": ["the pool's refill job failed: %s" % lease["refill_error"]] if lease.get("refill_error") else [],
+        "verified": verified,
+        "dropped": sorted(dropped),
+        "counts": claim.counts,
+        "refill": refill_result,
+        "warnings": warnings,
     }
+
+
+def _refill_note(refill, check_mode, refill_started):
+    """What the failure message says about the refill job that this get (re)started, or did not."""
+    if check_mode:
+        return "check mode: the refill job was not started"
+    if not refill:
+        return "refill=false: the refill job was not started"
+    started, pid, problem = refill_started
+    if problem:
+        return problem
+    if started:
+        return "the refill job was started (pid %d) to make the pool whole" % pid
+    return "the refill job is running"
 
 
 # -- release ----------------------------------------------------------------------------------------------

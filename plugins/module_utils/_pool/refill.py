@@ -36,6 +36,7 @@ import stat
 import sys
 import threading
 import time
+import traceback
 
 from . import ec2
 from . import identity
@@ -70,6 +71,9 @@ LOG_MAX_BYTES = 1 << 20
 TRANSIENT_LAUNCH_ERRORS = CAPACITY_ERRORS | SUBNET_ERRORS | ACCOUNT_LIMIT_ERRORS | frozenset((
     "RequestLimitExceeded", "Throttling", "InternalError", "InternalFailure", "Unavailable", "ServiceUnavailable",
 ))
+# botocore's names for a call that got no answer (Ec2Error.code): EC2 may well answer the next job.
+CONNECTION_ERRORS = frozenset(("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                               "ConnectionClosedError"))
 
 
 class PoolGone(PoolError):
@@ -366,8 +370,13 @@ class RefillJob:
             with self.store.transaction() as tx:
                 if tx.state is not None:
                     tx.state["refill"].update(fields)
-        except PoolError as exc:
-            self.log("state_write_failed", error=exc.message)
+        except (PoolError, OSError, ValueError) as exc:  # a full disk, a file that went bad meanwhile
+            self.log("state_write_failed", error=getattr(exc, "message", None) or str(exc))
+
+    def _stopped_on(self, message, code, permanent):
+        """The job ends on an error: record it where info and get read it, with the pid cleared."""
+        self._record(last_error=message, last_error_code=code, last_error_permanent=permanent, pid=None,
+                     finished_at=isoformat(utcnow()))
 
     def run(self):
         if not self.lock.acquire(blocking=False):
@@ -375,6 +384,13 @@ class RefillJob:
             return 0
         try:
             return self._run_locked()
+        # Whatever else goes wrong (a malformed entry: KeyError, TypeError...) is recorded too, never only a
+        # traceback in the log and a stale pid in the file.
+        except Exception as exc:  # pylint: disable=broad-except
+            self._stopped_on("the refill job crashed: %s: %s (see %s)" % (type(exc).__name__, exc, log_path(self.store)),
+                             type(exc).__name__, True)
+            self.log("crashed", error="%s: %s" % (type(exc).__name__, exc), traceback=traceback.format_exc())
+            return 1
         finally:
             self.lock.release()
 
@@ -392,30 +408,34 @@ class RefillJob:
             except LaunchError as exc:
                 codes = {error.get("code") for error in exc.details.get("launch_errors") or []}
                 if codes and not codes & TRANSIENT_LAUNCH_ERRORS:
-                    self._record(last_error=exc.message, pid=None, finished_at=isoformat(utcnow()))
+                    self._stopped_on(exc.message, sorted(codes)[0], True)
                     self.log("failed", message=exc.message, errors=exc.details.get("launch_errors"))
                     return 1
                 # Every offering refused (capacity): keep trying, gently, until the deadline.
-                self._record(last_error=exc.message)
+                self._record(last_error=exc.message, last_error_code=sorted(codes)[0] if codes else None,
+                             last_error_permanent=False)
                 self.log("launch_failed", message=exc.message, errors=exc.details.get("launch_errors"))
             except PoolError as exc:
-                # Authentication, validation, a corrupt file: retrying would not help. Record it for info/get.
-                self._record(last_error=exc.message, pid=None, finished_at=isoformat(utcnow()))
+                # Authentication, validation, a corrupt file: retrying at once would not help. Record it for
+                # info/get; a passing one (throttled for good, EC2 unreachable) lets the next get start the job.
+                code = getattr(exc, "code", None) or type(exc).__name__
+                self._stopped_on(exc.message, code, code not in TRANSIENT_LAUNCH_ERRORS | CONNECTION_ERRORS)
                 self.log("failed", message=exc.message)
                 return 1
             else:
                 self.log("reconciled", **result.as_dict())
                 # Whole, and no fallback left to replace by Spot (or no time left to try): done.
                 if result.whole and (not result.counts.get("fallback") or time.monotonic() >= deadline):
-                    self._record(pid=None, finished_at=isoformat(utcnow()), last_error=None)
+                    self._record(pid=None, finished_at=isoformat(utcnow()), last_error=None, last_error_code=None,
+                                 last_error_permanent=None)
                     if self._handed_over():
                         self.log("finished", counts=result.counts)
                         return 0
                     delay = 1.0
                     continue
             if time.monotonic() >= deadline:
-                self._record(pid=None, finished_at=isoformat(utcnow()),
-                             last_error="refill gave up after %d s without making the pool whole" % self.max_seconds)
+                self._stopped_on("refill gave up after %d s without making the pool whole" % self.max_seconds,
+                                 "GaveUp", False)
                 self.log("gave_up")
                 return 1
             self.stop_requested.wait(delay)
@@ -493,9 +513,16 @@ def main(argv=None):
                                                             or os.environ.get("AWS_DEFAULT_REGION")):
             os.environ["AWS_DEFAULT_REGION"] = state["launch"]["region"]
         client = client_from_environment()
-    # Anything here is recorded, then the job ends.
+    # Anything here is recorded (when the file can take it), then the job ends.
     except Exception as exc:  # pylint: disable=broad-except
-        log("failed", message="cannot create the EC2 client: %s" % exc)
+        message = "the refill job could not start: %s" % (getattr(exc, "message", None) or exc)
+        log("failed", message=message)
+        job = RefillJob(store, None, log)
+        if job.lock.acquire(blocking=False):  # never over the record of a job that runs meanwhile
+            try:
+                job._stopped_on(message, getattr(exc, "code", None) or type(exc).__name__, True)
+            finally:
+                job.lock.release()
         return 1
     job = RefillJob(store, client, log, max_seconds=args.max_seconds)
     signal.signal(signal.SIGTERM, lambda *_: job.stop_requested.set())

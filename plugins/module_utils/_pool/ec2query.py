@@ -1,0 +1,225 @@
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one EC2 call `spot_pool_get` makes: DescribeInstances of the instance it is about to hand out, as a signed
+EC2 Query API request.
+
+Why not boto3: a boto3 EC2 client loads and parses the EC2 service model (several MB of JSON) when it is created,
+0.2-0.3 s on every get, which made a checking get 1.5 x `ansible localhost -m ping`. botocore's SigV4 signer, its
+credential resolution and its HTTP session load no service model: this module builds the form body itself, signs
+it, sends it with the same connection options the module takes (region, endpoint_url, profile, keys, CA bundle /
+validate_certs, proxies from the environment), and reads the few fields it needs from the XML answer.
+
+Everything botocore is imported inside the functions that need it, so that importing this module costs nothing;
+the pure parts (body, endpoint, XML answer, retry delays) are plain functions with plain-value tests.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from .errors import PoolError
+
+API_VERSION = "2016-11-15"
+# Answers worth asking again, after a jittered, capped pause: EC2's throttling and its passing server errors.
+RETRYABLE_CODES = frozenset(("RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError",
+                             "InternalFailure", "Unavailable", "ServiceUnavailable"))
+MAX_ATTEMPTS = 3
+BASE_DELAY = 0.5
+MAX_DELAY = 4.0
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 15
+# What to do about an error code, for the message: the get has changed nothing, the user must act.
+_AUTH_HINT = ("check the credentials the module uses (access_key/secret_key/session_token, profile, or the "
+              "AWS_* environment variables) and that they allow ec2:DescribeInstances")
+_HINTS = {
+    "AuthFailure": _AUTH_HINT, "UnauthorizedOperation": _AUTH_HINT, "InvalidClientTokenId": _AUTH_HINT,
+    "SignatureDoesNotMatch": _AUTH_HINT, "ExpiredToken": _AUTH_HINT, "RequestExpired": _AUTH_HINT,
+    "NoCredentials": _AUTH_HINT, "OptInRequired": "enable EC2 in this region for the account",
+}
+
+
+class QueryError(PoolError):
+    """DescribeInstances failed; `code` is AWS's error code, or ours (NoCredentials, NoRegion, EndpointError)."""
+
+    def __init__(self, code, text, status=None):
+        self.code = code
+        self.status = status
+        hint = _HINTS.get(code)
+        super().__init__("DescribeInstances failed: %s (%s)%s" % (text, code, "; %s" % hint if hint else ""),
+                         error_code=code)
+
+
+# -- pure parts ----------------------------------------------------------------------------------------------------
+def request_body(instance_ids):
+    """The form body of a DescribeInstances by id. The ids go into a filter, as ec2.describe_instances does: an id
+    EC2 no longer knows is then absent from the answer instead of failing the call (InvalidInstanceID.NotFound)."""
+    from urllib.parse import urlencode  # pylint: disable=import-outside-toplevel
+
+    params = [("Action", "DescribeInstances"), ("Version", API_VERSION), ("Filter.1.Name", "instance-id")]
+    params += [("Filter.1.Value.%d" % number, instance_id) for number, instance_id in enumerate(instance_ids, 1)]
+    return urlencode(params)
+
+
+def endpoint_for(region, endpoint_url=None, environ=None):
+    """The URL to ask: the module's endpoint_url, else the one botocore would take from the environment
+    (AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL), else EC2's regional endpoint."""
+    environ = os.environ if environ is None else environ
+    url = endpoint_url or environ.get("AWS_ENDPOINT_URL_EC2") or environ.get("AWS_ENDPOINT_URL")
+    if url:
+        return url if "://" in url else "https://" + url
+    if not region:
+        raise QueryError("NoRegion", "no AWS region set: set the region option or AWS_REGION")
+    # Regions of other partitions than aws and aws-cn (GovCloud is in aws's domain) need endpoint_url.
+    return "https://ec2.%s.amazonaws.com%s" % (region, ".cn" if region.startswith("cn-") else "")
+
+
+def _local(tag):
+    return tag.rsplit("}", 1)[-1]
+
+
+def _child(element, name):
+    return next((child for child in element if _local(child.tag) == name), None)
+
+
+def parse_states(body):
+    """{instance id: state name} from a DescribeInstances answer (XML, EC2's namespace)."""
+    from xml.etree import ElementTree  # pylint: disable=import-outside-toplevel
+
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise QueryError("MalformedResponse", "the answer is not XML (%s): %r" % (exc, body[:200]))
+    states = {}
+    for instances in root.iter():
+        if _local(instances.tag) != "instancesSet":
+            continue
+        for item in instances:
+            instance_id = _child(item, "instanceId")
+            state = _child(item, "instanceState")
+            name = _child(state, "name") if state is not None else None
+            if instance_id is not None and name is not None:
+                states[instance_id.text] = name.text
+    return states
+
+
+def parse_error(body):
+    """(code, message) of an EC2 error answer (<Response><Errors><Error><Code/><Message/>...)."""
+    from xml.etree import ElementTree  # pylint: disable=import-outside-toplevel
+
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return None, body.decode("utf-8", "replace")[:200] if isinstance(body, bytes) else str(body)[:200]
+    error = next((element for element in root.iter() if _local(element.tag) == "Error"), None)
+    if error is None:
+        return None, None
+    code, message = _child(error, "Code"), _child(error, "Message")
+    return (code.text if code is not None else None), (message.text if message is not None else None)
+
+
+def retry_delay(attempt, rand=random.random):
+    """Pause before attempt `attempt + 1` (attempt counts from 1): full jitter under a capped exponential."""
+    return rand() * min(MAX_DELAY, BASE_DELAY * 2 ** (attempt - 1))
+
+
+# -- the call --------------------------------------------------------------------------------------------------------
+def _credentials(params):
+    """Credentials as a boto3 client with these options would find them: keys given, else the profile, else
+    botocore's default chain (environment, config files, container and instance roles)."""
+    # pylint: disable=import-outside-toplevel
+    from botocore.credentials import Credentials
+
+    if params.get("access_key") and params.get("secret_key"):
+        return Credentials(params["access_key"], params["secret_key"], params.get("session_token")), None
+    import botocore.exceptions
+    import botocore.session
+
+    try:
+        session = botocore.session.Session(profile=params.get("profile") or None)
+        credentials = session.get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:
+        raise QueryError(type(exc).__name__, str(exc))
+    if credentials is None:
+        raise QueryError("NoCredentials", "no AWS credentials found: set access_key/secret_key or profile, or the "
+                                          "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE environment variables")
+    return credentials.get_frozen_credentials(), session
+
+
+class InstanceStates:
+    """Callable: ids -> {id: EC2 state name} for those EC2 lists, with one signed DescribeInstances request.
+
+    Built from a module's connection options; nothing is imported or resolved until it is first called."""
+
+    def __init__(self, params, sleep=time.sleep, environ=None):
+        self.params = params
+        self.sleep = sleep
+        self.environ = os.environ if environ is None else environ
+        self.calls = 0
+
+    def _region(self, session):
+        region = self.params.get("region")
+        if not region:
+            # The profile's region (or the default profile's), as boto3 would take it from the config file.
+            # pylint: disable=import-outside-toplevel
+            import botocore.session
+
+            session = session or botocore.session.Session(profile=self.params.get("profile") or None)
+            region = session.get_config_variable("region")
+        return region
+
+    def _http(self, url):
+        # pylint: disable=import-outside-toplevel
+        from urllib.request import getproxies
+        from urllib.request import proxy_bypass
+
+        from botocore.httpsession import URLLib3Session
+
+        verify = self.params.get("aws_ca_bundle") or self.params.get("validate_certs", True)
+        # The botocore settings of aws_config that apply to one plain request; the others (retries, signature
+        # version...) are this module's own.
+        config = self.params.get("aws_config") or {}
+        host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        proxies = config.get("proxies") or ({} if proxy_bypass(host) else getproxies())
+        return URLLib3Session(verify=verify, proxies=proxies, timeout=(config.get("connect_timeout", CONNECT_TIMEOUT),
+                                                                       config.get("read_timeout", READ_TIMEOUT)))
+
+    def __call__(self, instance_ids):
+        # pylint: disable=import-outside-toplevel
+        import botocore.exceptions
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        credentials, session = _credentials(self.params)
+        region = self._region(session)
+        url = endpoint_for(region, self.params.get("endpoint_url"), self.environ)
+        if not region:
+            raise QueryError("NoRegion", "no AWS region set: set the region option or AWS_REGION")
+        http = self._http(url)
+        body = request_body(instance_ids)
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                self.calls += 1
+                request = AWSRequest(method="POST", url=url, data=body, headers={
+                    "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+                    "User-Agent": "ec2spot.pool-get"})
+                SigV4Auth(credentials, "ec2", region).add_auth(request)  # signed per attempt: it carries the time
+                try:
+                    response = http.send(request.prepare())
+                except botocore.exceptions.BotoCoreError as exc:  # no answer: refused, timed out, TLS
+                    raise QueryError("EndpointError", "cannot reach %s: %s" % (url, exc))
+                if response.status_code == 200:
+                    return parse_states(response.content)
+                code, message = parse_error(response.content)
+                retryable = code in RETRYABLE_CODES or (code is None and response.status_code >= 500)
+                if not retryable or attempt >= MAX_ATTEMPTS:
+                    raise QueryError(code or "HTTP%d" % response.status_code,
+                                     message or "HTTP %d from %s" % (response.status_code, url),
+                                     status=response.status_code)
+                self.sleep(retry_delay(attempt))
+        finally:
+            http.close()
