@@ -311,7 +311,7 @@ def reconcile(store, client, launch=True):
     result.launch_errors += launched.errors
 
     # 7. apply to the current state. No EC2 call under the lock: what this step decides to end is ended after it.
-    vanished = False
+    vanished, retire = False, []
     with store.transaction() as tx:
         current = tx.state
         if current is None:
