@@ -121,12 +121,13 @@ def test_an_expired_lease_of_an_instance_ec2_no_longer_knows_ends_all_the_same(s
     ops.init_pool(store, client, 2, dict(POOL_LAUNCH))
     leased = ops.get_instance(store, None, verify=False, refill=False)
     with store.transaction() as tx:
-        tx.state["leases"].append(dict(tx.state["leases"][0], id=GONE, lease_id="gone",
+        tx.state["leases"].append(dict(tx.state["leases"][0], id=GONE, lease_id="gone", type="fallback",
                                        expires_at="2026-01-01T00:00:00Z"))
         tx.state["leases"][0]["expires_at"] = "2026-01-01T00:00:00Z"
     result = refill.reconcile(store, client, launch=False)
     assert sorted(result.expired) == sorted([leased["instance_id"], GONE])
     assert store.read()["leases"] == []
+    assert store.read()["kept_fallbacks"] == []  # a fallback that is gone is not kept for reuse
     assert states(client, [leased["instance_id"]]) == {leased["instance_id"]: "terminated"}
 
 

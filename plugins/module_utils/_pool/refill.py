@@ -261,8 +261,9 @@ def reconcile(store, client, launch=True):
     # 4. expired leases
     expired = [lease for lease in state["leases"]
                if lease.get("expires_at") and (_age(lease["expires_at"], now) or 0) >= 0]
+    gone = []  # ended already: EC2 no longer knows them
     if expired:
-        ending.end(client, expired, fallback_action)
+        gone = ending.end(client, expired, fallback_action).gone
         result.expired = [lease["id"] for lease in expired]
     untagged_leases = [lease["id"] for lease in state["leases"] if lease["id"] in tagged
                        and ec2.LEASED_TAG not in tagged[lease["id"]]["tags"] and lease not in expired]
@@ -338,7 +339,8 @@ def reconcile(store, client, launch=True):
             if template and current["launch"].get("template") != template:
                 current["launch"]["template"] = template
             current["kept_fallbacks"] = _kept_fallbacks(tagged, store.pool_name, pool_id, launched.reused,
-                                                        retire + expired, fallback_action, now)
+                                                        retire + [e for e in expired if e["id"] not in gone],
+                                                        fallback_action, now)
             current["refill"]["verified_at"] = isoformat(now)
             result.launched = launched.ids
             result.reused = launched.reused
