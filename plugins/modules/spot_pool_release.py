@@ -14,7 +14,8 @@ version_added: 0.1.0
 description:
   - Ends the lease of an instance handed out by M(ec2spot.pool.spot_pool_get) and removes it from the pool's
     leases. A Spot instance is terminated (a fresh one replaces it in the pool); an On-Demand fallback is
-    stopped, or terminated with O(fallback_action=terminate).
+    stopped and kept for reuse, or terminated, per the pool's C(fallback_action) (see
+    M(ec2spot.pool.spot_pool_init)) unless O(fallback_action) says otherwise.
   - It ends only the lease its caller names. With O(lease_id) (the token M(ec2spot.pool.spot_pool_get)
     returned) it ends that lease and nothing else; when that lease is no longer held (a retried cleanup step,
     an expired lease, or an instance leased again to someone else since) it changes nothing. Pass both
@@ -37,10 +38,14 @@ options:
       - A lease that is no longer held is not an error; nothing is changed.
     type: str
   fallback_action:
-    description: What to do with an On-Demand fallback instance.
+    description:
+      - What to do with an On-Demand fallback instance.
+      - V(stop) stops it, tags it C(ec2spot:released-at) and keeps it for the pool to start again; V(terminate)
+        terminates it.
+      - When omitted, the pool's own C(fallback_action) (the one M(ec2spot.pool.spot_pool_init) set, which the
+        refill also follows for expired leases and retired fallbacks).
     type: str
     choices: [stop, terminate]
-    default: stop
 extends_documentation_fragment:
   - ec2spot.pool.pool
   - ec2spot.pool.attributes
@@ -120,7 +125,7 @@ def main():
         pool_argument_spec(),
         instance_id=dict(type="str"),
         lease_id=dict(type="str", no_log=False),
-        fallback_action=dict(type="str", choices=["stop", "terminate"], default="stop"),
+        fallback_action=dict(type="str", choices=["stop", "terminate"]),  # None: the pool's own setting
     )
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:

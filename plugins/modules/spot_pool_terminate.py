@@ -34,9 +34,13 @@ options:
       - What to do with the pool's On-Demand fallback instances.
       - V(terminate) ends them like every other instance of the pool, including the stopped fallbacks the pool
         kept for reuse.
-      - V(stop) stops the running ones and leaves the stopped ones stopped, to inspect their disks. They belong to
-        no pool any more and nothing reuses them; they still carry C(ec2spot:pool-id), so a later run with
-        O(pool_id) and O(fallback_action=terminate) ends them.
+      - V(stop) stops the running ones (tagged C(ec2spot:released-at), like every fallback a pool stops) and leaves
+        the stopped ones stopped, to inspect their disks. They belong to no pool any more and nothing reuses them;
+        they still carry C(ec2spot:pool-id), so a later run with O(pool_id) and O(fallback_action=terminate) ends
+        them.
+      - Unlike M(ec2spot.pool.spot_pool_release), whose default is the pool's own C(fallback_action), the default
+        here is always V(terminate). A fallback is kept stopped so that its pool starts it again; after this
+        module no pool is left to do that, so a stopped fallback would only go on costing its storage unseen.
     type: str
     choices: [stop, terminate]
     default: terminate

@@ -6,6 +6,8 @@ the launcher makes (RunInstances or an instant CreateFleet) and however often it
 
 from __future__ import annotations
 
+import pytest
+
 from tests.integration.conftest import POOL_TAG, TYPE_TAG, debug_msgs, tags_of, task_result
 from tests.integration.healing import RELEASED_TAG, kill_refill_job
 
@@ -97,6 +99,25 @@ def test_release_terminates_spot_and_stops_or_terminates_fallback(faulty_pool):
     assert pool.instance(fallback_ended["instance_id"])["State"]["Name"] in ("shutting-down", "terminated")
 
     assert pool.state()["leases"] == [], "every released lease is gone from the pool file"
+
+
+@pytest.mark.parametrize("pool_action, state", [("stop", "stopped"), ("terminate", "terminated")])
+def test_release_with_defaults_follows_the_pool_s_fallback_action(faulty_pool, pool_action, state):
+    pool = faulty_pool
+    pool.proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
+    run = pool.init(size=1, spot_pool_fallback_action=pool_action)
+    assert run.rc == 0, run.stdout[-3000:]
+    kill_refill_job(pool)  # it would replace the fallback in the background: this test is about release alone
+    rc, lease = pool.module("spot_pool_get", refill=False)
+    assert rc == 0 and lease["type"] == "fallback", lease
+
+    run = pool.playbook("release_instance.yml", spot_pool_instance_id=lease["instance_id"],
+                        spot_pool_lease_id=lease["lease_id"])  # no spot_pool_fallback_action: the pool's own
+    assert run.rc == 0, run.stdout[-3000:]
+    assert debug_msgs(run) == [f"{lease['instance_id']}: {pool_action}"]
+    instance = pool.instance(lease["instance_id"])
+    assert instance["State"]["Name"] in (("stopping", state) if pool_action == "stop" else ("shutting-down", state))
+    assert (RELEASED_TAG in tags_of(instance)) is (pool_action == "stop")
 
 
 def test_a_released_fallback_is_reused_and_terminate_all_ends_what_is_left(faulty_pool):

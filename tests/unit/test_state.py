@@ -389,6 +389,7 @@ def _break(path, value):
     (_break(("launch", "availability_zones"), "us-east-1a"), "launch.availability_zones"),
     (_break(("launch", "cooldown_seconds"), "180"), "launch.cooldown_seconds"),
     (_break(("launch", "template"), "lt-1"), "launch.template"),
+    (_break(("launch", "fallback_action"), "keep"), 'launch.fallback_action is "keep", expected stop or terminate'),
     (_break(("cooldowns",), {"scope": "market"}), "cooldowns"),
     (_break(("cooldowns", 0, "scope"), KeyError), "cooldowns[0].scope"),
     (_break(("cooldowns", 0, "until"), "tomorrow"), "cooldowns[0].until"),

@@ -514,29 +514,22 @@ def _lease_to_release(store, state, instance_id, lease_id):
     return lease
 
 
-def release_instance(store, client, instance_id=None, fallback_action="stop", check_mode=False, lease_id=None):
-    """End a lease: terminate a Spot instance; stop (or terminate) a fallback."""
-    from . import ec2  # pylint: disable=import-outside-toplevel
+def release_instance(store, client, instance_id=None, fallback_action=None, check_mode=False, lease_id=None):
+    """End a lease: terminate a Spot instance; stop (or terminate) a fallback, per `fallback_action`, or when that
+    is None, per the pool's own setting (the one the refill follows for expired leases and retired fallbacks)."""
+    from . import ending  # pylint: disable=import-outside-toplevel
 
     state = store.read()
     lease = _lease_to_release(store, state, instance_id, lease_id)
     if not isinstance(lease, dict):
         return _nothing_released(store, state, lease)
-    action = "terminate" if lease.get("type") != "fallback" or fallback_action == "terminate" else "stop"
+    plan = ending.plan_end([lease], fallback_action or ending.fallback_action_of(state["launch"]))
+    action = "stop" if plan.stop else "terminate"
     result = {"changed": True, "instance_id": lease["id"], "type": lease.get("type"), "action": action}
     if check_mode:
         result["counts"] = counts(state)
         return result
-    try:
-        if action == "terminate":
-            ec2.terminate_instances(client, [lease["id"]])
-        else:
-            ec2.stop_instances(client, [lease["id"]])
-            # Kept on purpose: the refill's orphan sweep must leave it alone; terminate_pool still ends it.
-            ec2.create_tags(client, [lease["id"]], {ec2.RELEASED_TAG: isoformat(utcnow())})
-    except ec2.Ec2Error as exc:
-        if exc.code != "InvalidInstanceID.NotFound":  # already gone: the lease still ends
-            raise
+    ending.end_instances(client, plan)  # an instance already gone ends its lease all the same
     with store.transaction() as tx:
         if tx.state is not None:
             # This lease only: the same instance may be leased again (a reused fallback) under another lease_id.
@@ -554,7 +547,9 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
     `include_orphans`; and the stopped fallbacks it kept for reuse, always: no pool is left to reuse them).
     With fallback_action=stop, fallbacks are stopped (kept ones stay stopped) instead of terminated.
     Returns (to_terminate, to_stop, orphans, kept) as sorted id lists."""
-    from . import identity  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from . import ending
+    from . import identity
 
     kinds = {}
     for entry in (state["instances"] + state["leases"]) if state else []:
@@ -573,17 +568,9 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
         else:
             continue
         kinds[item["id"]] = item["tags"].get(identity.TYPE_TAG, "spot")
-    to_terminate, to_stop = [], []
-    for instance_id, kind in sorted(kinds.items()):
-        where = live.get(instance_id, "running")
-        if where in ("shutting-down", "terminated"):
-            continue
-        if kind == "fallback" and fallback_action == "stop":
-            if where in ("pending", "running"):
-                to_stop.append(instance_id)
-        else:
-            to_terminate.append(instance_id)
-    return to_terminate, to_stop, sorted(orphans), sorted(kept)
+    plan = ending.plan_end([{"id": instance_id, "type": kind, "state": live.get(instance_id)}
+                            for instance_id, kind in sorted(kinds.items())], fallback_action)
+    return plan.terminate, plan.stop, sorted(orphans), sorted(kept)
 
 
 def _terminate_pool_id(store, state, named, requested, warnings):
@@ -620,8 +607,9 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
                    pool_id=None):
     """End the pool: stop its refill job, terminate its instances (fallbacks stopped instead with
     fallback_action=stop), the stopped fallbacks it kept for reuse, and its own launch template; clear the state."""
-    from . import ec2  # pylint: disable=import-outside-toplevel
-    from . import identity  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from . import ec2
+    from . import ending
 
     warnings = []
     corrupt = None
@@ -653,12 +641,7 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
     try:
         state = store.read() if corrupt is None else None  # the job may have added instances before it stopped
         chosen, to_terminate, to_stop, orphans, kept = plan(state)
-        try:
-            ec2.terminate_instances(client, to_terminate)
-            ec2.stop_instances(client, to_stop)
-        except ec2.Ec2Error as exc:
-            if exc.code != "InvalidInstanceID.NotFound":
-                raise
+        ending.end_instances(client, ending.EndPlan(to_terminate, to_stop))
         _delete_own_template(client, store.pool_name, chosen, state, warnings)
         if corrupt is None:
             # The pool file and its lock, then (still holding the job lock) the job lock, the log, and the code

@@ -18,7 +18,8 @@ One pass (`reconcile`), in order:
    started again, then On-Demand), plus Spot instances to replace idle fallbacks, from the pool's launch template
    (made again if it was deleted outside the pool); the locks are not held meanwhile, so `get` never waits on EC2;
 7. under the lock: applies all of it to the current state (a `get` may have leased an entry meanwhile), and
-   retires the surplus: fallbacks first, once the Spot instances that replace them are ready.
+   takes out the surplus: fallbacks first, once the Spot instances that replace them are ready; then, with the
+   lock released, ends what it took out (ending.py: the one rule for ending an instance).
 `spot_pool_init` runs the same passes in its own process; `spot_pool_get` starts the detached job (jobcontrol.py).
 
 The job is one process per pool: it holds `<pool file>.refill.lock` for as long as it runs, and a second start
@@ -39,6 +40,7 @@ import time
 import traceback
 
 from . import ec2
+from . import ending
 from . import identity
 from .errors import LaunchError
 from .errors import PoolError
@@ -127,16 +129,6 @@ def _alive(entry, info, now):
         entry["ip"] = info["public_ip"] or info["private_ip"]
         entry["availability_zone"] = info["availability_zone"] or entry.get("availability_zone")
     return True
-
-
-def _end(client, instances, fallback_action):
-    """Terminate Spot instances; stop (and mark as kept) or terminate fallbacks."""
-    stop = [e["id"] for e in instances if e.get("type") == "fallback" and fallback_action == "stop"]
-    terminate = [e["id"] for e in instances if e["id"] not in stop]
-    ec2.terminate_instances(client, terminate)
-    if stop:
-        ec2.stop_instances(client, stop)
-        ec2.create_tags(client, stop, {ec2.RELEASED_TAG: isoformat(utcnow())})
 
 
 def _surplus(instances, target):
@@ -233,6 +225,7 @@ def reconcile(store, client, launch=True):
     cooldowns = Cooldowns(state.get("cooldowns"), now)
     launcher = Launcher(client, store.pool_name, spec, cooldowns, before_call=_record_pending(store), pool_id=pool_id)
     orphan_grace = spec.get("orphan_grace_seconds", DEFAULT_ORPHAN_GRACE_SECONDS)
+    fallback_action = ending.fallback_action_of(spec)
 
     # 1. fleet requests whose answer was lost
     replayed = LaunchResult()
@@ -268,8 +261,9 @@ def reconcile(store, client, launch=True):
     # 4. expired leases
     expired = [lease for lease in state["leases"]
                if lease.get("expires_at") and (_age(lease["expires_at"], now) or 0) >= 0]
+    gone = []  # ended already: EC2 no longer knows them
     if expired:
-        _end(client, expired, spec.get("fallback_action", "stop"))
+        gone = ending.end(client, expired, fallback_action).gone
         result.expired = [lease["id"] for lease in expired]
     untagged_leases = [lease["id"] for lease in state["leases"] if lease["id"] in tagged
                        and ec2.LEASED_TAG not in tagged[lease["id"]]["tags"] and lease not in expired]
@@ -277,6 +271,7 @@ def reconcile(store, client, launch=True):
 
     # 5. orphans: tagged, live, in neither the pool nor a lease nor a fleet answer we are about to add
     known = {e["id"] for e in state["instances"] + state["leases"]} | set(replayed.ids)
+    orphans = []
     for instance_id, info in sorted(tagged.items()):
         if instance_id in known or info["state"] in ("shutting-down", "terminated") \
                 or ec2.RELEASED_TAG in info["tags"] or (_age(info["launch_time"], now) or 0) < orphan_grace:
@@ -286,8 +281,11 @@ def reconcile(store, client, launch=True):
             ec2.create_tags(client, [instance_id], {ec2.ORPHAN_TAG: isoformat(now)})
             result.orphans_marked.append(instance_id)
         elif (_age(marked, now) or 0) >= orphan_grace:
-            ec2.terminate_instances(client, [instance_id])
-            result.orphans_terminated.append(instance_id)
+            orphans.append(instance_id)
+    if orphans:
+        # In neither the pool nor a lease, so never kept for its reuse: terminated, whatever their type.
+        ending.end(client, [{"id": instance_id} for instance_id in orphans], "terminate")
+        result.orphans_terminated = orphans
 
     # 6. launches
     launched = LaunchResult()
@@ -313,42 +311,47 @@ def reconcile(store, client, launch=True):
             error = exc  # recorded below with what this pass did learn, then raised
     result.launch_errors += launched.errors
 
-    # 7. apply to the current state
+    # 7. apply to the current state. No EC2 call under the lock: what this step decides to end is ended after it.
+    vanished, retire = False, []
     with store.transaction() as tx:
-        if tx.state is None:
-            gone = launched.ids + replayed.ids
-            if gone:
-                ec2.terminate_instances(client, gone)  # terminated meanwhile: nothing may outlive the pool
-            raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
         current = tx.state
-        leased = {lease["id"] for lease in current["leases"]}
-        checked = {e["id"] for e in state["instances"]} | set(tagged)
-        kept = []
-        for entry in current["instances"]:
-            if entry["id"] in checked:
-                if not _alive(entry, tagged.get(entry["id"]), now):
-                    result.dropped.append(entry["id"])
-                    continue
-            kept.append(entry)
-        present = {e["id"] for e in kept} | leased
-        kept.extend(e for e in replayed.entries + launched.entries if e["id"] not in present)
-        retire = _surplus(kept, current["target_size"])
-        current["instances"] = [e for e in kept if e not in retire]
-        current["leases"] = [lease for lease in current["leases"] if lease["id"] not in result.expired]
-        done = set(launcher.settled)
-        current["pending_launches"] = [p for p in current.get("pending_launches") or [] if p["token"] not in done]
-        current["cooldowns"] = cooldowns.entries
-        if template and current["launch"].get("template") != template:
-            current["launch"]["template"] = template
-        current["kept_fallbacks"] = _kept_fallbacks(tagged, store.pool_name, pool_id, launched.reused,
-                                                    retire + expired, spec.get("fallback_action", "stop"), now)
-        current["refill"]["verified_at"] = isoformat(now)
-        result.launched = launched.ids
-        result.reused = launched.reused
-        result.retired = [e["id"] for e in retire]
-        result.counts = counts(current)
+        if current is None:
+            vanished = True
+        else:
+            leased = {lease["id"] for lease in current["leases"]}
+            checked = {e["id"] for e in state["instances"]} | set(tagged)
+            kept = []
+            for entry in current["instances"]:
+                if entry["id"] in checked:
+                    if not _alive(entry, tagged.get(entry["id"]), now):
+                        result.dropped.append(entry["id"])
+                        continue
+                kept.append(entry)
+            present = {e["id"] for e in kept} | leased
+            kept.extend(e for e in replayed.entries + launched.entries if e["id"] not in present)
+            retire = _surplus(kept, current["target_size"])
+            current["instances"] = [e for e in kept if e not in retire]
+            current["leases"] = [lease for lease in current["leases"] if lease["id"] not in result.expired]
+            done = set(launcher.settled)
+            current["pending_launches"] = [p for p in current.get("pending_launches") or []
+                                           if p["token"] not in done]
+            current["cooldowns"] = cooldowns.entries
+            if template and current["launch"].get("template") != template:
+                current["launch"]["template"] = template
+            current["kept_fallbacks"] = _kept_fallbacks(tagged, store.pool_name, pool_id, launched.reused,
+                                                        retire + [e for e in expired if e["id"] not in gone],
+                                                        fallback_action, now)
+            current["refill"]["verified_at"] = isoformat(now)
+            result.launched = launched.ids
+            result.reused = launched.reused
+            result.retired = [e["id"] for e in retire]
+            result.counts = counts(current)
+    if vanished:
+        # Terminated meanwhile: nothing this pass launched or took over may outlive the pool.
+        ending.end(client, [{"id": instance_id} for instance_id in launched.ids + replayed.ids], "terminate")
+        raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
     if retire:
-        _end(client, retire, spec.get("fallback_action", "stop"))
+        ending.end(client, retire, fallback_action)
     if error is not None:
         raise error
     return result
