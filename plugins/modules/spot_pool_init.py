@@ -307,6 +307,8 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import P
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_MAX_SIZE
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import init_pool
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import launch_spec
+# Not used here: it makes Ansible ship the refill job's code, which this module starts (see refill_payload.py).
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill_payload  # noqa: F401 pylint: disable=unused-import
 
 
 def main():
