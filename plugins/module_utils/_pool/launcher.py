@@ -25,6 +25,9 @@ import uuid
 
 from . import ec2
 from . import identity
+from .defaults import ALLOCATION_STRATEGIES
+from .defaults import ALLOCATION_STRATEGY
+from .defaults import COOLDOWN_SECONDS
 from .errors import InvalidRequest
 from .errors import LaunchError
 from .state import isoformat
@@ -33,8 +36,6 @@ from .state import utcnow
 
 SPOT = "spot"
 ON_DEMAND = "on-demand"
-DEFAULT_COOLDOWN_SECONDS = 180
-ALLOCATION_STRATEGIES = ("price-capacity-optimized", "lowest-price", "capacity-optimized")
 
 # No capacity for this (market, type, zone): cool that offering down, try the others.
 CAPACITY_ERRORS = frozenset((
@@ -219,7 +220,7 @@ class Launcher:
         self.reusable = list(reusable or [])
         self.launch = launch
         self.cooldowns = cooldowns or Cooldowns()
-        self.cooldown_seconds = launch.get("cooldown_seconds", DEFAULT_COOLDOWN_SECONDS)
+        self.cooldown_seconds = launch.get("cooldown_seconds", COOLDOWN_SECONDS)
         self.fallback_on = frozenset(launch.get("fallback_on") or DEFAULT_FALLBACK_ON)
         # Called with (token, request) before each CreateFleet, so the caller can record the token first: a
         # crash between the call and the state write is then replayed (same token, same answer), not repeated.
@@ -281,7 +282,7 @@ class Launcher:
         if market == SPOT:
             request["TargetCapacitySpecification"]["SpotTargetCapacity"] = count
             request["SpotOptions"] = {"AllocationStrategy": self.launch.get("allocation_strategy")
-                                      or "price-capacity-optimized", "InstanceInterruptionBehavior": "terminate"}
+                                      or ALLOCATION_STRATEGY, "InstanceInterruptionBehavior": "terminate"}
         else:
             request["TargetCapacitySpecification"]["OnDemandTargetCapacity"] = count
             request["OnDemandOptions"] = {"AllocationStrategy": "prioritized"}  # the user's order of types

@@ -40,6 +40,8 @@ import traceback
 
 from . import ec2
 from . import identity
+from .defaults import FALLBACK_ACTION
+from .defaults import ORPHAN_GRACE_SECONDS
 from .errors import LaunchError
 from .errors import PoolError
 from .jobcontrol import log_path
@@ -63,7 +65,6 @@ from .state import utcnow
 # An instance EC2 does not list yet may simply be new (DescribeInstances is eventually consistent):
 # only an entry older than this is dropped for being absent.
 ABSENT_GRACE_SECONDS = 120
-DEFAULT_ORPHAN_GRACE_SECONDS = 600
 MAX_RUN_SECONDS = 900
 LOG_MAX_BYTES = 1 << 20
 # Fleet errors that a later pass may not meet again (a cool-down ends, EC2 recovers). A fleet whose offerings all
@@ -232,7 +233,7 @@ def reconcile(store, client, launch=True):
     result = ReconcileResult()
     cooldowns = Cooldowns(state.get("cooldowns"), now)
     launcher = Launcher(client, store.pool_name, spec, cooldowns, before_call=_record_pending(store), pool_id=pool_id)
-    orphan_grace = spec.get("orphan_grace_seconds", DEFAULT_ORPHAN_GRACE_SECONDS)
+    orphan_grace = spec.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS)
 
     # 1. fleet requests whose answer was lost
     replayed = LaunchResult()
@@ -269,7 +270,7 @@ def reconcile(store, client, launch=True):
     expired = [lease for lease in state["leases"]
                if lease.get("expires_at") and (_age(lease["expires_at"], now) or 0) >= 0]
     if expired:
-        _end(client, expired, spec.get("fallback_action", "stop"))
+        _end(client, expired, spec.get("fallback_action", FALLBACK_ACTION))
         result.expired = [lease["id"] for lease in expired]
     untagged_leases = [lease["id"] for lease in state["leases"] if lease["id"] in tagged
                        and ec2.LEASED_TAG not in tagged[lease["id"]]["tags"] and lease not in expired]
@@ -341,14 +342,14 @@ def reconcile(store, client, launch=True):
         if template and current["launch"].get("template") != template:
             current["launch"]["template"] = template
         current["kept_fallbacks"] = _kept_fallbacks(tagged, store.pool_name, pool_id, launched.reused,
-                                                    retire + expired, spec.get("fallback_action", "stop"), now)
+                                                    retire + expired, spec.get("fallback_action", FALLBACK_ACTION), now)
         current["refill"]["verified_at"] = isoformat(now)
         result.launched = launched.ids
         result.reused = launched.reused
         result.retired = [e["id"] for e in retire]
         result.counts = counts(current)
     if retire:
-        _end(client, retire, spec.get("fallback_action", "stop"))
+        _end(client, retire, spec.get("fallback_action", FALLBACK_ACTION))
     if error is not None:
         raise error
     return result
