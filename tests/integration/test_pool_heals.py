@@ -308,7 +308,7 @@ def test_fallbacks_are_replaced_by_spot_once_spot_is_back_never_a_leased_one(fau
     assert not pool.state_file.exists()
 
 
-# -- issue 9: a stopped refill starts again; what a get learns from EC2 is kept -----------------------------------
+# -- a stopped refill starts again; what a get learns from EC2 is kept --------------------------------------------
 def test_a_refill_stopped_by_an_error_is_started_again_by_the_next_get_that_finds_nothing(faulty_pool):
     """Item 5: a pool of one; its refill stops on UnauthorizedOperation; EC2 recovers. The next get finds 0 ready:
     it must (re)start the refill and say so, instead of failing on the old error for ever."""

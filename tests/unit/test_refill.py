@@ -245,7 +245,7 @@ def test_stop_refill_never_kills_a_lock_holder_that_is_not_the_recorded_job(stor
     lock.release()
 
 
-# -- issue 5: the pool heals itself ---------------------------------------------------------------------------
+# -- the pool heals itself ------------------------------------------------------------------------------------
 @pytest.fixture
 def proxied(tmp_path, fault_proxy, proxy_client):
     """A pool of 2 whose EC2 is the fault proxy (honest instant fleets and ClientToken idempotency)."""
@@ -364,7 +364,7 @@ def test_a_fleet_refused_for_every_offering_by_authorisation_stops_the_job(proxi
     assert proxy.count("CreateFleet") == 1  # not asked again every few seconds for 15 minutes
 
 
-# -- issue 9: a stopped refill is seen, and started again ------------------------------------------------------------
+# -- a stopped refill is seen, and started again ---------------------------------------------------------------------
 def test_an_unexpected_error_in_the_job_is_recorded_with_its_pid_cleared(store, client, monkeypatch):
     """Item 16: an unexpected exception in a pass (here the KeyError that a pending launch without `request` once
     raised) used to kill the job with a traceback only its log showed, leaving last_error empty and a stale pid.
