@@ -6,6 +6,8 @@ load botocore on the hand-out path): refill_payload.py names it for Ansible. The
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 
 from tests.support.payload import PACKAGE
@@ -41,3 +43,31 @@ def test_modules_that_start_the_job_ship_its_code_on_purpose(module, job_code):
     # Named on purpose, not shipped by chance through some other import that a refactor may move away.
     assert module_utils_file("_pool.refill_payload") in files
     assert job_code <= files, sorted(job_code - files)
+
+
+def _relative_imports(path):
+    """The sibling modules a module_utils file imports, anywhere in it (as Ansible's finder reads them)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module.split(".")[0]] if node.module else [alias.name for alias in node.names])
+    return found
+
+
+def test_the_pool_modules_import_one_way():
+    """No circle among _pool's modules, counting imports inside functions and under TYPE_CHECKING."""
+    graph = {path.stem: _relative_imports(path) for path in (REPO / "plugins" / "module_utils" / "_pool").glob("*.py")}
+    done, path = set(), []
+
+    def visit(name):
+        assert name not in path, "import circle: %s" % " -> ".join(path[path.index(name):] + [name])
+        if name in done:
+            return
+        path.append(name)
+        for imported in sorted(graph.get(name, ())):
+            visit(imported)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
