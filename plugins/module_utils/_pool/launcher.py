@@ -7,8 +7,9 @@ offering that is not cooling down, then, for what Spot could not supply and only
 
 The per-override `Errors` of a fleet answer say which offerings failed and why; the error's scope decides what
 is remembered (Cooldowns, kept in the state file): a capacity error cools down that (market, type, zone), a full
-subnet cools down the subnet, an account limit turns Spot off. Throttling never reaches this module: ec2.py
-retries it with a capped, jittered backoff. Anything else (authorisation, validation) is raised.
+subnet cools down the subnet, an account limit turns Spot off. Throttling of the call itself is retried by ec2.py
+(a capped, jittered backoff); once those attempts are used up it is raised, like anything else (authorisation,
+validation).
 
 Fleets need a launch template: the user's, or one the pool owns (`ec2spot-<pool>-<pool id>`), made from
 `image_id` & co. Before an On-Demand fleet, stopped fallbacks that this pool kept for reuse are started instead
