@@ -9,10 +9,11 @@ The refill job runs as `python -m <jobcontrol.REFILL_MODULE>` from a copy of the
 it (jobcontrol.start_refill), so the job's code (refill.py and all it imports: launcher, ec2, connection, ...) must
 be in that payload. Yet spot_pool_get must not import it: it pulls in botocore, which the hand-out path never loads.
 
-So the import below is read by Ansible and never executed. It is not an unused import to clean up: without it, a
-job started by spot_pool_get may find no code to run ("No module named ...refill" in the refill log) and the pool
-is never refilled. spot_pool_get and spot_pool_init import this module on purpose for that reason alone;
-tests/unit/test_payload.py runs Ansible's finder on them and checks the job's code is in their payloads.
+So the import below is read by Ansible and never executed. It is not an unused import to clean up: without it,
+get's payload would hold the job's code only by chance (today through init_pool's imports in pool.py), and once
+that went, every job started by get would die with "No module named ...refill" in the refill log and the pool
+would never be refilled. spot_pool_get and spot_pool_init import this module on purpose for that reason alone;
+tests/unit/test_payload.py runs Ansible's finder on them and on this module, and checks the job's code is there.
 """
 
 from __future__ import annotations
