@@ -307,6 +307,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection impo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_INIT_WAIT_TIMEOUT
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_MAX_SIZE
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import init_pool
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import launch_spec
@@ -341,7 +342,7 @@ def main():
         pool_id=dict(type="str"),
         force_rebuild=dict(type="bool", default=False),
         wait=dict(type="bool", default=True),
-        wait_timeout=dict(type="int", default=300),
+        wait_timeout=dict(type="int", default=DEFAULT_INIT_WAIT_TIMEOUT),
     )
     module = AnsibleAWSModule(
         argument_spec=argument_spec,

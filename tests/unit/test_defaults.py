@@ -11,6 +11,7 @@ import yaml
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import DEFAULT_FALLBACK_ON
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_INIT_WAIT_TIMEOUT
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_LEASE_TTL
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_MAX_SIZE
 
@@ -55,6 +56,7 @@ def test_init_takes_the_pool_defaults_from_module_utils(monkeypatch):
     assert spec["allocation_strategy"]["default"] == defaults.ALLOCATION_STRATEGY
     assert spec["allocation_strategy"]["choices"] == list(defaults.ALLOCATION_STRATEGIES)
     assert spec["max_size"]["default"] == DEFAULT_MAX_SIZE
+    assert spec["wait_timeout"]["default"] == DEFAULT_INIT_WAIT_TIMEOUT
     # fallback_on has no default in the spec (None means the launcher's); its description lists every code.
     assert spec["fallback_on"].get("default") is None
     description = " ".join(documented["fallback_on"]["description"])

@@ -62,6 +62,8 @@ def launch_spec(params, region):
 
 
 DEFAULT_MAX_SIZE = 100
+# How long init waits, by default, for every instance to run and have an address.
+DEFAULT_INIT_WAIT_TIMEOUT = 300
 # The collection's own tag keys (ec2spot:pool, ec2spot:type, ec2spot:leased-at, ...): the sweep and the rebuild
 # read them, so a user tag in this namespace would be taken for the pool's own bookkeeping.
 RESERVED_TAG_PREFIX = "ec2spot:"
@@ -184,9 +186,9 @@ def _rebuildable(error, rebuild, force_rebuild):
     return (error.kind == "damaged" and (rebuild or force_rebuild)) or (error.kind == "foreign" and force_rebuild)
 
 
-def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mode=False, refill_env=None,
-              rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic, max_size=DEFAULT_MAX_SIZE,
-              quotas_client=None, pool_id=None):
+def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_WAIT_TIMEOUT, check_mode=False,
+              refill_env=None, rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic,
+              max_size=DEFAULT_MAX_SIZE, quotas_client=None, pool_id=None):
     """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
 
     With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first
