@@ -126,9 +126,11 @@ options:
   fallback_on:
     description:
       - EC2 error codes of a Spot launch after which On-Demand fallbacks are launched.
-      - Defaults to the capacity errors (C(InsufficientInstanceCapacity), C(UnfulfillableCapacity), C(Unsupported),
-        C(InsufficientCapacityOnHost), ...), C(InsufficientFreeAddressesInSubnet) and the account limits
-        (C(MaxSpotInstanceCountExceeded), C(VcpuLimitExceeded), C(MaxFleetCountExceeded), C(SpotMaxPriceTooLow)).
+      - Defaults to the capacity errors (C(InsufficientCapacityOnHost), C(InsufficientHostCapacity),
+        C(InsufficientInstanceCapacity), C(InsufficientReservedInstanceCapacity), C(UnfulfillableCapacity),
+        C(Unsupported)), the full subnet (C(InsufficientFreeAddressesInSubnet)) and the account limits
+        (C(InstanceLimitExceeded), C(MaxFleetCountExceeded), C(MaxSpotInstanceCountExceeded), C(SpotMaxPriceTooLow),
+        C(VcpuLimitExceeded)).
     type: list
     elements: str
   fallback_action:
@@ -297,6 +299,7 @@ moved_aside:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
@@ -304,9 +307,12 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection impo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_INIT_WAIT_TIMEOUT
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_MAX_SIZE
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import init_pool
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import launch_spec
+# Not used here: it makes Ansible ship the refill job's code, which this module starts (see refill_payload.py).
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill_payload  # noqa: F401 pylint: disable=unused-import
 
 
 def main():
@@ -326,17 +332,17 @@ def main():
         user_data=dict(type="str"),
         tags=dict(type="dict", default={}),
         fallback=dict(type="bool", default=True),
-        allocation_strategy=dict(type="str", default="price-capacity-optimized",
-                                 choices=["price-capacity-optimized", "lowest-price", "capacity-optimized"]),
-        fallback_on=dict(type="list", elements="str"),
-        fallback_action=dict(type="str", choices=["stop", "terminate"], default="stop"),
-        cooldown=dict(type="int", default=180),
-        orphan_grace=dict(type="int", default=600),
+        allocation_strategy=dict(type="str", default=defaults.ALLOCATION_STRATEGY,
+                                 choices=list(defaults.ALLOCATION_STRATEGIES)),
+        fallback_on=dict(type="list", elements="str"),  # None: launcher.DEFAULT_FALLBACK_ON, see launch_spec
+        fallback_action=dict(type="str", choices=list(defaults.FALLBACK_ACTIONS), default=defaults.FALLBACK_ACTION),
+        cooldown=dict(type="int", default=defaults.COOLDOWN_SECONDS),
+        orphan_grace=dict(type="int", default=defaults.ORPHAN_GRACE_SECONDS),
         rebuild=dict(type="bool", default=False),
         pool_id=dict(type="str"),
         force_rebuild=dict(type="bool", default=False),
         wait=dict(type="bool", default=True),
-        wait_timeout=dict(type="int", default=300),
+        wait_timeout=dict(type="int", default=DEFAULT_INIT_WAIT_TIMEOUT),
     )
     module = AnsibleAWSModule(
         argument_spec=argument_spec,

@@ -112,6 +112,7 @@ counts:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
@@ -125,7 +126,7 @@ def main():
         pool_argument_spec(),
         instance_id=dict(type="str"),
         lease_id=dict(type="str", no_log=False),
-        fallback_action=dict(type="str", choices=["stop", "terminate"]),  # None: the pool's own setting
+        fallback_action=dict(type="str", choices=list(defaults.FALLBACK_ACTIONS)),  # None: the pool's own setting
     )
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:

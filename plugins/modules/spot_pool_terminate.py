@@ -124,6 +124,7 @@ msg:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
@@ -135,7 +136,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import ter
 def main():
     argument_spec = dict(
         pool_argument_spec(),
-        fallback_action=dict(type="str", choices=["stop", "terminate"], default="terminate"),
+        fallback_action=dict(type="str", choices=list(defaults.FALLBACK_ACTIONS), default="terminate"),
         include_orphans=dict(type="bool", default=True),
         pool_id=dict(type="str"),
     )

@@ -25,7 +25,8 @@ AMI = "ami-12c6146b"  # an image moto knows
 POOL_TAG = "ec2spot:pool"
 POOL_ID_TAG = "ec2spot:pool-id"
 TYPE_TAG = "ec2spot:type"
-# The EC2 calls that launch instances (the launcher may use either); fault rules on launches name both.
+# The EC2 calls that launch instances. The launcher makes instant CreateFleet calls only; rules and counts name
+# RunInstances too, so that a launch that went another way would still be slowed, failed and counted.
 LAUNCH_ACTIONS = ("RunInstances", "CreateFleet")
 
 

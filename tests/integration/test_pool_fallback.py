@@ -1,7 +1,7 @@
 """Spot failures through the playbooks: the genuine EC2 errors are injected by the fault proxy in front of moto.
 
-Capacity faults are offering rules (market spot, every type and zone, forever) so they hold whichever launch call
-the launcher makes (RunInstances or an instant CreateFleet) and however often it is retried.
+Capacity faults are offering rules (market spot, every type and zone, forever), so they hold for every override of
+the launcher's instant CreateFleet calls however often they are retried (and for a RunInstances, were one made).
 """
 
 from __future__ import annotations

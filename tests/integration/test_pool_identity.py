@@ -1,4 +1,4 @@
-"""Two controllers, one pool name, one account (issue 9, item 2): each pool has its own id, and neither one's refill
+"""Two controllers, one pool name, one account: each pool has its own id, and neither one's refill
 sweep, terminate nor template handling touches the other's instances; creating a pool whose name another live pool
 uses fails before anything is written or launched.
 

@@ -169,7 +169,7 @@ def test_adhoc_get_then_no_ready_instance_and_unknown_release(pool):
     failed = task_result(run, "spot_pool_get")
     assert failed["msg"].startswith("pool 'default' has 0 ready of 1; 0 pending; 1 leased"), failed["msg"]
     assert failed["counts"] == {"target": 1, "ready": 0, "pending": 0, "leased": 1, "spot": 0, "fallback": 0}
-    # The failed get leased nothing, and (re)started the refill job to make the pool whole again (issue 9, item 5).
+    # The failed get leased nothing, and (re)started the refill job to make the pool whole again.
     assert "the refill job was started (pid " in failed["msg"], failed["msg"]
     assert pool.state()["leases"] == json.loads(before)["leases"]
     wait_until(lambda: not pool.refill_pids(), timeout=40, what="the refill job finished")
@@ -313,7 +313,7 @@ def test_a_release_step_that_names_nothing_changes_nothing(leased_pool):
     assert _snapshot(pool) == before
 
 
-# -- issue 9, item 4: a full disk during get ------------------------------------------------------------------------
+# -- a full disk during get -----------------------------------------------------------------------------------------
 def _fill(directory, leave: int) -> Path:
     """Fill the file system of `directory` until `leave` bytes are free; returns the filler file."""
     filler = Path(directory) / "filler"

@@ -53,7 +53,7 @@ def sha256_of(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-# -- item 3: the code copy is private, verified before every start, replaced when it fails ------------------------
+# -- the code copy is private, verified before every start, replaced when it fails --------------------------------
 def test_the_code_copy_is_private_named_by_its_digest_and_locked_while_used(tmp_path):
     store = make_store(tmp_path)
     old_umask = os.umask(0)
@@ -132,7 +132,7 @@ def test_a_copy_that_fails_the_check_is_replaced_never_used(tmp_path, tamper):
     assert evil.read_bytes().startswith(b"PK")  # a link's target is never touched
 
 
-# -- item 15: the refill log never follows a link and is never someone else's file -------------------------------
+# -- the refill log never follows a link and is never someone else's file ----------------------------------------
 @pytest.mark.parametrize("attack", ["symlink", "not-ours", "world-writable"])
 def test_the_refill_log_is_refused_when_it_is_a_link_or_not_ours(tmp_path, attack):
     store = make_store(tmp_path)
@@ -222,7 +222,7 @@ def test_the_job_logger_leaves_a_big_log_of_another_user_alone(tmp_path):
     assert open(ours, "rb").read().endswith(b'"event": "x", "pid": ' + open(ours, "rb").read().split(b'"pid": ')[-1])
 
 
-# -- item 17: terminate removes what the pool left beside its file ------------------------------------------------
+# -- terminate removes what the pool left beside its file ---------------------------------------------------------
 def test_terminate_removes_the_pools_files_and_the_code_copy_once_no_pool_needs_it(tmp_path, client):
     stores = {}
     for name in ("a", "b"):

@@ -39,6 +39,12 @@ def described(client, ids):
     return {item["InstanceId"]: item for item in ec2.describe_instances(client, ids)}
 
 
+def fleet_markets(fault_proxy):
+    """The market of every CreateFleet sent, in order."""
+    return [r.params["TargetCapacitySpecification.DefaultTargetCapacityType"]
+            for r in fault_proxy.records("CreateFleet")]
+
+
 def test_offerings_prefer_the_first_type_in_every_zone():
     got = [(o.market, o.instance_type, o.location) for o in offerings(
         launch(instance_types=["t3.micro", "t3a.micro"]), "spot")]
@@ -137,13 +143,17 @@ def test_without_fallback_a_spot_drought_is_a_launch_error(client, fault_proxy):
     with pytest.raises(LaunchError) as err:
         Launcher(client, "ci", prepared(client, fallback=False)).launch_instances(2)
     assert "InsufficientInstanceCapacity" in err.value.message
+    assert fleet_markets(fault_proxy) == ["spot"]
     assert ec2.describe_pool_instances(client, "ci") == []
 
 
 def test_errors_not_in_fallback_on_do_not_fall_back(client, fault_proxy):
     fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
-    with pytest.raises(LaunchError):
+    with pytest.raises(LaunchError) as err:
         Launcher(client, "ci", prepared(client, fallback_on=["VcpuLimitExceeded"])).launch_instances(1)
+    assert "InsufficientInstanceCapacity" in err.value.message
+    # The Spot fleet was asked, and no On-Demand fleet after it.
+    assert fleet_markets(fault_proxy) == ["spot"]
 
 
 def test_other_errors_fail_loudly(client, fault_proxy):
@@ -165,8 +175,8 @@ def test_extra_spot_for_replacements_is_never_launched_on_demand(client, fault_p
     fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
     result = Launcher(client, "ci", prepared(client)).launch_instances(0, extra_spot=2)
     assert result.entries == []
-    assert all(r.params["TargetCapacitySpecification.DefaultTargetCapacityType"] == "spot"
-               for r in fault_proxy.records("CreateFleet"))
+    # One Spot fleet was sent (the replacements were asked for), and no On-Demand one.
+    assert fleet_markets(fault_proxy) == ["spot"]
 
 
 def test_the_pool_template_is_made_once_and_versioned_on_change(client):

@@ -328,7 +328,7 @@ def test_init_refuses_a_launch_template_that_does_not_exist_before_writing(store
     assert client.describe_instances()["Reservations"] == []
 
 
-# -- issue 9 item 2: a pool's identity is its id, not its name ---------------------------------------------------
+# -- a pool's identity is its id, not its name -------------------------------------------------------------------
 def tags(client, instance_id):
     found = client.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
     return {tag["Key"]: tag["Value"] for tag in found.get("Tags", [])}
@@ -411,7 +411,7 @@ def test_rebuild_of_a_lost_file_adopts_the_pool_id_from_the_tags_and_asks_when_t
     client.terminate_instances(InstanceIds=[theirs])
 
 
-# -- issue 9 item 8: the pool's launch template deleted outside the pool ------------------------------------------
+# -- the pool's launch template deleted outside the pool ----------------------------------------------------------
 def test_a_deleted_pool_template_is_made_again_by_the_next_refill(pool, client):
     from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill  # pylint: disable=import-outside-toplevel
 
@@ -439,7 +439,7 @@ def test_a_user_template_that_vanished_stops_the_refill_with_what_to_do(store, c
     assert "launch template theirs does not exist" in error and "spot_pool_init" in error, error
 
 
-# -- issue 9 item 9: stopped fallbacks are reused, and ended with the pool -----------------------------------------
+# -- stopped fallbacks are reused, and ended with the pool ---------------------------------------------------------
 def test_a_stopped_fallback_is_started_again_before_an_on_demand_launch(tmp_path, fault_proxy, proxy_client):
     from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill  # pylint: disable=import-outside-toplevel
 
@@ -491,7 +491,7 @@ def test_terminate_of_a_pool_made_before_pool_ids_ends_what_it_lists_and_names_t
     client.terminate_instances(InstanceIds=[stray])
 
 
-# -- issue 9: the hand-out ------------------------------------------------------------------------------------------
+# -- the hand-out ---------------------------------------------------------------------------------------------------
 def leases_of(store):
     return [lease["id"] for lease in store.read()["leases"]]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -186,33 +187,65 @@ def test_the_detached_job_runs_on_its_own_and_logs_json(store, aws_env):
     assert not jobcontrol.refill_lock(store).is_held_elsewhere()
 
 
-def test_stop_refill_stops_a_running_job_and_holds_its_lock(store, aws_env):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", jobcontrol.REFILL_MODULE,
-                                store.path], start_new_session=True)
+def _wait_for_event(store, event, timeout=60):
+    deadline = time.monotonic() + timeout
+    while event not in _log_events(store):
+        assert time.monotonic() < deadline, "no %r in the refill log: %s" % (event, _log_events(store))
+        time.sleep(0.1)
+
+
+def test_stop_refill_stops_the_real_job_with_sigterm_and_the_job_records_it(proxied):
+    store, _client, proxy = proxied
+    # No capacity anywhere: the real job keeps retrying (a passing error) until it is told to stop.
+    proxy.fail_offering("InsufficientInstanceCapacity")
+    env = dict(os.environ, **proxy.env())
+    env["EC2SPOT_ENDPOINT_URL"] = proxy.url
+    started, pid = jobcontrol.start_refill(store, env)
+    assert started
     try:
-        with store.transaction() as tx:
-            tx.state["refill"]["pid"] = sleeper.pid
-        holder = subprocess.Popen([sys.executable, "-c", (
-            "import fcntl, os, signal, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('locked', flush=True); os.waitpid(int(sys.argv[2]), 0) if False else time.sleep(60)\n"),
-            jobcontrol.refill_lock(store).path, str(sleeper.pid)], stdout=subprocess.PIPE, text=True)
+        _wait_for_event(store, "launch_failed")
+        assert store.read()["refill"]["pid"] == pid
+        lock = jobcontrol.stop_refill(store, timeout=30)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    try:
+        # It ended by itself on SIGTERM (exit 0), not by the SIGKILL that stop_refill sends to a job that does not.
+        assert os.waitpid(pid, 0)[1] == 0
+        assert _log_events(store)[-1] == "stopped"
+        refill_record = store.read()["refill"]
+        assert refill_record["pid"] is None and refill_record["finished_at"]
+        assert lock.fd is not None  # held by us now: nothing launches until it is released
+    finally:
+        lock.release()
+
+
+def test_stop_refill_never_kills_a_lock_holder_that_is_not_the_recorded_job(store):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True); time.sleep(60)\n"),
+        jobcontrol.refill_lock(store).path], stdout=subprocess.PIPE, text=True)
+    try:
         assert holder.stdout.readline().strip() == "locked"
-        # The lock holder is not the recorded pid, so stop_refill signals the recorded job, waits, then gives up
-        # cleanly instead of killing an unrelated process.
+        with store.transaction() as tx:
+            tx.state["refill"]["pid"] = holder.pid
+        # The recorded pid is not a refill process of this pool: it is not signalled, and stop_refill gives up
+        # cleanly instead.
         with pytest.raises(Exception, match="did not stop"):
             jobcontrol.stop_refill(store, timeout=0.5)
+        assert holder.poll() is None
+    finally:
         holder.kill()
         holder.wait()
-        lock = jobcontrol.stop_refill(store, timeout=5)
-        assert jobcontrol.refill_lock(store).is_held_elsewhere()
-        lock.release()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.stdout.close()
+    lock = jobcontrol.stop_refill(store, timeout=5)
+    assert lock.fd is not None
+    lock.release()
 
 
-# -- issue 5: the pool heals itself ---------------------------------------------------------------------------
+# -- the pool heals itself ------------------------------------------------------------------------------------
 @pytest.fixture
 def proxied(tmp_path, fault_proxy, proxy_client):
     """A pool of 2 whose EC2 is the fault proxy (honest instant fleets and ClientToken idempotency)."""
@@ -281,7 +314,7 @@ def test_orphans_are_marked_then_terminated_and_leases_never_touched(proxied):
     assert states(client, [orphan, leased]) == {orphan: "terminated", leased: "running"}
 
 
-def test_fallbacks_are_replaced_by_spot_once_spot_is_back(proxied):
+def test_fallbacks_are_replaced_by_spot_once_spot_is_back(proxied, monkeypatch):
     store, client, proxy = proxied
     rule = proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
     settle(store, client)
@@ -292,7 +325,9 @@ def test_fallbacks_are_replaced_by_spot_once_spot_is_back(proxied):
     refill.reconcile(store, client)
     assert proxy.offering_requests(market="spot", since=since) == []
     proxy.remove_rule(rule)
-    time.sleep(1.2)  # the 1 s cool-down of this pool
+    # The 1 s cool-down of this pool is over (the pass's clock, not a sleep).
+    real_utcnow = refill.utcnow
+    monkeypatch.setattr(refill, "utcnow", lambda: real_utcnow() + datetime.timedelta(seconds=2))
     result = settle(store, client)
     state = store.read()
     assert [e["type"] for e in state["instances"]] == ["spot", "spot"] and result.whole
@@ -329,7 +364,7 @@ def test_a_fleet_refused_for_every_offering_by_authorisation_stops_the_job(proxi
     assert proxy.count("CreateFleet") == 1  # not asked again every few seconds for 15 minutes
 
 
-# -- issue 9: a stopped refill is seen, and started again ------------------------------------------------------------
+# -- a stopped refill is seen, and started again ---------------------------------------------------------------------
 def test_an_unexpected_error_in_the_job_is_recorded_with_its_pid_cleared(store, client, monkeypatch):
     """Item 16: an unexpected exception in a pass (here the KeyError that a pending launch without `request` once
     raised) used to kill the job with a traceback only its log showed, leaving last_error empty and a stale pid.

@@ -184,7 +184,7 @@ def test_32_processes_x_100_get_put_lose_and_duplicate_nothing(tmp_path):
     assert sorted(item["id"] for item in state["instances"]) == sorted(item["id"] for item in original)
 
 
-# -- issue 9 item 3: nothing another user can write is trusted (OpenSSH's StrictModes) ---------------------------
+# -- nothing another user can write is trusted (OpenSSH's StrictModes) -------------------------------------------
 OTHER_UID = 65534  # nobody: "a file that is not ours" (these tests run as root, which may chown)
 
 
@@ -276,7 +276,7 @@ def test_what_the_store_creates_is_private_whatever_the_umask(tmp_path, restore_
         assert store.read()["pool_name"] == "default"
 
 
-# -- item 14: a file that is not a pool file gets no sidecar; a missing pool gets nothing -------------------------
+# -- a file that is not a pool file gets no sidecar; a missing pool gets nothing ----------------------------------
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 
 
@@ -310,7 +310,7 @@ def test_a_missing_pool_creates_nothing(tmp_path):
     assert sorted(os.listdir(other.directory)) == before
 
 
-# -- item 17: a lock file may be removed by whoever holds it; lockers make sure theirs is still the one -----------
+# -- a lock file may be removed by whoever holds it; lockers make sure theirs is still the one --------------------
 def _fds_open_on(path):
     """This process's descriptors open on `path` (the lock file a thread opened before it blocks in flock)."""
     found = []
@@ -351,7 +351,7 @@ def test_deleting_the_pool_removes_its_lock_file(tmp_path):
     assert os.listdir(store.directory) == []
 
 
-# -- item 16: the schema is checked once, at read, for every reader ---------------------------------------------
+# -- the schema is checked once, at read, for every reader ------------------------------------------------------
 def _valid_state():
     state = new_state("default", 2, {"image_id": "ami-1", "instance_types": ["t3.micro"],
                                      "availability_zones": ["us-east-1a"], "tags": {"team": "ci"},
@@ -389,7 +389,7 @@ def _break(path, value):
     (_break(("launch", "availability_zones"), "us-east-1a"), "launch.availability_zones"),
     (_break(("launch", "cooldown_seconds"), "180"), "launch.cooldown_seconds"),
     (_break(("launch", "template"), "lt-1"), "launch.template"),
-    (_break(("launch", "fallback_action"), "keep"), 'launch.fallback_action is "keep", expected stop or terminate'),
+    (_break(("launch", "fallback_action"), "keep"), 'launch.fallback_action is "keep", expected one of stop, terminate'),
     (_break(("cooldowns",), {"scope": "market"}), "cooldowns"),
     (_break(("cooldowns", 0, "scope"), KeyError), "cooldowns[0].scope"),
     (_break(("cooldowns", 0, "until"), "tomorrow"), "cooldowns[0].until"),

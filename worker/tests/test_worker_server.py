@@ -113,7 +113,9 @@ def test_imds_script_404_then_rebalance_then_notice(start_worker, fake_imds, run
     # Admission only: the queued work still runs and the worker stays up.
     worker.wait_job_status(first, "done")
     worker.wait_job_status(second, "done")
-    time.sleep(0.5)
+    # Idle and still watching: ten more IMDS polls (the worker's own cadence, not a wall-clock wait), and up.
+    polls = fake_imds.count_gets(INSTANCE_ACTION)
+    worker.wait_for(lambda: fake_imds.count_gets(INSTANCE_ACTION) >= polls + 10, 5, what="ten more IMDS polls")
     assert worker.running()
     assert worker.request("GET", "/health").json()["drain"]["state"] == "admission_stopped"
 
@@ -204,12 +206,15 @@ def test_random_kills_lose_no_accepted_job(start_worker, run_log):
 
 
 def test_poison_job_ends_dead_and_can_be_requeued(start_worker, run_log):
-    worker = start_worker(JOB_HANDLER="handlers_for_tests:always_fail")
+    # No backoff: a failed job is runnable again at once, so a dead one that were still runnable would be claimed
+    # (the oldest runnable first) before any job posted after it.
+    worker = start_worker(JOB_HANDLER="handlers_for_tests:always_fail", RETRY_BACKOFF_SECONDS=0)
     job_id = post_job(worker, {"poison": True}).json()["id"]
     dead = worker.wait_job_status(job_id, "dead", timeout=10)
     assert dead["attempts"] == 3 and "poison payload" in dead["last_error"]
-    time.sleep(0.3)
-    assert len(starts_of(run_log, job_id)) == 3  # no fourth attempt
+    later = post_job(worker, {"poison": "later"}).json()["id"]
+    worker.wait_job_status(later, "dead", timeout=10)
+    assert len(starts_of(run_log, job_id)) == 3  # no fourth attempt, while the later job had all three of its own
 
     requeued = worker.request("POST", f"/jobs/{job_id}/requeue")
     assert requeued.status == 200 and requeued.json()["attempts"] == 0

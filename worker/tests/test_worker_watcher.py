@@ -83,11 +83,15 @@ def test_notice_without_time_drains_on_the_grace_period():
 
 
 def test_token_refreshed_before_expiry_and_replaced_after_401(fake_imds):
-    client = ImdsClient(fake_imds.url, token_ttl_seconds=1)
+    now = [1000.0]
+    client = ImdsClient(fake_imds.url, token_ttl_seconds=60, clock=lambda: now[0])
     assert client.get(INSTANCE_ACTION) is None
-    time.sleep(0.8)  # past three quarters of the TTL: refreshed before IMDS would refuse it
+    now[0] += 44  # within three quarters of the TTL: the token is reused
     assert client.get(INSTANCE_ACTION) is None
-    assert fake_imds.token_puts == [1, 1]
+    assert fake_imds.token_puts == [60]
+    now[0] += 2  # past three quarters of the TTL: refreshed before IMDS would refuse it
+    assert client.get(INSTANCE_ACTION) is None
+    assert fake_imds.token_puts == [60, 60]
 
     fake_imds.revoke_tokens()
     assert client.get(INSTANCE_ACTION) is None  # 401, new token, retried

@@ -29,7 +29,10 @@ RELEASED_TAG = identity.RELEASED_TAG  # a stopped fallback kept on purpose for r
 LEASED_TAG = "ec2spot:leased-at"  # set by the refill on leased instances, so a rebuild from tags knows them
 ORPHAN_TAG = "ec2spot:orphan-since"  # first mark of an instance in neither the pool nor a lease
 LIVE_STATES = ("pending", "running")
-# Capped: 4 retries with 1 s base delay, at most 15 s apart; botocore's own retries sit below this.
+# At most 4 attempts in all (amazon.aws counts `retries` as attempts), with random pauses of up to 1, 2 and 4 s
+# between them (the 15 s cap is never reached), for throttling and the passing server errors AWSRetry knows
+# (RequestLimitExceeded, InternalError, Unavailable, ...). botocore retries nothing below this: BOTOCORE_CONFIG
+# allows it one attempt.
 _retry = AWSRetry.jittered_backoff(retries=4, delay=1, backoff=2.0, max_delay=15)
 
 
@@ -243,7 +246,7 @@ def describe_instance_types(client, instance_types):
 
 
 def instance_summary(instance):
-    """The fields of a DescribeInstances/RunInstances item the pool keeps."""
+    """The fields of a DescribeInstances item that the pool keeps."""
     return {
         "id": instance["InstanceId"],
         "state": instance.get("State", {}).get("Name"),

@@ -15,12 +15,11 @@ from __future__ import annotations
 import collections
 
 from . import ec2
+from .defaults import FALLBACK_ACTION
+from .defaults import FALLBACK_ACTIONS
 from .state import isoformat
 from .state import utcnow
 
-FALLBACK_ACTIONS = ("stop", "terminate")
-# What a pool's file without the setting means (pools made before the option): the option's own default.
-DEFAULT_FALLBACK_ACTION = "stop"
 NOT_FOUND = "InvalidInstanceID.NotFound"
 
 EndPlan = collections.namedtuple("EndPlan", ["terminate", "stop"])
@@ -29,7 +28,7 @@ Ended = collections.namedtuple("Ended", ["terminated", "stopped", "gone"])
 
 def fallback_action_of(launch):
     """The pool's own fallback_action, from its launch settings (the state's `launch`)."""
-    return (launch or {}).get("fallback_action") or DEFAULT_FALLBACK_ACTION
+    return (launch or {}).get("fallback_action") or FALLBACK_ACTION
 
 
 def plan_end(instances, fallback_action):

@@ -4,7 +4,8 @@
 """Starting, finding and stopping the detached refill job (its code is in refill.py).
 
 Kept apart from refill.py so that `spot_pool_get` can start the job without importing boto3 or the launcher:
-this module needs only the standard library and the state store.
+this module needs only the standard library and the state store. The job's code imports this module, never the
+reverse; what makes Ansible ship that code with the modules that start the job is refill_payload.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import stat
 import subprocess
 import sys
 import time
-import typing
 import zipfile
 
 from .errors import PoolError
@@ -31,10 +31,7 @@ from .state import check_code_directory
 from .state import open_private
 from .state import same_file
 
-if typing.TYPE_CHECKING:
-    # Never executed; it makes Ansible put the job's code (and what it imports) into the module's payload.
-    from . import refill  # noqa: F401  pylint: disable=unused-import
-
+# The job's entry module, run with `python -m` (its code is in the payload through refill_payload.py).
 REFILL_MODULE = __name__.rsplit(".", 1)[0] + ".refill"
 
 

@@ -7,8 +7,9 @@ offering that is not cooling down, then, for what Spot could not supply and only
 
 The per-override `Errors` of a fleet answer say which offerings failed and why; the error's scope decides what
 is remembered (Cooldowns, kept in the state file): a capacity error cools down that (market, type, zone), a full
-subnet cools down the subnet, an account limit turns Spot off. Throttling never reaches this module: ec2.py
-retries it with a capped, jittered backoff. Anything else (authorisation, validation) is raised.
+subnet cools down the subnet, an account limit turns Spot off. Throttling of the call itself is retried by ec2.py
+(a capped, jittered backoff); once those attempts are used up it is raised, like anything else (authorisation,
+validation).
 
 Fleets need a launch template: the user's, or one the pool owns (`ec2spot-<pool>-<pool id>`), made from
 `image_id` & co. Before an On-Demand fleet, stopped fallbacks that this pool kept for reuse are started instead
@@ -25,6 +26,9 @@ import uuid
 
 from . import ec2
 from . import identity
+from .defaults import ALLOCATION_STRATEGIES
+from .defaults import ALLOCATION_STRATEGY
+from .defaults import COOLDOWN_SECONDS
 from .errors import InvalidRequest
 from .errors import LaunchError
 from .state import isoformat
@@ -33,8 +37,6 @@ from .state import utcnow
 
 SPOT = "spot"
 ON_DEMAND = "on-demand"
-DEFAULT_COOLDOWN_SECONDS = 180
-ALLOCATION_STRATEGIES = ("price-capacity-optimized", "lowest-price", "capacity-optimized")
 
 # No capacity for this (market, type, zone): cool that offering down, try the others.
 CAPACITY_ERRORS = frozenset((
@@ -219,7 +221,7 @@ class Launcher:
         self.reusable = list(reusable or [])
         self.launch = launch
         self.cooldowns = cooldowns or Cooldowns()
-        self.cooldown_seconds = launch.get("cooldown_seconds", DEFAULT_COOLDOWN_SECONDS)
+        self.cooldown_seconds = launch.get("cooldown_seconds", COOLDOWN_SECONDS)
         self.fallback_on = frozenset(launch.get("fallback_on") or DEFAULT_FALLBACK_ON)
         # Called with (token, request) before each CreateFleet, so the caller can record the token first: a
         # crash between the call and the state write is then replayed (same token, same answer), not repeated.
@@ -281,7 +283,7 @@ class Launcher:
         if market == SPOT:
             request["TargetCapacitySpecification"]["SpotTargetCapacity"] = count
             request["SpotOptions"] = {"AllocationStrategy": self.launch.get("allocation_strategy")
-                                      or "price-capacity-optimized", "InstanceInterruptionBehavior": "terminate"}
+                                      or ALLOCATION_STRATEGY, "InstanceInterruptionBehavior": "terminate"}
         else:
             request["TargetCapacitySpecification"]["OnDemandTargetCapacity"] = count
             request["OnDemandOptions"] = {"AllocationStrategy": "prioritized"}  # the user's order of types

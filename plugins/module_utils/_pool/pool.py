@@ -15,6 +15,10 @@ import os
 import time
 
 from . import jobcontrol
+from .defaults import ALLOCATION_STRATEGY
+from .defaults import COOLDOWN_SECONDS
+from .defaults import FALLBACK_ACTION
+from .defaults import ORPHAN_GRACE_SECONDS
 from .errors import InvalidRequest
 from .errors import NoReadyInstance
 from .errors import PoolError
@@ -29,10 +33,7 @@ from .state import utcnow
 def launch_spec(params, region):
     """The part of init's options that every later launch repeats. Credentials are never part of it."""
     # Only spot_pool_init calls this, and it imports the launcher anyway; get's path never does.
-    # pylint: disable=import-outside-toplevel
-    from .launcher import DEFAULT_COOLDOWN_SECONDS
-    from .launcher import DEFAULT_FALLBACK_ON
-    from .refill import DEFAULT_ORPHAN_GRACE_SECONDS
+    from .launcher import DEFAULT_FALLBACK_ON  # pylint: disable=import-outside-toplevel
 
     template = params.get("launch_template")
     if template:
@@ -52,15 +53,17 @@ def launch_spec(params, region):
         "tags": dict(params.get("tags") or {}),
         "fallback": params.get("fallback", True),
         "fallback_on": list(params.get("fallback_on") or DEFAULT_FALLBACK_ON),
-        "fallback_action": params.get("fallback_action") or "stop",
-        "allocation_strategy": params.get("allocation_strategy") or "price-capacity-optimized",
-        "cooldown_seconds": params.get("cooldown", DEFAULT_COOLDOWN_SECONDS),
-        "orphan_grace_seconds": params.get("orphan_grace", DEFAULT_ORPHAN_GRACE_SECONDS),
+        "fallback_action": params.get("fallback_action") or FALLBACK_ACTION,
+        "allocation_strategy": params.get("allocation_strategy") or ALLOCATION_STRATEGY,
+        "cooldown_seconds": params.get("cooldown", COOLDOWN_SECONDS),
+        "orphan_grace_seconds": params.get("orphan_grace", ORPHAN_GRACE_SECONDS),
         "region": region,
     }
 
 
 DEFAULT_MAX_SIZE = 100
+# How long init waits, by default, for every instance to run and have an address.
+DEFAULT_INIT_WAIT_TIMEOUT = 300
 # The collection's own tag keys (ec2spot:pool, ec2spot:type, ec2spot:leased-at, ...): the sweep and the rebuild
 # read them, so a user tag in this namespace would be taken for the pool's own bookkeeping.
 RESERVED_TAG_PREFIX = "ec2spot:"
@@ -183,9 +186,9 @@ def _rebuildable(error, rebuild, force_rebuild):
     return (error.kind == "damaged" and (rebuild or force_rebuild)) or (error.kind == "foreign" and force_rebuild)
 
 
-def init_pool(store, client, size, launch, wait=True, wait_timeout=300, check_mode=False, refill_env=None,
-              rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic, max_size=DEFAULT_MAX_SIZE,
-              quotas_client=None, pool_id=None):
+def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_WAIT_TIMEOUT, check_mode=False,
+              refill_env=None, rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic,
+              max_size=DEFAULT_MAX_SIZE, quotas_client=None, pool_id=None):
     """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
 
     With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first

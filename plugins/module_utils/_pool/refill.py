@@ -42,6 +42,7 @@ import traceback
 from . import ec2
 from . import ending
 from . import identity
+from .defaults import ORPHAN_GRACE_SECONDS
 from .errors import LaunchError
 from .errors import PoolError
 from .jobcontrol import log_path
@@ -65,7 +66,6 @@ from .state import utcnow
 # An instance EC2 does not list yet may simply be new (DescribeInstances is eventually consistent):
 # only an entry older than this is dropped for being absent.
 ABSENT_GRACE_SECONDS = 120
-DEFAULT_ORPHAN_GRACE_SECONDS = 600
 MAX_RUN_SECONDS = 900
 LOG_MAX_BYTES = 1 << 20
 # Fleet errors that a later pass may not meet again (a cool-down ends, EC2 recovers). A fleet whose offerings all
@@ -224,7 +224,7 @@ def reconcile(store, client, launch=True):
     result = ReconcileResult()
     cooldowns = Cooldowns(state.get("cooldowns"), now)
     launcher = Launcher(client, store.pool_name, spec, cooldowns, before_call=_record_pending(store), pool_id=pool_id)
-    orphan_grace = spec.get("orphan_grace_seconds", DEFAULT_ORPHAN_GRACE_SECONDS)
+    orphan_grace = spec.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS)
     fallback_action = ending.fallback_action_of(spec)
 
     # 1. fleet requests whose answer was lost

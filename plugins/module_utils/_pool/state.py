@@ -30,6 +30,7 @@ import stat
 import tempfile
 import time
 
+from .defaults import FALLBACK_ACTIONS
 from .errors import InvalidRequest
 from .errors import StateFileError
 
@@ -363,9 +364,9 @@ def _check_launch(problems, launch):
         problems.append("launch.tags is %s, expected an object of strings" % _shown(tags))
     if launch.get("fallback") is not None and not isinstance(launch.get("fallback"), bool):
         problems.append("launch.fallback is %s, expected true or false" % _shown(launch.get("fallback")))
-    if launch.get("fallback_action") not in (None, "stop", "terminate"):
-        problems.append("launch.fallback_action is %s, expected stop or terminate"
-                        % _shown(launch.get("fallback_action")))
+    if launch.get("fallback_action") is not None and launch.get("fallback_action") not in FALLBACK_ACTIONS:
+        problems.append("launch.fallback_action is %s, expected one of %s"
+                        % (_shown(launch.get("fallback_action")), ", ".join(FALLBACK_ACTIONS)))
     for key in ("cooldown_seconds", "orphan_grace_seconds"):
         if launch.get(key) is not None and not _is_number(launch.get(key)):
             problems.append("launch.%s is %s, expected a number of seconds" % (key, _shown(launch.get(key))))

@@ -1,0 +1,69 @@
+"""Defaults stated once: each module's documented default is its argument spec's, and the argument specs take the
+pool's defaults from module_utils (_pool/defaults.py, launcher.DEFAULT_FALLBACK_ON), not from literals of their own."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import pytest
+import yaml
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import DEFAULT_FALLBACK_ON
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_INIT_WAIT_TIMEOUT
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_LEASE_TTL
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_MAX_SIZE
+
+MODULES = ["spot_pool_get", "spot_pool_info", "spot_pool_init", "spot_pool_release", "spot_pool_terminate"]
+
+
+class _SpecSeen(Exception):
+    pass
+
+
+def argument_spec(name, monkeypatch):
+    """The argument spec that module `name` builds in main(), caught where it makes its module object."""
+    module = importlib.import_module("ansible_collections.ec2spot.pool.plugins.modules." + name)
+
+    def catch(argument_spec, **_kwargs):
+        raise _SpecSeen(argument_spec)
+
+    for factory in ("AnsibleModule", "AnsibleAWSModule"):
+        if hasattr(module, factory):
+            monkeypatch.setattr(module, factory, catch)
+    with pytest.raises(_SpecSeen) as seen:
+        module.main()
+    return seen.value.args[0], yaml.safe_load(module.DOCUMENTATION)["options"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_every_documented_default_is_the_argument_specs(name, monkeypatch):
+    spec, documented = argument_spec(name, monkeypatch)
+    for option, doc in documented.items():
+        assert option in spec, option
+        assert doc.get("default") == spec[option].get("default"), option
+        if "choices" in doc:
+            assert list(doc["choices"]) == list(spec[option]["choices"]), option
+
+
+def test_init_takes_the_pool_defaults_from_module_utils(monkeypatch):
+    spec, documented = argument_spec("spot_pool_init", monkeypatch)
+    assert spec["cooldown"]["default"] == defaults.COOLDOWN_SECONDS
+    assert spec["orphan_grace"]["default"] == defaults.ORPHAN_GRACE_SECONDS
+    assert spec["fallback_action"]["default"] == defaults.FALLBACK_ACTION
+    assert spec["fallback_action"]["choices"] == list(defaults.FALLBACK_ACTIONS)
+    assert spec["allocation_strategy"]["default"] == defaults.ALLOCATION_STRATEGY
+    assert spec["allocation_strategy"]["choices"] == list(defaults.ALLOCATION_STRATEGIES)
+    assert spec["max_size"]["default"] == DEFAULT_MAX_SIZE
+    assert spec["wait_timeout"]["default"] == DEFAULT_INIT_WAIT_TIMEOUT
+    # fallback_on has no default in the spec (None means the launcher's); its description lists every code.
+    assert spec["fallback_on"].get("default") is None
+    description = " ".join(documented["fallback_on"]["description"])
+    listed = description[description.index("Defaults to"):]
+    assert sorted(re.findall(r"C\(([A-Za-z.]+)\)", listed)) == sorted(DEFAULT_FALLBACK_ON)
+
+
+def test_get_takes_the_lease_ttl_from_module_utils(monkeypatch):
+    spec, _documented = argument_spec("spot_pool_get", monkeypatch)
+    assert spec["lease_ttl"]["default"] == DEFAULT_LEASE_TTL

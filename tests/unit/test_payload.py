@@ -1,0 +1,73 @@
+"""The refill job's code travels in the payload of every module that starts the job.
+
+The job runs from a copy of the starting module's payload (jobcontrol.start_refill), and Ansible ships only the
+module_utils files that import statements name. spot_pool_get never imports the job's code at run time (it would
+load botocore on the hand-out path): refill_payload.py names it for Ansible. These tests run Ansible's own finder."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from tests.support.payload import PACKAGE
+from tests.support.payload import REPO
+from tests.support.payload import module_utils_file
+from tests.support.payload import payload_files
+
+JOB_ENTRY = "_pool.refill"
+
+
+def _importing(module):
+    return "from %s.plugins.module_utils.%s import *  # noqa\n" % (PACKAGE, module)
+
+
+@pytest.fixture(scope="module")
+def job_code():
+    """What the job needs: refill.py and every module_utils file it imports, as the finder follows them."""
+    files = payload_files(_importing(JOB_ENTRY))
+    assert module_utils_file(JOB_ENTRY) in files
+    for needed in ("_pool.launcher", "_pool.ec2", "_pool.connection", "_pool.jobcontrol", "_pool.state"):
+        assert module_utils_file(needed) in files, needed
+    return files
+
+
+def test_refill_payload_alone_brings_the_whole_job(job_code):
+    assert job_code <= payload_files(_importing("_pool.refill_payload"))
+
+
+@pytest.mark.parametrize("module", ["spot_pool_get", "spot_pool_init"])
+def test_modules_that_start_the_job_ship_its_code_on_purpose(module, job_code):
+    source = (REPO / "plugins" / "modules" / (module + ".py")).read_text()
+    files = payload_files(source, "%s.plugins.modules.%s" % (PACKAGE, module))
+    # Named on purpose, not shipped by chance through some other import that a refactor may move away.
+    assert module_utils_file("_pool.refill_payload") in files
+    assert job_code <= files, sorted(job_code - files)
+
+
+def _relative_imports(path):
+    """The sibling modules a module_utils file imports, anywhere in it (as Ansible's finder reads them)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.update([node.module.split(".")[0]] if node.module else [alias.name for alias in node.names])
+    return found
+
+
+def test_the_pool_modules_import_one_way():
+    """No circle among _pool's modules, counting imports inside functions and under TYPE_CHECKING."""
+    graph = {path.stem: _relative_imports(path) for path in (REPO / "plugins" / "module_utils" / "_pool").glob("*.py")}
+    done, path = set(), []
+
+    def visit(name):
+        assert name not in path, "import circle: %s" % " -> ".join(path[path.index(name):] + [name])
+        if name in done:
+            return
+        path.append(name)
+        for imported in sorted(graph.get(name, ())):
+            visit(imported)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
