@@ -90,29 +90,20 @@ def child_environment(params, region, base=None):
     return env
 
 
-def make_client(service="ec2", region=None, endpoint_url=None, verify=True, access_key=None, secret_key=None,
-                session_token=None, profile=None, extra_config=None, user_agent="ec2spot.pool"):
-    """A boto3 client with the collection's retry settings (BOTOCORE_CONFIG). Imports boto3 when called."""
-    # The hand-out path must not import boto3 unless it asks EC2, so the imports stay inside the function.
+def client_from_environment(service="ec2", environ=None):
+    """A client for the refill job, configured only from its environment (see child_environment), with the
+    collection's retry settings (BOTOCORE_CONFIG). Region and credentials come from the environment as botocore
+    reads them; boto3 is imported here, when called, never on the hand-out path."""
     # pylint: disable=import-outside-toplevel
     import boto3
     import botocore.exceptions
     from botocore.config import Config
 
-    config = Config(user_agent_extra=user_agent, **BOTOCORE_CONFIG)
-    if extra_config:
-        config = config.merge(Config(**extra_config))
+    environ = os.environ if environ is None else environ
+    verify = environ.get("AWS_CA_BUNDLE") or environ.get(VERIFY_ENV, "1") != "0"
+    config = Config(user_agent_extra="ec2spot.pool-refill", **BOTOCORE_CONFIG)
     try:
-        session = boto3.session.Session(aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-                                        aws_session_token=session_token, profile_name=profile, region_name=region)
-        return session.client(service, endpoint_url=endpoint_url or None, verify=verify, config=config)
+        return boto3.session.Session().client(service, endpoint_url=environ.get(ENDPOINT_ENV) or None,
+                                              verify=verify, config=config)
     except botocore.exceptions.BotoCoreError as exc:
         raise PoolError("cannot connect to EC2: %s" % exc)
-
-
-def client_from_environment(service="ec2", environ=None):
-    """A client for the refill job, configured only from its environment (see child_environment)."""
-    environ = os.environ if environ is None else environ
-    return make_client(service, endpoint_url=environ.get(ENDPOINT_ENV),
-                       verify=environ.get("AWS_CA_BUNDLE") or environ.get(VERIFY_ENV, "1") != "0",
-                       user_agent="ec2spot.pool-refill")
