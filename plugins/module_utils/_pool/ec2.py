@@ -124,6 +124,19 @@ def find_launch_template(client, name):
     return templates[0] if templates else None
 
 
+@_ec2_call("DescribeLaunchTemplates")
+def find_launch_template_by_id(client, template_id):
+    """The template, or None when EC2 no longer knows it (deleted outside the pool)."""
+    try:
+        templates = client.describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"]
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "").startswith(("InvalidLaunchTemplateId",
+                                                                     "InvalidLaunchTemplateName")):
+            return None
+        raise
+    return templates[0] if templates else None
+
+
 @_ec2_call("DescribeAccountAttributes")
 def describe_account_attribute(client, name):
     """The values of one account attribute (e.g. max-instances), as strings."""
@@ -136,18 +149,6 @@ def describe_account_attribute(client, name):
 def get_service_quota(quotas_client, quota_code, service_code="ec2"):
     """The value of a Service Quotas quota (a Service Quotas client, not an EC2 one)."""
     return quotas_client.get_service_quota(ServiceCode=service_code, QuotaCode=quota_code)["Quota"]["Value"]
-
-
-def find_launch_template_by_id(client, template_id):
-    """The template, or None when EC2 no longer knows it (deleted outside the pool)."""
-    try:
-        templates = client.describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"]
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code", "").startswith(("InvalidLaunchTemplateId",
-                                                                     "InvalidLaunchTemplateName")):
-            return None
-        raise
-    return templates[0] if templates else None
 
 
 @_ec2_call("DescribeLaunchTemplates")
