@@ -317,6 +317,9 @@ def test_orphans_are_marked_then_terminated_and_leases_never_touched(proxied):
 def test_fallbacks_are_replaced_by_spot_once_spot_is_back(proxied, monkeypatch):
     store, client, proxy = proxied
     rule = proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
+    # A cool-down no loaded machine outlasts between two passes (1 s, this pool's, once did: the pass asked Spot).
+    with store.transaction() as tx:
+        tx.state["launch"]["cooldown_seconds"] = 60
     settle(store, client)
     fallbacks = [e["id"] for e in store.read()["instances"]]
     assert [e["type"] for e in store.read()["instances"]] == ["fallback", "fallback"]
@@ -325,9 +328,9 @@ def test_fallbacks_are_replaced_by_spot_once_spot_is_back(proxied, monkeypatch):
     refill.reconcile(store, client)
     assert proxy.offering_requests(market="spot", since=since) == []
     proxy.remove_rule(rule)
-    # The 1 s cool-down of this pool is over (the pass's clock, not a sleep).
+    # The cool-down is over (the pass's clock, not a sleep).
     real_utcnow = refill.utcnow
-    monkeypatch.setattr(refill, "utcnow", lambda: real_utcnow() + datetime.timedelta(seconds=2))
+    monkeypatch.setattr(refill, "utcnow", lambda: real_utcnow() + datetime.timedelta(seconds=61))
     result = settle(store, client)
     state = store.read()
     assert [e["type"] for e in state["instances"]] == ["spot", "spot"] and result.whole
