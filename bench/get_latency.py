@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO / "build" / "collections"))
 
 from tests.support.ansible import BIN, ansible_env  # noqa: E402
 from tests.support.moto import REGION, MotoServer  # noqa: E402
+from tests.support.pool_entries import pool_entry  # noqa: E402
 
 IMAGE_ID = "ami-12c6146b"
 POOL_NAME = "default"
@@ -362,10 +363,7 @@ def report_ansible(times, cpu_times, labels, out):
 # == Part 2: the hand-out core =========================================================================
 def fake_entry(number):
     """A ready entry shaped like the ones the refill writes (documentation addresses, never contacted)."""
-    public_ip = "198.51.100.%d" % (number % 250 + 1)
-    return {"id": "i-%017x" % number, "ip": public_ip, "public_ip": public_ip,
-            "private_ip": "10.0.%d.%d" % (number // 250 % 250, number % 250 + 1), "type": "spot",
-            "availability_zone": "us-east-1a", "instance_type": "t3.micro", "launched_at": "2026-11-22T10:00:00Z"}
+    return pool_entry(number)
 
 
 def make_core_pool(directory, size):

@@ -15,13 +15,15 @@ import yaml
 
 from tests.support.ansible import BIN, REPO, ansible_env
 from tests.support.moto import REGION
+from tests.support.pool_entries import pool_entry
 
 LAUNCH = {"image_id": "ami-12345678", "instance_types": ["t3.micro"], "availability_zones": ["us-east-1a"]}
 
 
 def entry(instance_id, ip, private_ip, kind="spot", zone="us-east-1a", **extra):
-    return dict({"id": instance_id, "ip": ip, "private_ip": private_ip, "type": kind, "availability_zone": zone,
-                 "instance_type": "t3.micro", "launched_at": "2026-11-22T10:00:00Z"}, **extra)
+    # The addresses are what the inventory's reading is tested on: exactly the values given.
+    return pool_entry(instance_id, ready=False, kind=kind, availability_zone=zone, ip=ip, private_ip=private_ip,
+                      **extra)
 
 
 def write_pool(state_dir: Path, pool_name: str, instances=(), leases=(), pool_id=None) -> Path:

@@ -9,6 +9,7 @@ import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import state as ops_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import timefmt
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import NoReadyInstance
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
@@ -526,7 +527,7 @@ def test_a_refill_that_cannot_start_after_the_lease_is_a_warning_not_a_failed_ge
 
 def test_leases_expire_after_a_day_by_default_and_zero_means_never(pool):
     got = ops.get_instance(pool, no_client, refill=False, verify=False)
-    leased, expires = ops_state.parse_time(got["leased_at"]), ops_state.parse_time(got["expires_at"])
+    leased, expires = timefmt.parse_time(got["leased_at"]), timefmt.parse_time(got["expires_at"])
     assert (expires - leased).total_seconds() == ops.DEFAULT_LEASE_TTL == 86400
     forever = ops.get_instance(pool, no_client, refill=False, verify=False, lease_ttl=0)
     assert forever["expires_at"] is None

@@ -20,10 +20,11 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import isoformat
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import utcnow
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import isoformat
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import utcnow
 from tests.support.moto import POOL_LAUNCH
+from tests.support.pool_entries import pool_entry
 
 LAUNCH = POOL_LAUNCH
 POOL_ID = "0123456789abcdef"
@@ -78,8 +79,7 @@ def test_dead_instances_are_dropped_and_replaced(store, client):
 
 
 def test_an_instance_ec2_does_not_list_yet_is_kept_for_a_grace_period(store, client):
-    young = {"id": "i-0000000000000young", "ip": None, "type": "spot",
-             "launched_at": isoformat(utcnow())}
+    young = pool_entry("i-0000000000000young", ready=False, launched_at=isoformat(utcnow()))
     old = dict(young, id="i-00000000000000old",
                launched_at=isoformat(utcnow() - datetime.timedelta(seconds=refill.ABSENT_GRACE_SECONDS + 5)))
     with store.transaction() as tx:

@@ -13,20 +13,19 @@ import time
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import counts
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileLock
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import counts
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import default_state_dir
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import pool_file_path
+from tests.support.pool_entries import pool_entry
 
 
 def entry(n, ip=True, kind="spot"):
-    return {"id": "i-%017x" % n, "ip": "10.0.%d.%d" % (n // 250, n % 250 + 1) if ip else None, "type": kind,
-            "private_ip": "10.0.0.1", "public_ip": None, "availability_zone": "us-east-1a",
-            "instance_type": "t3.micro", "launched_at": "2026-11-22T10:00:00Z"}
+    return pool_entry(n, ready=ip, kind=kind)
 
 
 def make_store(tmp_path, entries=(), name="default"):

@@ -17,8 +17,8 @@ import collections
 from . import ec2
 from .defaults import FALLBACK_ACTION
 from .defaults import FALLBACK_ACTIONS
-from .state import isoformat
-from .state import utcnow
+from .timefmt import isoformat
+from .timefmt import utcnow
 
 NOT_FOUND = "InvalidInstanceID.NotFound"
 

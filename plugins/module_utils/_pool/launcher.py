@@ -25,15 +25,17 @@ import json
 import uuid
 
 from . import ec2
+from . import entries
 from . import identity
 from .defaults import ALLOCATION_STRATEGIES
 from .defaults import ALLOCATION_STRATEGY
 from .defaults import COOLDOWN_SECONDS
+from .entries import new_entry
 from .errors import InvalidRequest
 from .errors import LaunchError
-from .state import isoformat
-from .state import parse_time
-from .state import utcnow
+from .timefmt import isoformat
+from .timefmt import parse_time
+from .timefmt import utcnow
 
 SPOT = "spot"
 ON_DEMAND = "on-demand"
@@ -381,17 +383,9 @@ def _offering_of(item):
 
 
 def entry_for(instance_id, offering):
-    return {
-        "id": instance_id,
-        "ip": None,  # set once the instance runs and has an address: an entry without one is never handed out
-        "public_ip": None,
-        "private_ip": None,
-        "type": "spot" if offering.market == SPOT else "fallback",
-        "availability_zone": offering.zone,
-        "subnet_id": offering.subnet_id,
-        "instance_type": offering.instance_type,
-        "launched_at": isoformat(utcnow()),
-    }
+    """The pool entry of an instance this launcher just launched in `offering` (not ready yet)."""
+    return new_entry(instance_id, entries.SPOT if offering.market == SPOT else entries.FALLBACK,
+                     offering.instance_type, offering.zone, offering.subnet_id, isoformat(utcnow()))
 
 
 def validate_launch(client, launch):

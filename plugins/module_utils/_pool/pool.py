@@ -10,8 +10,6 @@ spawn); a failure before the write changes nothing; check mode reads but never w
 
 from __future__ import annotations
 
-import datetime
-import os
 import time
 
 from . import jobcontrol
@@ -19,15 +17,19 @@ from .defaults import ALLOCATION_STRATEGY
 from .defaults import COOLDOWN_SECONDS
 from .defaults import FALLBACK_ACTION
 from .defaults import ORPHAN_GRACE_SECONDS
+from .entries import address_of
+from .entries import counts
+from .entries import entry_from_instance
+from .entries import is_ready
+from .entries import new_lease
 from .errors import InvalidRequest
 from .errors import NoReadyInstance
 from .errors import PoolError
 from .errors import StateFileError
-from .state import counts
-from .state import isoformat
 from .state import new_state
-from .state import parse_time
-from .state import utcnow
+from .timefmt import isoformat
+from .timefmt import parse_time
+from .timefmt import utcnow
 
 
 def launch_spec(params, region):
@@ -112,12 +114,7 @@ def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
     for info in identity.mine(named, store.pool_name, pool_id, listed):
         if ec2.RELEASED_TAG in info["tags"] or info["state"] not in ("pending", "running"):
             continue
-        running = info["state"] == "running"
-        entry = {"id": info["id"], "ip": (info["public_ip"] or info["private_ip"]) if running else None,
-                 "public_ip": info["public_ip"] if running else None, "private_ip": info["private_ip"],
-                 "type": info["tags"].get(ec2.TYPE_TAG, "spot"), "availability_zone": info["availability_zone"],
-                 "subnet_id": None, "instance_type": info["instance_type"],
-                 "launched_at": isoformat(info["launch_time"]) if info["launch_time"] else isoformat(utcnow())}
+        entry = entry_from_instance(dict(info, subnet_id=None), info["tags"].get(ec2.TYPE_TAG), utcnow())
         if info["id"] in old_leases:
             state["leases"].append(old_leases[info["id"]])
         elif ec2.LEASED_TAG in info["tags"]:
@@ -304,15 +301,6 @@ def _needs_verify(state, verify, verify_max_age, now):
     return verified_at is None or (now - verified_at).total_seconds() > verify_max_age
 
 
-def new_lease(entry, now, lease_ttl):
-    """The lease record of a hand-out: built here and nowhere else."""
-    # lease_id: the caller's token for this lease; a release that names it can end nothing else.
-    lease = dict(entry, leased_at=isoformat(now), lease_id=os.urandom(16).hex())
-    if lease_ttl:
-        lease["expires_at"] = isoformat(now + datetime.timedelta(seconds=lease_ttl))
-    return lease
-
-
 def _no_pool(store):
     return NoReadyInstance("pool '%s' does not exist (no state file %s); run ec2spot.pool.spot_pool_init"
                            % (store.pool_name, store.path))
@@ -358,7 +346,7 @@ def _claim(store, dead, alive, verify, verify_max_age, lease_ttl, check_mode):
             now = utcnow()
             claim.dropped = [entry["id"] for entry in state["instances"] if entry["id"] in dead]
             state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
-            ready = [entry for entry in state["instances"] if entry.get("ip")]
+            ready = [entry for entry in state["instances"] if is_ready(entry)]
             trusted = not _needs_verify(state, verify, verify_max_age, now)
             entry = next((entry for entry in ready if trusted or entry["id"] in alive), None)
             claim.refill_error = (state.get("refill") or {}).get("last_error")
@@ -438,10 +426,9 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
         if problem:
             refill_result["error"] = problem
             warnings.append("%s; the lease stands, and the next get or spot_pool_init starts the job" % problem)
-    ip = lease.get("private_ip") if address == "private" else (lease.get("public_ip") or lease.get("ip"))
     return {
         "changed": True,
-        "ip": ip,
+        "ip": address_of(lease, address),
         "public_ip": lease.get("public_ip"),
         "private_ip": lease.get("private_ip"),
         "instance_id": lease["id"],

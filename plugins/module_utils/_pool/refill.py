@@ -43,25 +43,28 @@ from . import ec2
 from . import ending
 from . import identity
 from .defaults import ORPHAN_GRACE_SECONDS
+from .entries import counts
+from .entries import fill_in
+from .entries import is_fallback
+from .entries import is_ready
 from .errors import LaunchError
 from .errors import PoolError
 from .jobcontrol import log_path
 from .jobcontrol import refill_lock
 from .launcher import ACCOUNT_LIMIT_ERRORS
 from .launcher import CAPACITY_ERRORS
+from .launcher import Cooldowns
 from .launcher import INTERRUPTED
+from .launcher import LaunchResult
+from .launcher import Launcher
 from .launcher import SPOT
 from .launcher import SUBNET_ERRORS
-from .launcher import Cooldowns
-from .launcher import Launcher
-from .launcher import LaunchResult
 from .launcher import ensure_template
 from .state import PoolStore
-from .state import counts
-from .state import isoformat
 from .state import open_private
-from .state import parse_time
-from .state import utcnow
+from .timefmt import isoformat
+from .timefmt import parse_time
+from .timefmt import utcnow
 
 # An instance EC2 does not list yet may simply be new (DescribeInstances is eventually consistent):
 # only an entry older than this is dropped for being absent.
@@ -123,11 +126,7 @@ def _alive(entry, info, now):
         return age is not None and age < ABSENT_GRACE_SECONDS
     if info["state"] not in ec2.LIVE_STATES:
         return False
-    if info["state"] == "running":
-        entry["public_ip"] = info["public_ip"]
-        entry["private_ip"] = info["private_ip"]
-        entry["ip"] = info["public_ip"] or info["private_ip"]
-        entry["availability_zone"] = info["availability_zone"] or entry.get("availability_zone")
+    fill_in(entry, info)
     return True
 
 
@@ -138,18 +137,18 @@ def _surplus(instances, target):
     surplus = len(instances) - target
     if surplus <= 0:
         return []
-    ready = sum(1 for e in instances if e.get("ip"))
-    fallbacks = sorted((e for e in instances if e.get("type") == "fallback"), key=lambda e: bool(e.get("ip")))
-    spots = sorted((e for e in instances if e.get("type") != "fallback"), key=lambda e: e.get("launched_at") or "",
+    ready = sum(1 for e in instances if is_ready(e))
+    fallbacks = sorted((e for e in instances if is_fallback(e)), key=is_ready)
+    spots = sorted((e for e in instances if not is_fallback(e)), key=lambda e: e.get("launched_at") or "",
                    reverse=True)
-    spots.sort(key=lambda e: bool(e.get("ip")))
+    spots.sort(key=is_ready)
     retire = []
     for entry in fallbacks + spots:
         if len(retire) == surplus:
             break
-        if entry.get("type") != "fallback" and len(retire) < len(fallbacks):
+        if not is_fallback(entry) and len(retire) < len(fallbacks):
             break  # a fallback is still in the pool: the Spot entries are its replacements
-        if entry.get("ip"):
+        if is_ready(entry):
             if ready - 1 < target:
                 continue
             ready -= 1

@@ -20,7 +20,6 @@ This module imports nothing heavy: it sits on the hand-out path of `spot_pool_ge
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import fcntl
 import json
@@ -33,29 +32,12 @@ import time
 from .defaults import FALLBACK_ACTIONS
 from .errors import InvalidRequest
 from .errors import StateFileError
+from .timefmt import TIME_RE
+from .timefmt import utcnow
 
 STATE_VERSION = 1
 # Matched with fullmatch(): `$` would also accept a name followed by a newline ("ci\n" is not pool "ci").
 POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-TIME_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
-
-
-def utcnow():
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
-def isoformat(moment):
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text):
-    """The inverse of isoformat(). Not strptime: its first call imports _strptime and calendar (3-8 ms measured),
-    which every default `spot_pool_get` would pay when it reads the pool's verified_at."""
-    if not text:
-        return None
-    if not TIME_RE.match(text):
-        raise ValueError("time data %r does not match format '%%Y-%%m-%%dT%%H:%%M:%%SZ'" % (text,))
-    return datetime.datetime.fromisoformat(text[:-1]).replace(tzinfo=datetime.timezone.utc)
 
 
 def default_state_dir(environ=None):
@@ -90,21 +72,6 @@ def new_state(pool_name, target_size, launch):
         "cooldowns": [],
         "pending_launches": [],
         "refill": {"pid": None, "started_at": None, "finished_at": None, "verified_at": None, "last_error": None},
-    }
-
-
-def counts(state):
-    """Counts users see in every result: how many are ready to hand out, still coming, or leased."""
-    if not state:
-        return {"target": 0, "ready": 0, "pending": 0, "leased": 0, "spot": 0, "fallback": 0}
-    instances = state["instances"]
-    return {
-        "target": state["target_size"],
-        "ready": sum(1 for entry in instances if entry.get("ip")),
-        "pending": sum(1 for entry in instances if not entry.get("ip")),
-        "leased": len(state["leases"]),
-        "spot": sum(1 for entry in instances if entry.get("type") == "spot"),
-        "fallback": sum(1 for entry in instances if entry.get("type") == "fallback"),
     }
 
 
