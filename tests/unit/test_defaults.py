@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -67,3 +68,33 @@ def test_init_takes_the_pool_defaults_from_module_utils(monkeypatch):
 def test_get_takes_the_lease_ttl_from_module_utils(monkeypatch):
     spec, _documented = argument_spec("spot_pool_get", monkeypatch)
     assert spec["lease_ttl"]["default"] == DEFAULT_LEASE_TTL
+
+
+PLAYBOOKS = sorted((Path(__file__).resolve().parents[2] / "playbooks").glob("*.yml"))
+DEFAULTED = re.compile(r"\|\s*default\((?P<value>[^)]*)\)")
+
+
+def _module_options(playbook):
+    """(task name, option, value) of every ec2spot.pool module task in a playbook."""
+    for play in yaml.safe_load(playbook.read_text()) or []:
+        for task in play.get("tasks") or []:
+            for key, options in task.items():
+                if key.startswith("ec2spot.pool.") and isinstance(options, dict):
+                    for option, value in options.items():
+                        yield task.get("name"), option, value
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS, ids=lambda path: path.name)
+def test_the_playbooks_leave_the_modules_defaults_to_the_modules(playbook):
+    """A playbook variable that is not set must reach the module as 'not given' (default(omit)): a default written
+    again in the playbook drifts from the module's own and makes two answers to 'what is the default?'."""
+    restated = [(task, option, match.group("value"))
+                for task, option, value in _module_options(playbook) if isinstance(value, str)
+                for match in DEFAULTED.finditer(value) if match.group("value").split(",")[0].strip() != "omit"]
+    assert restated == []
+
+
+def test_the_playbook_check_reads_module_tasks():
+    """The check above would pass on playbooks it cannot read: make sure it sees the options of every playbook."""
+    assert all(list(_module_options(playbook)) for playbook in PLAYBOOKS
+               if re.search(r"^\s+ec2spot\.pool\.spot_pool_\w+:", playbook.read_text(), re.M))
