@@ -194,6 +194,12 @@ def test_the_pool_template_is_made_once_and_versioned_on_change(client):
     assert user == {"LaunchTemplateName": "theirs", "Version": "$Default", "owned": False}
 
 
+def test_the_same_tags_in_another_order_make_no_new_template_version(client):
+    first = ensure_template(client, "ci", POOL_ID, launch(tags={"team": "ci", "Name": "web"}))
+    again = ensure_template(client, "ci", POOL_ID, dict(launch(tags={"Name": "web", "team": "ci"}), template=first))
+    assert again == first
+
+
 def test_validation_names_the_bad_value(client):
     with pytest.raises(InvalidRequest, match="unknown availability zone.*us-east-1z"):
         validate_launch(client, launch(availability_zones=["us-east-1a", "us-east-1z"]))
