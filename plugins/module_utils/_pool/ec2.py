@@ -91,8 +91,8 @@ def tag_list(tags):
     """EC2's [{"Key", "Value"}] of a dict. Sorted by key: launcher.ensure_template hashes the template data these go
     into, and the same tags in another order must not make a new template version. Keys as text: YAML may give a
     number (amazon.aws's helper makes text of the values only)."""
-    return ansible_dict_to_boto3_tag_list(dict(sorted(((str(key), value) for key, value in tags.items()),
-                                                      key=lambda tag: tag[0])))
+    text_keys = {str(key): value for key, value in tags.items()}
+    return ansible_dict_to_boto3_tag_list(dict(sorted(text_keys.items())))
 
 
 tag_dict = boto3_tag_list_to_ansible_dict  # EC2's [{"Key", "Value"}] (or None) as {key: value}
