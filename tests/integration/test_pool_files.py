@@ -1,4 +1,4 @@
-"""The files beside the pool file, through Ansible (issue 9, items 3, 14, 17): the refill job's code copy is
+"""The files beside the pool file, through Ansible: the refill job's code copy is
 verified before it runs, a directory others can change is refused, a file that is not a pool file gets no
 sidecar, a missing pool gets nothing, and terminate leaves nothing behind.
 

@@ -43,7 +43,7 @@ def test_two_pools_of_one_name_never_end_each_others_instances_or_template(make_
     a = make_pool(ec2, aws_env, NAME)
     b = make_pool(ec2, aws_env, NAME)
     # The check at creation cannot see a pool that launches later: B is created empty (from its own template), then A
-    # is created, then B grows. From here on both pools of the name are live, as in the issue's report.
+    # is created, then B grows. From here on both pools of the name are live.
     b_init = {"spot_pool_launch_template": {"name": "team-b"}, "spot_pool_orphan_grace": grace}
     assert b.playbook("init_pool.yml", spot_pool_size=0, **b_init).rc == 0
     assert a.init(size=2).rc == 0
@@ -76,7 +76,7 @@ def test_two_pools_of_one_name_never_end_each_others_instances_or_template(make_
     assert [a.instance(i)["State"]["Name"] for i in a_ids] == ["running", "running"]
     assert ec2.describe_launch_templates(LaunchTemplateIds=[a_template])["LaunchTemplates"], "A's template is kept"
 
-    # A's refill still launches from its template (the issue: InvalidLaunchTemplateId.NotFound for good).
+    # A can still launch from its template (were it gone, A's refill would fail with InvalidLaunchTemplateId.NotFound).
     run = a.init(size=2)
     assert run.rc == 0, run.stdout[-3000:]
     assert len(task_result(run, "spot_pool_init")["launched"]) == 1

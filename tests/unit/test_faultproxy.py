@@ -576,7 +576,7 @@ def test_proxy_and_server_stop_cleanly(tmp_path):
 
 
 def test_a_launch_whose_caller_is_killed_still_happens_and_its_token_replays(fault_proxy, direct, template_id):
-    """The crash window of issue 5: the caller dies while CreateFleet is on the wire. AWS still launches; the
+    """The crash window of a launch: the caller dies while CreateFleet is on the wire. AWS still launches; the
     caller's successor, retrying with the ClientToken it wrote down first, must get those instances back."""
     fault_proxy.slow("CreateFleet", 1.0, times=1)
     script = (

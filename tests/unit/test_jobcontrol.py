@@ -1,4 +1,4 @@
-"""The files beside a pool file (issue 9, items 3, 15, 17): the refill job's code copy, its log, and what
+"""The files beside a pool file: the refill job's code copy, its log, and what
 spot_pool_terminate removes. These tests run as root: os.chown to another uid makes a file "not ours"."""
 
 from __future__ import annotations

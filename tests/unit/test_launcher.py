@@ -29,10 +29,9 @@ def client(proxy_client):
 
 
 def launch(**overrides):
-    spec = {"image_id": AMI, "instance_types": ["t3.micro"], "availability_zones": ["us-east-1a", "us-east-1b"],
-            "tags": {"team": "ci"}, "fallback": True}
-    spec.update(overrides)
-    return spec
+    """A pool's launch settings (the state file's `launch`), as init records them."""
+    return dict({"image_id": AMI, "instance_types": ["t3.micro"], "availability_zones": ["us-east-1a", "us-east-1b"],
+                 "tags": {"team": "ci"}, "fallback": True}, **overrides)
 
 
 def described(client, ids):
@@ -54,9 +53,10 @@ def test_offerings_prefer_the_first_type_in_every_zone():
 
 
 def prepared(client, pool="ci", **overrides):
-    spec = launch(**overrides)
-    spec["template"] = ensure_template(client, pool, POOL_ID, spec)
-    return spec
+    """Launch settings with the pool's template made, as the launcher gets them."""
+    pool_launch = launch(**overrides)
+    pool_launch["template"] = ensure_template(client, pool, POOL_ID, pool_launch)
+    return pool_launch
 
 
 def test_one_spot_fleet_over_every_offering_tagged_at_launch(client, fault_proxy):
@@ -131,11 +131,11 @@ def test_a_full_subnet_cools_down_the_subnet(client, ec2, fault_proxy):
                for cidr, zone in (("10.9.1.0/24", "us-east-1a"), ("10.9.2.0/24", "us-east-1b"))]
     fault_proxy.fail_offering("InsufficientFreeAddressesInSubnet", subnet_id=subnets[0])
     cooldowns = Cooldowns()
-    spec = prepared(client, availability_zones=None, subnet_ids=subnets)
-    result = Launcher(client, "ci", spec, cooldowns).launch_instances(1)
+    pool_launch = prepared(client, availability_zones=None, subnet_ids=subnets)
+    result = Launcher(client, "ci", pool_launch, cooldowns).launch_instances(1)
     assert len(result.entries) == 1
     assert [(e["scope"], e["location"]) for e in cooldowns.entries] == [("subnet", subnets[0])]
-    assert all(cooldowns.blocks(o) for o in offerings(spec, "on-demand") if o.subnet_id == subnets[0])
+    assert all(cooldowns.blocks(o) for o in offerings(pool_launch, "on-demand") if o.subnet_id == subnets[0])
 
 
 def test_without_fallback_a_spot_drought_is_a_launch_error(client, fault_proxy):
@@ -192,6 +192,12 @@ def test_the_pool_template_is_made_once_and_versioned_on_change(client):
     user = ensure_template(client, "ci", POOL_ID,
                            {"launch_template": {"LaunchTemplateName": "theirs"}, "image_id": None})
     assert user == {"LaunchTemplateName": "theirs", "Version": "$Default", "owned": False}
+
+
+def test_the_same_tags_in_another_order_make_no_new_template_version(client):
+    first = ensure_template(client, "ci", POOL_ID, launch(tags={"team": "ci", "Name": "web"}))
+    again = ensure_template(client, "ci", POOL_ID, dict(launch(tags={"Name": "web", "team": "ci"}), template=first))
+    assert again == first
 
 
 def test_validation_names_the_bad_value(client):

@@ -7,6 +7,7 @@ load botocore on the hand-out path): refill_payload.py names it for Ansible. The
 from __future__ import annotations
 
 import ast
+import functools
 
 import pytest
 
@@ -16,6 +17,7 @@ from tests.support.payload import module_utils_file
 from tests.support.payload import payload_files
 
 JOB_ENTRY = "_pool.refill"
+AMAZON_AWS_UTILS = "ansible_collections.amazon.aws.plugins.module_utils."
 
 
 def _importing(module):
@@ -36,13 +38,35 @@ def test_refill_payload_alone_brings_the_whole_job(job_code):
     assert job_code <= payload_files(_importing("_pool.refill_payload"))
 
 
+@functools.lru_cache(maxsize=None)
+def module_payload(module):
+    """The payload of one of this collection's modules (cached: each finder run is a fresh interpreter)."""
+    source = (REPO / "plugins" / "modules" / (module + ".py")).read_text()
+    return frozenset(payload_files(source, "%s.plugins.modules.%s" % (PACKAGE, module)))
+
+
 @pytest.mark.parametrize("module", ["spot_pool_get", "spot_pool_init"])
 def test_modules_that_start_the_job_ship_its_code_on_purpose(module, job_code):
-    source = (REPO / "plugins" / "modules" / (module + ".py")).read_text()
-    files = payload_files(source, "%s.plugins.modules.%s" % (PACKAGE, module))
+    files = module_payload(module)
     # Named on purpose, not shipped by chance through some other import that a refactor may move away.
     assert module_utils_file("_pool.refill_payload") in files
     assert job_code <= files, sorted(job_code - files)
+
+
+def _amazon_aws_imports(path):
+    """The amazon.aws module_utils files a file imports, as paths inside a payload."""
+    return {node.module.replace(".", "/") + ".py" for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(AMAZON_AWS_UTILS)}
+
+
+@pytest.mark.parametrize("module", ["spot_pool_get", "spot_pool_init", "spot_pool_terminate"])
+def test_the_amazon_aws_code_ec2_uses_travels_with_every_module_that_runs_it(module):
+    """ec2.py runs in init and terminate, and in the refill job that get and init start from a copy of their
+    payload: what it takes from amazon.aws must be in those payloads, or the job dies on its first import."""
+    needed = _amazon_aws_imports(REPO / "plugins" / "module_utils" / "_pool" / "ec2.py")
+    assert {AMAZON_AWS_UTILS.replace(".", "/") + name for name in ("retries.py", "tagging.py")} <= needed
+    files = module_payload(module)
+    assert needed <= files, sorted(needed - files)
 
 
 def _relative_imports(path):

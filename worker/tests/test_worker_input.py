@@ -121,7 +121,7 @@ def test_console_script_and_module_share_the_entry_point():
         assert result.returncode == 0 and "environment variables" in result.stdout
 
 
-# ---- issue 9: the worker's share of the bad-input cases ----------------------------------------
+# ---- the worker's share of the bad-input cases ------------------------------------------------------
 # Each case is refused with a message that names the problem, and nothing changes: the queue's rows
 # (and the database files, for start-up errors) are the same before and after.
 

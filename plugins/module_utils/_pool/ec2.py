@@ -16,6 +16,8 @@ except ImportError:
     pass  # AnsibleAWSModule reports the missing library; the hand-out path never imports this module.
 
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
+from ansible_collections.amazon.aws.plugins.module_utils.tagging import ansible_dict_to_boto3_tag_list
+from ansible_collections.amazon.aws.plugins.module_utils.tagging import boto3_tag_list_to_ansible_dict
 
 from . import identity
 from .errors import PoolError
@@ -86,11 +88,20 @@ def _ec2_call(operation):
 
 
 def tag_list(tags):
-    return [{"Key": str(key), "Value": str(value)} for key, value in sorted(tags.items())]
+    """EC2's [{"Key", "Value"}] of a dict. Sorted by key: launcher.ensure_template hashes the template data these go
+    into, and the same tags in another order must not make a new template version. Keys as text: YAML may give a
+    number (amazon.aws's helper makes text of the values only)."""
+    text_keys = {str(key): value for key, value in tags.items()}
+    return ansible_dict_to_boto3_tag_list(dict(sorted(text_keys.items())))
 
 
-def tag_dict(tags):
-    return {tag["Key"]: tag["Value"] for tag in tags or []}
+tag_dict = boto3_tag_list_to_ansible_dict  # EC2's [{"Key", "Value"}] (or None) as {key: value}
+
+
+def _error_code(exc):
+    """AWS's error code of a botocore ClientError ("" when the answer has none)."""
+    # Not amazon.aws's is_boto3_error_code: its module, botocore.py, imports boto3 and ansible.module_utils.basic.
+    return exc.response.get("Error", {}).get("Code", "")
 
 
 @_ec2_call("CreateFleet")
@@ -118,7 +129,7 @@ def find_launch_template(client, name):
     try:
         templates = client.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code", "").startswith("InvalidLaunchTemplateName"):
+        if _error_code(exc).startswith("InvalidLaunchTemplateName"):
             return None
         raise
     return templates[0] if templates else None
@@ -130,8 +141,7 @@ def find_launch_template_by_id(client, template_id):
     try:
         templates = client.describe_launch_templates(LaunchTemplateIds=[template_id])["LaunchTemplates"]
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code", "").startswith(("InvalidLaunchTemplateId",
-                                                                     "InvalidLaunchTemplateName")):
+        if _error_code(exc).startswith(("InvalidLaunchTemplateId", "InvalidLaunchTemplateName")):
             return None
         raise
     return templates[0] if templates else None
@@ -168,7 +178,7 @@ def delete_launch_template(client, template_id):
     try:
         client.delete_launch_template(LaunchTemplateId=template_id)
     except botocore.exceptions.ClientError as exc:
-        if not exc.response.get("Error", {}).get("Code", "").startswith("InvalidLaunchTemplateId"):
+        if not _error_code(exc).startswith("InvalidLaunchTemplateId"):
             raise
 
 

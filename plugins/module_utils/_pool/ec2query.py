@@ -24,6 +24,7 @@ from .errors import PoolError
 
 API_VERSION = "2016-11-15"
 # Answers worth asking again, after a jittered, capped pause: EC2's throttling and its passing server errors.
+# AWSRetry's EC2 codes (amazon.aws) + ThrottlingException, not imported: its retries.py loads botocore, get does not.
 RETRYABLE_CODES = frozenset(("RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError",
                              "InternalFailure", "Unavailable", "ServiceUnavailable"))
 MAX_ATTEMPTS = 3

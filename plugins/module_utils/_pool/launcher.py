@@ -2,8 +2,9 @@
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Launching pool instances: one instant CreateFleet for Spot over every (instance type x zone/subnet)
-offering that is not cooling down, then, for what Spot could not supply and only for the errors in
-`fallback_on`, one instant CreateFleet On-Demand (`type: fallback`). Every instance is tagged at launch.
+offering that is not cooling down, then, for what Spot could not supply and only after an error in `fallback_on`
+(or a Spot interruption), one instant CreateFleet On-Demand (`type: fallback`). Every instance is tagged at launch.
+What to launch comes from the pool's launch settings, `launch` (the state file's `launch`).
 
 The per-override `Errors` of a fleet answer say which offerings failed and why; the error's scope decides what
 is remembered (Cooldowns, kept in the state file): a capacity error cools down that (market, type, zone), a full
@@ -40,14 +41,15 @@ from .timefmt import utcnow
 SPOT = "spot"
 ON_DEMAND = "on-demand"
 
-# No capacity for this (market, type, zone): cool that offering down, try the others.
+# No capacity for this (market, type, zone), or no such offering there: cool that offering down, try the others.
 CAPACITY_ERRORS = frozenset((
     "InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacityOnHost",
     "InsufficientReservedInstanceCapacity", "UnfulfillableCapacity", "Unsupported",
 ))
 # The subnet has no free address: cool the subnet down for every type and market.
 SUBNET_ERRORS = frozenset(("InsufficientFreeAddressesInSubnet",))
-# The account cannot get more Spot now: Spot off for the cool-down, On-Demand at once.
+# No Spot for now (the account's limits, or a max price under the Spot price): Spot off for the cool-down,
+# On-Demand at once.
 ACCOUNT_LIMIT_ERRORS = frozenset((
     "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "MaxFleetCountExceeded", "SpotMaxPriceTooLow",
     "InstanceLimitExceeded",
@@ -162,10 +164,11 @@ def template_data(pool_name, pool_id, launch):
     return data
 
 
-def user_template_exists(client, spec):
-    if spec.get("LaunchTemplateId"):
-        return ec2.find_launch_template_by_id(client, spec["LaunchTemplateId"]) is not None
-    return ec2.find_launch_template(client, spec.get("LaunchTemplateName")) is not None
+def user_template_exists(client, template):
+    """Whether EC2 knows the launch template {"LaunchTemplateId"|"LaunchTemplateName", ...} names."""
+    if template.get("LaunchTemplateId"):
+        return ec2.find_launch_template_by_id(client, template["LaunchTemplateId"]) is not None
+    return ec2.find_launch_template(client, template.get("LaunchTemplateName")) is not None
 
 
 def ensure_template(client, pool_name, pool_id, launch):
@@ -176,20 +179,21 @@ def ensure_template(client, pool_name, pool_id, launch):
     and a new version of it when those options change (`launch["template"]` holds what was used last); if that
     template was deleted outside the pool, it is made again. terminate_pool deletes it."""
     if launch.get("launch_template") and not launch.get("image_id"):
-        spec = dict(launch["launch_template"])
-        spec.setdefault("Version", "$Default")
-        if not user_template_exists(client, spec):
+        template = dict(launch["launch_template"])
+        template.setdefault("Version", "$Default")
+        if not user_template_exists(client, template):
             raise InvalidRequest(
                 "launch template %s does not exist (any more) in this region: create it again, or run "
                 "ec2spot.pool.spot_pool_init for pool '%s' with an existing launch_template (or image_id)"
-                % (spec.get("LaunchTemplateId") or spec.get("LaunchTemplateName"), pool_name),
+                % (template.get("LaunchTemplateId") or template.get("LaunchTemplateName"), pool_name),
                 error_code="InvalidLaunchTemplateId.NotFound")
-        return dict(spec, owned=False)
+        return dict(template, owned=False)
     if not launch.get("image_id"):
         raise InvalidRequest("one of image_id and launch_template is required")
     if not pool_id:
         raise InvalidRequest("pool '%s' has no pool id: its template cannot be named" % pool_name)
     data = template_data(pool_name, pool_id, launch)
+    # Recorded as the template's "spec" (state file) and its ec2spot:spec tag: names kept, they are the contract.
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
     previous = launch.get("template") or {}
     existing = None
@@ -213,7 +217,7 @@ def ensure_template(client, pool_name, pool_id, launch):
 
 
 class Launcher:
-    """Launches pool instances for one pool's launch specification (the state file's `launch`)."""
+    """Launches pool instances with one pool's launch settings (`launch`, the state file's `launch`)."""
 
     def __init__(self, client, pool_name, launch, cooldowns=None, before_call=None, pool_id=None, reusable=None):
         self.client = client
@@ -445,7 +449,8 @@ def account_limit_problem(client, quotas_client, launch, count, warn):
     Only a certain misfit is refused: the smallest instance type is assumed, Spot and (with fallback) On-Demand
     quotas are added up, and a limit that cannot be read (no permission, an endpoint that does not know it) is
     passed to `warn` and does not block. The vCPU quotas (Service Quotas) are asked for standard instance
-    types; where Service Quotas does not know them, the account attribute max-instances is used."""
+    types; otherwise (no Service Quotas client, another family, or quotas it does not know) the account attribute
+    max-instances is used."""
     if count <= 0:
         return None
     running = ec2.describe_instances(client, filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
