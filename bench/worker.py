@@ -4,7 +4,7 @@ Prints:
   1. accepted jobs/s for POST /jobs (the real server: gunicorn + gthread, SQLite WAL, synchronous=FULL),
   2. claim throughput of the SQLite queue (claim + complete per second, one and several claimers),
   3. latency from SIGTERM, from a simulated notice and from an IMDS notice to the first /ready 503.
-Targets (issue 4): >= 500 jobs/s accepted, <= 100 ms to 503.
+Targets: >= 500 jobs/s accepted, <= 100 ms to 503.
 
 Every loop is bounded; every server runs on 127.0.0.1 and is stopped before the script ends.
 Usage: python bench/worker.py [--jobs 3000] [--clients 8] [--rounds 5]
