@@ -199,11 +199,11 @@ def settle(store, jobcontrol, timeout=60.0):
         state = store.read()
         instances = state["instances"] if state else []
         whole = state and all(entry.get("ip") for entry in instances) and len(instances) >= state["target_size"]
-        if whole and not jobcontrol.refill_lock(store).is_held_elsewhere():
+        if whole and not store.refill_lock().is_held_elsewhere():
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise BenchFailure("the pool did not settle within %ds (refill log: %s)"
-                               % (timeout, jobcontrol.log_path(store)))
+                               % (timeout, store.refill_log_path()))
         time.sleep(0.05)
 
 
@@ -229,7 +229,7 @@ def bench_ansible(args, workdir, out):
     moto = MotoServer(log_path=workdir / "moto.log")
     moto.start()
     env = ansible_env({**moto.env(), **JSON_CALLBACK, "XDG_STATE_HOME": str(state_home)})
-    store = state.PoolStore(state.pool_file_path(POOL_NAME, state.default_state_dir(env)), POOL_NAME)
+    store = state.FileStore(state.pool_file_path(POOL_NAME, state.default_state_dir(env)), POOL_NAME)
     cases = AnsibleCases(workdir, env)
     terminated = False
     try:
@@ -319,9 +319,9 @@ def teardown_pool(env, store, jobcontrol, moto, out):
     ])
     alive = [item["InstanceId"] for page in pages for reservation in page["Reservations"]
              for item in reservation["Instances"]]
-    if alive or store.exists() or jobcontrol.refill_lock(store).is_held_elsewhere():
+    if alive or store.exists() or store.refill_lock().is_held_elsewhere():
         raise BenchFailure("after spot_pool_terminate: running %s, state file %s, refill running %s"
-                           % (alive, store.exists(), jobcontrol.refill_lock(store).is_held_elsewhere()))
+                           % (alive, store.exists(), store.refill_lock().is_held_elsewhere()))
     out("spot_pool_terminate: %d terminated (leases included), 0 pool instances left running, no refill job"
         % len(result["terminated"]))
     return True
@@ -369,7 +369,7 @@ def fake_entry(number):
 def make_core_pool(directory, size):
     modules = pool_modules()
     pool, state = modules.pool, modules.state
-    store = state.PoolStore(os.path.join(directory, "core-%d.json" % size), "core")
+    store = state.FileStore(os.path.join(directory, "core-%d.json" % size), "core")
     with store.transaction() as tx:
         tx.state = state.new_state("core", size, pool.launch_spec({"instance_types": ["t3.micro"]}, REGION))
         tx.state["instances"] = [fake_entry(number) for number in range(size)]
@@ -377,9 +377,9 @@ def make_core_pool(directory, size):
 
 
 def timed_store_class():
-    """PoolStore that also records how long each holder kept the lock: from the moment flock returned to just
+    """FileStore that also records how long each holder kept the lock: from the moment flock returned to just
     before the lock file is closed (the same code path, timed from inside)."""
-    class LockTimedStore(pool_modules().state.PoolStore):
+    class LockTimedStore(pool_modules().state.FileStore):
         def __init__(self, path, pool_name):
             super().__init__(path, pool_name)
             self.held = []
