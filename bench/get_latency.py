@@ -75,12 +75,12 @@ class BenchFailure(Exception):
 
 
 def pool_modules():
-    """The collection's own jobcontrol, pool and state modules, as Ansible would load them."""
+    """The collection's own pool and state modules, as Ansible would load them."""
     try:
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol, pool, state
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool, state
     except ImportError as exc:
         raise SystemExit("cannot import the collection from build/collections (%s): run `make setup` first" % exc)
-    return types.SimpleNamespace(jobcontrol=jobcontrol, pool=pool, state=state)
+    return types.SimpleNamespace(pool=pool, state=state)
 
 
 def percentile(values, fraction):
@@ -191,7 +191,7 @@ def ansible_json(cmd, env, timeout=300):
     return result
 
 
-def settle(store, jobcontrol, timeout=60.0):
+def settle(store, timeout=60.0):
     """Wait (untimed) until no refill job runs and the pool is whole, so that no background launch competes for
     the CPUs with the next timed run. Returns how long it took."""
     started = time.monotonic()
@@ -224,7 +224,7 @@ def processes_mentioning(text):
 
 def bench_ansible(args, workdir, out):
     modules = pool_modules()
-    jobcontrol, state = modules.jobcontrol, modules.state
+    state = modules.state
     state_home = workdir / "state"
     moto = MotoServer(log_path=workdir / "moto.log")
     moto.start()
@@ -254,7 +254,7 @@ def bench_ansible(args, workdir, out):
         names = list(cases.commands)
         handed_out = []
         for name in names:  # warm-up, not counted: first runs pay for cold caches and .pyc writes
-            settle(store, jobcontrol)
+            settle(store)
             result = cases.run(name)[2]
             if result is not None:
                 handed_out.append(result["instance_id"])
@@ -273,7 +273,7 @@ def bench_ansible(args, workdir, out):
             rounds += 1
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                settle_seconds += settle(store, jobcontrol)
+                settle_seconds += settle(store)
                 elapsed, cpu, result = cases.run(name)
                 times[name].append(elapsed)
                 cpu_times[name].append(cpu)
@@ -291,7 +291,7 @@ def bench_ansible(args, workdir, out):
         out("verified: get %s, get-trust %s, pb-get %s; %d distinct instances handed out, refill started by %d of them"
             % (seen[0], seen[1], seen[2], len(handed_out), refill_started))
         rows = report_ansible(times, cpu_times, cases.labels, out)
-        terminated = teardown_pool(env, store, jobcontrol, moto, out)
+        terminated = teardown_pool(env, store, moto, out)
         return rows
     finally:
         if not terminated:
@@ -306,7 +306,7 @@ def bench_ansible(args, workdir, out):
             raise BenchFailure("refill job(s) %s were still running after the pool was terminated" % leftovers)
 
 
-def teardown_pool(env, store, jobcontrol, moto, out):
+def teardown_pool(env, store, moto, out):
     """Terminate the pool through the module, then check EC2 and the process table agree that it is gone."""
     import boto3  # only the bench's checks use it
 
@@ -384,14 +384,20 @@ def timed_store_class():
             super().__init__(path, pool_name)
             self.held = []
 
-        @contextlib.contextmanager
-        def locked(self):
-            with super().locked():
+        def _lock_existing(self):
+            # The lock every transaction of an existing pool takes (a hand-out's included), timed until released.
+            lock = super()._lock_existing()  # pylint: disable=protected-access
+            if lock is not None:
                 taken = time.perf_counter()
-                try:
-                    yield
-                finally:
-                    self.held.append(time.perf_counter() - taken)
+                release = lock.release
+
+                def timed_release():
+                    if lock.held:
+                        self.held.append(time.perf_counter() - taken)
+                    release()
+
+                lock.release = timed_release
+            return lock
 
     return LockTimedStore
 

@@ -14,13 +14,13 @@ import threading
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.claims import choose_claim
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.claims import needs_verify
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import counts
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import new_lease
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import choose_claim
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import needs_verify
 from tests.support.pool_entries import instance_id
 from tests.support.pool_entries import pool_entry
 

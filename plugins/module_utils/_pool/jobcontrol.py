@@ -5,8 +5,8 @@
 
 Kept apart from refill.py so that `spot_pool_get` can start the job without importing boto3 or the launcher:
 this module needs only the standard library and the pool store, which says where the job's lock, log and code copy
-live (store.py). The job's code imports this module, never the
-reverse; what makes Ansible ship that code with the modules that start the job is refill_payload.py.
+live (store.py). Neither imports the other: the job takes its lock and log from the store too. What makes Ansible
+ship the job's code with the modules that start the job is refill_payload.py.
 """
 
 from __future__ import annotations

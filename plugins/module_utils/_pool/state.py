@@ -30,8 +30,6 @@ import stat
 import tempfile
 import time
 
-from .claims import choose_claim
-from .claims import needs_verify
 from .defaults import FALLBACK_ACTIONS
 from .entries import counts
 from .entries import new_lease
@@ -40,6 +38,8 @@ from .errors import PoolError
 from .errors import StateFileError
 from .store import Claim
 from .store import PoolStore
+from .store import choose_claim
+from .store import needs_verify
 from .timefmt import TIME_RE
 from .timefmt import utcnow
 
