@@ -23,8 +23,8 @@ One pass (`reconcile`), in order:
 `spot_pool_init` runs the same passes in its own process; `spot_pool_get` starts the detached job (jobcontrol.py).
 
 The job is one process per pool: it holds the store's refill lock (store.refill_lock()) for as long as it runs,
-and a second start is a no-op. It is started from a copy of the module's code (Ansible deletes the module's payload as soon as the
-module exits), in a new session, with every standard stream redirected, so the playbook never waits for it.
+and a second start is a no-op. It is started from a copy of the module's code (Ansible deletes the module's payload
+as soon as the module exits), in a new session, with every standard stream redirected, so the playbook never waits for it.
 """
 
 from __future__ import annotations
@@ -387,7 +387,8 @@ class RefillJob:
         # Whatever else goes wrong (a malformed entry: KeyError, TypeError...) is recorded too, never only a
         # traceback in the log and a stale pid in the file.
         except Exception as exc:  # pylint: disable=broad-except
-            self._stopped_on("the refill job crashed: %s: %s (see %s)" % (type(exc).__name__, exc, self.store.refill_log_path()),
+            self._stopped_on("the refill job crashed: %s: %s (see %s)"
+                             % (type(exc).__name__, exc, self.store.refill_log_path()),
                              type(exc).__name__, True)
             self.log("crashed", error="%s: %s" % (type(exc).__name__, exc), traceback=traceback.format_exc())
             return 1
