@@ -104,8 +104,8 @@ class PoolStore:
         """Hand out one ready entry, atomically: one winner per entry, however many callers race.
 
         In one atomic step: drop the entries whose ids are in `dead` (EC2 said they are not running), then lease
-        the entry choose_claim() picks (trusted unless needs_verify() says EC2 must be asked; then
-        only an id in `alive`, which EC2 has just reported running), as entries.new_lease(entry, now, lease_ttl).
+        the entry choose_claim() picks (any ready one, unless needs_verify() says EC2 must be asked: then only one
+        whose id is in `alive`, which EC2 has just reported running), as entries.new_lease(entry, now, lease_ttl).
         The drops are written even when nothing is handed out. With `check_mode`, nothing is written and the
         Claim says what would have happened. No AWS call of the pool's instances is made here.
 
