@@ -25,7 +25,6 @@ from .errors import NoReadyInstance
 from .errors import PoolError
 from .errors import StateFileError
 from .state import new_state
-from .timefmt import isoformat
 from .timefmt import parse_time
 from .timefmt import utcnow
 
