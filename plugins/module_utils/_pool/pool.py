@@ -335,7 +335,8 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
     refill_started = None
     while True:
         # One store call: the drops and the lease in one atomic step, the last step of a get that can fail.
-        claim = store.claim_ready(dead, alive, lease_ttl, verify, verify_max_age, check_mode)
+        claim = store.claim_ready(dead, alive, lease_ttl, verify=verify, verify_max_age=verify_max_age,
+                                  check_mode=check_mode)
         if claim is None:
             raise _no_pool(store)
         dropped += [instance_id for instance_id in claim.dropped if instance_id not in dropped]
