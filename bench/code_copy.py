@@ -66,7 +66,7 @@ def main() -> int:
         os.mkdir(state_dir, 0o700)
 
         def check():
-            os.close(jobcontrol._stable_code_root(state_dir, root=payload)[1])  # pylint: disable=protected-access
+            os.close(jobcontrol._stable_code_root(os.path.join(state_dir, "code"), root=payload)[1])  # pylint: disable=protected-access
 
         start = time.perf_counter()
         check()  # the first start of a collection version makes the copy

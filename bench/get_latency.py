@@ -76,12 +76,12 @@ class BenchFailure(Exception):
 
 
 def pool_modules():
-    """The collection's own jobcontrol, pool and state modules, as Ansible would load them."""
+    """The collection's own pool and state modules, as Ansible would load them."""
     try:
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol, pool, state
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool, state
     except ImportError as exc:
         raise SystemExit("cannot import the collection from build/collections (%s): run `make setup` first" % exc)
-    return types.SimpleNamespace(jobcontrol=jobcontrol, pool=pool, state=state)
+    return types.SimpleNamespace(pool=pool, state=state)
 
 
 def percentile(values, fraction):
@@ -192,7 +192,7 @@ def ansible_json(cmd, env, timeout=300):
     return result
 
 
-def settle(store, jobcontrol, timeout=60.0):
+def settle(store, timeout=60.0):
     """Wait (untimed) until no refill job runs and the pool is whole, so that no background launch competes for
     the CPUs with the next timed run. Returns how long it took."""
     started = time.monotonic()
@@ -200,11 +200,11 @@ def settle(store, jobcontrol, timeout=60.0):
         state = store.read()
         instances = state["instances"] if state else []
         whole = state and all(entry.get("ip") for entry in instances) and len(instances) >= state["target_size"]
-        if whole and not jobcontrol.refill_lock(store).is_held_elsewhere():
+        if whole and not store.refill_lock().is_held_elsewhere():
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise BenchFailure("the pool did not settle within %ds (refill log: %s)"
-                               % (timeout, jobcontrol.log_path(store)))
+                               % (timeout, store.refill_log_path()))
         time.sleep(0.05)
 
 
@@ -225,12 +225,12 @@ def processes_mentioning(text):
 
 def bench_ansible(args, workdir, out):
     modules = pool_modules()
-    jobcontrol, state = modules.jobcontrol, modules.state
+    state = modules.state
     state_home = workdir / "state"
     moto = MotoServer(log_path=workdir / "moto.log")
     moto.start()
     env = ansible_env({**moto.env(), **JSON_CALLBACK, "XDG_STATE_HOME": str(state_home)})
-    store = state.PoolStore(state.pool_file_path(POOL_NAME, state.default_state_dir(env)), POOL_NAME)
+    store = state.FileStore(state.pool_file_path(POOL_NAME, state.default_state_dir(env)), POOL_NAME)
     cases = AnsibleCases(workdir, env)
     terminated = False
     try:
@@ -255,7 +255,7 @@ def bench_ansible(args, workdir, out):
         names = list(cases.commands)
         handed_out = []
         for name in names:  # warm-up, not counted: first runs pay for cold caches and .pyc writes
-            settle(store, jobcontrol)
+            settle(store)
             result = cases.run(name)[2]
             if result is not None:
                 handed_out.append(result["instance_id"])
@@ -274,7 +274,7 @@ def bench_ansible(args, workdir, out):
             rounds += 1
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                settle_seconds += settle(store, jobcontrol)
+                settle_seconds += settle(store)
                 elapsed, cpu, result = cases.run(name)
                 times[name].append(elapsed)
                 cpu_times[name].append(cpu)
@@ -292,7 +292,7 @@ def bench_ansible(args, workdir, out):
         out("verified: get %s, get-trust %s, pb-get %s; %d distinct instances handed out, refill started by %d of them"
             % (seen[0], seen[1], seen[2], len(handed_out), refill_started))
         rows = report_ansible(times, cpu_times, cases.labels, out)
-        terminated = teardown_pool(env, store, jobcontrol, moto, out)
+        terminated = teardown_pool(env, store, moto, out)
         return rows
     finally:
         if not terminated:
@@ -307,7 +307,7 @@ def bench_ansible(args, workdir, out):
             raise BenchFailure("refill job(s) %s were still running after the pool was terminated" % leftovers)
 
 
-def teardown_pool(env, store, jobcontrol, moto, out):
+def teardown_pool(env, store, moto, out):
     """Terminate the pool through the module, then check EC2 and the process table agree that it is gone."""
     import boto3  # only the bench's checks use it
 
@@ -320,9 +320,9 @@ def teardown_pool(env, store, jobcontrol, moto, out):
     ])
     alive = [item["InstanceId"] for page in pages for reservation in page["Reservations"]
              for item in reservation["Instances"]]
-    if alive or store.exists() or jobcontrol.refill_lock(store).is_held_elsewhere():
+    if alive or store.exists() or store.refill_lock().is_held_elsewhere():
         raise BenchFailure("after spot_pool_terminate: running %s, state file %s, refill running %s"
-                           % (alive, store.exists(), jobcontrol.refill_lock(store).is_held_elsewhere()))
+                           % (alive, store.exists(), store.refill_lock().is_held_elsewhere()))
     out("spot_pool_terminate: %d terminated (leases included), 0 pool instances left running, no refill job"
         % len(result["terminated"]))
     return True
@@ -370,7 +370,7 @@ def fake_entry(number):
 def make_core_pool(directory, size):
     modules = pool_modules()
     pool, state = modules.pool, modules.state
-    store = state.PoolStore(os.path.join(directory, "core-%d.json" % size), "core")
+    store = state.FileStore(os.path.join(directory, "core-%d.json" % size), "core")
     with store.transaction() as tx:
         tx.state = state.new_state("core", size, pool.launch_spec({"instance_types": ["t3.micro"]}, REGION))
         tx.state["instances"] = [fake_entry(number) for number in range(size)]
@@ -378,21 +378,27 @@ def make_core_pool(directory, size):
 
 
 def timed_store_class():
-    """PoolStore that also records how long each holder kept the lock: from the moment flock returned to just
+    """FileStore that also records how long each holder kept the lock: from the moment flock returned to just
     before the lock file is closed (the same code path, timed from inside)."""
-    class LockTimedStore(pool_modules().state.PoolStore):
+    class LockTimedStore(pool_modules().state.FileStore):
         def __init__(self, path, pool_name):
             super().__init__(path, pool_name)
             self.held = []
 
-        @contextlib.contextmanager
-        def locked(self):
-            with super().locked():
+        def _lock_existing(self):
+            # The lock every transaction of an existing pool takes (a hand-out's included), timed until released.
+            lock = super()._lock_existing()  # pylint: disable=protected-access
+            if lock is not None:
                 taken = time.perf_counter()
-                try:
-                    yield
-                finally:
-                    self.held.append(time.perf_counter() - taken)
+                release = lock.release
+
+                def timed_release():
+                    if lock.held:
+                        self.held.append(time.perf_counter() - taken)
+                    release()
+
+                lock.release = timed_release
+            return lock
 
     return LockTimedStore
 

@@ -97,7 +97,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin
 from ansible_collections.amazon.aws.plugins.plugin_utils.inventory import AWSInventoryBase
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import identity
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import pool_file_path
 
 POOL_TAG = "ec2spot:pool"
@@ -159,7 +159,7 @@ class InventoryModule(AWSInventoryBase):
         pool_name = self.get_option("pool_name")
         try:
             state_path = pool_file_path(pool_name, self.get_option("state_dir"), self.get_option("pool_file"))
-            store = PoolStore(state_path, pool_name)
+            store = FileStore(state_path, pool_name)
             # Checked before reading: reading takes the lock, which would create the directory and a lock file
             # for a pool that does not exist.
             state = store.read() if store.exists() else None

@@ -233,10 +233,10 @@ BAD_INPUT = [
 def leased_pool(pool):
     """Pool `default`: two instances, one leased. Made by module_utils directly (a second is faster than a play)."""
     from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
     from tests.support.moto import POOL_LAUNCH
 
-    store = PoolStore(str(pool.state_file), pool.pool_name)
+    store = FileStore(str(pool.state_file), pool.pool_name)
     ops.init_pool(store, pool.ec2, 2, dict(POOL_LAUNCH), wait=True, wait_timeout=60)
     pool.lease = ops.get_instance(store, None, verify=False, refill=False)
     return pool

@@ -8,7 +8,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ending
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileLock
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from tests.support.moto import POOL_LAUNCH
 
 GONE = "i-0123456789abcdef0"  # an id EC2 does not know (never launched, or terminated long ago)
@@ -82,7 +82,7 @@ def test_an_instance_ec2_no_longer_knows_is_gone_and_the_others_are_still_ended(
 
 @pytest.fixture
 def store(tmp_path):
-    return PoolStore(str(tmp_path / "state" / "p.json"), "p")
+    return FileStore(str(tmp_path / "state" / "p.json"), "p")
 
 
 def lease_a_fallback(store):

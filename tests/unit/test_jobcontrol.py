@@ -17,7 +17,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontr
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
 from tests.support.moto import POOL_LAUNCH
 
@@ -37,14 +37,14 @@ def make_payload(tmp_path, members=None):
 
 
 def make_store(tmp_path, name="p"):
-    store = PoolStore(str(tmp_path / "state" / (name + ".json")), name)
+    store = FileStore(str(tmp_path / "state" / (name + ".json")), name)
     with store.transaction() as tx:
         tx.state = new_state(name, 1, dict(POOL_LAUNCH))
     return store
 
 
 def copy_of(tmp_path, store, payload=None):
-    path, fd = jobcontrol._stable_code_root(store.directory, root=payload or make_payload(tmp_path))  # pylint: disable=protected-access
+    path, fd = jobcontrol._stable_code_root(store.code_dir, root=payload or make_payload(tmp_path))  # pylint: disable=protected-access
     os.close(fd)
     return path
 
@@ -58,7 +58,7 @@ def test_the_code_copy_is_private_named_by_its_digest_and_locked_while_used(tmp_
     store = make_store(tmp_path)
     old_umask = os.umask(0)
     try:
-        path, fd = jobcontrol._stable_code_root(store.directory, root=make_payload(tmp_path))  # pylint: disable=protected-access
+        path, fd = jobcontrol._stable_code_root(store.code_dir, root=make_payload(tmp_path))  # pylint: disable=protected-access
     finally:
         os.umask(old_umask)
     try:
@@ -97,7 +97,7 @@ def test_a_code_directory_others_can_change_is_refused(tmp_path, attack):
     assert os.listdir(store.code_dir) == []  # nothing copied into it
     # The pool's writers refuse it before changing anything (a get fails before it records a lease).
     with pytest.raises(StateFileError, match="refill code directory"):
-        with PoolStore(store.path, "p").transaction() as tx:
+        with FileStore(store.path, "p").transaction() as tx:
             tx.state["target_size"] = 2
 
 
@@ -138,7 +138,7 @@ def test_the_refill_log_is_refused_when_it_is_a_link_or_not_ours(tmp_path, attac
     store = make_store(tmp_path)
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    log = jobcontrol.log_path(store)
+    log = store.refill_log_path()
     if attack == "symlink":
         os.symlink(victim, log)
     else:
@@ -159,7 +159,7 @@ def test_the_refill_log_is_refused_when_it_is_a_link_or_not_ours(tmp_path, attac
         if pid:  # only on a broken implementation: do not let its job outlive the test
             os.kill(pid, 9)
     assert victim.read_text() == "precious\n"
-    assert not jobcontrol.refill_lock(store).is_held_elsewhere()
+    assert not store.refill_lock().is_held_elsewhere()
 
 
 def test_the_log_rotates_only_our_own_file_that_we_write_to(tmp_path):
@@ -226,12 +226,12 @@ def test_the_job_logger_leaves_a_big_log_of_another_user_alone(tmp_path):
 def test_terminate_removes_the_pools_files_and_the_code_copy_once_no_pool_needs_it(tmp_path, client):
     stores = {}
     for name in ("a", "b"):
-        store = PoolStore(str(tmp_path / "state" / (name + ".json")), name)
+        store = FileStore(str(tmp_path / "state" / (name + ".json")), name)
         ops.init_pool(store, client, 1, dict(POOL_LAUNCH), wait=True, wait_timeout=60)
         for suffix in (".refill.log", ".refill.log.1"):
             with open(store.path + suffix, "w") as handle:
                 handle.write("{}\n")
-        job_lock = jobcontrol.refill_lock(store)
+        job_lock = store.refill_lock()
         job_lock.acquire()  # as a refill job that ran would have left it
         job_lock.release()
         stores[name] = store
@@ -257,7 +257,7 @@ def test_terminate_removes_the_pools_files_and_the_code_copy_once_no_pool_needs_
 
 
 def test_terminate_of_a_missing_pool_creates_nothing(tmp_path, client):
-    store = PoolStore(str(tmp_path / "state" / "none.json"), "none")
+    store = FileStore(str(tmp_path / "state" / "none.json"), "none")
     done = ops.terminate_pool(store, client)
     assert done["changed"] is False
     assert not os.path.exists(store.directory)

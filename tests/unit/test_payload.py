@@ -29,7 +29,7 @@ def job_code():
     """What the job needs: refill.py and every module_utils file it imports, as the finder follows them."""
     files = payload_files(_importing(JOB_ENTRY))
     assert module_utils_file(JOB_ENTRY) in files
-    for needed in ("_pool.launcher", "_pool.ec2", "_pool.connection", "_pool.jobcontrol", "_pool.state"):
+    for needed in ("_pool.launcher", "_pool.ec2", "_pool.connection", "_pool.state", "_pool.store"):
         assert module_utils_file(needed) in files, needed
     return files
 

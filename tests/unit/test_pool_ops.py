@@ -13,7 +13,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool import timefmt
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import NoReadyInstance
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import InstanceStates
 from tests.support.moto import POOL_LAUNCH
 from tests.support.moto import REGION
@@ -23,7 +23,7 @@ LAUNCH = POOL_LAUNCH
 
 @pytest.fixture
 def store(tmp_path):
-    return PoolStore(str(tmp_path / "state" / "p.json"), "p")
+    return FileStore(str(tmp_path / "state" / "p.json"), "p")
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_info_reads_and_verifies_without_changing(pool, client):
     assert info["exists"] and info["counts"]["ready"] == 3 and info["dead"] == [victim]
     assert info["refill"]["running"] is False
     assert open(pool.path, "rb").read() == before
-    assert ops.pool_info(PoolStore(pool.path + ".none", "p"))["exists"] is False
+    assert ops.pool_info(FileStore(pool.path + ".none", "p"))["exists"] is False
 
 
 def test_rebuild_from_tags_moves_a_corrupt_file_aside_and_knows_leases(pool, client):
@@ -346,7 +346,7 @@ def named_stray(client, pool_id=None):
 
 def test_a_second_pool_of_a_live_name_is_refused_before_anything_is_written(pool, client, tmp_path):
     pool_id = pool.read()["pool_id"]
-    other = PoolStore(str(tmp_path / "elsewhere" / "p.json"), "p")
+    other = FileStore(str(tmp_path / "elsewhere" / "p.json"), "p")
     before = states(client, [e["id"] for e in pool.read()["instances"]])
     templates = client.describe_launch_templates()["LaunchTemplates"]
     for check_mode in (True, False):
@@ -445,7 +445,7 @@ def test_a_stopped_fallback_is_started_again_before_an_on_demand_launch(tmp_path
     from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill  # pylint: disable=import-outside-toplevel
 
     client = proxy_client
-    store = PoolStore(str(tmp_path / "state" / "p.json"), "p")
+    store = FileStore(str(tmp_path / "state" / "p.json"), "p")
     fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
     ops.init_pool(store, client, 2, dict(LAUNCH))
     first = ops.get_instance(store, no_client, verify=False, refill=False)

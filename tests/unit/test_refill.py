@@ -19,7 +19,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Offering
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import isoformat
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import utcnow
@@ -39,7 +39,7 @@ def pool_state(client, name, size, spec, pool_id=POOL_ID):
 
 @pytest.fixture
 def store(tmp_path, client):
-    store = PoolStore(str(tmp_path / "state" / "p.json"), "p")
+    store = FileStore(str(tmp_path / "state" / "p.json"), "p")
     with store.transaction() as tx:
         tx.state = pool_state(client, "p", 2, LAUNCH)
     return store
@@ -118,7 +118,7 @@ def test_a_pool_terminated_during_the_launch_leaks_nothing(store, client, monkey
 
 def test_the_job_runs_until_whole_and_a_second_job_is_a_no_op(store, client):
     events = []
-    held = jobcontrol.refill_lock(store)
+    held = store.refill_lock()
     assert held.acquire(blocking=False)
     assert refill.RefillJob(store, client, lambda e, **f: events.append(e)).run() == 0
     assert events == ["already_running"]
@@ -155,7 +155,7 @@ def test_a_get_between_the_last_pass_and_the_exit_is_not_missed(store, client, m
 
 def test_an_error_that_retrying_cannot_fix_is_recorded_and_ends_the_job(tmp_path, fault_proxy, proxy_client):
     client = proxy_client
-    store = PoolStore(str(tmp_path / "p.json"), "p")
+    store = FileStore(str(tmp_path / "p.json"), "p")
     with store.transaction() as tx:
         tx.state = pool_state(client, "p", 1, LAUNCH)
     fault_proxy.fail("CreateFleet", "UnauthorizedOperation")
@@ -168,7 +168,7 @@ def test_an_error_that_retrying_cannot_fix_is_recorded_and_ends_the_job(tmp_path
 
 def _log_events(store):
     try:
-        return [json.loads(line)["event"] for line in open(jobcontrol.log_path(store))]
+        return [json.loads(line)["event"] for line in open(store.refill_log_path())]
     except FileNotFoundError:
         return []
 
@@ -184,7 +184,7 @@ def test_the_detached_job_runs_on_its_own_and_logs_json(store, aws_env):
     events = _log_events(store)
     assert events[0] == "started" and events[-1] == "finished", events
     assert len(store.read()["instances"]) == 2
-    assert not jobcontrol.refill_lock(store).is_held_elsewhere()
+    assert not store.refill_lock().is_held_elsewhere()
 
 
 def _wait_for_event(store, event, timeout=60):
@@ -226,7 +226,7 @@ def test_stop_refill_never_kills_a_lock_holder_that_is_not_the_recorded_job(stor
         "import fcntl, os, sys, time\n"
         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); fcntl.flock(fd, fcntl.LOCK_EX)\n"
         "print('locked', flush=True); time.sleep(60)\n"),
-        jobcontrol.refill_lock(store).path], stdout=subprocess.PIPE, text=True)
+        store.refill_lock().path], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with store.transaction() as tx:
@@ -250,7 +250,7 @@ def test_stop_refill_never_kills_a_lock_holder_that_is_not_the_recorded_job(stor
 def proxied(tmp_path, fault_proxy, proxy_client):
     """A pool of 2 whose EC2 is the fault proxy (honest instant fleets and ClientToken idempotency)."""
     client = proxy_client
-    store = PoolStore(str(tmp_path / "p.json"), "p")
+    store = FileStore(str(tmp_path / "p.json"), "p")
     spec = dict(LAUNCH, availability_zones=["us-east-1a", "us-east-1b"], cooldown_seconds=1, orphan_grace_seconds=0)
     with store.transaction() as tx:
         tx.state = pool_state(client, "p", 2, spec)
@@ -344,7 +344,7 @@ def states(client, ids):
 
 def test_an_interruption_in_a_pool_without_zones_cools_down_the_offering_it_asks_for(tmp_path, client):
     spec = dict(LAUNCH, availability_zones=[], instance_types=["t3.micro", "t3.small"])
-    store = PoolStore(str(tmp_path / "z.json"), "z")
+    store = FileStore(str(tmp_path / "z.json"), "z")
     with store.transaction() as tx:
         tx.state = pool_state(client, "z", 1, spec)
     settle(store, client)
@@ -385,7 +385,7 @@ def test_an_unexpected_error_in_the_job_is_recorded_with_its_pid_cleared(store, 
     assert events[-1][0] == "crashed" and "Traceback" in events[-1][1]["traceback"]
     status = jobcontrol.refill_status(store, store.read())
     assert status["will_restart"] is False and "read the refill log" in status["fix"]
-    assert not jobcontrol.refill_lock(store).is_held_elsewhere()
+    assert not store.refill_lock().is_held_elsewhere()
 
 
 def test_a_job_that_cannot_make_its_client_records_why(store, monkeypatch):

@@ -17,7 +17,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileLock
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import default_state_dir
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import pool_file_path
@@ -29,7 +29,7 @@ def entry(n, ip=True, kind="spot"):
 
 
 def make_store(tmp_path, entries=(), name="default"):
-    store = PoolStore(str(tmp_path / "state" / (name + ".json")), name)
+    store = FileStore(str(tmp_path / "state" / (name + ".json")), name)
     with store.transaction() as tx:
         tx.state = new_state(name, len(entries), {"instance_types": ["t3.micro"]})
         tx.state["instances"] = list(entries)
@@ -97,7 +97,7 @@ def test_unchanged_state_is_not_rewritten(tmp_path):
                  "target_size": 1, "launch": {"instance_types": ["t3.micro"]}}), "instances[0].id is null"),
 ])
 def test_corrupt_or_foreign_files_are_reported_and_left_alone(tmp_path, content, fragment):
-    store = PoolStore(str(tmp_path / "default.json"), "default")
+    store = FileStore(str(tmp_path / "default.json"), "default")
     store.ensure_directory()
     with open(store.path, "w") as handle:
         handle.write(content)
@@ -113,7 +113,7 @@ def test_corrupt_or_foreign_files_are_reported_and_left_alone(tmp_path, content,
 def test_a_symlink_in_place_of_the_state_file_is_refused(tmp_path):
     target = tmp_path / "elsewhere.json"
     target.write_text("{}")
-    store = PoolStore(str(tmp_path / "d" / "default.json"), "default")
+    store = FileStore(str(tmp_path / "d" / "default.json"), "default")
     store.ensure_directory()
     os.symlink(target, store.path)
     with pytest.raises(StateFileError, match="symbolic link"):
@@ -126,7 +126,7 @@ def test_a_directory_others_can_write_is_refused(tmp_path):
     shared.mkdir()
     os.chmod(shared, 0o777)
     with pytest.raises(StateFileError, match="can be written by other users"):
-        PoolStore(str(shared / "default.json"), "default").read()
+        FileStore(str(shared / "default.json"), "default").read()
 
 
 def test_file_lock_is_exclusive_across_descriptions(tmp_path):
@@ -151,11 +151,11 @@ def test_counts():
 
 # -- the lock under contention: real processes, the real hand-out core --------------------------------------
 def _get_put_worker(path, rounds, queue):
-    """Hand out an instance (the real hand-out transaction, `_claim`) and put it back, `rounds` times."""
-    store = PoolStore(path, "default")
+    """Hand out an instance (the real hand-out transaction, `claim_ready`) and put it back, `rounds` times."""
+    store = FileStore(path, "default")
     problems = 0
     for _round in range(rounds):
-        lease = ops._claim(store, set(), set(), False, 0, 0, False).lease  # pylint: disable=protected-access
+        lease = store.claim_ready(set(), set(), 0, verify=False).lease
         with store.transaction() as tx:
             held = [item for item in tx.state["leases"] if item["id"] == lease["id"]]
             problems += len(held) != 1  # the same instance leased twice at once
@@ -202,7 +202,7 @@ def test_a_sticky_world_writable_directory_is_no_state_directory(tmp_path):
         shared.mkdir()
         os.chmod(shared, 0o1777)
         os.chown(shared, owner, -1)
-        store = PoolStore(str(shared / "default.json"), "default")
+        store = FileStore(str(shared / "default.json"), "default")
         for attempt in (store.read, lambda: store.transaction().__enter__()):
             with pytest.raises(StateFileError) as err:
                 attempt()
@@ -213,14 +213,14 @@ def test_a_sticky_world_writable_directory_is_no_state_directory(tmp_path):
     sticky = tmp_path / "sticky"
     sticky.mkdir()
     os.chmod(sticky, 0o1777)
-    store = PoolStore(str(sticky / "mine" / "default.json"), "default")
+    store = FileStore(str(sticky / "mine" / "default.json"), "default")
     with store.transaction() as tx:
         tx.state = new_state("default", 0, {"instance_types": ["t3.micro"]})
     assert store.read()["pool_name"] == "default"
     # ... unless someone else owns it: the owner of a sticky directory may still rename what is in it.
     os.chown(sticky, OTHER_UID, -1)
     with pytest.raises(StateFileError, match="belongs to another user"):
-        PoolStore(store.path, "default").read()
+        FileStore(store.path, "default").read()
 
 
 def test_a_state_directory_of_another_user_is_refused(tmp_path):
@@ -228,7 +228,7 @@ def test_a_state_directory_of_another_user_is_refused(tmp_path):
     theirs.mkdir(mode=0o700)
     os.chown(theirs, OTHER_UID, -1)
     with pytest.raises(StateFileError, match="belongs to another user") as err:
-        PoolStore(str(theirs / "default.json"), "default").read()
+        FileStore(str(theirs / "default.json"), "default").read()
     assert str(theirs) in err.value.message
 
 
@@ -239,7 +239,7 @@ def test_a_parent_others_can_write_is_refused(tmp_path):
     os.chmod(parent / "state", 0o700)
     os.chmod(parent, 0o777)
     with pytest.raises(StateFileError) as err:
-        PoolStore(str(parent / "state" / "default.json"), "default").read()
+        FileStore(str(parent / "state" / "default.json"), "default").read()
     assert str(parent) in err.value.message and "other users" in err.value.message
 
 
@@ -264,7 +264,7 @@ def test_what_the_store_creates_is_private_whatever_the_umask(tmp_path, restore_
     for umask in (0o000, 0o277):
         os.umask(umask)
         base = tmp_path / ("u%o" % umask)
-        store = PoolStore(str(base / "a" / "b" / "default.json"), "default")
+        store = FileStore(str(base / "a" / "b" / "default.json"), "default")
         with store.transaction() as tx:
             tx.state = new_state("default", 0, {"instance_types": ["t3.micro"]})
         os.umask(0o022)
@@ -284,7 +284,7 @@ def test_a_file_that_is_not_a_pool_file_gets_no_sidecar(tmp_path):
     etc.mkdir(mode=0o755)
     (etc / "passwd").write_text(PASSWD)
     os.chmod(etc / "passwd", 0o644)
-    store = PoolStore(str(etc / "passwd"), "default")
+    store = FileStore(str(etc / "passwd"), "default")
     for attempt in (store.read, lambda: store.transaction().__enter__(), store.delete):
         with pytest.raises(StateFileError, match="is not valid JSON"):
             attempt()
@@ -293,7 +293,7 @@ def test_a_file_that_is_not_a_pool_file_gets_no_sidecar(tmp_path):
 
 
 def test_a_missing_pool_creates_nothing(tmp_path):
-    store = PoolStore(str(tmp_path / "state" / "default.json"), "default")
+    store = FileStore(str(tmp_path / "state" / "default.json"), "default")
     assert store.read() is None
     with store.transaction() as tx:
         assert tx.state is None

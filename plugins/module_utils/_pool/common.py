@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 from .connection import BOTOCORE_CONFIG
-from .state import PoolStore
+from .state import FileStore
 from .state import pool_file_path
 
 
 def pool_store(params):
     name = params.get("pool_name")  # validated by pool_file_path; an empty name is an error, not `default`
-    return PoolStore(pool_file_path(name, params.get("state_dir"), params.get("pool_file")), name)
+    return FileStore(pool_file_path(name, params.get("state_dir"), params.get("pool_file")), name)
 
 
 def fail(module, error):

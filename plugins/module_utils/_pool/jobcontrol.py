@@ -4,8 +4,9 @@
 """Starting, finding and stopping the detached refill job (its code is in refill.py).
 
 Kept apart from refill.py so that `spot_pool_get` can start the job without importing boto3 or the launcher:
-this module needs only the standard library and the state store. The job's code imports this module, never the
-reverse; what makes Ansible ship that code with the modules that start the job is refill_payload.py.
+this module needs only the standard library and the pool store, which says where the job's lock, log and code copy
+live (store.py). Neither imports the other: the job takes its lock and log from the store too. What makes Ansible
+ship the job's code with the modules that start the job is refill_payload.py.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import zipfile
 
 from .errors import PoolError
 from .errors import StateFileError
-from .state import CODE_DIR_NAME
-from .state import FileLock
 from .state import check_code_directory
 from .state import open_private
 from .state import same_file
@@ -37,16 +36,6 @@ REFILL_MODULE = __name__.rsplit(".", 1)[0] + ".refill"
 
 COPY_PREFIX = "ec2spot-pool-"
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def refill_lock(store):
-    """Held by the running refill job for as long as it runs (and by init/terminate while they work).
-    Making the object creates nothing: only acquiring it (create=True) makes the file."""
-    return FileLock(store.path + ".refill.lock")
-
-
-def log_path(store):
-    return store.path + ".refill.log"
 
 
 def _code_root():
@@ -159,7 +148,7 @@ def _write_copy(root, infos, code_dir, prefix):
         raise
 
 
-def _stable_code_root(state_dir, root=None):
+def _stable_code_root(code_dir, root=None):
     """A copy of the code that outlives the module: Ansible deletes its payload directory on exit.
 
     Returns (sys.path entry, fd): fd is None when the code is a directory (not Ansible's payload); otherwise it is
@@ -180,7 +169,6 @@ def _stable_code_root(state_dir, root=None):
     for info in infos:
         key.update(b"%s\0%d\0%d\0" % (info.filename.encode(), info.CRC, info.file_size))
     prefix = "%s%s-" % (COPY_PREFIX, key.hexdigest()[:16])
-    code_dir = os.path.join(state_dir, CODE_DIR_NAME)
     _private_code_dir(code_dir)
     for _attempt in range(3):
         for name in sorted(os.listdir(code_dir)):
@@ -229,47 +217,31 @@ def _prune_code_copies(code_dir, keep, min_age=3600):
             _remove_if_unused(path)
 
 
-def _remove_own_file(path):
-    """Unlink `path` if it is our own regular file (not a link, not someone else's)."""
+def remove_unused_code(store):
+    """What a terminated pool (store.delete() done) leaves: the code copy, removed when no other pool may still use
+    it (store.code_directory_shared()) and no refill job runs from it."""
+    code_dir = store.code_directory()
+    if code_dir is None or store.code_directory_shared():
+        return  # another pool lives here: its next get would copy the code again; keep it for that pool
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
-        os.unlink(path)
-
-
-def remove_pool_files(store, job_lock):
-    """What a terminated pool leaves beside its (removed) file: its refill lock (`job_lock`, held by the caller:
-    removed while held), its log and the previous log, and the code copy, when no other pool of this directory
-    may still use it and no refill job runs from it."""
-    if job_lock is not None and job_lock.fd is not None:
-        job_lock.remove()
-    if not store.check_directory():
-        return
-    for path in (log_path(store), log_path(store) + ".1"):
-        _remove_own_file(path)
-    own = os.path.basename(store.path)
-    for name in os.listdir(store.directory):
-        if name == own or name.startswith(own + ".") or name.startswith("."):
-            continue
-        if name.endswith(".json") or name.endswith(".lock"):
-            return  # another pool lives here: its next get would copy the code again; keep it for that pool
-    try:
-        check_code_directory(store.code_dir)
+        check_code_directory(code_dir)
     except (OSError, StateFileError):
         return  # none, or not ours to clean (a get would refuse it, naming the fix)
-    for name in os.listdir(store.code_dir):
-        _remove_if_unused(os.path.join(store.code_dir, name))
+    for name in os.listdir(code_dir):
+        _remove_if_unused(os.path.join(code_dir, name))
     with contextlib.suppress(OSError):
-        os.rmdir(store.code_dir)  # only if empty: a running job's copy stays
+        os.rmdir(code_dir)  # only if empty: a running job's copy stays
 
 
 def start_refill(store, env):
     """Start the detached job unless one runs. Returns (started, pid)."""
-    if refill_lock(store).is_held_elsewhere() or not store.check_directory():
+    if store.refill_lock().is_held_elsewhere():
         return False, None
-    code_root, code_fd = _stable_code_root(store.directory)
+    code_dir = store.code_directory()
+    if code_dir is None:
+        return False, None
+    code_root, code_fd = _stable_code_root(code_dir)
+    log = store.refill_log_path()
     try:
         env = dict(env)
         env["PYTHONPATH"] = code_root
@@ -277,10 +249,9 @@ def start_refill(store, env):
         # Never through a link, never someone else's file: in a shared place that would let another user choose
         # what we append to.
         try:
-            log_fd = open_private(log_path(store), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            log_fd = open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         except OSError as exc:
-            raise StateFileError("cannot open the refill log %s: %s" % (log_path(store), exc.strerror),
-                                 path=log_path(store))
+            raise StateFileError("cannot open the refill log %s: %s" % (log, exc.strerror), path=log)
         # Background work at a lower CPU priority: the job starts (Python, boto3) while the playbook that started
         # it is still finishing on the same cores, and the playbook must not wait on it.
         nice = shutil.which("nice")
@@ -289,7 +260,7 @@ def start_refill(store, env):
             # copy as in use for as long as it runs.
             proc = subprocess.Popen(  # pylint: disable=consider-using-with
                 ([nice, "-n", "10"] if nice else [])
-                + [sys.executable, "-m", REFILL_MODULE, "--state-file", store.path, "--pool-name", store.pool_name],
+                + [sys.executable, "-m", REFILL_MODULE] + store.job_arguments(),
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd="/", env=env,
                 close_fds=True, pass_fds=() if code_fd is None else (code_fd,), start_new_session=True,
             )
@@ -307,7 +278,7 @@ def _is_refill_process(pid, store):
             argv = handle.read().split(b"\0")
     except OSError:
         return False
-    return REFILL_MODULE.encode() in argv and store.path.encode() in argv
+    return REFILL_MODULE.encode() in argv and all(arg.encode() in argv for arg in store.job_arguments())
 
 
 def stop_refill(store, timeout=20.0, create=True):
@@ -315,12 +286,10 @@ def stop_refill(store, timeout=20.0, create=True):
 
     Without `create` (a pool that has no file), nothing is created: when no job ever ran here, the lock returned
     is not held (its release() does nothing)."""
-    lock = refill_lock(store)
-    if create:
-        store.ensure_directory()
+    lock = store.refill_lock()
     if lock.acquire(blocking=False, create=create):
         return lock
-    if not create and not os.path.lexists(lock.path):
+    if not create and not lock.exists():
         return lock
     state = store.read()
     pid = (state or {}).get("refill", {}).get("pid")
@@ -365,8 +334,8 @@ def refill_status(store, state):
     """The refill job as info reports it: whether it runs, its last error, whether it recovers by itself
     (`will_restart`: the next get or init starts it and nothing stands in its way) and, when not, the `fix`."""
     refill = dict((state or {}).get("refill") or {})
-    refill["running"] = refill_lock(store).is_held_elsewhere()
-    refill["log"] = log_path(store)
+    refill["running"] = store.refill_lock().is_held_elsewhere()
+    refill["log"] = store.refill_log_path()
     if not refill["running"] and refill.get("pid"):
         # Killed (SIGKILL, a reboot) before it could write anything: its pid means nothing now.
         refill["last_error"] = refill.get("last_error") or (

@@ -1,10 +1,10 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the five modules do, as plain functions of a PoolStore, an EC2 client and values.
+"""What the five modules do, as plain functions of a pool store (store.PoolStore), an EC2 client and values.
 
-Rules every function keeps: the state lock is held only around file I/O (never around an AWS call or a
-spawn); a failure before the write changes nothing; check mode reads but never writes or launches.
+Rules every function keeps: a store's change is never held open around an AWS call or a spawn; a failure before
+the write changes nothing; check mode reads but never writes or launches.
 `get_instance` and its imports stay free of boto3: it receives a factory for the client it rarely needs.
 """
 
@@ -20,8 +20,6 @@ from .defaults import ORPHAN_GRACE_SECONDS
 from .entries import address_of
 from .entries import counts
 from .entries import entry_from_instance
-from .entries import is_ready
-from .entries import new_lease
 from .errors import InvalidRequest
 from .errors import NoReadyInstance
 from .errors import PoolError
@@ -156,7 +154,7 @@ def _identify(store, client, existing, rebuild, requested, region):
     known = (existing or {}).get("pool_id")
     if requested and known and requested != known:
         raise InvalidRequest("pool_id %s does not match the pool id %s in %s; leave pool_id out, or use the "
-                             "state file of pool %s" % (requested, known, store.path, requested))
+                             "state file of pool %s" % (requested, known, store.location, requested))
     if existing is not None and not rebuild:
         return known, None
     named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
@@ -289,20 +287,9 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
 DEFAULT_LEASE_TTL = 86400
 
 
-def _needs_verify(state, verify, verify_max_age, now):
-    """Whether this get must ask EC2 about the instance it hands out: always, unless `verify` is off or the
-    caller accepts a pool that the refill checked less than `verify_max_age` seconds ago (0: always ask)."""
-    if not verify:
-        return False
-    if not verify_max_age or verify_max_age <= 0:
-        return True
-    verified_at = parse_time((state.get("refill") or {}).get("verified_at"))
-    return verified_at is None or (now - verified_at).total_seconds() > verify_max_age
-
-
 def _no_pool(store):
     return NoReadyInstance("pool '%s' does not exist (no state file %s); run ec2spot.pool.spot_pool_init"
-                           % (store.pool_name, store.path))
+                           % (store.pool_name, store.location))
 
 
 def _no_ready(store, pool_counts, refill_error, refill_note, dropped):
@@ -316,52 +303,6 @@ def _no_ready(store, pool_counts, refill_error, refill_note, dropped):
     if refill_note:
         parts.append(refill_note)
     return NoReadyInstance("; ".join(parts), counts=pool_counts)
-
-
-class _Claim:
-    """What one hand-out transaction found: the lease (or None), and what the caller reports or decides on."""
-
-    def __init__(self):
-        self.lease = None
-        self.counts = None
-        self.refill_error = None
-        self.dropped = []
-        self.unchecked = []  # no lease yet: the ready entries to ask EC2 about first
-
-
-def _claim(store, dead, alive, verify, verify_max_age, lease_ttl, check_mode):
-    """One transaction, no AWS call: drop the entries EC2 reported dead (`dead`), then lease the first ready entry,
-    if no check is needed, or else the first that EC2 has just reported running (`alive`). When a check is needed
-    and no ready entry was checked, nothing is leased and `unchecked` names the candidates.
-
-    The lease is this transaction's write, the last step of a get that can fail. The drops are written even when
-    nothing can be handed out: what EC2 said must not be rolled back with a failed get."""
-    claim = _Claim()
-    try:
-        with store.transaction() as tx:
-            state = tx.state
-            if state is None:
-                raise _no_pool(store)
-            now = utcnow()
-            claim.dropped = [entry["id"] for entry in state["instances"] if entry["id"] in dead]
-            state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
-            ready = [entry for entry in state["instances"] if is_ready(entry)]
-            trusted = not _needs_verify(state, verify, verify_max_age, now)
-            entry = next((entry for entry in ready if trusted or entry["id"] in alive), None)
-            claim.refill_error = (state.get("refill") or {}).get("last_error")
-            if entry is not None:
-                claim.lease = new_lease(entry, now, lease_ttl)
-                state["instances"].remove(entry)
-                state["leases"].append(claim.lease)
-            else:
-                claim.unchecked = [item["id"] for item in ready if item["id"] not in alive]
-            claim.counts = counts(state)
-            if check_mode:
-                tx.state = None  # check mode: leave the file exactly as it is
-    except OSError as exc:  # the write failed (a full disk): the transaction wrote nothing, so nothing was leased
-        raise PoolError("cannot write the pool file %s: %s; nothing was leased or changed"
-                        % (store.path, exc.strerror or exc))
-    return claim
 
 
 def _start_refill_quietly(store, refill_env):
@@ -393,7 +334,11 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
     verified = False
     refill_started = None
     while True:
-        claim = _claim(store, dead, alive, verify, verify_max_age, lease_ttl, check_mode)
+        # One store call: the drops and the lease in one atomic step, the last step of a get that can fail.
+        claim = store.claim_ready(dead, alive, lease_ttl, verify=verify, verify_max_age=verify_max_age,
+                                  check_mode=check_mode)
+        if claim is None:
+            raise _no_pool(store)
         dropped += [instance_id for instance_id in claim.dropped if instance_id not in dropped]
         if claim.lease is not None:
             break
@@ -519,12 +464,10 @@ def release_instance(store, client, instance_id=None, fallback_action=None, chec
         result["counts"] = counts(state)
         return result
     ending.end_instances(client, plan)  # an instance already gone ends its lease all the same
-    with store.transaction() as tx:
-        if tx.state is not None:
-            # This lease only: the same instance may be leased again (a reused fallback) under another lease_id.
-            tx.state["leases"] = [item for item in tx.state["leases"]
-                                  if (item["id"], item.get("lease_id")) != (lease["id"], lease.get("lease_id"))]
-            result["counts"] = counts(tx.state)
+    # This lease only: the same instance may be leased again (a reused fallback) under another lease_id.
+    after = store.end_lease(lease["id"], lease.get("lease_id"))
+    if after is not None:
+        result["counts"] = after
     return result
 
 
@@ -573,7 +516,7 @@ def _terminate_pool_id(store, state, named, requested, warnings):
     known = (state or {}).get("pool_id")
     if known:
         if requested and requested != known:
-            raise InvalidRequest("pool_id %s does not match the pool id %s in %s" % (requested, known, store.path))
+            raise InvalidRequest("pool_id %s does not match the pool id %s in %s" % (requested, known, store.location))
         return known
     if state is not None:
         # A pool made before pool ids that no refill has run for since: only what its state lists is its own.
@@ -633,10 +576,10 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
         ending.end_instances(client, ending.EndPlan(to_terminate, to_stop))
         _delete_own_template(client, store.pool_name, chosen, state, warnings)
         if corrupt is None:
-            # The pool file and its lock, then (still holding the job lock) the job lock, the log, and the code
-            # copy if no other pool here needs it. A damaged file and its sidecars stay for inspection.
-            store.delete()
-            jobcontrol.remove_pool_files(store, lock)
+            # The pool and all the store keeps for it (the job lock, still held, and the log), then the code copy if
+            # no other pool here needs it. A damaged file and its sidecars stay for inspection.
+            store.delete(lock)
+            jobcontrol.remove_unused_code(store)
     finally:
         if lock is not None:
             lock.release()
@@ -673,7 +616,7 @@ def pool_info(store, make_client=None, verify=False):
     result = {
         "changed": False,
         "exists": state is not None,
-        "path": store.path,
+        "path": store.location,
         "pool_id": (state or {}).get("pool_id"),
         "target_size": state["target_size"] if state else 0,
         "launch": state["launch"] if state else {},

@@ -22,9 +22,9 @@ One pass (`reconcile`), in order:
    lock released, ends what it took out (ending.py: the one rule for ending an instance).
 `spot_pool_init` runs the same passes in its own process; `spot_pool_get` starts the detached job (jobcontrol.py).
 
-The job is one process per pool: it holds `<pool file>.refill.lock` for as long as it runs, and a second start
-is a no-op. It is started from a copy of the module's code (Ansible deletes the module's payload as soon as the
-module exits), in a new session, with every standard stream redirected, so the playbook never waits for it.
+The job is one process per pool: it holds the store's refill lock (store.refill_lock()) for as long as it runs,
+and a second start is a no-op. It is started from a copy of the module's code (Ansible deletes the module's payload
+as soon as the module exits), in a new session, with every standard stream redirected, so the playbook never waits for it.
 """
 
 from __future__ import annotations
@@ -49,8 +49,6 @@ from .entries import is_fallback
 from .entries import is_ready
 from .errors import LaunchError
 from .errors import PoolError
-from .jobcontrol import log_path
-from .jobcontrol import refill_lock
 from .launcher import ACCOUNT_LIMIT_ERRORS
 from .launcher import CAPACITY_ERRORS
 from .launcher import Cooldowns
@@ -60,7 +58,7 @@ from .launcher import Launcher
 from .launcher import SPOT
 from .launcher import SUBNET_ERRORS
 from .launcher import ensure_template
-from .state import PoolStore
+from .state import FileStore
 from .state import open_private
 from .timefmt import isoformat
 from .timefmt import parse_time
@@ -215,7 +213,7 @@ def reconcile(store, client, launch=True):
     """One pass; see the module docstring. Raises PoolGone if the pool no longer exists."""
     state = store.read()
     if state is None:
-        raise PoolGone("pool '%s' has no state file %s" % (store.pool_name, store.path))
+        raise PoolGone("pool '%s' has no state file %s" % (store.pool_name, store.location))
     state = adopt_pool_id(store, client, state)
     pool_id = state["pool_id"]
     now = utcnow()
@@ -364,7 +362,7 @@ class RefillJob:
         self.client = client
         self.log = log
         self.max_seconds = max_seconds
-        self.lock = refill_lock(store)
+        self.lock = store.refill_lock()
         self.stop_requested = threading.Event()
 
     def _record(self, **fields):
@@ -389,7 +387,8 @@ class RefillJob:
         # Whatever else goes wrong (a malformed entry: KeyError, TypeError...) is recorded too, never only a
         # traceback in the log and a stale pid in the file.
         except Exception as exc:  # pylint: disable=broad-except
-            self._stopped_on("the refill job crashed: %s: %s (see %s)" % (type(exc).__name__, exc, log_path(self.store)),
+            self._stopped_on("the refill job crashed: %s: %s (see %s)"
+                             % (type(exc).__name__, exc, self.store.refill_log_path()),
                              type(exc).__name__, True)
             self.log("crashed", error="%s: %s" % (type(exc).__name__, exc), traceback=traceback.format_exc())
             return 1
@@ -505,8 +504,8 @@ def main(argv=None):
     parser.add_argument("--pool-name", required=True)
     parser.add_argument("--max-seconds", type=float, default=MAX_RUN_SECONDS)
     args = parser.parse_args(argv)
-    store = PoolStore(args.state_file, args.pool_name)
-    log = _json_logger(log_path(store))
+    store = FileStore(args.state_file, args.pool_name)
+    log = _json_logger(store.refill_log_path())
     from .connection import client_from_environment  # pylint: disable=import-outside-toplevel
 
     try:

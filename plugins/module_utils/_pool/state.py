@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The pool state file: one JSON document per pool, guarded by flock on a sidecar lock file.
+"""The JSON file store (FileStore, the PoolStore of store.py): one JSON document per pool, guarded by flock on a
+sidecar lock file. Beside it: the refill job's lock and log, and (in the state directory) its code copy.
 
 Why a sidecar: writes replace the JSON file (temp file + fsync + os.replace), so a lock taken on the JSON
 file itself would be held on an inode that is no longer the file; the `.lock` file is never replaced.
@@ -30,8 +31,15 @@ import tempfile
 import time
 
 from .defaults import FALLBACK_ACTIONS
+from .entries import counts
+from .entries import new_lease
 from .errors import InvalidRequest
+from .errors import PoolError
 from .errors import StateFileError
+from .store import Claim
+from .store import PoolStore
+from .store import choose_claim
+from .store import needs_verify
 from .timefmt import TIME_RE
 from .timefmt import utcnow
 
@@ -229,6 +237,14 @@ class FileLock:
                     return False
                 time.sleep(0.05)
 
+    @property
+    def held(self):
+        return self.fd is not None
+
+    def exists(self):
+        """Whether the lock file exists (someone made it: acquire() with `create`)."""
+        return os.path.lexists(self.path)
+
     def release(self):
         if self.fd is not None:
             os.close(self.fd)
@@ -381,22 +397,55 @@ def schema_problems(state):
 
 
 class Transaction:
-    """What a caller of PoolStore.transaction() sees: the state (None when there is no pool) to change."""
+    """What a caller of FileStore.transaction() sees: the state (None when there is no pool) to change."""
 
     def __init__(self, state):
         self.state = state
         self.deleted = False
+        self.discarded = False
 
     def delete(self):
         self.state = None
         self.deleted = True
 
+    def discard(self):
+        """Write nothing, whatever the state now is (check mode)."""
+        self.discarded = True
 
-class PoolStore:
-    """One pool's state file. Every method that writes takes the sidecar lock itself."""
+
+class _RefillLock(FileLock):
+    """The refill lock beside a pool file: acquiring it with `create` first makes the state directory (private),
+    like any first write of the pool would."""
+
+    def __init__(self, path, store):
+        super().__init__(path)
+        self._store = store
+
+    def acquire(self, blocking=True, timeout=None, create=True):
+        if create:
+            self._store.ensure_directory()
+        return super().acquire(blocking, timeout, create)
+
+
+def _remove_own_file(path):
+    """Unlink `path` if it is our own regular file (not a link, not someone else's)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+        os.unlink(path)
+
+
+class FileStore(PoolStore):
+    """One pool's state file (see the module docstring). Every method that writes takes the sidecar lock itself.
+
+    Its sidecars: `<file>.lock` (the pool's lock), `<file>.refill.lock` and `<file>.refill.log` (the refill job's),
+    and `<state dir>/code` (the job's code copy, shared by the pools of the directory)."""
 
     def __init__(self, path, pool_name):
         self.path = path
+        self.location = path
         self.pool_name = pool_name
         self.directory = os.path.dirname(path)
         self.lock_path = path + ".lock"
@@ -556,7 +605,9 @@ class PoolStore:
                 if os.path.lexists(self.path):
                     raise StateFileError("pool file %s was created by another run meanwhile; run again" % self.path,
                                          path=self.path)
-            if tx.deleted:
+            if tx.discarded:
+                pass
+            elif tx.deleted:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
                 changed = True
@@ -574,8 +625,43 @@ class PoolStore:
         if changed:
             self._sync_directory()
 
-    def delete(self):
-        """Remove the pool file and its lock file (under the lock). Creates nothing when there is no pool."""
+    def claim_ready(self, dead, alive, lease_ttl, verify=True, verify_max_age=0, check_mode=False):
+        """See PoolStore.claim_ready: one transaction (the lease is its write), no AWS call."""
+        try:
+            with self.transaction() as tx:
+                state = tx.state
+                if state is None:
+                    return None
+                now = utcnow()
+                dropped, entry, unchecked = choose_claim(state, dead, alive,
+                                                         not needs_verify(state, verify, verify_max_age, now))
+                state["instances"] = [item for item in state["instances"] if item["id"] not in dead]
+                lease = None
+                if entry is not None:
+                    lease = new_lease(entry, now, lease_ttl)
+                    state["instances"].remove(entry)
+                    state["leases"].append(lease)
+                if check_mode:
+                    tx.discard()  # leave the file exactly as it is
+                return Claim(lease, counts(state), (state.get("refill") or {}).get("last_error"), dropped,
+                             unchecked)
+        except OSError as exc:  # the write failed (a full disk): the transaction wrote nothing, so nothing was leased
+            raise PoolError("cannot write the pool file %s: %s; nothing was leased or changed"
+                            % (self.path, exc.strerror or exc))
+
+    def end_lease(self, instance_id, lease_id):
+        """See PoolStore.end_lease."""
+        with self.transaction() as tx:
+            if tx.state is None:
+                return None
+            tx.state["leases"] = [item for item in tx.state["leases"]
+                                  if (item["id"], item.get("lease_id")) != (instance_id, lease_id)]
+            return counts(tx.state)
+
+    def delete(self, refill_lock=None):
+        """Remove the pool file and its lock file (under the lock), then the refill lock (`refill_lock` when the
+        caller holds it; else only when no job holds it) and the refill logs. Creates nothing when there is no
+        pool."""
         with self.transaction() as tx:
             if tx.state is not None:
                 tx.delete()
@@ -587,6 +673,40 @@ class PoolStore:
                     lock.release()
                 else:
                     lock.remove()
+        if refill_lock is None or not refill_lock.held:
+            refill_lock = self.refill_lock()
+            if not refill_lock.acquire(blocking=False, create=False):
+                refill_lock = None
+        if refill_lock is not None:
+            refill_lock.remove()
+        if self.check_directory():
+            for path in (self.refill_log_path(), self.refill_log_path() + ".1"):
+                _remove_own_file(path)
+
+    # -- the refill job's lock and files ---------------------------------------------------------------
+    def refill_lock(self):
+        """See PoolStore.refill_lock: flock on `<file>.refill.lock`."""
+        return _RefillLock(self.path + ".refill.lock", self)
+
+    def refill_log_path(self):
+        return self.path + ".refill.log"
+
+    def code_directory(self):
+        """`<state dir>/code` (checked when it exists), or None when there is no state directory."""
+        return self.code_dir if self.check_directory() else None
+
+    def code_directory_shared(self):
+        """Whether another pool lives in this state directory (its next get would copy the code again)."""
+        own = os.path.basename(self.path)
+        for name in os.listdir(self.directory):
+            if name == own or name.startswith(own + ".") or name.startswith("."):
+                continue
+            if name.endswith(".json") or name.endswith(".lock"):
+                return True
+        return False
+
+    def job_arguments(self):
+        return ["--state-file", self.path, "--pool-name", self.pool_name]
 
     def move_aside(self, allow_foreign=False):
         """Move a damaged pool file (any unreadable one with `allow_foreign`) to `<file>.corrupt-<time>` under the

@@ -1,0 +1,153 @@
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the operations (pool.py), the refill and its job control need from a pool store, and nothing more.
+
+A store keeps one pool's state (the document that entries.py and state.new_state() describe). The JSON file store
+(state.FileStore) is the one there is; a DynamoDB store (one item per instance, conditional writes) is meant to
+implement the same methods, so that nothing outside a store knows about files, flock or paths.
+
+`PoolStore` below is the contract: a plain class whose methods raise NotImplementedError (no `typing`, no abc:
+this module is on the hand-out path of `spot_pool_get`, and `typing` alone costs ~3 ms there).
+
+Which entry a hand-out takes is decided by choose_claim() and needs_verify() below: pure functions of values (no
+store, no clock, no AWS call) that every store calls on the pool it read: the file store inside its transaction, a
+store whose claim is one conditional write on what it read before that write. So the rule is one, whatever the store.
+(They live here, not in a module of their own: each module on the hand-out path costs ~0.4 ms, as `spot_pool_get`
+imports its payload from a zip of sources, compiled on every run.)
+"""
+
+from __future__ import annotations
+
+from .entries import is_ready
+from .timefmt import parse_time
+
+
+# -- the claim rule -------------------------------------------------------------------------------------------------
+def needs_verify(state, verify, verify_max_age, now):
+    """Whether a get must ask EC2 about the instance it hands out: always, unless `verify` is off or the
+    caller accepts a pool that the refill checked less than `verify_max_age` seconds before `now` (0: always ask)."""
+    if not verify:
+        return False
+    if not verify_max_age or verify_max_age <= 0:
+        return True
+    verified_at = parse_time((state.get("refill") or {}).get("verified_at"))
+    return verified_at is None or (now - verified_at).total_seconds() > verify_max_age
+
+
+def choose_claim(state, dead, alive, trusted):
+    """What a claim does to the pool `state`: returns (dropped, entry, unchecked).
+
+    - `dropped`: ids of the idle entries in `dead` (EC2 reported them not running), in the pool's order;
+    - `entry`: the idle entry to lease: the first ready one not dropped, if `trusted` (no check with EC2 needed),
+      else the first whose id is in `alive` (EC2 has just reported it running); None when there is none;
+    - `unchecked`: when no entry is taken, the ids of the ready entries not in `alive` (the ones to ask EC2 about
+      before claiming again), in the pool's order; else empty."""
+    dropped = [entry["id"] for entry in state["instances"] if entry["id"] in dead]
+    ready = [entry for entry in state["instances"] if entry["id"] not in dead and is_ready(entry)]
+    entry = next((entry for entry in ready if trusted or entry["id"] in alive), None)
+    unchecked = [] if entry is not None else [item["id"] for item in ready if item["id"] not in alive]
+    return dropped, entry, unchecked
+
+
+# -- the interface --------------------------------------------------------------------------------------------------
+class Claim:
+    """What one claim_ready() found.
+
+    - ``lease``: the lease written (entries.new_lease()), or None when nothing was handed out;
+    - ``counts``: entries.counts() of the pool after the claim;
+    - ``refill_error``: the refill job's last recorded error (None when it has none);
+    - ``dropped``: ids of the entries dropped because the caller reported them dead;
+    - ``unchecked``: when no lease was made because a check with EC2 is needed, the ready entries to ask EC2
+      about first (in the pool's order); otherwise empty."""
+
+    def __init__(self, lease=None, counts=None, refill_error=None, dropped=None, unchecked=None):
+        self.lease = lease
+        self.counts = counts
+        self.refill_error = refill_error
+        self.dropped = list(dropped or [])
+        self.unchecked = list(unchecked or [])
+
+
+class PoolStore:
+    """The interface of a pool store: one pool, named `pool_name`, kept where `location` says.
+
+    Every method that changes the pool is atomic: a second caller (another process, another controller) sees the
+    pool before or after it, never in between, and an exception inside a change writes nothing.
+
+    The refill job's own things (its lock, its log, its code copy) live on the machine that runs the job; the store
+    says where, since it knows where the pool lives."""
+
+    #: The pool's name (validated by the store's maker).
+    pool_name = None
+    #: Where the pool lives, as error messages show it to users (the file store: the JSON file's path).
+    location = None
+
+    # -- the pool ------------------------------------------------------------------------------------------------
+    def read(self):
+        """The pool's state (a dict, checked against the schema), or None when there is no pool. Takes no lock,
+        creates and changes nothing: info, check mode and the inventory only read."""
+        raise NotImplementedError
+
+    def exists(self):
+        """Whether the pool exists (cheaper than read(): no parse, no schema check)."""
+        raise NotImplementedError
+
+    def transaction(self):
+        """A context manager: the one atomic read-change-write of the whole pool. Yields a transaction object
+        whose `state` is the pool (None when there is none) for the caller to change in place or replace; setting
+        `state` on a pool that did not exist creates it; `delete()` on it deletes the pool. Written when the block
+        ends without an exception and the state changed; an exception writes nothing."""
+        raise NotImplementedError
+
+    def claim_ready(self, dead, alive, lease_ttl, verify=True, verify_max_age=0, check_mode=False):
+        """Hand out one ready entry, atomically: one winner per entry, however many callers race.
+
+        In one atomic step: drop the entries whose ids are in `dead` (EC2 said they are not running), then lease
+        the entry choose_claim() picks (any ready one, unless needs_verify() says EC2 must be asked: then only one
+        whose id is in `alive`, which EC2 has just reported running), as entries.new_lease(entry, now, lease_ttl).
+        The drops are written even when nothing is handed out. With `check_mode`, nothing is written and the
+        Claim says what would have happened. No AWS call of the pool's instances is made here.
+
+        Returns a Claim, or None when there is no pool (nothing is created). A write that fails raises PoolError
+        (nothing was leased or changed)."""
+        raise NotImplementedError
+
+    def end_lease(self, instance_id, lease_id):
+        """Remove the lease of `instance_id` whose lease_id is `lease_id` (None: a lease without one), atomically;
+        any other lease, even of the same instance, stays. Returns entries.counts() after it, or None when there is
+        no pool (nothing is created). Ending the instance itself is the caller's (ending.py)."""
+        raise NotImplementedError
+
+    def delete(self, refill_lock=None):
+        """Delete the pool and everything the store keeps for it (the refill job's lock and log included); the
+        refill lock `refill_lock`, when the caller holds it (terminate does, so that no job runs meanwhile), is
+        removed while held. Creates nothing when there is no pool."""
+        raise NotImplementedError
+
+    # -- the refill job's lease and files -------------------------------------------------------------------------
+    def refill_lock(self):
+        """The pool's refill lease: held by the running refill job for as long as it runs (and by init and
+        terminate while they work). Making the object takes and creates nothing. The object has
+        `acquire(blocking=True, timeout=None, create=True)` (False when someone else holds it and `blocking` is off
+        or `timeout` runs out; with `create` off, also False when no refill lock was ever made: nothing is made),
+        `release()`, `remove()` (delete it while holding it), `held` and `exists()`, and `is_held_elsewhere()`."""
+        raise NotImplementedError
+
+    def refill_log_path(self):
+        """The local file the refill job writes its JSON lines to (and `<it>.1`, the previous one)."""
+        raise NotImplementedError
+
+    def code_directory(self):
+        """The local directory for the refill job's code copy (the job runs from it, with the user's credentials:
+        it must be ours alone; jobcontrol makes it private and checks it). None when the place for it does not exist
+        (then there is no pool here to start a job for)."""
+        raise NotImplementedError
+
+    def code_directory_shared(self):
+        """Whether another pool may still use the code directory (so a terminate leaves the code copy there)."""
+        raise NotImplementedError
+
+    def job_arguments(self):
+        """The command-line arguments that name this store to the refill job (refill.main parses them)."""
+        raise NotImplementedError
