@@ -5,7 +5,9 @@ What a pass does with EC2 is covered by test_refill.py; here each rule of `decid
 
 from __future__ import annotations
 
+import ast
 import datetime
+from pathlib import Path
 
 import pytest
 
@@ -335,3 +337,16 @@ def test_settle_records_the_settled_launches_the_cool_downs_the_template_and_the
     assert settled["cooldowns"] == [cooldown] and settled["launch"]["template"] == template
     assert settled["refill"]["verified_at"] == isoformat(NOW)
     assert state["launch"].get("template") is None and state["refill"]["verified_at"] is None
+
+
+def test_the_rules_import_no_aws_code():
+    """decide and settle stay pure because their module cannot reach a client: it imports only the plain-value
+    modules (not ec2.py, the launcher, the store or the job control), in any form, anywhere in it."""
+    tree = ast.parse(Path(refill_plan.__file__).read_text())
+    siblings = {node.module or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.level for alias in node.names}
+    absolute = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names} | {node.module.split(".")[0] for node in ast.walk(tree)
+                                            if isinstance(node, ast.ImportFrom) and not node.level}
+    assert siblings <= {"identity", "entries", "timefmt", "defaults"}, siblings
+    assert absolute <= {"__future__", "collections"}, absolute
