@@ -164,8 +164,9 @@ def decide(state, observed, now, policy):
     tag_leased = [lease["id"] for lease in state["leases"] if lease["id"] in seen
                   and identity.LEASED_TAG not in seen[lease["id"]]["tags"] and lease["id"] not in ended]
 
-    # Orphans: the pool's, live, in neither the pool nor a lease nor a fleet answer about to be added, not kept on
-    # purpose (released-at), and older than the grace (a launch whose answer is still on its way is not one).
+    # Orphans: the pool's instances in neither the pool nor a lease nor a fleet answer about to be added, not ending
+    # already, not kept on purpose (released-at), and older than the grace (a launch whose answer is still on its
+    # way is not one).
     mark, end = [], []
     for instance_id, info in sorted(seen.items()):
         if instance_id in known or info["state"] in ("shutting-down", "terminated") \
