@@ -48,10 +48,11 @@ def pool(size=2, instances=(), leases=(), launch=None):
 def described(entry_or_id, state="running", tags=None, launch_time=None, **fields):
     """An instance as observe() keeps it (ec2.instance_summary's shape), of a pool entry or of a bare id."""
     entry = entry_or_id if isinstance(entry_or_id, dict) else pool_entry(entry_or_id, ready=False)
-    info = {"id": entry["id"], "state": state, "public_ip": entry.get("public_ip"), "private_ip": entry.get("private_ip"),
-            "availability_zone": entry.get("availability_zone"), "subnet_id": entry.get("subnet_id"),
-            "instance_type": entry.get("instance_type"), "lifecycle": "spot" if entry.get("type") == "spot" else
-            "on-demand", "launch_time": launch_time or ago(3600), "state_reason": None,
+    info = {"id": entry["id"], "state": state, "public_ip": entry.get("public_ip"),
+            "private_ip": entry.get("private_ip"), "availability_zone": entry.get("availability_zone"),
+            "subnet_id": entry.get("subnet_id"), "instance_type": entry.get("instance_type"),
+            "lifecycle": "spot" if entry.get("type") == "spot" else "on-demand",
+            "launch_time": launch_time or ago(3600), "state_reason": None,
             "tags": dict(POOL_TAGS, **{"ec2spot:type": entry.get("type") or "spot"})}
     info["tags"].update(tags or {})
     info.update(fields)
