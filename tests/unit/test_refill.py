@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill_plan
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Cooldowns
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Offering
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
@@ -81,7 +82,7 @@ def test_dead_instances_are_dropped_and_replaced(store, client):
 def test_an_instance_ec2_does_not_list_yet_is_kept_for_a_grace_period(store, client):
     young = pool_entry("i-0000000000000young", ready=False, launched_at=isoformat(utcnow()))
     old = dict(young, id="i-00000000000000old",
-               launched_at=isoformat(utcnow() - datetime.timedelta(seconds=refill.ABSENT_GRACE_SECONDS + 5)))
+               launched_at=isoformat(utcnow() - datetime.timedelta(seconds=refill_plan.ABSENT_GRACE_SECONDS + 5)))
     with store.transaction() as tx:
         tx.state["instances"] = [young, old]
     result = refill.reconcile(store, client, launch=False)

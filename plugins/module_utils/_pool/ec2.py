@@ -28,9 +28,9 @@ POOL_ID_TAG = identity.POOL_ID_TAG
 TYPE_TAG = identity.TYPE_TAG
 RELEASED_TAG = identity.RELEASED_TAG  # a stopped fallback kept on purpose for reuse (fallback_action=stop)
 
-LEASED_TAG = "ec2spot:leased-at"  # set by the refill on leased instances, so a rebuild from tags knows them
-ORPHAN_TAG = "ec2spot:orphan-since"  # first mark of an instance in neither the pool nor a lease
-LIVE_STATES = ("pending", "running")
+LEASED_TAG = identity.LEASED_TAG
+ORPHAN_TAG = identity.ORPHAN_TAG
+LIVE_STATES = identity.LIVE_STATES
 # At most 4 attempts in all (amazon.aws counts `retries` as attempts), with random pauses of up to 1, 2 and 4 s
 # between them (the 15 s cap is never reached), for throttling and the passing server errors AWSRetry knows
 # (RequestLimitExceeded, InternalError, Unavailable, ...). botocore retries nothing below this: BOTOCORE_CONFIG

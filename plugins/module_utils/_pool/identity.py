@@ -21,7 +21,11 @@ POOL_TAG = "ec2spot:pool"
 POOL_ID_TAG = "ec2spot:pool-id"
 TYPE_TAG = "ec2spot:type"
 RELEASED_TAG = "ec2spot:released-at"
+LEASED_TAG = "ec2spot:leased-at"  # set by the refill on leased instances, so a rebuild from tags knows them
+ORPHAN_TAG = "ec2spot:orphan-since"  # first mark of an instance in neither the pool nor a lease
 POOL_ID_RE = re.compile(r"[0-9a-f]{16}")
+# An instance in these states is live: it runs, or will.
+LIVE_STATES = ("pending", "running")
 # Instances in these states show that a pool is alive (a stopped fallback is kept by its pool for reuse).
 LIVE_OR_KEPT = ("pending", "running", "stopping", "stopped")
 

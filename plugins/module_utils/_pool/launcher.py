@@ -34,6 +34,7 @@ from .defaults import COOLDOWN_SECONDS
 from .entries import new_entry
 from .errors import InvalidRequest
 from .errors import LaunchError
+from .refill_plan import INTERRUPTED
 from .timefmt import isoformat
 from .timefmt import parse_time
 from .timefmt import utcnow
@@ -54,8 +55,6 @@ ACCOUNT_LIMIT_ERRORS = frozenset((
     "MaxSpotInstanceCountExceeded", "VcpuLimitExceeded", "MaxFleetCountExceeded", "SpotMaxPriceTooLow",
     "InstanceLimitExceeded",
 ))
-# An instance of the offering was interrupted in the pool (recorded by the refill): like a capacity error.
-INTERRUPTED = "SpotInterruption"
 DEFAULT_FALLBACK_ON = tuple(sorted(CAPACITY_ERRORS | SUBNET_ERRORS | ACCOUNT_LIMIT_ERRORS))
 
 

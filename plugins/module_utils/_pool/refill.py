@@ -3,23 +3,25 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Keeping a pool whole: the reconcile pass, and the detached refill job that repeats it.
 
-One pass (`reconcile`), in order:
+One pass (`reconcile`) is observe -> decide -> act; the rules are pure functions in refill_plan.py:
 0. a pool made before pool ids adopts one (adopt_pool_id);
-1. replays fleet requests whose answer never reached the state file (a crash between CreateFleet and the write):
-   same ClientToken, so EC2 answers with the instances it launched then instead of launching again;
-2. one DescribeInstances by the pool tag: every idle entry, lease and stray instance of the pool at once; only
-   what carries the pool's id (or is listed in its state) is the pool's: another pool of the same name is not;
-3. drops entries whose instance is gone; an idle Spot entry that died without us ending it was interrupted, and
-   its offering cools down like one that had no capacity;
-4. ends leases past their `expires_at`, so a CI job that died before its release step leaks nothing;
-5. marks instances with the pool tag that are in neither the pool nor a lease, and terminates them on a later
-   pass once the mark is older than the orphan grace (never a leased or just-launched one);
-6. launches what is missing (Spot, then, for what the `fallback_on` errors left, the pool's stopped fallbacks
-   started again, then On-Demand), plus Spot instances to replace idle fallbacks, from the pool's launch template
-   (made again if it was deleted outside the pool); the locks are not held meanwhile, so `get` never waits on EC2;
-7. under the lock: applies all of it to the current state (a `get` may have leased an entry meanwhile), and
-   takes out the surplus: fallbacks first, once the Spot instances that replace them are ready; then, with the
-   lock released, ends what it took out (ending.py: the one rule for ending an instance).
+1. replay: fleet requests whose answer never reached the state file (a crash between CreateFleet and the write)
+   are sent again: same ClientToken, so EC2 answers with the instances it launched then instead of launching again;
+2. observe: one DescribeInstances by the pool tag: every idle entry, lease and stray instance of the pool at once;
+   only what carries the pool's id (or is listed in its state) is the pool's: another pool of the same name is not;
+3. decide (refill_plan.decide: the state, what EC2 said, the time and the pool's policy in, a Plan out): which
+   entries are dead (their instance is gone); which idle Spot ones died without us ending them (interrupted: their
+   offering cools down like one that had no capacity); which leases are past their `expires_at` (so a CI job that
+   died before its release step leaks nothing); which instances with the pool tag, in neither the pool nor a
+   lease, to mark as orphans, and which to terminate once the mark is older than the orphan grace (never a leased
+   or just-launched one); how many to launch: what is missing, plus Spot instances to replace idle fallbacks;
+4. act: carries the plan out: ends the expired leases and the orphans, tags the leases, and launches (Spot, then,
+   for what the `fallback_on` errors left, the pool's stopped fallbacks started again, then On-Demand) from the
+   pool's launch template (made again if it was deleted outside the pool); the locks are not held meanwhile, so
+   `get` never waits on EC2;
+5. under the lock, settle (refill_plan.settle) applies all of it to the current state (a `get` may have leased an
+   entry meanwhile) and takes out the surplus: fallbacks first, once the Spot instances that replace them are
+   ready; then, with the lock released, act ends what it took out (ending.py: the one rule for ending an instance).
 `spot_pool_init` runs the same passes in its own process; `spot_pool_get` starts the detached job (jobcontrol.py).
 
 The job is one process per pool: it holds the store's refill lock (store.refill_lock()) for as long as it runs,
@@ -44,29 +46,26 @@ from . import ending
 from . import identity
 from .defaults import ORPHAN_GRACE_SECONDS
 from .entries import counts
-from .entries import fill_in
-from .entries import is_fallback
-from .entries import is_ready
 from .errors import LaunchError
 from .errors import PoolError
 from .launcher import ACCOUNT_LIMIT_ERRORS
 from .launcher import CAPACITY_ERRORS
 from .launcher import Cooldowns
-from .launcher import INTERRUPTED
 from .launcher import LaunchResult
 from .launcher import Launcher
-from .launcher import SPOT
 from .launcher import SUBNET_ERRORS
 from .launcher import ensure_template
+from .refill_plan import ABSENT_GRACE_SECONDS
+from .refill_plan import Observed
+from .refill_plan import Outcome
+from .refill_plan import Policy
+from .refill_plan import decide
+from .refill_plan import settle
 from .state import FileStore
 from .state import open_private
 from .timefmt import isoformat
-from .timefmt import parse_time
 from .timefmt import utcnow
 
-# An instance EC2 does not list yet may simply be new (DescribeInstances is eventually consistent):
-# only an entry older than this is dropped for being absent.
-ABSENT_GRACE_SECONDS = 120
 MAX_RUN_SECONDS = 900
 LOG_MAX_BYTES = 1 << 20
 # Fleet errors that a later pass may not meet again (a cool-down ends, EC2 recovers). A fleet whose offerings all
@@ -111,65 +110,6 @@ def is_whole(pool_counts):
     return pool_counts.get("pending", 0) == 0 and pool_counts.get("ready", 0) >= pool_counts.get("target", 0)
 
 
-def _age(moment, now):
-    if isinstance(moment, str):
-        moment = parse_time(moment)
-    return None if moment is None else (now - moment).total_seconds()
-
-
-def _alive(entry, info, now):
-    """Whether an idle entry still has a live instance (and fill in its addresses when it runs)."""
-    if info is None:
-        age = _age(entry.get("launched_at"), now)
-        return age is not None and age < ABSENT_GRACE_SECONDS
-    if info["state"] not in ec2.LIVE_STATES:
-        return False
-    fill_in(entry, info)
-    return True
-
-
-def _surplus(instances, target):
-    """Idle entries to retire so the pool holds `target`: fallbacks first, Spot ones only once no fallback is
-    left (pending before ready, newest first). A ready entry goes only while the ready count stays at the target,
-    so a fallback waits for the Spot instance that replaces it to be ready."""
-    surplus = len(instances) - target
-    if surplus <= 0:
-        return []
-    ready = sum(1 for e in instances if is_ready(e))
-    fallbacks = sorted((e for e in instances if is_fallback(e)), key=is_ready)
-    spots = sorted((e for e in instances if not is_fallback(e)), key=lambda e: e.get("launched_at") or "",
-                   reverse=True)
-    spots.sort(key=is_ready)
-    retire = []
-    for entry in fallbacks + spots:
-        if len(retire) == surplus:
-            break
-        if not is_fallback(entry) and len(retire) < len(fallbacks):
-            break  # a fallback is still in the pool: the Spot entries are its replacements
-        if is_ready(entry):
-            if ready - 1 < target:
-                continue
-            ready -= 1
-        retire.append(entry)
-    return retire
-
-
-def _kept_fallbacks(tagged, pool_name, pool_id, reused, ended, fallback_action, now):
-    """The stopped fallbacks this pool keeps for reuse, as `spot_pool_info` shows them: those EC2 listed with
-    the keep mark, less those started again in this pass, plus the fallbacks this pass stops."""
-    kept = {item["id"]: {"id": item["id"], "instance_type": item.get("instance_type"),
-                         "availability_zone": item.get("availability_zone"),
-                         "released_at": item["tags"].get(ec2.RELEASED_TAG)}
-            for item in identity.kept_fallbacks(tagged.values(), pool_name, pool_id) if item["id"] not in reused}
-    if fallback_action == "stop":
-        for entry in ended:
-            if entry.get("type") == "fallback":
-                kept[entry["id"]] = {"id": entry["id"], "instance_type": entry.get("instance_type"),
-                                     "availability_zone": entry.get("availability_zone"),
-                                     "released_at": isoformat(now)}
-    return [kept[key] for key in sorted(kept)]
-
-
 def _record_pending(store):
     def before_call(token, request):
         with store.transaction() as tx:
@@ -210,97 +150,88 @@ def adopt_pool_id(store, client, state, pool_id=None):
 
 
 def reconcile(store, client, launch=True):
-    """One pass; see the module docstring. Raises PoolGone if the pool no longer exists."""
+    """One pass, as observe -> decide -> act; see the module docstring. `launch`: whether it may launch (False:
+    it only drops, fills in, ends and sweeps). Raises PoolGone if the pool no longer exists."""
     state = store.read()
     if state is None:
         raise PoolGone("pool '%s' has no state file %s" % (store.pool_name, store.location))
     state = adopt_pool_id(store, client, state)
-    pool_id = state["pool_id"]
     now = utcnow()
     spec = state["launch"]
     result = ReconcileResult()
-    cooldowns = Cooldowns(state.get("cooldowns"), now)
-    launcher = Launcher(client, store.pool_name, spec, cooldowns, before_call=_record_pending(store), pool_id=pool_id)
-    orphan_grace = spec.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS)
-    fallback_action = ending.fallback_action_of(spec)
+    launcher = Launcher(client, store.pool_name, spec, Cooldowns(state.get("cooldowns"), now),
+                        before_call=_record_pending(store), pool_id=state["pool_id"])
+    replayed = replay(launcher, state.get("pending_launches") or [], result)
+    observed = observe(client, store.pool_name, state, replayed)
+    policy = Policy(orphan_grace_seconds=spec.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS),
+                    fallback_action=ending.fallback_action_of(spec), may_launch=launch,
+                    absent_grace_seconds=ABSENT_GRACE_SECONDS)
+    return act(store, client, launcher, observed, decide(state, observed, now, policy), now, result)
 
-    # 1. fleet requests whose answer was lost
+
+def replay(launcher, pending_launches, result):
+    """Send again the fleet requests whose answer never reached the state (a crash between CreateFleet and the
+    write): same ClientToken, so EC2 answers with what it launched then instead of launching again. Returns the
+    entries of those answers; a request EC2 refuses now (e.g. its token expired) is recorded in `result` and
+    forgotten, one that got no answer stays pending for the next pass."""
     replayed = LaunchResult()
-    for pending in state.get("pending_launches") or []:
+    for pending in pending_launches:
         try:
             launcher.absorb(launcher.create_fleet(pending["request"]), replayed)
-        except ec2.Ec2Error as exc:  # refused now (e.g. the token expired): forgotten; else kept for next pass
+        except ec2.Ec2Error as exc:
             result.launch_errors.append({"token": pending["token"], "code": exc.code, "message": exc.message})
     result.replayed = replayed.ids
+    return replayed.entries
 
-    # 2. the pool as EC2 sees it: what carries this pool's id, or is listed in its state. Another pool of the
-    # same name (another controller's) carries another id: never swept, reused or counted here.
+
+def observe(client, pool_name, state, replayed):
+    """The pool as EC2 sees it, in one DescribeInstances by the pool tag: an Observed (refill_plan.py).
+
+    Only what carries this pool's id, or is listed in its state or in a replayed fleet answer, is the pool's:
+    another pool of the same name (another controller's) carries another id, and is never swept, reused or
+    counted here."""
     named = [ec2.instance_summary(item)
              for item in ec2.describe_instances(client, filters=[{"Name": "tag:" + ec2.POOL_TAG,
-                                                                  "Values": [store.pool_name]}])]
-    listed = {e["id"] for e in state["instances"] + state["leases"]} | set(replayed.ids)
-    tagged = {item["id"]: item for item in identity.mine(named, store.pool_name, pool_id, listed)}
-    # 3. dead idle entries; an idle Spot instance we did not end was interrupted
-    alive = []
-    for entry in state["instances"]:
-        info = tagged.get(entry["id"])
-        if _alive(dict(entry), info, now):
-            alive.append(entry)
-        elif entry.get("type") == "spot" and info is not None:
-            result.interrupted.append(entry["id"])
-            # The offering's location as the pool asks for it: a pool without zones or subnets asks EC2 for the
-            # type anywhere, so the zone the instance ran in would name an offering the launcher never uses.
-            location = entry.get("subnet_id") or (entry.get("availability_zone")
-                                                  if spec.get("availability_zones") else None)
-            cooldowns.add("offering", INTERRUPTED, launcher.cooldown_seconds, SPOT, entry.get("instance_type"),
-                          location)
+                                                                  "Values": [pool_name]}])]
+    listed = {entry["id"] for entry in state["instances"] + state["leases"] + list(replayed)}
+    return Observed({item["id"]: item for item in identity.mine(named, pool_name, state["pool_id"], listed)},
+                    list(replayed))
 
-    # 4. expired leases
-    expired = [lease for lease in state["leases"]
-               if lease.get("expires_at") and (_age(lease["expires_at"], now) or 0) >= 0]
-    gone = []  # ended already: EC2 no longer knows them
-    if expired:
-        gone = ending.end(client, expired, fallback_action).gone
-        result.expired = [lease["id"] for lease in expired]
-    untagged_leases = [lease["id"] for lease in state["leases"] if lease["id"] in tagged
-                       and ec2.LEASED_TAG not in tagged[lease["id"]]["tags"] and lease not in expired]
-    ec2.create_tags(client, untagged_leases, {ec2.LEASED_TAG: isoformat(now)})
 
-    # 5. orphans: tagged, live, in neither the pool nor a lease nor a fleet answer we are about to add
-    known = {e["id"] for e in state["instances"] + state["leases"]} | set(replayed.ids)
-    orphans = []
-    for instance_id, info in sorted(tagged.items()):
-        if instance_id in known or info["state"] in ("shutting-down", "terminated") \
-                or ec2.RELEASED_TAG in info["tags"] or (_age(info["launch_time"], now) or 0) < orphan_grace:
-            continue
-        marked = info["tags"].get(ec2.ORPHAN_TAG)
-        if marked is None:
-            ec2.create_tags(client, [instance_id], {ec2.ORPHAN_TAG: isoformat(now)})
-            result.orphans_marked.append(instance_id)
-        elif (_age(marked, now) or 0) >= orphan_grace:
-            orphans.append(instance_id)
-    if orphans:
+def act(store, client, launcher, observed, plan, now, result):
+    """Carry out `plan` (refill_plan.decide), in its order, and record what was done in `result` (returned).
+
+    The AWS calls come first and no lock is held meanwhile, so `get` never waits on EC2; then, under the pool's
+    lock, the pass is applied to the pool as it is by then (refill_plan.settle); what that retires is ended
+    after the lock is released. A pool terminated meanwhile: what this pass launched or took over is terminated
+    and PoolGone raised. A launch error is raised last, once the rest of the pass is recorded."""
+    spec = launcher.launch
+    result.interrupted = list(plan.interrupted)
+    for cooldown in plan.cooldowns:
+        launcher.cooldowns.add(cooldown["scope"], cooldown["code"], launcher.cooldown_seconds, cooldown["market"],
+                               cooldown["instance_type"], cooldown["location"])
+    gone = []  # expired leases EC2 no longer knows: ended already
+    if plan.expired:
+        gone = ending.end(client, plan.expired, plan.fallback_action).gone
+        result.expired = [lease["id"] for lease in plan.expired]
+    ec2.create_tags(client, plan.tag_leased, {ec2.LEASED_TAG: isoformat(now)})
+    for instance_id in plan.mark_orphans:
+        ec2.create_tags(client, [instance_id], {ec2.ORPHAN_TAG: isoformat(now)})
+        result.orphans_marked.append(instance_id)
+    if plan.end_orphans:
         # In neither the pool nor a lease, so never kept for its reuse: terminated, whatever their type.
-        ending.end(client, [{"id": instance_id} for instance_id in orphans], "terminate")
-        result.orphans_terminated = orphans
+        ending.end(client, [{"id": instance_id} for instance_id in plan.end_orphans], "terminate")
+        result.orphans_terminated = list(plan.end_orphans)
 
-    # 6. launches
-    launched = LaunchResult()
-    error = None
-    slots = len(alive) + len(replayed.entries)
-    missing = state["target_size"] - slots
-    spot_count = sum(1 for e in alive + replayed.entries if e.get("type") != "fallback")
-    idle_fallbacks = slots - spot_count
-    extra_spot = min(idle_fallbacks, max(0, state["target_size"] - spot_count - max(0, missing)))
-    template = spec.get("template")
-    if launch and (missing > 0 or extra_spot > 0):
+    launched, error, template = LaunchResult(), None, spec.get("template")
+    if plan.launch or plan.extra_spot:
         # The template may have been deleted outside the pool: the pool's own is made again from the settings in
         # the state; a user's that vanished stops the job with an error that says what to do.
-        template = ensure_template(client, store.pool_name, pool_id, spec)
+        template = ensure_template(client, store.pool_name, launcher.pool_id, spec)
         launcher.launch = dict(spec, template=template)
-        launcher.reusable = identity.reusable_fallbacks(tagged.values(), spec, store.pool_name, pool_id)
+        launcher.reusable = list(plan.reusable)
         try:
-            launched = launcher.launch_instances(max(0, missing), extra_spot)
+            launched = launcher.launch_instances(plan.launch, plan.extra_spot)
         except LaunchError as exc:
             error = exc
             launched.errors = exc.details.get("launch_errors", [])
@@ -308,47 +239,25 @@ def reconcile(store, client, launch=True):
             error = exc  # recorded below with what this pass did learn, then raised
     result.launch_errors += launched.errors
 
-    # 7. apply to the current state. No EC2 call under the lock: what this step decides to end is ended after it.
-    vanished, retire = False, []
+    # No EC2 call under the lock: what settle retires is ended after it.
+    outcome = Outcome(entries=launched.entries, reused=launched.reused, settled=launcher.settled,
+                      cooldowns=launcher.cooldowns.entries, template=template, gone=gone)
+    settled = None
     with store.transaction() as tx:
-        current = tx.state
-        if current is None:
-            vanished = True
-        else:
-            leased = {lease["id"] for lease in current["leases"]}
-            checked = {e["id"] for e in state["instances"]} | set(tagged)
-            kept = []
-            for entry in current["instances"]:
-                if entry["id"] in checked:
-                    if not _alive(entry, tagged.get(entry["id"]), now):
-                        result.dropped.append(entry["id"])
-                        continue
-                kept.append(entry)
-            present = {e["id"] for e in kept} | leased
-            kept.extend(e for e in replayed.entries + launched.entries if e["id"] not in present)
-            retire = _surplus(kept, current["target_size"])
-            current["instances"] = [e for e in kept if e not in retire]
-            current["leases"] = [lease for lease in current["leases"] if lease["id"] not in result.expired]
-            done = set(launcher.settled)
-            current["pending_launches"] = [p for p in current.get("pending_launches") or []
-                                           if p["token"] not in done]
-            current["cooldowns"] = cooldowns.entries
-            if template and current["launch"].get("template") != template:
-                current["launch"]["template"] = template
-            current["kept_fallbacks"] = _kept_fallbacks(tagged, store.pool_name, pool_id, launched.reused,
-                                                        retire + [e for e in expired if e["id"] not in gone],
-                                                        fallback_action, now)
-            current["refill"]["verified_at"] = isoformat(now)
-            result.launched = launched.ids
-            result.reused = launched.reused
-            result.retired = [e["id"] for e in retire]
-            result.counts = counts(current)
-    if vanished:
+        if tx.state is not None:
+            settled = settle(tx.state, observed, plan, outcome, now)
+            tx.state = settled.state
+    if settled is None:
         # Terminated meanwhile: nothing this pass launched or took over may outlive the pool.
-        ending.end(client, [{"id": instance_id} for instance_id in launched.ids + replayed.ids], "terminate")
+        ending.end(client, [{"id": instance_id} for instance_id in launched.ids + result.replayed], "terminate")
         raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
-    if retire:
-        ending.end(client, retire, fallback_action)
+    result.launched = launched.ids
+    result.reused = launched.reused
+    result.dropped = settled.dropped
+    result.retired = [entry["id"] for entry in settled.retire]
+    result.counts = counts(settled.state)
+    if settled.retire:
+        ending.end(client, settled.retire, plan.fallback_action)
     if error is not None:
         raise error
     return result
