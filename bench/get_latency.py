@@ -76,12 +76,12 @@ class BenchFailure(Exception):
 
 
 def pool_modules():
-    """The collection's own pool and state modules, as Ansible would load them."""
+    """The collection's own operations and state modules, as Ansible would load them."""
     try:
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool, state
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations, state
     except ImportError as exc:
         raise SystemExit("cannot import the collection from build/collections (%s): run `make setup` first" % exc)
-    return types.SimpleNamespace(pool=pool, state=state)
+    return types.SimpleNamespace(operations=operations, state=state)
 
 
 def percentile(values, fraction):
@@ -369,10 +369,10 @@ def fake_entry(number):
 
 def make_core_pool(directory, size):
     modules = pool_modules()
-    pool, state = modules.pool, modules.state
+    operations, state = modules.operations, modules.state
     store = state.FileStore(os.path.join(directory, "core-%d.json" % size), "core")
     with store.transaction() as tx:
-        tx.state = state.new_state("core", size, pool.launch_spec({"instance_types": ["t3.micro"]}, REGION))
+        tx.state = state.new_state("core", size, operations.launch_settings({"instance_types": ["t3.micro"]}, REGION))
         tx.state["instances"] = [fake_entry(number) for number in range(size)]
     return store
 
@@ -404,7 +404,7 @@ def timed_store_class():
 
 
 def hand_out_worker(path, count, barrier, results):
-    get_instance = pool_modules().pool.get_instance
+    get_instance = pool_modules().operations.get_instance
     store = timed_store_class()(path, "core")
     ids, latencies, errors = [], [], []
     barrier.wait()

@@ -204,8 +204,8 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection impo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import InstanceStates
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_LEASE_TTL
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import get_instance
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_LEASE_TTL
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import get_instance
 # Not used here: it makes Ansible ship the refill job's code, which this module starts (see refill_payload.py).
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill_payload  # noqa: F401 pylint: disable=unused-import
 

@@ -307,10 +307,10 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection impo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_INIT_WAIT_TIMEOUT
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_MAX_SIZE
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import init_pool
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import launch_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_INIT_WAIT_TIMEOUT
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_MAX_SIZE
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import init_pool
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import launch_settings
 # Not used here: it makes Ansible ship the refill job's code, which this module starts (see refill_payload.py).
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill_payload  # noqa: F401 pylint: disable=unused-import
 
@@ -334,7 +334,7 @@ def main():
         fallback=dict(type="bool", default=True),
         allocation_strategy=dict(type="str", default=defaults.ALLOCATION_STRATEGY,
                                  choices=list(defaults.ALLOCATION_STRATEGIES)),
-        fallback_on=dict(type="list", elements="str"),  # None: launcher.DEFAULT_FALLBACK_ON, see launch_spec
+        fallback_on=dict(type="list", elements="str"),  # None: launcher.DEFAULT_FALLBACK_ON, see launch_settings
         fallback_action=dict(type="str", choices=list(defaults.FALLBACK_ACTIONS), default=defaults.FALLBACK_ACTION),
         cooldown=dict(type="int", default=defaults.COOLDOWN_SECONDS),
         orphan_grace=dict(type="int", default=defaults.ORPHAN_GRACE_SECONDS),
@@ -353,7 +353,7 @@ def main():
     params = module.params
     try:
         result = init_pool(
-            pool_store(params), ec2_client(module), params["size"], launch_spec(params, module.region),
+            pool_store(params), ec2_client(module), params["size"], launch_settings(params, module.region),
             wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
             refill_env=child_environment(params, module.region), rebuild=params["rebuild"],
             max_size=params["max_size"], quotas_client=module.client("service-quotas", config=BOTOCORE_CONFIG),

@@ -118,7 +118,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import f
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import release_instance
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import release_instance
 
 
 def main():

@@ -12,9 +12,9 @@ import yaml
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import DEFAULT_FALLBACK_ON
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_INIT_WAIT_TIMEOUT
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_LEASE_TTL
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.pool import DEFAULT_MAX_SIZE
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_INIT_WAIT_TIMEOUT
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_LEASE_TTL
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_MAX_SIZE
 
 MODULES = ["spot_pool_get", "spot_pool_info", "spot_pool_init", "spot_pool_release", "spot_pool_terminate"]
 

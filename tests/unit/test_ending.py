@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ending
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileLock
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore

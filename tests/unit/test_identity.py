@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import identity
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 
 A = "aaaaaaaaaaaaaaaa"

@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import state as ops_state
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import timefmt
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
@@ -431,8 +431,8 @@ def test_a_user_template_that_vanished_stops_the_refill_with_what_to_do(store, c
     from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill  # pylint: disable=import-outside-toplevel
 
     made = client.create_launch_template(LaunchTemplateName="theirs", LaunchTemplateData={"ImageId": LAUNCH["image_id"]})
-    spec = dict(LAUNCH, image_id=None, launch_template={"LaunchTemplateName": "theirs"})
-    ops.init_pool(store, client, 1, spec)
+    launch = dict(LAUNCH, image_id=None, launch_template={"LaunchTemplateName": "theirs"})
+    ops.init_pool(store, client, 1, launch)
     client.delete_launch_template(LaunchTemplateId=made["LaunchTemplate"]["LaunchTemplateId"])
     client.terminate_instances(InstanceIds=[store.read()["instances"][0]["id"]])
     assert refill.RefillJob(store, client, lambda event, **fields: None).run() == 1

@@ -31,9 +31,9 @@ LAUNCH = POOL_LAUNCH
 POOL_ID = "0123456789abcdef"
 
 
-def pool_state(client, name, size, spec, pool_id=POOL_ID):
+def pool_state(client, name, size, launch, pool_id=POOL_ID):
     """A new pool's state, as init writes it: its id, and the template made for it."""
-    state = new_state(name, size, dict(spec, template=ensure_template(client, name, pool_id, spec)))
+    state = new_state(name, size, dict(launch, template=ensure_template(client, name, pool_id, launch)))
     state["pool_id"] = pool_id
     return state
 
@@ -252,9 +252,9 @@ def proxied(tmp_path, fault_proxy, proxy_client):
     """A pool of 2 whose EC2 is the fault proxy (honest instant fleets and ClientToken idempotency)."""
     client = proxy_client
     store = FileStore(str(tmp_path / "p.json"), "p")
-    spec = dict(LAUNCH, availability_zones=["us-east-1a", "us-east-1b"], cooldown_seconds=1, orphan_grace_seconds=0)
+    launch = dict(LAUNCH, availability_zones=["us-east-1a", "us-east-1b"], cooldown_seconds=1, orphan_grace_seconds=0)
     with store.transaction() as tx:
-        tx.state = pool_state(client, "p", 2, spec)
+        tx.state = pool_state(client, "p", 2, launch)
     return store, client, fault_proxy
 
 
@@ -344,10 +344,10 @@ def states(client, ids):
 
 
 def test_an_interruption_in_a_pool_without_zones_cools_down_the_offering_it_asks_for(tmp_path, client):
-    spec = dict(LAUNCH, availability_zones=[], instance_types=["t3.micro", "t3.small"])
+    launch = dict(LAUNCH, availability_zones=[], instance_types=["t3.micro", "t3.small"])
     store = FileStore(str(tmp_path / "z.json"), "z")
     with store.transaction() as tx:
-        tx.state = pool_state(client, "z", 1, spec)
+        tx.state = pool_state(client, "z", 1, launch)
     settle(store, client)
     victim = store.read()["instances"][0]
     client.terminate_instances(InstanceIds=[victim["id"]])

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import counts
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import pool as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import counts
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import new_lease
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore

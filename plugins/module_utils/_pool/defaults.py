@@ -3,8 +3,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The defaults of a pool's launch options, stated once.
 
-spot_pool_init's argument spec, launch_spec (what init records in the pool file), and the launcher and the refill
-(for a pool file that lacks a key) all read them here. The default `fallback_on` codes are
+spot_pool_init's argument spec, operations.launch_settings (what init records in the pool file), and the launcher
+and the refill (for a pool file that lacks a key) all read them here. The default `fallback_on` codes are
 launcher.DEFAULT_FALLBACK_ON: they are the launcher's error classes. This module imports nothing, so that any
 module may use it at no cost. Module DOCUMENTATION states each value again, as ansible-doc shows it;
 tests/unit/test_defaults.py checks that the two agree.

@@ -157,14 +157,14 @@ def reconcile(store, client, launch=True):
         raise PoolGone("pool '%s' has no state file %s" % (store.pool_name, store.location))
     state = adopt_pool_id(store, client, state)
     now = utcnow()
-    spec = state["launch"]
+    launch_settings = state["launch"]
     result = ReconcileResult()
-    launcher = Launcher(client, store.pool_name, spec, Cooldowns(state.get("cooldowns"), now),
+    launcher = Launcher(client, store.pool_name, launch_settings, Cooldowns(state.get("cooldowns"), now),
                         before_call=_record_pending(store), pool_id=state["pool_id"])
     replayed = replay(launcher, state.get("pending_launches") or [], result)
     observed = observe(client, store.pool_name, state, replayed)
-    policy = Policy(orphan_grace_seconds=spec.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS),
-                    fallback_action=ending.fallback_action_of(spec), may_launch=launch,
+    policy = Policy(orphan_grace_seconds=launch_settings.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS),
+                    fallback_action=ending.fallback_action_of(launch_settings), may_launch=launch,
                     absent_grace_seconds=ABSENT_GRACE_SECONDS)
     return act(store, client, launcher, observed, decide(state, observed, now, policy), now, result)
 
@@ -205,7 +205,7 @@ def act(store, client, launcher, observed, plan, now, result):
     lock, the pass is applied to the pool as it is by then (refill_plan.settle); what that retires is ended
     after the lock is released. A pool terminated meanwhile: what this pass launched or took over is terminated
     and PoolGone raised. A launch error is raised last, once the rest of the pass is recorded."""
-    spec = launcher.launch
+    launch_settings = launcher.launch
     result.interrupted = list(plan.interrupted)
     for cooldown in plan.cooldowns:
         launcher.cooldowns.add(cooldown["scope"], cooldown["code"], launcher.cooldown_seconds, cooldown["market"],
@@ -223,12 +223,12 @@ def act(store, client, launcher, observed, plan, now, result):
         ending.end(client, [{"id": instance_id} for instance_id in plan.end_orphans], "terminate")
         result.orphans_terminated = list(plan.end_orphans)
 
-    launched, error, template = LaunchResult(), None, spec.get("template")
+    launched, error, template = LaunchResult(), None, launch_settings.get("template")
     if plan.launch or plan.extra_spot:
         # The template may have been deleted outside the pool: the pool's own is made again from the settings in
         # the state; a user's that vanished stops the job with an error that says what to do.
-        template = ensure_template(client, store.pool_name, launcher.pool_id, spec)
-        launcher.launch = dict(spec, template=template)
+        template = ensure_template(client, store.pool_name, launcher.pool_id, launch_settings)
+        launcher.launch = dict(launch_settings, template=template)
         launcher.reusable = list(plan.reusable)
         try:
             launched = launcher.launch_instances(plan.launch, plan.extra_spot)

@@ -10,8 +10,8 @@ it (jobcontrol.start_refill), so the job's code (refill.py and all it imports: l
 be in that payload. Yet spot_pool_get must not import it: it pulls in botocore, which the hand-out path never loads.
 
 So the import below is read by Ansible and never executed. It is not an unused import to clean up: without it,
-get's payload would hold the job's code only by chance (today through init_pool's imports in pool.py), and once
-that went, every job started by get would die with "No module named ...refill" in the refill log and the pool
+get's payload would hold the job's code only by chance (today through init_pool's imports in operations.py), and
+once that went, every job started by get would die with "No module named ...refill" in the refill log and the pool
 would never be refilled. spot_pool_get and spot_pool_init import this module on purpose for that reason alone;
 tests/unit/test_payload.py runs Ansible's finder on them and on this module, and checks the job's code is there.
 """

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What the operations (pool.py), the refill and its job control need from a pool store, and nothing more.
+"""What the operations (operations.py), the refill and its job control need from a pool store, and nothing more.
 
 A store keeps one pool's state (the document that entries.py and state.new_state() describe). The JSON file store
 (state.FileStore) is the one there is; a DynamoDB store (one item per instance, conditional writes) is meant to

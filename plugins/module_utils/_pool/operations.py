@@ -29,7 +29,7 @@ from .timefmt import parse_time
 from .timefmt import utcnow
 
 
-def launch_spec(params, region):
+def launch_settings(params, region):
     """The part of init's options that every later launch repeats. Credentials are never part of it."""
     # Only spot_pool_init calls this, and it imports the launcher anyway; get's path never does.
     from .launcher import DEFAULT_FALLBACK_ON  # pylint: disable=import-outside-toplevel
