@@ -16,7 +16,8 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations impo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_LEASE_TTL
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_MAX_SIZE
 
-MODULES = ["spot_pool_get", "spot_pool_info", "spot_pool_init", "spot_pool_release", "spot_pool_terminate"]
+MODULES = ["spot_pool_get", "spot_pool_info", "spot_pool_init", "spot_pool_reconcile", "spot_pool_release",
+           "spot_pool_terminate"]
 
 
 class _SpecSeen(Exception):
