@@ -207,6 +207,9 @@ plan:
   description: What one pass would do, without doing any of it.
   returned: in check mode
   type: dict
+  sample: {replay: [], drop: [i-0fedcba9876543210], interrupted: [i-0fedcba9876543210], address: [],
+           end_expired: [i-0aaaaaaaaaaaaaaaa], tag_leased: [], mark_orphans: [], end_orphans: [], launch: 2,
+           replace_fallbacks: 0, reuse: [], fallback_action: stop}
   contains:
     replay:
       description: ClientTokens of fleet requests whose answer was lost, that the pass would send again.
