@@ -316,7 +316,7 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
     """One refill pass (refill.reconcile) over an existing pool, or with `wait`, passes until it is whole.
 
     The pass holds the pool's refill lock, as the refill job does, so the two never run at once. When the job
-    holds it, reconcile without `wait` changes nothing and says so (RECONCILE_RUNNING: a schedule that fires while
+    holds it, reconcile without `wait` changes nothing and says so (REFILL_RUNNING: a schedule that fires while
     the job works must neither fail nor stop it); with `wait`, it waits for the job, within `wait_timeout`. The
     lock is let go between passes, so init and terminate (which stop the job and take the lock) are not kept
     waiting by a long wait. Check mode reads the pool and EC2 (one DescribeInstances) and returns the `plan`

@@ -46,7 +46,7 @@ from . import ending
 from . import identity
 from .defaults import ORPHAN_GRACE_SECONDS
 from .entries import counts
-from .entries import is_whole  # the job and init stop on it
+from .entries import is_whole  # ReconcileResult.whole; the job stops on it
 from .errors import LaunchError
 from .errors import PoolError
 from .launcher import ACCOUNT_LIMIT_ERRORS
