@@ -1,6 +1,7 @@
 """operations.reconcile_pool's own decisions, with a fake store, a fake pass and an injected clock: when it runs a pass,
 when it leaves the work to the refill job, how long it waits, and that it never leaves a lock behind for a pool that
-is gone. The pass itself (refill.reconcile) is tested in test_refill.py and through Ansible in test_pool_reconcile.py."""
+is gone. The pass itself (refill.reconcile) is tested in test_refill.py, and through Ansible in
+tests/integration/test_pool_reconcile.py."""
 
 from __future__ import annotations
 
