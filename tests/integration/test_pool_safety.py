@@ -226,6 +226,10 @@ BAD_INPUT = [
     ("spot_pool_terminate", {"pool_name": "default "}, 2, ["is not valid"]),
     ("spot_pool_info", {"pool_name": ""}, 2, ["pool_name is empty"]),
     ("spot_pool_info", {"pool_name": "default\n"}, 2, ["is not valid"]),
+    ("spot_pool_reconcile", {"pool_name": ""}, 2, ["pool_name is empty"]),
+    ("spot_pool_reconcile", {"pool_name": "default\n"}, 2, ["is not valid"]),
+    ("spot_pool_reconcile", {"wait_timeout": -1}, 2, ["wait_timeout must be 0 or more, got -1"]),
+    ("spot_pool_reconcile", {"pool_name": "nosuch"}, 2, ["pool 'nosuch' does not exist", "spot_pool_init"]),
 ]
 
 
@@ -275,6 +279,7 @@ BAD_PLAYBOOK_INPUT = [
     ("get_instance.yml", {"spot_pool_name": ""}, "spot_pool_get", ["pool_name is empty"]),
     ("release_instance.yml", {"spot_pool_name": "", "spot_pool_instance_id": "latest"}, "spot_pool_release",
      ["pool_name is empty"]),
+    ("reconcile_pool.yml", {"spot_pool_name": ""}, "spot_pool_reconcile", ["pool_name is empty"]),
     ("init_pool.yml", {"spot_pool_name": "", "spot_pool_size": 2, "spot_pool_image_id": AMI}, "spot_pool_init",
      ["pool_name is empty"]),
     ("init_pool.yml", {"spot_pool_size": 10000, "spot_pool_image_id": AMI}, "spot_pool_init",

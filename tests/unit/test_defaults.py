@@ -15,8 +15,10 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_INIT_WAIT_TIMEOUT
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_LEASE_TTL
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_MAX_SIZE
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_RECONCILE_WAIT_TIMEOUT
 
-MODULES = ["spot_pool_get", "spot_pool_info", "spot_pool_init", "spot_pool_release", "spot_pool_terminate"]
+MODULES = ["spot_pool_get", "spot_pool_info", "spot_pool_init", "spot_pool_reconcile", "spot_pool_release",
+           "spot_pool_terminate"]
 
 
 class _SpecSeen(Exception):
@@ -68,6 +70,11 @@ def test_init_takes_the_pool_defaults_from_module_utils(monkeypatch):
 def test_get_takes_the_lease_ttl_from_module_utils(monkeypatch):
     spec, _documented = argument_spec("spot_pool_get", monkeypatch)
     assert spec["lease_ttl"]["default"] == DEFAULT_LEASE_TTL
+
+
+def test_reconcile_takes_its_wait_timeout_from_module_utils(monkeypatch):
+    spec, _documented = argument_spec("spot_pool_reconcile", monkeypatch)
+    assert spec["wait_timeout"]["default"] == DEFAULT_RECONCILE_WAIT_TIMEOUT
 
 
 PLAYBOOKS = sorted((Path(__file__).resolve().parents[2] / "playbooks").glob("*.yml"))

@@ -119,3 +119,8 @@ def counts(state):
         "spot": sum(1 for entry in instances if entry.get("type") == SPOT),
         "fallback": fallback,
     }
+
+
+def is_whole(pool_counts):
+    """Every slot of the pool holds an instance that is ready to hand out (`pool_counts`: counts())."""
+    return pool_counts.get("pending", 0) == 0 and pool_counts.get("ready", 0) >= pool_counts.get("target", 0)

@@ -20,6 +20,7 @@ from .defaults import ORPHAN_GRACE_SECONDS
 from .entries import address_of
 from .entries import counts
 from .entries import entry_from_instance
+from .entries import is_whole
 from .errors import InvalidRequest
 from .errors import NoReadyInstance
 from .errors import PoolError
@@ -260,11 +261,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
                     launched=launched, counts=result.counts,
                 )
             sleep(1.0)
-        with store.transaction() as tx:
-            # A pass went through: whatever stopped the refill job before (credentials, a lost template) is
-            # gone, so its error must not keep failing gets and info.
-            if tx.state is not None and tx.state["refill"].get("last_error"):
-                tx.state["refill"].update(last_error=None, last_error_code=None, last_error_permanent=None)
+        _clear_refill_error(store)
     finally:
         if lock is not None:
             lock.release()
@@ -279,6 +276,114 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     if corrupt is not None and aside:
         result["moved_aside"] = aside
     return result
+
+
+def _clear_refill_error(store):
+    """A pass went through: whatever stopped the refill job before (credentials, a lost template) is gone, so its
+    error must not keep failing gets and info."""
+    with store.transaction() as tx:
+        if tx.state is not None and tx.state["refill"].get("last_error"):
+            tx.state["refill"].update(last_error=None, last_error_code=None, last_error_permanent=None)
+
+
+# -- reconcile --------------------------------------------------------------------------------------------
+# How long reconcile with wait=true waits, by default, for the pool to be whole (and for a running refill job).
+DEFAULT_RECONCILE_WAIT_TIMEOUT = 300
+# What a pass did, as ReconcileResult names it: the lists reconcile returns (summed over its passes).
+RECONCILE_LISTS = ("launched", "reused", "replayed", "dropped", "interrupted", "expired", "leases_tagged",
+                   "orphans_marked", "orphans_terminated", "retired", "launch_errors")
+REFILL_RUNNING = "the refill job is running; it does the same work"
+
+
+def _reconcile_result(state, passes, done, refill_running, msg):
+    pool_counts = counts(state)
+    result = {"changed": any(value for key, value in done.items() if key not in ("launch_errors", "interrupted")),
+              "passes": passes, "counts": pool_counts, "whole": is_whole(pool_counts),
+              "refill_running": refill_running, "pool_id": (state or {}).get("pool_id"), "msg": msg}
+    result.update(done)
+    return result
+
+
+def _addressed(before, after):
+    """Ids of idle entries that had no address in `before` and have one in `after` (both pool states)."""
+    waiting = {entry["id"] for entry in before["instances"] if not entry.get("ip")}
+    return sorted(entry["id"] for entry in (after or {}).get("instances", []) if entry["id"] in waiting
+                  and entry.get("ip"))
+
+
+def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAIT_TIMEOUT, check_mode=False,
+                   sleep=time.sleep, clock=time.monotonic):
+    """One refill pass (refill.reconcile) over an existing pool, or with `wait`, passes until it is whole.
+
+    The pass holds the pool's refill lock, as the refill job does, so the two never run at once. When the job
+    holds it, reconcile without `wait` changes nothing and says so (REFILL_RUNNING: a schedule that fires while
+    the job works must neither fail nor stop it); with `wait`, it waits for the job, within `wait_timeout`. The
+    lock is let go between passes, so init and terminate (which stop the job and take the lock) are not kept
+    waiting by a long wait. Check mode reads the pool and EC2 (one DescribeInstances) and returns the `plan`
+    (refill_plan.plan_report); it writes, launches, tags and creates nothing. A pool that does not exist is an
+    error, and nothing is created for it."""
+    # pylint: disable=import-outside-toplevel
+    # The refill pulls in boto3 and the launcher; get must not import this path.
+    from .refill import PoolGone
+    from .refill import preview
+    from .refill import reconcile
+    from .refill_plan import report_changes
+
+    require_non_negative(wait_timeout=wait_timeout)
+    state = store.read()
+    if state is None:
+        raise InvalidRequest("pool '%s' does not exist (no state file %s): nothing to reconcile; create it with "
+                             "ec2spot.pool.spot_pool_init" % (store.pool_name, store.location))
+    lock = store.refill_lock()
+    done = {key: [] for key in RECONCILE_LISTS}
+    done["addressed"] = []
+    if check_mode:
+        plan = preview(store, client, state)
+        result = _reconcile_result(state, 0, done, lock.is_held_elsewhere(),
+                                   "check mode: the plan of one pass, nothing done")
+        result.update(changed=report_changes(plan), plan=plan)
+        return result
+    deadline = clock() + wait_timeout
+    passes = 0
+    while True:
+        if not lock.acquire(blocking=False):
+            if not wait:
+                return _reconcile_result(state, passes, done, True,
+                                         "pool '%s': %s; nothing done" % (store.pool_name, REFILL_RUNNING))
+            if not lock.acquire(timeout=max(0.0, deadline - clock())):
+                raise PoolError("pool '%s': the refill job still held the pool's refill lock after wait_timeout=%ss; "
+                                "it does the same work (see %s), or run again with a longer wait_timeout"
+                                % (store.pool_name, wait_timeout, store.refill_log_path()),
+                                refill_running=True, passes=passes, counts=counts(store.read()))
+        try:
+            before = store.read()
+            try:
+                if before is None:
+                    raise PoolGone("pool '%s' was terminated during the reconcile" % store.pool_name)
+                outcome = reconcile(store, client)
+            except PoolGone:
+                lock.remove()  # made for a pool that no longer exists: nothing may be left of it
+                raise
+        finally:
+            lock.release()
+        passes += 1
+        state = store.read() or before
+        for key in RECONCILE_LISTS:
+            done[key] += getattr(outcome, key)
+        done["addressed"] += [item for item in _addressed(before, state) if item not in done["addressed"]]
+        if is_whole(outcome.counts) or not wait:
+            break
+        if clock() >= deadline:
+            raise PoolError("pool '%s' has %d ready of %d after wait_timeout=%ss; %d pending"
+                            % (store.pool_name, outcome.counts["ready"], outcome.counts["target"], wait_timeout,
+                               outcome.counts["pending"]), passes=passes, counts=outcome.counts, **done)
+        sleep(1.0)
+    _clear_refill_error(store)
+    state = store.read() or state
+    return _reconcile_result(state, passes, done, False,
+                             "pool '%s': %d pass%s, %d ready of %d" % (
+                                 store.pool_name, passes, "" if passes == 1 else "es", counts(state)["ready"],
+                                 counts(state)["target"]))
 
 
 # -- get --------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from . import ending
 from . import identity
 from .defaults import ORPHAN_GRACE_SECONDS
 from .entries import counts
+from .entries import is_whole  # ReconcileResult.whole; the job stops on it
 from .errors import LaunchError
 from .errors import PoolError
 from .launcher import ACCOUNT_LIMIT_ERRORS
@@ -60,6 +61,7 @@ from .refill_plan import Observed
 from .refill_plan import Outcome
 from .refill_plan import Policy
 from .refill_plan import decide
+from .refill_plan import plan_report
 from .refill_plan import settle
 from .state import FileStore
 from .state import open_private
@@ -92,6 +94,7 @@ class ReconcileResult:
         self.expired = []
         self.orphans_marked = []
         self.orphans_terminated = []
+        self.leases_tagged = []
         self.retired = []
         self.launch_errors = []
         self.counts = {}
@@ -103,11 +106,6 @@ class ReconcileResult:
     def as_dict(self):
         """Every field, empty ones too: the refill log's records keep one shape."""
         return dict(vars(self))
-
-
-def is_whole(pool_counts):
-    """Every slot of the pool holds an instance that is ready to hand out."""
-    return pool_counts.get("pending", 0) == 0 and pool_counts.get("ready", 0) >= pool_counts.get("target", 0)
 
 
 def _record_pending(store):
@@ -163,10 +161,26 @@ def reconcile(store, client, launch=True):
                         before_call=_record_pending(store), pool_id=state["pool_id"])
     replayed = replay(launcher, state.get("pending_launches") or [], result)
     observed = observe(client, store.pool_name, state, replayed)
-    policy = Policy(orphan_grace_seconds=launch_settings.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS),
-                    fallback_action=ending.fallback_action_of(launch_settings), may_launch=launch,
-                    absent_grace_seconds=ABSENT_GRACE_SECONDS)
-    return act(store, client, launcher, observed, decide(state, observed, now, policy), now, result)
+    return act(store, client, launcher, observed, decide(state, observed, now, policy_of(launch_settings, launch)),
+               now, result)
+
+
+def policy_of(launch_settings, may_launch=True):
+    """The Policy of a pass over a pool with these launch settings (their defaults for keys an old file lacks)."""
+    return Policy(orphan_grace_seconds=launch_settings.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS),
+                  fallback_action=ending.fallback_action_of(launch_settings), may_launch=may_launch,
+                  absent_grace_seconds=ABSENT_GRACE_SECONDS)
+
+
+def preview(store, client, state):
+    """What one pass over `state` would do, carrying none of it out: refill_plan.plan_report of observe ->
+    decide. Its only AWS call is observe's DescribeInstances; no replay (a CreateFleet), no adoption of a pool id
+    (tags), no write to the store."""
+    # A pool made before pool ids has none until its first real pass adopts one; until then only what its state
+    # lists is its own (identity.mine).
+    state = dict(state, pool_id=state.get("pool_id"))
+    observed = observe(client, store.pool_name, state, [])
+    return plan_report(state, observed, decide(state, observed, utcnow(), policy_of(state["launch"])))
 
 
 def replay(launcher, pending_launches, result):
@@ -215,6 +229,7 @@ def act(store, client, launcher, observed, plan, now, result):
         gone = ending.end(client, plan.expired, plan.fallback_action).gone
         result.expired = [lease["id"] for lease in plan.expired]
     ec2.create_tags(client, plan.tag_leased, {ec2.LEASED_TAG: isoformat(now)})
+    result.leases_tagged = list(plan.tag_leased)
     for instance_id in plan.mark_orphans:
         ec2.create_tags(client, [instance_id], {ec2.ORPHAN_TAG: isoformat(now)})
         result.orphans_marked.append(instance_id)

@@ -263,3 +263,35 @@ def settle(current, observed, plan, outcome, now):
     state["kept_fallbacks"] = kept_fallbacks(plan.kept, outcome.reused, ended, plan.fallback_action, now)
     state["refill"] = dict(current["refill"], verified_at=isoformat(now))
     return Settled(state, dropped, retire)
+
+
+def plan_report(state, observed, plan):
+    """What a pass would do, as `spot_pool_reconcile` reports it in check mode: plain ids and numbers, from the
+    pool `state`, what EC2 said (`observed`) and the `plan` that decide made of them. Nothing here is carried out.
+
+    A pass first replays the fleet requests whose answer was lost (``replay``: their ClientTokens); check mode does
+    not send them, so ``launch`` counts the missing slots as if those requests had launched nothing."""
+    idle = {entry["id"]: entry for entry in state["instances"]}
+    addressed = sorted(instance_id for instance_id, entry in idle.items()
+                       if instance_id not in plan.dead and not is_ready(entry)
+                       and is_ready(fill_in(dict(entry), observed.instances.get(instance_id))))
+    return {
+        "replay": [pending["token"] for pending in state.get("pending_launches") or []],
+        "drop": sorted(instance_id for instance_id in plan.dead if instance_id in idle),
+        "interrupted": sorted(plan.interrupted),
+        "address": addressed,
+        "end_expired": [lease["id"] for lease in plan.expired],
+        "tag_leased": list(plan.tag_leased),
+        "mark_orphans": list(plan.mark_orphans),
+        "end_orphans": list(plan.end_orphans),
+        "launch": plan.launch,
+        "replace_fallbacks": plan.extra_spot,
+        # Started again before any On-Demand launch, if Spot falls short: only when launching at all.
+        "reuse": [item["id"] for item in plan.reusable] if plan.launch or plan.extra_spot else [],
+        "fallback_action": plan.fallback_action,
+    }
+
+
+def report_changes(report):
+    """Whether the pass that `report` (plan_report) describes would change the pool or an instance."""
+    return any(value for key, value in report.items() if key not in ("fallback_action", "reuse"))
