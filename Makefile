@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Each process starts its own moto server and fault proxy on free ports and has its own tmp_path, so tests share
 # no port, file or process. Chosen by measurement on 2 cores (README, Development): the tests mostly wait on
 # ansible-playbook children and the emulator, so more processes than cores still pay.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS)
 # What `make pytest` runs; tests/unit/test_make.py points it at an empty folder.
 TEST_PATHS ?= tests worker/tests
