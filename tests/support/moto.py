@@ -70,10 +70,12 @@ class MotoServer:
                 except (urllib.error.URLError, ConnectionError, OSError):
                     pass
                 time.sleep(0.1)
+            raise RuntimeError(f"moto server on {self.url} did not answer within {timeout}s")
+        except BaseException:
+            self.stop()  # whatever went wrong, no server is left behind
+            raise
         finally:
             log.close()
-        self.stop()
-        raise RuntimeError(f"moto server on {self.url} did not answer within {timeout}s")
 
     def _bound_port(self, log, start: int) -> int | None:
         """The port in werkzeug's " * Running on http://127.0.0.1:PORT" line, once the server has written it."""
