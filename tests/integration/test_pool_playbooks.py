@@ -148,8 +148,10 @@ def test_get_while_refill_runs_and_pool_back_at_target(faulty_pool):
 def test_terminate_while_the_refill_is_launching_leaves_nothing(faulty_pool):
     pool = faulty_pool
     assert pool.init(size=2).rc == 0
-    # The refill job's launch is held for 4 s; terminate comes while it waits for EC2's answer.
-    pool.proxy.slow(LAUNCH_ACTIONS, 4.0)
+    # The refill job's launch is held for 10 s; terminate comes while it waits for EC2's answer. The hold must
+    # outlast the start of the terminate playbook on a loaded machine (4 s did not, with the suite on 3 xdist
+    # processes on 2 cores: the job finished first), and end well within the 20 s stop_refill gives a job.
+    pool.proxy.slow(LAUNCH_ACTIONS, 10.0)
     pool.proxy.clear_records()
     got = task_result(pool.playbook("get_instance.yml"), "spot_pool_get")
     assert got["refill"]["started"] is True

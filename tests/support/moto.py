@@ -8,9 +8,10 @@ same EC2 as the test that checks them.
 from __future__ import annotations
 
 import os
-import socket
+import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,18 +29,15 @@ POOL_LAUNCH = {"image_id": AMI, "instance_types": ["t3.micro"], "availability_zo
                "fallback": True, "region": REGION}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 class MotoServer:
     """A moto server process on 127.0.0.1; `start()` waits until it answers, `stop()` reaps it."""
 
     def __init__(self, port: int | None = None, log_path: Path | None = None):
         self.host = "127.0.0.1"
-        self.port = port or free_port(self.host)
+        # None: the server binds port 0 and `start()` reads the port the kernel gave it from the server's log. A
+        # port picked here and bound later by the server could be taken in between, by another pytest-xdist
+        # process's server for one: this one would then fail to bind, and `start()` would see the other answer.
+        self.port = port
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
@@ -50,25 +48,40 @@ class MotoServer:
     def start(self, timeout: float = 30.0) -> "MotoServer":
         moto_server = Path(sys.executable).with_name("moto_server")
         cmd = [str(moto_server)] if moto_server.exists() else [sys.executable, "-m", "moto.server"]
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        # The log is where a server on port 0 says which port it has: without a log_path, a temporary file.
+        log = open(self.log_path, "a+b") if self.log_path else tempfile.TemporaryFile()
+        log_start = log.tell()
         env = dict(os.environ, **FAKE_CREDENTIALS)
         self.proc = subprocess.Popen(
-            cmd + ["-H", self.host, "-p", str(self.port)],
+            cmd + ["-H", self.host, "-p", str(self.port or 0)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
         )
-        if log is not subprocess.DEVNULL:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {self.proc.returncode} before answering")
-            try:
-                with urllib.request.urlopen(self.url + "/moto-api/", timeout=1):
-                    return self
-            except (urllib.error.URLError, ConnectionError, OSError):
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"moto server exited with {self.proc.returncode} before answering")
+                if self.port is None:
+                    self.port = self._bound_port(log, log_start)
+                try:
+                    if self.port is not None:
+                        with urllib.request.urlopen(self.url + "/moto-api/", timeout=1):
+                            return self
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    pass
                 time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"moto server on {self.url} did not answer within {timeout}s")
+            raise RuntimeError(f"moto server on {self.url} did not answer within {timeout}s")
+        except BaseException:
+            self.stop()  # whatever went wrong, no server is left behind
+            raise
+        finally:
+            log.close()
+
+    def _bound_port(self, log, start: int) -> int | None:
+        """The port in werkzeug's " * Running on http://127.0.0.1:PORT" line, once the server has written it."""
+        found = re.search(rb"Running on http://" + re.escape(self.host.encode()) + rb":(\d+)",
+                          os.pread(log.fileno(), 1 << 16, start))
+        return int(found.group(1)) if found else None
 
     def reset(self) -> None:
         """Forget every resource (moto's own reset API)."""

@@ -22,6 +22,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on 127.0.0.1:`port` (Linux /proc/net/tcp: address and port in hex)."""
+    local = f"0100007F:{port:04X}"
+    rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    return {row[9] for row in rows if row[1] == local and row[3] == "0A"}  # 0A: LISTEN
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process `pid` has open."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            found.add(target[len("socket:["):-1])
+    return found
+
+
 class Response:
     def __init__(self, status: int, headers: dict, body: bytes):
         self.status, self.headers, self.body = status, headers, body
@@ -53,10 +73,17 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if self.request("GET", "/health", timeout=1).status == 200:
-                    return self
+                answered = self.request("GET", "/health", timeout=1).status == 200
             except OSError:
-                time.sleep(0.05)
+                answered = False
+            if answered:
+                # free_port() only picked the port: another test's server (another pytest-xdist process) may have
+                # bound it first, and answered. Fail loudly rather than test the wrong worker.
+                if not listening_inodes(self.port) & socket_inodes(self.proc.pid):
+                    self.kill9()
+                    raise RuntimeError(f"port {self.port} answers, but not from this worker: another process has it")
+                return self
+            time.sleep(0.05)
         self.kill9()
         raise RuntimeError(f"worker did not answer /health within {timeout}s:\n{self.log_tail()}")
 
