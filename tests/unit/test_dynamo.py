@@ -1,0 +1,377 @@
+"""The DynamoDB store's own behaviour, against the session's moto server (the contract it shares with the file
+store is in test_store.py): claims racing in threads and in processes, the requests a claim makes, the refill
+lease's expiry and fencing, conflicting whole-pool writes, the table's checks, throttling and permissions injected
+by the fault proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import RefillLeaseLost
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import StoreConflict
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from tests.support.moto import REGION
+from tests.support.pool_entries import instance_id
+from tests.support.pool_entries import pool_entry
+from tests.unit.test_layers import PACKAGE
+from tests.unit.test_layers import imports_of
+from tests.unit.test_store import dynamodb_client
+from tests.unit.test_store import seed
+
+ROOT = Path(__file__).resolve().parents[2]
+HOUR = 3600
+
+
+def new_table_name():
+    return "ec2spot-pool-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def url(moto_server):
+    return moto_server.url
+
+
+@pytest.fixture
+def table(url):
+    """A pool table of its own, made as init would make it; deleted afterwards."""
+    name = new_table_name()
+    DynamoStore(dynamodb_client(url), name, "p").ensure_table()
+    yield name
+    with contextlib.suppress(Exception):
+        dynamodb_client(url).delete_table(TableName=name)
+
+
+@pytest.fixture
+def open_store(url, table, tmp_path):
+    """A maker of handles on pool `p` of `table`, each with its own client (as another controller has)."""
+
+    def make(**options):
+        return DynamoStore(dynamodb_client(options.pop("url", url)), table, "p", str(tmp_path), **options)
+
+    return make
+
+
+def count_calls(store):
+    """The DynamoDB operations `store`'s client sends from now on, in order."""
+    calls = []
+    store.client.meta.events.register("before-call.dynamodb", lambda model, **_kw: calls.append(model.name))
+    return calls
+
+
+def items_of(url, table):
+    client = dynamodb_client(url)
+    return sorted((item for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
+                   for item in page["Items"]), key=lambda item: (item["pool"]["S"], item["item"]["S"]))
+
+
+# -- a hand-out: one read, one conditional write ------------------------------------------------------------------
+def test_an_uncontended_claim_is_one_query_and_one_conditional_update(open_store):
+    store = seed(open_store(), [pool_entry(number) for number in range(10)])
+    calls = count_calls(store)
+    assert store.claim_ready(set(), set(), HOUR, verify=False).lease is not None
+    assert calls == ["Query", "UpdateItem"]
+
+
+def test_a_lost_race_takes_another_ready_entry_from_the_same_read(open_store, url, table):
+    """Another controller leases the entry this claim is about to write: its condition fails (not retried as an
+    error), and it leases another entry without reading the pool again."""
+    store = seed(open_store(), [pool_entry(1), pool_entry(2), pool_entry(3)])
+    rival = dynamodb_client(url)
+    stolen = []
+
+    def steal(params, **_kw):
+        if not stolen:
+            stolen.append(params["Key"]["item"]["S"])
+            rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
+                              ExpressionAttributeNames={"#s": "status", "#r": "rev"},
+                              ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
+
+    calls = count_calls(store)
+    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    claim = store.claim_ready(set(), set(), HOUR, verify=False)
+    assert calls == ["Query", "UpdateItem", "UpdateItem"]
+    assert claim.lease is not None and "inst#" + claim.lease["id"] != stolen[0]
+    assert claim.counts["leased"] == 2 and claim.counts["ready"] == 1
+
+
+def test_claims_pick_at_random_among_the_ready_not_the_first(open_store):
+    store = seed(open_store(), [pool_entry(number) for number in range(20)])
+    taken = [store.claim_ready(set(), set(), 0, verify=False).lease["id"] for _claim in range(20)]
+    assert sorted(taken) == [instance_id(number) for number in range(20)]
+    assert taken != [instance_id(number) for number in range(20)]  # in pool order: 1 chance in 20! if random
+
+
+def test_more_claimers_in_threads_than_ready_entries_each_entry_is_leased_once(open_store):
+    seed(open_store(), [pool_entry(number) for number in range(5)] + [pool_entry(9, ready=False)])
+    stores = [open_store() for _claimer in range(12)]
+    barrier = threading.Barrier(len(stores))
+    got = [None] * len(stores)
+
+    def claimer(index):
+        barrier.wait()
+        got[index] = stores[index].claim_ready(set(), set(), HOUR, verify=False).lease
+
+    threads = [threading.Thread(target=claimer, args=(index,)) for index in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    leases = [lease for lease in got if lease is not None]
+    assert sorted(lease["id"] for lease in leases) == [instance_id(number) for number in range(5)]  # 0 duplicates
+    after = open_store().read()
+    assert [entry["id"] for entry in after["instances"]] == [instance_id(9)]
+    assert sorted(lease["lease_id"] for lease in after["leases"]) == sorted(lease["lease_id"] for lease in leases)
+
+
+CLAIMER = """
+import json, sys
+import boto3
+from botocore.config import Config
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+url, table, state_dir = sys.argv[1:4]
+client = boto3.client("dynamodb", region_name="%s", endpoint_url=url, aws_access_key_id="testing",
+                      aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
+store = DynamoStore(client, table, "p", state_dir)
+print("ready", flush=True)
+sys.stdin.read()  # the start signal: every claimer is loaded and waiting
+claim = store.claim_ready(set(), set(), 0, verify=False)
+print(json.dumps(claim.lease and claim.lease["id"]), flush=True)
+""" % REGION
+
+
+def test_more_claimers_in_processes_than_ready_entries_each_entry_is_leased_once(open_store, url, table, tmp_path):
+    seed(open_store(), [pool_entry(number) for number in range(5)])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "build" / "collections"), str(ROOT)]))
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, table, str(tmp_path)], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _claimer in range(8)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            proc.stdin.close()  # as near to at once as processes get
+        answers = [json.loads(proc.stdout.read()) for proc in procs]
+        assert [proc.wait(timeout=60) for proc in procs] == [0] * len(procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    taken = sorted(answer for answer in answers if answer)
+    assert taken == [instance_id(number) for number in range(5)] and answers.count(None) == 3
+    assert sorted(lease["id"] for lease in open_store().read()["leases"]) == taken
+
+
+# -- whole-pool changes: conditional on what was read -------------------------------------------------------------
+def test_two_whole_pool_changes_at_once_one_stands_the_other_is_a_conflict(open_store):
+    """Two inits with different sizes: the pool item's version lets one win; the other writes nothing."""
+    seed(open_store(), [pool_entry(1)], target=2)
+    with pytest.raises(StoreConflict, match="changed while"):
+        with open_store().transaction() as first:
+            first.state["target_size"] = 7
+            with open_store().transaction() as second:
+                second.state["target_size"] = 5
+    assert open_store().read()["target_size"] == 5
+
+
+def test_a_change_never_overwrites_a_lease_a_get_took_meanwhile(open_store):
+    seed(open_store(), [pool_entry(1), pool_entry(2, ready=False)])
+    with pytest.raises(StoreConflict):
+        with open_store().transaction() as tx:
+            claim = open_store().claim_ready(set(), set(), HOUR, verify=False)
+            tx.state["instances"][0]["ip"] = "203.0.113.9"  # the entry the get has just leased, as read before
+    after = open_store().read()
+    assert after["leases"] == [claim.lease] and [entry["id"] for entry in after["instances"]] == [instance_id(2)]
+
+
+def test_a_change_of_other_items_stands_beside_a_lease_taken_meanwhile(open_store):
+    seed(open_store(), [pool_entry(1), pool_entry(2, ready=False)])
+    with open_store().transaction() as tx:
+        claim = open_store().claim_ready(set(), set(), HOUR, verify=False)
+        tx.state["instances"][1] = pool_entry(2)  # the refill fills in the pending one
+        tx.state["instances"].append(pool_entry(3, ready=False))
+    after = open_store().read()
+    assert after["leases"] == [claim.lease]
+    assert after["instances"] == [pool_entry(2), pool_entry(3, ready=False)]
+
+
+# -- the refill lease: expiry, takeover, fencing ------------------------------------------------------------------
+def test_an_expired_refill_lease_is_taken_over_with_a_higher_fencing_number(open_store):
+    clock = [1000.0]
+    old, new = open_store(clock=lambda: clock[0], lease_seconds=60), open_store(clock=lambda: clock[0])
+    seed(old, [pool_entry(1)])
+    dead_job = old.refill_lock()
+    assert dead_job.acquire(blocking=False)
+    taker = new.refill_lock()
+    assert not taker.acquire(blocking=False) and taker.is_held_elsewhere()
+    clock[0] += 61  # the job died with its runner: nobody renewed
+    assert not taker.is_held_elsewhere()
+    assert taker.acquire(blocking=False) and taker.fencing == dead_job.fencing + 1
+    with new.transaction() as tx:  # the new holder writes
+        tx.state["target_size"] = 3
+    assert new.read()["target_size"] == 3
+
+
+def test_a_holder_that_lost_the_refill_lease_can_write_nothing(open_store, url, table):
+    clock = [1000.0]
+    old, new = open_store(clock=lambda: clock[0], lease_seconds=60), open_store(clock=lambda: clock[0])
+    seed(old, [pool_entry(1)])
+    lost = old.refill_lock()
+    assert lost.acquire(blocking=False)
+    clock[0] += 61
+    assert new.refill_lock().acquire(blocking=False)
+    before = items_of(url, table)
+    with pytest.raises(RefillLeaseLost, match="taken over"):
+        with old.transaction() as tx:
+            tx.state["instances"].append(pool_entry(2))
+    with pytest.raises(RefillLeaseLost):
+        lost.renew()
+    lost.release()  # releases nothing of the new holder's
+    assert items_of(url, table) == before
+    assert open_store(clock=lambda: clock[0]).refill_lock().is_held_elsewhere()
+
+
+def test_a_renewed_refill_lease_is_not_taken_over(open_store):
+    clock = [1000.0]
+    job, other = open_store(clock=lambda: clock[0], lease_seconds=60), open_store(clock=lambda: clock[0])
+    seed(job, [pool_entry(1)])
+    lease = job.refill_lock()
+    assert lease.acquire(blocking=False)
+    clock[0] = 1050.0
+    lease.renew()
+    clock[0] = 1100.0  # past the first expiry, before the renewed one
+    assert not other.refill_lock().acquire(blocking=False)
+    clock[0] = 1111.0
+    assert other.refill_lock().acquire(blocking=False)
+
+
+# -- the table ----------------------------------------------------------------------------------------------------
+def test_ensure_table_creates_an_on_demand_table_with_the_pool_keys(url):
+    name = new_table_name()
+    client = dynamodb_client(url)
+    try:
+        table = DynamoStore(client, name, "p").ensure_table()
+        assert table["TableStatus"] == "ACTIVE" and table["KeySchema"] == dynamo.KEY_SCHEMA
+        described = client.describe_table(TableName=name)["Table"]
+        assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+        DynamoStore(client, name, "p").ensure_table(create=False)  # there now: checked, not made again
+    finally:
+        client.delete_table(TableName=name)
+
+
+def test_a_missing_table_with_create_off_is_a_clear_error_and_nothing_is_made(url, tmp_path):
+    name = new_table_name()
+    client = dynamodb_client(url)
+    store = DynamoStore(client, name, "p", str(tmp_path))
+    with pytest.raises(PoolError, match="DynamoDB table %s does not exist, and create_table is off" % name):
+        store.ensure_table(create=False)
+    with pytest.raises(PoolError, match="DynamoDB table %s does not exist" % name):
+        store.read()
+    assert name not in client.list_tables()["TableNames"]
+
+
+def test_a_table_of_another_key_schema_is_refused_by_name(url):
+    name = new_table_name()
+    client = dynamodb_client(url)
+    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+    try:
+        with pytest.raises(PoolError, match="DynamoDB table %s has another key schema \\(id HASH S\\)" % name):
+            DynamoStore(client, name, "p").ensure_table()
+        assert client.scan(TableName=name)["Count"] == 0
+    finally:
+        client.delete_table(TableName=name)
+
+
+def proxied_store(fault_proxy, name, tmp_path, **options):
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=fault_proxy.url, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
+    return DynamoStore(client, name, "p", str(tmp_path), retry_delay=0.01, **options)
+
+
+def test_no_permission_names_the_table_and_the_permission(fault_proxy, tmp_path):
+    name = new_table_name()
+    store = proxied_store(fault_proxy, name, tmp_path)
+    fault_proxy.fail("DescribeTable", "AccessDeniedException")
+    with pytest.raises(PoolError, match="table %s: DescribeTable needs the IAM permission dynamodb:DescribeTable"
+                       % name) as caught:
+        store.ensure_table()
+    assert caught.value.details["permission"] == "dynamodb:DescribeTable"
+    assert fault_proxy.count("CreateTable") == 0 and fault_proxy.count("DescribeTable") == 1  # not retried
+    fault_proxy.clear_rules()
+    store.ensure_table()
+    seed(store, [pool_entry(1)])
+    fault_proxy.fail("UpdateItem", "AccessDeniedException")
+    with pytest.raises(PoolError, match="dynamodb:UpdateItem"):
+        store.claim_ready(set(), set(), HOUR, verify=False)
+    assert store.read()["leases"] == []
+
+
+def test_throttling_is_retried_and_a_lost_condition_is_not(fault_proxy, tmp_path):
+    name = new_table_name()
+    store = proxied_store(fault_proxy, name, tmp_path)
+    store.ensure_table()
+    seed(store, [pool_entry(1)])
+    fault_proxy.clear_records()
+    fault_proxy.fail("Query", "ProvisionedThroughputExceededException", times=2)
+    fault_proxy.fail("UpdateItem", "ThrottlingException", times=1)
+    claim = store.claim_ready(set(), set(), HOUR, verify=False)
+    assert claim.lease["id"] == instance_id(1)
+    assert [r.error_code for r in fault_proxy.records("Query")] == ["ProvisionedThroughputExceededException"] * 2 + [None]
+    assert [r.error_code for r in fault_proxy.records("UpdateItem")] == ["ThrottlingException", None]
+    # A transaction that lost its condition is a conflict at once, never retried as a throttled call.
+    fault_proxy.clear_records()
+    with pytest.raises(StoreConflict):
+        with store.transaction() as tx:
+            proxied_store(fault_proxy, name, tmp_path).end_lease(claim.lease["id"], claim.lease["lease_id"])
+            tx.state["leases"][0]["expires_at"] = "2999-01-01T00:00:00Z"
+    assert fault_proxy.count("TransactWriteItems") == 1
+
+
+def test_throttling_that_does_not_pass_is_retried_a_capped_number_of_times(fault_proxy, tmp_path):
+    name = new_table_name()
+    store = proxied_store(fault_proxy, name, tmp_path)
+    store.ensure_table()
+    seed(store, [pool_entry(1)])
+    fault_proxy.clear_records()
+    fault_proxy.fail("UpdateItem", "ThrottlingException")
+    with pytest.raises(PoolError, match="ThrottlingException") as caught:
+        store.claim_ready(set(), set(), HOUR, verify=False)
+    assert caught.value.details["error_code"] == "ThrottlingException"
+    assert fault_proxy.count("UpdateItem") == 4  # 4 attempts in all, as the EC2 calls
+    fault_proxy.clear_rules()
+    assert store.read()["leases"] == []
+
+
+# -- what the store keeps and imports -----------------------------------------------------------------------------
+def test_no_credential_is_ever_written_to_the_table(url, table, tmp_path):
+    secret, key = "s3cr3t-" + uuid.uuid4().hex, "AKIA" + uuid.uuid4().hex[:16].upper()
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=url, aws_access_key_id=key,
+                          aws_secret_access_key=secret, aws_session_token="token-" + secret,
+                          config=Config(**BOTOCORE_CONFIG))
+    store = seed(DynamoStore(client, table, "p", str(tmp_path)), [pool_entry(1), pool_entry(2)])
+    store.claim_ready(set(), set(), HOUR, verify=False)
+    assert store.refill_lock().acquire(blocking=False)
+    text = json.dumps(items_of(url, table))
+    assert "inst#" in text and "refill-lease" in text  # the check reads what was written
+    assert secret not in text and key not in text
+
+
+def test_the_store_imports_no_ec2_part_and_the_file_path_does_not_import_it():
+    assert imports_of(PACKAGE / "dynamo.py") & {"ec2", "ec2query", "launcher", "connection", "refill"} == set()
+    assert [path.stem for path in PACKAGE.glob("*.py") if "dynamo" in imports_of(path)] == []
