@@ -250,6 +250,8 @@ def test_a_renewed_refill_lease_is_not_taken_over(open_store):
     job, other = open_store(clock=lambda: clock[0], lease_seconds=60), open_store(clock=lambda: clock[0])
     seed(job, [pool_entry(1)])
     lease = job.refill_lock()
+    with pytest.raises(RefillLeaseLost, match="not held here"):
+        lease.renew()  # before acquiring it: nothing to renew, nothing written
     assert lease.acquire(blocking=False)
     clock[0] = 1050.0
     lease.renew()
@@ -332,8 +334,9 @@ def test_throttling_is_retried_and_a_lost_condition_is_not(fault_proxy, tmp_path
     fault_proxy.fail("UpdateItem", "ThrottlingException", times=1)
     claim = store.claim_ready(set(), set(), HOUR, verify=False)
     assert claim.lease["id"] == instance_id(1)
-    assert [r.error_code for r in fault_proxy.records("Query")] == ["ProvisionedThroughputExceededException"] * 2 + [None]
-    assert [r.error_code for r in fault_proxy.records("UpdateItem")] == ["ThrottlingException", None]
+    throttled = "ProvisionedThroughputExceededException"
+    assert [record.error_code for record in fault_proxy.records("Query")] == [throttled, throttled, None]
+    assert [record.error_code for record in fault_proxy.records("UpdateItem")] == ["ThrottlingException", None]
     # A transaction that lost its condition is a conflict at once, never retried as a throttled call.
     fault_proxy.clear_records()
     with pytest.raises(StoreConflict):

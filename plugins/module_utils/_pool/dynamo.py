@@ -47,7 +47,6 @@ except ImportError:
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
 
 from .entries import counts
-from .entries import is_ready
 from .entries import new_lease
 from .errors import PoolError
 from .state import Transaction
@@ -207,8 +206,8 @@ class DynamoStore(PoolStore):
         deadline = time.monotonic() + wait_seconds
         while table.get("TableStatus") != "ACTIVE":
             if time.monotonic() >= deadline:
-                raise PoolError("DynamoDB table %s is still %s after %d s" % (self.table, table.get("TableStatus"),
-                                                                             wait_seconds), table=self.table)
+                raise PoolError("DynamoDB table %s is still %s after %d s"
+                                % (self.table, table.get("TableStatus"), wait_seconds), table=self.table)
             time.sleep(1)
             table = self._call("DescribeTable", TableName=self.table)["Table"]
         return table
@@ -388,9 +387,8 @@ class DynamoStore(PoolStore):
                 reasons = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]
                 if fence and len(reasons) == len(chunk) and reasons[-1] == "ConditionalCheckFailed":
                     raise RefillLeaseLost("the refill lease of %s was taken over by another controller (fencing "
-                                          "number above %d): nothing was written" % (self.location,
-                                                                                    self.held_lease.fencing),
-                                          table=self.table) from exc
+                                          "number above %d): nothing was written"
+                                          % (self.location, self.held_lease.fencing), table=self.table) from exc
                 if any(reason and reason not in ("None", "ConditionalCheckFailed") for reason in reasons):
                     raise self._error("TransactWriteItems", exc, ",".join(r for r in reasons if r)) from exc
                 raise StoreConflict("%s changed while this change was made (another controller wrote meanwhile): "
@@ -578,10 +576,13 @@ class _DynamoLease:
     def renew(self):
         """Extend the held lease by the store's lease_seconds; raises RefillLeaseLost when it is no longer ours."""
         store = self.store
+        if not self.held:
+            raise RefillLeaseLost("the refill lease of %s is not held here: acquire it first" % store.location,
+                                  table=store.table)
         mine = self._mine()
         try:
-            store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM), UpdateExpression="SET #e = :exp",
-                        ConditionExpression=mine["ConditionExpression"],
+            store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                        UpdateExpression="SET #e = :exp", ConditionExpression=mine["ConditionExpression"],
                         ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires"},
                         ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"],
                                                        **{":exp": _n(store.clock() + store.lease_seconds)}))
