@@ -378,3 +378,38 @@ def test_no_credential_is_ever_written_to_the_table(url, table, tmp_path):
 def test_the_store_imports_no_ec2_part_and_the_file_path_does_not_import_it():
     assert imports_of(PACKAGE / "dynamo.py") & {"ec2", "ec2query", "launcher", "connection", "refill"} == set()
     assert [path.stem for path in PACKAGE.glob("*.py") if "dynamo" in imports_of(path)] == []
+
+
+# -- the rest of transaction() and claim_ready() ------------------------------------------------------------------
+def test_tx_delete_removes_the_pool_items_and_tx_discard_writes_nothing(open_store, url, table):
+    store = seed(open_store(), [pool_entry(1), pool_entry(2)])
+    store.claim_ready(set(), set(), HOUR, verify=False)
+    lease = open_store().refill_lock()
+    assert lease.acquire(blocking=False)
+    before = items_of(url, table)
+    with store.transaction() as tx:
+        tx.state["target_size"] = 9
+        tx.discard()
+    assert items_of(url, table) == before
+    with store.transaction() as tx:
+        tx.delete()
+    assert store.read() is None and not store.exists()
+    assert [item["item"]["S"] for item in items_of(url, table)] == ["refill-lease"]  # its holder still runs
+
+
+def test_a_dead_entry_leased_meanwhile_by_another_controller_is_not_deleted(open_store, url, table):
+    """The caller says i-1 is dead, but between this claim's read and its delete another controller leased it
+    (EC2 was wrong, or it is running again): the delete is conditioned on the entry still being idle."""
+    store = seed(open_store(), [pool_entry(1), pool_entry(2, ready=False)])
+    rival = open_store()
+
+    def lease_first(params, **_kw):
+        if params["Key"]["item"]["S"] == "inst#" + instance_id(1) and not rival.read()["leases"]:
+            assert rival.claim_ready(set(), set(), HOUR, verify=False).lease["id"] == instance_id(1)
+
+    store.client.meta.events.register("before-parameter-build.dynamodb.DeleteItem", lease_first)
+    claim = store.claim_ready({instance_id(1)}, set(), HOUR, verify=False)
+    assert claim.dropped == [instance_id(1)] and claim.lease is None
+    after = open_store().read()
+    assert [lease["id"] for lease in after["leases"]] == [instance_id(1)]
+    assert [entry["id"] for entry in after["instances"]] == [instance_id(2)]

@@ -389,7 +389,9 @@ class DynamoStore(PoolStore):
                     raise RefillLeaseLost("the refill lease of %s was taken over by another controller (fencing "
                                           "number above %d): nothing was written"
                                           % (self.location, self.held_lease.fencing), table=self.table) from exc
-                if any(reason and reason not in ("None", "ConditionalCheckFailed") for reason in reasons):
+                # TransactionConflict: another transaction was writing one of these items at that moment.
+                if any(reason and reason not in ("None", "ConditionalCheckFailed", "TransactionConflict")
+                       for reason in reasons):
                     raise self._error("TransactWriteItems", exc, ",".join(r for r in reasons if r)) from exc
                 raise StoreConflict("%s changed while this change was made (another controller wrote meanwhile): "
                                     "nothing was written; run again" % self.location, table=self.table) from exc
