@@ -108,6 +108,27 @@ def test_a_lost_race_takes_another_ready_entry_from_the_same_read(open_store, ur
     assert claim.counts["leased"] == 2 and claim.counts["ready"] == 1
 
 
+def test_two_lost_races_in_a_row_read_the_pool_again(open_store, url, table):
+    """The read is stale (others are emptying the pool): after two lost races the claim reads again rather than
+    trying every entry of a read that is out of date."""
+    store = seed(open_store(), [pool_entry(number) for number in range(6)])
+    rival = dynamodb_client(url)
+    stolen = []
+
+    def steal(params, **_kw):
+        if len(stolen) < 2:
+            stolen.append(params["Key"]["item"]["S"])
+            rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
+                              ExpressionAttributeNames={"#s": "status", "#r": "rev"},
+                              ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
+
+    calls = count_calls(store)
+    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    claim = store.claim_ready(set(), set(), HOUR, verify=False)
+    assert calls == ["Query", "UpdateItem", "UpdateItem", "Query", "UpdateItem"]
+    assert "inst#" + claim.lease["id"] not in stolen and claim.counts["leased"] == 3
+
+
 def test_claims_pick_at_random_among_the_ready_not_the_first(open_store):
     store = seed(open_store(), [pool_entry(number) for number in range(20)])
     taken = [store.claim_ready(set(), set(), 0, verify=False).lease["id"] for _claim in range(20)]

@@ -71,6 +71,9 @@ LEASED = "leased"
 # Seconds a refill lease lasts unless renewed: long enough for one refill pass, short enough that a job torn down
 # with its runner is replaced within minutes.
 REFILL_LEASE_SECONDS = 300
+# A claim that loses this many races in a row reads the pool again (its read is stale), up to MAX_READS reads.
+LOSSES_BEFORE_REREAD = 2
+MAX_READS = 3
 # TransactWriteItems takes at most 100 items.
 TRANSACTION_LIMIT = 100
 # Throttling codes of DynamoDB, retried besides the ones AWSRetry knows (Throttling, RequestLimitExceeded, ...).
@@ -399,8 +402,10 @@ class DynamoStore(PoolStore):
     def claim_ready(self, dead, alive, lease_ttl, verify=True, verify_max_age=0, check_mode=False):
         """See PoolStore.claim_ready: one strongly consistent Query, then one conditional UpdateItem of one ready
         instance item (idle -> leased, condition: unchanged since the read), picked at random among the ready ones
-        so that racing controllers rarely collide; on a lost race, the next one from the same read. Dead entries
-        are deleted (condition: still idle); check mode writes nothing."""
+        so that racing controllers rarely collide. A lost race takes another one of the same read; only after
+        LOSSES_BEFORE_REREAD lost races in a row (the read is stale: the pool is being emptied by others) is the
+        pool read again, at most MAX_READS times in all. Dead entries are deleted (condition: still idle); check
+        mode writes nothing."""
         items = self._query()
         state = self._assemble(items)
         if state is None:
@@ -414,26 +419,39 @@ class DynamoStore(PoolStore):
                     self._call("DeleteItem", TableName=self.table, Key=self._key(INSTANCE_PREFIX + instance_id),
                                ConditionExpression="#s = :idle", ExpressionAttributeNames={"#s": "status"},
                                ExpressionAttributeValues={":idle": _s(IDLE)})
+        for reads in range(1, MAX_READS + 1):
+            lease, stale = self._claim_from(items, state, dead, alive, trusted, now, lease_ttl, check_mode)
+            if lease is not None or not stale or reads == MAX_READS:
+                break
+            items = self._query()
+            state = self._assemble(items)
+            if state is None:  # deleted meanwhile
+                return None
+        unchecked = [] if lease else choose_claim(state, set(), alive, trusted)[2]
+        return Claim(lease, counts(state), (state.get("refill") or {}).get("last_error"), dropped, unchecked)
+
+    def _claim_from(self, items, state, dead, alive, trusted, now, lease_ttl, check_mode):
+        """Lease one eligible entry of one read (`items`, `state`); returns (lease or None, whether the read proved
+        stale). `state` is brought up to what was learnt: the lease made, the entries others leased first."""
         state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
         order = list(state["instances"])
         random.shuffle(order)  # choose_claim takes the first eligible: of a shuffled list, any eligible one
-        top = max([int(item["pos"]["N"]) for key, item in items.items() if "pos" in item] or [0])
-        lease, lost = None, []
+        top = max([int(item["pos"]["N"]) for item in items.values() if "pos" in item] or [0])
+        lost = 0
         while True:
             entry = choose_claim(dict(state, instances=order), set(), alive, trusted)[1]
             if entry is None:
-                break
-            candidate = new_lease(entry, now, lease_ttl)
-            if check_mode or self._lease(items[INSTANCE_PREFIX + entry["id"]], candidate, top + 1):
-                lease = candidate
-                break
+                return None, False
+            if lost >= LOSSES_BEFORE_REREAD:
+                return None, True
+            lease = new_lease(entry, now, lease_ttl)
+            won = check_mode or self._lease(items[INSTANCE_PREFIX + entry["id"]], lease, top + 1)
             order.remove(entry)
-            lost.append(entry)
-        for taken in lost + ([entry] if lease else []):
-            state["instances"].remove(taken)
-        state["leases"].extend(lost + ([lease] if lease else []))  # the lost ones: leased by someone else
-        unchecked = [] if lease else choose_claim(state, set(), alive, trusted)[2]
-        return Claim(lease, counts(state), (state.get("refill") or {}).get("last_error"), dropped, unchecked)
+            state["instances"].remove(entry)
+            state["leases"].append(lease if won else entry)  # a lost one: leased by someone else
+            if won:
+                return lease, False
+            lost += 1
 
     def _lease(self, item, lease, pos):
         """The one conditional write of a hand-out; False when another controller changed the item first."""
