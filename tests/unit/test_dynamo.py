@@ -434,3 +434,47 @@ def test_a_dead_entry_leased_meanwhile_by_another_controller_is_not_deleted(open
     after = open_store().read()
     assert [lease["id"] for lease in after["leases"]] == [instance_id(1)]
     assert [entry["id"] for entry in after["instances"]] == [instance_id(2)]
+
+
+class CreatingTableClient:
+    """A DynamoDB client stand-in: the table is missing, then being created (by us, or by another controller at
+    the same moment), then ACTIVE; records the calls."""
+
+    def __init__(self, in_use=False):
+        self.calls = []
+        self.in_use = in_use
+        self.status = None
+
+    @staticmethod
+    def _error(code, operation):
+        import botocore.exceptions  # pylint: disable=import-outside-toplevel
+        return botocore.exceptions.ClientError({"Error": {"Code": code, "Message": code}}, operation)
+
+    def describe_table(self, TableName):  # noqa: N803 (boto3's name)  # pylint: disable=invalid-name
+        self.calls.append("DescribeTable")
+        if self.status is None:
+            if self.in_use and "CreateTable" in self.calls:
+                self.status = "CREATING"
+            else:
+                raise self._error("ResourceNotFoundException", "DescribeTable")
+        description = {"TableName": TableName, "TableStatus": self.status, "KeySchema": dynamo.KEY_SCHEMA,
+                       "AttributeDefinitions": [{"AttributeName": "pool", "AttributeType": "S"},
+                                                {"AttributeName": "item", "AttributeType": "S"}]}
+        self.status = "ACTIVE" if self.status == "CREATING" else self.status
+        return {"Table": description}
+
+    def create_table(self, TableName, **_params):  # noqa: N803  # pylint: disable=invalid-name
+        self.calls.append("CreateTable")
+        if self.in_use:
+            raise self._error("ResourceInUseException", "CreateTable")
+        self.status = "CREATING"
+        return {"TableDescription": {"TableName": TableName, "TableStatus": "CREATING", "KeySchema": dynamo.KEY_SCHEMA,
+                                     "AttributeDefinitions": [{"AttributeName": "pool", "AttributeType": "S"},
+                                                              {"AttributeName": "item", "AttributeType": "S"}]}}
+
+
+@pytest.mark.parametrize("in_use", [False, True], ids=["created-here", "created-by-another-controller"])
+def test_ensure_table_waits_until_the_table_is_active(in_use):
+    client = CreatingTableClient(in_use)
+    assert DynamoStore(client, "t", "p").ensure_table()["TableStatus"] == "ACTIVE"
+    assert client.calls[:2] == ["DescribeTable", "CreateTable"] and client.calls[-1] == "DescribeTable"
