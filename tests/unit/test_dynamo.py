@@ -478,3 +478,17 @@ def test_ensure_table_waits_until_the_table_is_active(in_use):
     client = CreatingTableClient(in_use)
     assert DynamoStore(client, "t", "p").ensure_table()["TableStatus"] == "ACTIVE"
     assert client.calls[:2] == ["DescribeTable", "CreateTable"] and client.calls[-1] == "DescribeTable"
+
+
+@pytest.mark.parametrize("table, pool_name, message", [
+    ("t", "p", "dynamodb_table 't' is not a DynamoDB table name"),
+    ("pools/ci", "p", "dynamodb_table 'pools/ci' is not a DynamoDB table name"),
+    ("ec2spot-pool", "", "pool_name '' is not valid"),
+    ("ec2spot-pool", "ci\n", "pool_name 'ci\\\\n' is not valid"),
+    ("ec2spot-pool", "-ci", "pool_name '-ci' is not valid"),
+])
+def test_a_bad_table_or_pool_name_is_refused_before_any_call(table, pool_name, message):
+    client = CreatingTableClient()
+    with pytest.raises(PoolError, match=message):
+        DynamoStore(client, table, pool_name)
+    assert client.calls == []

@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import socket
 import time
 
@@ -48,7 +49,9 @@ from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
 
 from .entries import counts
 from .entries import new_lease
+from .errors import InvalidRequest
 from .errors import PoolError
+from .state import POOL_NAME_RE
 from .state import Transaction
 from .state import check_code_directory
 from .state import check_state_directory
@@ -62,6 +65,8 @@ from .timefmt import parse_time
 from .timefmt import utcnow
 
 DEFAULT_TABLE = "ec2spot-pool"
+# DynamoDB's rule for table names (fullmatch).
+TABLE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 POOL_ITEM = "pool"
 LEASE_ITEM = "refill-lease"
 INSTANCE_PREFIX = "inst#"
@@ -131,6 +136,13 @@ class DynamoStore(PoolStore):
 
     def __init__(self, client, table, pool_name, state_dir=None, clock=time.time, retry_delay=1.0,
                  lease_seconds=REFILL_LEASE_SECONDS):
+        if not isinstance(table, str) or not TABLE_NAME_RE.fullmatch(table):
+            raise InvalidRequest("dynamodb_table %r is not a DynamoDB table name: use 3-255 letters, digits, '_', "
+                                 "'-' or '.'" % (table,))
+        if not pool_name or not POOL_NAME_RE.fullmatch(pool_name):
+            # The file store's rule, so that a pool can move between the stores under its name.
+            raise InvalidRequest("pool_name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with "
+                                 "a letter or digit" % (pool_name,))
         self.client = client
         self.table = table
         self.pool_name = pool_name
