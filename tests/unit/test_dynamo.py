@@ -476,7 +476,7 @@ class CreatingTableClient:
 @pytest.mark.parametrize("in_use", [False, True], ids=["created-here", "created-by-another-controller"])
 def test_ensure_table_waits_until_the_table_is_active(in_use):
     client = CreatingTableClient(in_use)
-    assert DynamoStore(client, "t", "p").ensure_table()["TableStatus"] == "ACTIVE"
+    assert DynamoStore(client, "ec2spot-pool", "p").ensure_table()["TableStatus"] == "ACTIVE"
     assert client.calls[:2] == ["DescribeTable", "CreateTable"] and client.calls[-1] == "DescribeTable"
 
 
