@@ -129,6 +129,28 @@ def test_two_lost_races_in_a_row_read_the_pool_again(open_store, url, table):
     assert "inst#" + claim.lease["id"] not in stolen and claim.counts["leased"] == 3
 
 
+def test_a_claim_never_gives_up_while_its_last_read_shows_a_ready_entry(open_store, url, table):
+    """Others win two races per read, three reads running: the third read is tried to its end, and the claim
+    gets the one entry left, as a file store's claim would."""
+    store = seed(open_store(), [pool_entry(number) for number in range(9)])
+    rival = dynamodb_client(url)
+    stolen = []
+
+    def steal(params, **_kw):
+        if len(stolen) < 8:
+            stolen.append(params["Key"]["item"]["S"])
+            rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
+                              ExpressionAttributeNames={"#s": "status", "#r": "rev"},
+                              ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
+
+    calls = count_calls(store)
+    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    claim = store.claim_ready(set(), set(), HOUR, verify=False)
+    assert calls == ["Query", "UpdateItem", "UpdateItem"] * 2 + ["Query"] + ["UpdateItem"] * 5
+    assert claim.lease is not None and "inst#" + claim.lease["id"] not in stolen
+    assert claim.counts["ready"] == 0 and claim.counts["leased"] == 9
+
+
 def test_claims_pick_at_random_among_the_ready_not_the_first(open_store):
     store = seed(open_store(), [pool_entry(number) for number in range(20)])
     taken = [store.claim_ready(set(), set(), 0, verify=False).lease["id"] for _claim in range(20)]
@@ -492,3 +514,57 @@ def test_a_bad_table_or_pool_name_is_refused_before_any_call(table, pool_name, m
     with pytest.raises(PoolError, match=message):
         DynamoStore(client, table, pool_name)
     assert client.calls == []
+
+
+class CancellingClient:
+    """The real client, but its next `times` TransactWriteItems are cancelled for `reason` (as DynamoDB cancels a
+    transaction: TransactionCanceledException with one reason per item), which the fault proxy cannot shape."""
+
+    def __init__(self, client, reason, times):
+        self._client, self.reason, self.times, self.attempts = client, reason, times, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def transact_write_items(self, TransactItems):  # noqa: N803 (boto3's name)  # pylint: disable=invalid-name
+        import botocore.exceptions  # pylint: disable=import-outside-toplevel
+        self.attempts += 1
+        if self.times:
+            self.times -= 1
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                 "CancellationReasons": [{"Code": self.reason}] + [{"Code": "None"}] * (len(TransactItems) - 1)},
+                "TransactWriteItems")
+        return self._client.transact_write_items(TransactItems=TransactItems)
+
+
+@pytest.mark.parametrize("reason", ["ThrottlingError", "TransactionConflict"])
+def test_a_transaction_cancelled_for_a_passing_reason_is_tried_again(open_store, url, table, tmp_path, reason):
+    seed(open_store(), [pool_entry(1)], target=1)
+    client = CancellingClient(dynamodb_client(url), reason, times=2)
+    store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
+    with store.transaction() as tx:
+        tx.state["target_size"] = 4
+    assert client.attempts == 3 and open_store().read()["target_size"] == 4
+
+
+@pytest.mark.parametrize("reason, error", [("ThrottlingError", PoolError), ("TransactionConflict", StoreConflict)])
+def test_a_transaction_cancelled_every_time_gives_up_after_four_attempts(open_store, url, table, tmp_path,
+                                                                        reason, error):
+    seed(open_store(), [pool_entry(1)], target=1)
+    client = CancellingClient(dynamodb_client(url), reason, times=100)
+    store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
+    with pytest.raises(error, match=reason if error is PoolError else "changed while"):
+        with store.transaction() as tx:
+            tx.state["target_size"] = 4
+    assert client.attempts == 4 and open_store().read()["target_size"] == 1
+
+
+def test_a_transaction_whose_condition_failed_is_not_tried_again(open_store, url, table, tmp_path):
+    seed(open_store(), [pool_entry(1)], target=1)
+    client = CancellingClient(dynamodb_client(url), "ConditionalCheckFailed", times=1)
+    store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
+    with pytest.raises(StoreConflict):
+        with store.transaction() as tx:
+            tx.state["target_size"] = 4
+    assert client.attempts == 1

@@ -79,6 +79,9 @@ REFILL_LEASE_SECONDS = 300
 # A claim that loses this many races in a row reads the pool again (its read is stale), up to MAX_READS reads.
 LOSSES_BEFORE_REREAD = 2
 MAX_READS = 3
+# A TransactWriteItems cancelled only for these reasons is tried again, up to TRANSACTION_ATTEMPTS in all.
+PASSING_REASONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict"}
+TRANSACTION_ATTEMPTS = 4
 # TransactWriteItems takes at most 100 items.
 TRANSACTION_LIMIT = 100
 # Throttling codes of DynamoDB, retried besides the ones AWSRetry knows (Throttling, RequestLimitExceeded, ...).
@@ -149,6 +152,7 @@ class DynamoStore(PoolStore):
         self.location = "dynamodb table %s, pool %s" % (table, pool_name)
         self.directory = os.path.abspath(os.path.expanduser(state_dir or default_state_dir()))
         self.clock = clock
+        self.retry_delay = retry_delay
         self.lease_seconds = lease_seconds
         self.held_lease = None  # the _DynamoLease this store holds, if any: transactions are fenced by it
         # Up to 4 attempts, random pauses of up to 1, 2 and 4 retry_delays between them (as ec2.py).
@@ -395,19 +399,28 @@ class DynamoStore(PoolStore):
         fence = self._fence()
         room = TRANSACTION_LIMIT - (1 if fence else 0)
         for start in range(0, len(writes), room):
-            chunk = writes[start:start + room] + ([fence] if fence else [])
+            self._transact(writes[start:start + room] + ([fence] if fence else []), fence)
+
+    def _transact(self, chunk, fence):
+        """One TransactWriteItems. A cancellation only for passing reasons (throttled, or another transaction on
+        one of the items at that moment) is retried as throttled calls are (the conditions still guard every
+        item); a failed condition never is."""
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
             try:
                 self._call("TransactWriteItems", TransactItems=chunk)
+                return
             except botocore.exceptions.ClientError as exc:
                 reasons = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]
+                failed = set(reason for reason in reasons if reason and reason != "None")
+                if failed and failed <= PASSING_REASONS and attempt < TRANSACTION_ATTEMPTS:
+                    time.sleep(random.uniform(0, min(15, 2 ** (attempt - 1)) * self.retry_delay))
+                    continue
                 if fence and len(reasons) == len(chunk) and reasons[-1] == "ConditionalCheckFailed":
                     raise RefillLeaseLost("the refill lease of %s was taken over by another controller (fencing "
                                           "number above %d): nothing was written"
                                           % (self.location, self.held_lease.fencing), table=self.table) from exc
-                # TransactionConflict: another transaction was writing one of these items at that moment.
-                if any(reason and reason not in ("None", "ConditionalCheckFailed", "TransactionConflict")
-                       for reason in reasons):
-                    raise self._error("TransactWriteItems", exc, ",".join(r for r in reasons if r)) from exc
+                if failed - {"ConditionalCheckFailed", "TransactionConflict"}:
+                    raise self._error("TransactWriteItems", exc, ",".join(sorted(failed))) from exc
                 raise StoreConflict("%s changed while this change was made (another controller wrote meanwhile): "
                                     "nothing was written; run again" % self.location, table=self.table) from exc
 
@@ -416,7 +429,7 @@ class DynamoStore(PoolStore):
         instance item (idle -> leased, condition: unchanged since the read), picked at random among the ready ones
         so that racing controllers rarely collide. A lost race takes another one of the same read; only after
         LOSSES_BEFORE_REREAD lost races in a row (the read is stale: the pool is being emptied by others) is the
-        pool read again, at most MAX_READS times in all. Dead entries are deleted (condition: still idle); check
+        pool read again, at most MAX_READS times in all; the last read is tried to its end. Dead entries are deleted (condition: still idle); check
         mode writes nothing."""
         items = self._query()
         state = self._assemble(items)
@@ -432,7 +445,9 @@ class DynamoStore(PoolStore):
                                ConditionExpression="#s = :idle", ExpressionAttributeNames={"#s": "status"},
                                ExpressionAttributeValues={":idle": _s(IDLE)})
         for reads in range(1, MAX_READS + 1):
-            lease, stale = self._claim_from(items, state, dead, alive, trusted, now, lease_ttl, check_mode)
+            # The last read is tried to its end: a claim never gives up while its read shows a ready entry.
+            patience = LOSSES_BEFORE_REREAD if reads < MAX_READS else None
+            lease, stale = self._claim_from(items, state, dead, alive, trusted, now, lease_ttl, check_mode, patience)
             if lease is not None or not stale or reads == MAX_READS:
                 break
             items = self._query()
@@ -442,9 +457,10 @@ class DynamoStore(PoolStore):
         unchecked = [] if lease else choose_claim(state, set(), alive, trusted)[2]
         return Claim(lease, counts(state), (state.get("refill") or {}).get("last_error"), dropped, unchecked)
 
-    def _claim_from(self, items, state, dead, alive, trusted, now, lease_ttl, check_mode):
+    def _claim_from(self, items, state, dead, alive, trusted, now, lease_ttl, check_mode, patience):
         """Lease one eligible entry of one read (`items`, `state`); returns (lease or None, whether the read proved
-        stale). `state` is brought up to what was learnt: the lease made, the entries others leased first."""
+        stale: `patience` races lost in a row, None: no limit). `state` is brought up to what was learnt: the lease
+        made, the entries others leased first."""
         state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
         order = list(state["instances"])
         random.shuffle(order)  # choose_claim takes the first eligible: of a shuffled list, any eligible one
@@ -454,7 +470,7 @@ class DynamoStore(PoolStore):
             entry = choose_claim(dict(state, instances=order), set(), alive, trusted)[1]
             if entry is None:
                 return None, False
-            if lost >= LOSSES_BEFORE_REREAD:
+            if patience is not None and lost >= patience:
                 return None, True
             lease = new_lease(entry, now, lease_ttl)
             won = check_mode or self._lease(items[INSTANCE_PREFIX + entry["id"]], lease, top + 1)
