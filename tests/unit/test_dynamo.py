@@ -554,8 +554,8 @@ def test_a_transaction_cancelled_for_a_passing_reason_is_tried_again(open_store,
 
 
 @pytest.mark.parametrize("reason, error", [("ThrottlingError", PoolError), ("TransactionConflict", StoreConflict)])
-def test_a_transaction_cancelled_every_time_gives_up_after_four_attempts(open_store, url, table, tmp_path,
-                                                                        reason, error):
+def test_a_transaction_cancelled_every_time_gives_up_after_four_attempts(
+        open_store, url, table, tmp_path, reason, error):
     seed(open_store(), [pool_entry(1)], target=1)
     client = CancellingClient(dynamodb_client(url), reason, times=100)
     store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
