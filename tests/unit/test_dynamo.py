@@ -41,8 +41,10 @@ def new_table_name():
 
 
 @pytest.fixture
-def url(moto_server):
-    return moto_server.url
+def url(fault_proxy):
+    """The session's moto server, through the fault proxy: it applies each DynamoDB request atomically, as DynamoDB
+    does (moto alone may let two racing conditional writes of one item both succeed)."""
+    return fault_proxy.url
 
 
 @pytest.fixture

@@ -71,18 +71,19 @@ def dynamodb_client(url):
 
 
 class DynamoStoreKit:
-    """The DynamoDB store, in a table of its own on the session's moto server (made here, as init would)."""
+    """The DynamoDB store, in a table of its own on the session's moto server (made here, as init would), reached
+    through the fault proxy, which applies each DynamoDB request atomically as DynamoDB does (moto alone does not)."""
 
     claims_first = False
 
     def __init__(self, tmp_path, request):
-        self.url = request.getfixturevalue("moto_server").url
+        self.url = request.getfixturevalue("fault_proxy").url
         self.table = "ec2spot-pool-" + uuid.uuid4().hex[:12]
         self.directory = str(tmp_path / "state")
         os.makedirs(self.directory, mode=0o700)
         self.client = dynamodb_client(self.url)
         DynamoStore(self.client, self.table, "p", self.directory).ensure_table()
-        request.addfinalizer(lambda: self.client.delete_table(TableName=self.table))
+        # The fault proxy's own teardown resets moto, which forgets the table as well.
 
     def open(self):
         return DynamoStore(dynamodb_client(self.url), self.table, "p", self.directory)
