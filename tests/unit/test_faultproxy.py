@@ -629,3 +629,17 @@ def test_a_failure_inside_the_proxy_is_an_internal_error_and_recorded(fault_prox
     assert "a bug in the proxy" in caught.value.response["Error"]["Message"]
     assert fault_proxy.records("DescribeInstances")[0].outcome == "proxy-error"
     assert "KeyError" in capsys.readouterr().err
+
+
+def test_an_injected_dynamodb_error_is_json_on_the_wire_and_reaches_boto3_with_its_code(fault_proxy):
+    """DynamoDB speaks JSON, not EC2's XML: botocore must read the injected code (not a parse failure)."""
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=fault_proxy.url, config=NO_RETRIES,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+    fault_proxy.fail("ListTables", "AccessDeniedException", times=1)
+    with pytest.raises(ClientError) as caught:
+        dynamodb.list_tables()
+    assert caught.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "not authorized" in caught.value.response["Error"]["Message"]
+    assert "TableNames" in dynamodb.list_tables()  # the rule fired once; then moto answers
+    assert [record.error_code for record in fault_proxy.records("ListTables")] == ["AccessDeniedException", None]

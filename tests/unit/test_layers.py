@@ -20,6 +20,7 @@ LAYERS = [
     ("rules", {"store", "refill_plan"}),  # pure: the claim rule, decide/settle
     ("aws", {"connection", "ec2", "ec2query"}),
     ("parts", {"state", "ending", "launcher"}),  # the file store, ending instances, launching
+    ("shared store", {"dynamo"}),  # the DynamoDB store: reuses the file store's schema check and local-file rules
     ("refill", {"refill", "jobcontrol"}),  # the pass and its job; starting and stopping the job
     ("operations", {"operations"}),
     ("module glue", {"common", "refill_payload"}),

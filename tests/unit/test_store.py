@@ -2,7 +2,8 @@
 
 The contract tests reach a store through a kit (the `kit` fixture): `open()` makes a new handle on one pool (as
 another process or controller would), `snapshot()` returns everything the store keeps for that pool, so "changed
-nothing" is checked byte for byte. A second store (DynamoDB) runs the same tests by adding its kit to KITS.
+nothing" is checked byte for byte. The DynamoDB store runs the same tests against the session's moto server, in a
+table of its own per test.
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from __future__ import annotations
 import datetime
 import os
 import threading
+import uuid
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import counts
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import new_lease
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
@@ -22,6 +28,8 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import Po
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import choose_claim
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import needs_verify
 from tests.support.pool_entries import instance_id
+from tests.support.moto import FAKE_CREDENTIALS
+from tests.support.moto import REGION
 from tests.support.pool_entries import pool_entry
 
 NOW = datetime.datetime(2026, 11, 22, 10, 0, 0, tzinfo=datetime.timezone.utc)
@@ -31,7 +39,10 @@ HOUR = 3600
 class FileStoreKit:
     """The JSON file store, in a state directory of its own."""
 
-    def __init__(self, tmp_path):
+    #: A claim takes the first ready entry (a store shared by many controllers picks any, to spread the races).
+    claims_first = True
+
+    def __init__(self, tmp_path, request):
         self.directory = str(tmp_path / "state")
         self.path = os.path.join(self.directory, "p.json")
 
@@ -51,12 +62,52 @@ class FileStoreKit:
         return found
 
 
-KITS = {"file": FileStoreKit}
+def dynamodb_client(url):
+    """A DynamoDB client of the moto server at `url`, configured as the collection configures its own."""
+    return boto3.client("dynamodb", region_name=REGION, endpoint_url=url,
+                        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                        config=Config(**BOTOCORE_CONFIG))
+
+
+class DynamoStoreKit:
+    """The DynamoDB store, in a table of its own on the session's moto server (made here, as init would), reached
+    through the fault proxy, which applies each DynamoDB request atomically as DynamoDB does (moto alone does not)."""
+
+    claims_first = False
+
+    def __init__(self, tmp_path, request):
+        self.url = request.getfixturevalue("fault_proxy").url
+        self.table = "ec2spot-pool-" + uuid.uuid4().hex[:12]
+        self.directory = str(tmp_path / "state")
+        os.makedirs(self.directory, mode=0o700)
+        self.client = dynamodb_client(self.url)
+        DynamoStore(self.client, self.table, "p", self.directory).ensure_table()
+        # The fault proxy's own teardown resets moto, which forgets the table as well.
+
+    def open(self):
+        return DynamoStore(dynamodb_client(self.url), self.table, "p", self.directory)
+
+    def snapshot(self):
+        """Every item of the table (the pool's and any other) and every local file the store keeps."""
+        found = {}
+        for page in self.client.get_paginator("scan").paginate(TableName=self.table, ConsistentRead=True):
+            for item in page["Items"]:
+                found[(item["pool"]["S"], item["item"]["S"])] = item
+        for root, _dirs, files in os.walk(self.directory):
+            for name in files:
+                path = os.path.join(root, name)
+                with open(path, "rb") as handle:
+                    found[os.path.relpath(path, self.directory)] = handle.read()
+        return found
+
+
+KITS = {"file": FileStoreKit, "dynamodb": DynamoStoreKit}
 
 
 @pytest.fixture(params=sorted(KITS))
 def kit(request, tmp_path):
-    return KITS[request.param](tmp_path)
+    return KITS[request.param](tmp_path, request)
 
 
 def seed(store, instances=(), leases=(), target=None, **refill):
@@ -74,19 +125,20 @@ def ids(items):
     return [item["id"] for item in items]
 
 
-def test_the_file_store_is_a_pool_store(kit):
+def test_the_store_is_a_pool_store(kit):
     assert isinstance(kit.open(), PoolStore)
 
 
 # -- claim_ready ---------------------------------------------------------------------------------------------------
-def test_a_claim_takes_the_first_ready_entry_and_writes_its_lease(kit):
+def test_a_claim_takes_a_ready_entry_and_writes_its_lease(kit):
     store = seed(kit.open(), [pool_entry(1, ready=False), pool_entry(2), pool_entry(3)])
     claim = store.claim_ready(set(), set(), HOUR, verify=False)
-    assert claim.lease["id"] == instance_id(2)
+    assert claim.lease["id"] in ([instance_id(2)] if kit.claims_first else [instance_id(2), instance_id(3)])
     assert claim.lease["lease_id"] and claim.lease["expires_at"]
     assert (claim.dropped, claim.unchecked, claim.refill_error) == ([], [], None)
     after = kit.open().read()
-    assert ids(after["instances"]) == [instance_id(1), instance_id(3)]
+    assert ids(after["instances"]) == [instance_id(1)] + [item for item in (instance_id(2), instance_id(3))
+                                                          if item != claim.lease["id"]]
     assert after["leases"] == [claim.lease]
     assert claim.counts == counts(after) and claim.counts["leased"] == 1 and claim.counts["ready"] == 1
 

@@ -4,8 +4,8 @@
 """What the operations (operations.py), the refill and its job control need from a pool store, and nothing more.
 
 A store keeps one pool's state (the document that entries.py and state.new_state() describe). The JSON file store
-(state.FileStore) is the one there is; a DynamoDB store (one item per instance, conditional writes) is meant to
-implement the same methods, so that nothing outside a store knows about files, flock or paths.
+(state.FileStore) is the default; the DynamoDB store (dynamo.DynamoStore: one item per instance, conditional writes)
+implements the same methods, so that nothing outside a store knows about files, flock, tables or paths.
 
 `PoolStore` below is the contract: a plain class whose methods raise NotImplementedError (no `typing`, no abc:
 this module is on the hand-out path of `spot_pool_get`, and `typing` alone costs ~3 ms there).

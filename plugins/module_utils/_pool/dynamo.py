@@ -1,0 +1,670 @@
+# -*- coding: utf-8 -*-
+# Copyright: ec2spot.pool contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The DynamoDB store (DynamoStore, the PoolStore of store.py): one pool shared by any number of controllers.
+
+One table holds any number of pools: partition key `pool` (the pool's name), sort key `item`. So one strongly
+consistent, paginated Query reads a whole pool. The items of a pool (docs/architecture.md, "Store", has the table):
+
+- `item = "pool"`: the pool's settings and bookkeeping (`body`: the JSON of the state without its instances and
+  leases: target size, launch settings, cool-downs, pending launch tokens, the refill's record), and `version`,
+  a number every whole-pool write increments and is conditioned on;
+- `item = "inst#<instance id>"`: one instance, `status` `idle` (an entry) or `leased` (a lease; `lease_id` and,
+  when it expires, `expires` in epoch seconds), `body` (the entry or lease as JSON, as the file store keeps it),
+  `rev` (incremented on every write of the item: a conditional write says "unchanged since I read it") and `pos`
+  (the order of the pool's lists);
+- `item = "lease#<instance id>#<lease id>"`: a second lease of an instance whose `inst#` item is taken (the file
+  schema allows it: a lease rebuilt from tags beside a newer one); same attributes;
+- `item = "refill-lease"`: the refill's lease: `holder`, `expires` (epoch seconds), `fencing` (incremented on
+  every acquisition, so a write of a holder that lost the lease is told apart from the new holder's).
+
+A hand-out is one Query and one conditional UpdateItem (idle -> leased, condition: `rev` unchanged since the read);
+the whole-pool change (transaction()) writes only the items that differ, in one TransactWriteItems, every item
+conditioned on what was read, the pool item on its `version`, and on the refill lease when this store holds it.
+Lease expiry is compared against the caller's clock, never left to DynamoDB's TTL. No credential is written.
+
+Bodies are JSON strings, not DynamoDB maps: the state then reads back exactly as written (no Decimal, no empty-
+string rules), and the schema check of the file store (state.schema_problems) applies unchanged.
+
+The client is the caller's (a boto3 DynamoDB client, with the collection's BOTOCORE_CONFIG: one attempt, so our
+jittered, capped retry is the only retry layer). Nothing here imports the EC2 parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import socket
+import time
+
+try:
+    import botocore.exceptions
+except ImportError:
+    pass  # the module that builds the client reports the missing library
+
+from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
+
+from .entries import counts
+from .entries import new_lease
+from .errors import InvalidRequest
+from .errors import PoolError
+from .state import POOL_NAME_RE
+from .state import Transaction
+from .state import check_code_directory
+from .state import check_state_directory
+from .state import default_state_dir
+from .state import schema_problems
+from .store import Claim
+from .store import PoolStore
+from .store import choose_claim
+from .store import needs_verify
+from .timefmt import parse_time
+from .timefmt import utcnow
+
+DEFAULT_TABLE = "ec2spot-pool"
+# DynamoDB's rule for table names (fullmatch).
+TABLE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+POOL_ITEM = "pool"
+LEASE_ITEM = "refill-lease"
+INSTANCE_PREFIX = "inst#"
+EXTRA_LEASE_PREFIX = "lease#"
+IDLE = "idle"
+LEASED = "leased"
+# Seconds a refill lease lasts unless renewed: long enough for one refill pass, short enough that a job torn down
+# with its runner is replaced within minutes.
+REFILL_LEASE_SECONDS = 300
+# A claim that loses this many races in a row reads the pool again (its read is stale), up to MAX_READS reads.
+LOSSES_BEFORE_REREAD = 2
+MAX_READS = 3
+# A TransactWriteItems cancelled only for these reasons is tried again, up to TRANSACTION_ATTEMPTS in all.
+PASSING_REASONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict"}
+TRANSACTION_ATTEMPTS = 4
+# TransactWriteItems takes at most 100 items.
+TRANSACTION_LIMIT = 100
+# Throttling codes of DynamoDB, retried besides the ones AWSRetry knows (Throttling, RequestLimitExceeded, ...).
+THROTTLING_CODES = ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
+                    "LimitExceededException"]
+# The IAM action each call needs, for the AccessDenied message.
+_ACTIONS = {"Query": "Query", "GetItem": "GetItem", "UpdateItem": "UpdateItem", "DeleteItem": "DeleteItem",
+            "PutItem": "PutItem", "TransactWriteItems": "UpdateItem, PutItem, DeleteItem and ConditionCheckItem",
+            "DescribeTable": "DescribeTable", "CreateTable": "CreateTable"}
+KEY_SCHEMA = [{"AttributeName": "pool", "KeyType": "HASH"}, {"AttributeName": "item", "KeyType": "RANGE"}]
+
+
+class StoreConflict(PoolError):
+    """A conditional write found the pool changed since it was read (another controller wrote meanwhile). Nothing
+    of the change was written; the caller may read again and redo it."""
+
+
+class RefillLeaseLost(PoolError):
+    """A write made under the refill lease found that the lease is no longer ours (it expired and another
+    controller took it): nothing was written. The job must stop."""
+
+
+def _code(exc):
+    return exc.response.get("Error", {}).get("Code", "") if hasattr(exc, "response") else ""
+
+
+def _s(value):
+    return {"S": value}
+
+
+def _n(value):
+    return {"N": str(value)}
+
+
+def _dump(value):
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _instance_key(entry, lease=False):
+    if lease:
+        return "%s%s#%s" % (EXTRA_LEASE_PREFIX, entry["id"], entry.get("lease_id") or "-")
+    return INSTANCE_PREFIX + entry["id"]
+
+
+def _epoch(text):
+    moment = parse_time(text) if text else None
+    return None if moment is None else int(moment.timestamp())
+
+
+class DynamoStore(PoolStore):
+    """One pool in a DynamoDB table (see the module docstring). `client` is a boto3 DynamoDB client.
+
+    `state_dir` is where the refill job's local things go (its log, its code copy): the user's state directory by
+    default. `clock` (epoch seconds) and `retry_delay` exist for tests; `lease_seconds` is the refill lease's."""
+
+    def __init__(self, client, table, pool_name, state_dir=None, clock=time.time, retry_delay=1.0,
+                 lease_seconds=REFILL_LEASE_SECONDS):
+        if not isinstance(table, str) or not TABLE_NAME_RE.fullmatch(table):
+            raise InvalidRequest("dynamodb_table %r is not a DynamoDB table name: use 3-255 letters, digits, '_', "
+                                 "'-' or '.'" % (table,))
+        if not pool_name or not POOL_NAME_RE.fullmatch(pool_name):
+            # The file store's rule, so that a pool can move between the stores under its name.
+            raise InvalidRequest("pool_name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with "
+                                 "a letter or digit" % (pool_name,))
+        self.client = client
+        self.table = table
+        self.pool_name = pool_name
+        self.location = "dynamodb table %s, pool %s" % (table, pool_name)
+        self.directory = os.path.abspath(os.path.expanduser(state_dir or default_state_dir()))
+        self.clock = clock
+        self.retry_delay = retry_delay
+        self.lease_seconds = lease_seconds
+        self.held_lease = None  # the _DynamoLease this store holds, if any: transactions are fenced by it
+        # Up to 4 attempts, random pauses of up to 1, 2 and 4 retry_delays between them (as ec2.py).
+        self._retry = AWSRetry.jittered_backoff(retries=4, delay=retry_delay, backoff=2.0, max_delay=15 * retry_delay,
+                                                catch_extra_error_codes=THROTTLING_CODES)
+
+    # -- calls -----------------------------------------------------------------------------------------------------
+    def _call(self, operation, **params):
+        """One DynamoDB call, throttling retried (jittered, capped). A failed condition is not retried: it raises
+        botocore's ClientError for the caller to decide; any other failure raises a PoolError naming the table."""
+        method = getattr(self.client, "".join("_" + c.lower() if c.isupper() else c for c in operation)[1:])
+        try:
+            return self._retry(method)(**params)
+        except botocore.exceptions.ClientError as exc:
+            code = _code(exc)
+            if code in ("ConditionalCheckFailedException", "TransactionCanceledException"):
+                raise
+            raise self._error(operation, exc, code) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise PoolError("DynamoDB %s on table %s failed: %s" % (operation, self.table, exc),
+                            error_code=type(exc).__name__) from exc
+
+    def _error(self, operation, exc, code):
+        message = exc.response.get("Error", {}).get("Message", str(exc))
+        if code == "ResourceNotFoundException":
+            return PoolError("DynamoDB table %s does not exist (%s: %s); ec2spot.pool.spot_pool_init creates it, or "
+                             "create it with partition key pool (S) and sort key item (S)"
+                             % (self.table, operation, message), error_code=code, table=self.table)
+        if code in ("AccessDeniedException", "UnrecognizedClientException", "AccessDenied"):
+            return PoolError("not allowed to use DynamoDB table %s: %s needs the IAM permission dynamodb:%s on it "
+                             "(%s: %s)" % (self.table, operation, _ACTIONS.get(operation, operation), code, message),
+                             error_code=code, table=self.table, permission="dynamodb:%s" % operation)
+        return PoolError("DynamoDB %s on table %s failed: %s (%s)" % (operation, self.table, message, code),
+                         error_code=code, table=self.table)
+
+    def _key(self, item):
+        return {"pool": _s(self.pool_name), "item": _s(item)}
+
+    def _query(self):
+        """Every item of the pool, strongly consistent, all pages: {item key: attributes}."""
+        items, start = {}, None
+        while True:
+            params = {"TableName": self.table, "ConsistentRead": True,
+                      "KeyConditionExpression": "#p = :p", "ExpressionAttributeNames": {"#p": "pool"},
+                      "ExpressionAttributeValues": {":p": _s(self.pool_name)}}
+            if start:
+                params["ExclusiveStartKey"] = start
+            answer = self._call("Query", **params)
+            for item in answer.get("Items", []):
+                items[item["item"]["S"]] = item
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                return items
+
+    # -- the table -------------------------------------------------------------------------------------------------
+    def ensure_table(self, create=True, wait_seconds=300):
+        """Check the table's shape; create it (on-demand billing) when missing and `create`, and wait until it is
+        ACTIVE. Raises PoolError naming the table: missing with `create` off, another key schema, no permission."""
+        try:
+            table = self._call("DescribeTable", TableName=self.table)["Table"]
+        except PoolError as exc:
+            if exc.details.get("error_code") != "ResourceNotFoundException":
+                raise
+            if not create:
+                raise PoolError("DynamoDB table %s does not exist, and create_table is off: create it (partition key "
+                                "pool, sort key item, both strings) or let ec2spot.pool.spot_pool_init create it"
+                                % self.table, error_code="ResourceNotFoundException", table=self.table)
+            table = self._create_table()
+        self._check_shape(table)
+        deadline = time.monotonic() + wait_seconds
+        while table.get("TableStatus") != "ACTIVE":
+            if time.monotonic() >= deadline:
+                raise PoolError("DynamoDB table %s is still %s after %d s"
+                                % (self.table, table.get("TableStatus"), wait_seconds), table=self.table)
+            time.sleep(1)
+            table = self._call("DescribeTable", TableName=self.table)["Table"]
+        return table
+
+    def _create_table(self):
+        try:
+            return self._call("CreateTable", TableName=self.table, BillingMode="PAY_PER_REQUEST",
+                              KeySchema=KEY_SCHEMA,
+                              AttributeDefinitions=[{"AttributeName": "pool", "AttributeType": "S"},
+                                                    {"AttributeName": "item", "AttributeType": "S"}],
+                              )["TableDescription"]
+        except PoolError as exc:
+            if exc.details.get("error_code") != "ResourceInUseException":
+                raise
+            return self._call("DescribeTable", TableName=self.table)["Table"]  # another controller made it
+
+    def _check_shape(self, table):
+        types = {item["AttributeName"]: item["AttributeType"] for item in table.get("AttributeDefinitions", [])}
+        keys = [(item["AttributeName"], item["KeyType"]) for item in table.get("KeySchema", [])]
+        if keys != [("pool", "HASH"), ("item", "RANGE")] or types.get("pool") != "S" or types.get("item") != "S":
+            raise PoolError("DynamoDB table %s has another key schema (%s): a pool table has partition key pool "
+                            "and sort key item, both strings; choose another dynamodb_table"
+                            % (self.table, ", ".join("%s %s %s" % (name, kind, types.get(name, "?"))
+                                                     for name, kind in keys)),
+                            table=self.table, error_code="WrongKeySchema")
+
+    # -- from items to a state and back ----------------------------------------------------------------------------
+    def _assemble(self, items):
+        """The state (state.new_state()'s shape) of the pool's items, or None when there is no pool item."""
+        pool = items.get(POOL_ITEM)
+        if pool is None:
+            return None
+        try:
+            state = json.loads(pool["body"]["S"])
+            listed = sorted((int(item["pos"]["N"]), key, item) for key, item in items.items()
+                            if key.startswith((INSTANCE_PREFIX, EXTRA_LEASE_PREFIX)))
+            state["instances"] = [json.loads(item["body"]["S"]) for _pos, _key, item in listed
+                                  if item["status"]["S"] == IDLE]
+            state["leases"] = [json.loads(item["body"]["S"]) for _pos, _key, item in listed
+                               if item["status"]["S"] == LEASED]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise PoolError("the pool's items in %s are damaged (%s: %s); spot_pool_init with rebuild: true rebuilds "
+                            "the pool from EC2" % (self.location, type(exc).__name__, exc), table=self.table)
+        problems = [] if isinstance(state, dict) and state.get("pool_name") == self.pool_name else [
+            "its pool item belongs to another pool"]
+        problems += schema_problems(state) if not problems else []
+        if problems:
+            raise PoolError("the pool's items in %s are damaged: %s; spot_pool_init with rebuild: true rebuilds the "
+                            "pool from EC2" % (self.location, "; ".join(problems[:5])), table=self.table)
+        state.setdefault("refill", {})
+        state.setdefault("cooldowns", [])
+        state.setdefault("pending_launches", [])
+        return state
+
+    @staticmethod
+    def _wanted(state):
+        """{item key: (status, body)} of the instance and lease items a state needs, in the state's order."""
+        wanted = {}
+        for entry in state["instances"]:
+            wanted.setdefault(_instance_key(entry), (IDLE, entry))
+        for lease in state["leases"]:
+            key = _instance_key(lease)
+            wanted[key if key not in wanted else _instance_key(lease, lease=True)] = (LEASED, lease)
+        return wanted
+
+    @staticmethod
+    def _item_attributes(status, body, rev, pos):
+        attributes = {"status": _s(status), "body": _s(_dump(body)), "rev": _n(rev), "pos": _n(pos)}
+        if status == LEASED:
+            if body.get("lease_id"):
+                attributes["lease_id"] = _s(body["lease_id"])
+            if _epoch(body.get("expires_at")) is not None:
+                attributes["expires"] = _n(_epoch(body["expires_at"]))
+        return attributes
+
+    # -- the interface ---------------------------------------------------------------------------------------------
+    def read(self):
+        return self._assemble(self._query())
+
+    def exists(self):
+        answer = self._call("GetItem", TableName=self.table, Key=self._key(POOL_ITEM), ConsistentRead=True,
+                            ProjectionExpression="#i", ExpressionAttributeNames={"#i": "item"})
+        return "Item" in answer
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Read the whole pool, let the caller change `tx.state`, then write only the items that differ, in one
+        TransactWriteItems (chunks of 100 items beyond that, the pool item in the first), each conditioned on
+        what was read: the pool item on its `version`, an instance item on its `rev` (or on not existing).
+
+        A condition that fails (another controller changed the pool meanwhile, a get leased an entry this change
+        touches) raises StoreConflict and writes nothing: the caller reads again and redoes its change (a block
+        cannot be replayed here). With the refill lease held through this store, every write is also conditioned
+        on still holding it: RefillLeaseLost when it is lost."""
+        items = self._query()
+        before = self._assemble(items)
+        text = None if before is None else _dump(before)
+        tx = Transaction(None if before is None else json.loads(text))
+        yield tx
+        if tx.discarded:
+            return
+        if tx.deleted:
+            if before is not None:
+                self._write(self._deletions(items))
+            return
+        if tx.state is None or (text is not None and _dump(tx.state) == text):
+            return
+        self._write(self._changes(items, tx.state))
+
+    def _deletions(self, items):
+        writes = []
+        for key, item in items.items():
+            if key == LEASE_ITEM:
+                continue
+            if key == POOL_ITEM:
+                condition, values = "#v = :v", {":v": item["version"]}
+            else:
+                condition, values = "#r = :r", {":r": item["rev"]}
+            names = {"#v": "version"} if key == POOL_ITEM else {"#r": "rev"}
+            writes.append({"Delete": {"TableName": self.table, "Key": self._key(key), "ConditionExpression": condition,
+                                      "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}})
+        return writes
+
+    def _changes(self, items, state):
+        """The TransactWriteItems entries that turn `items` into `state`, the pool item's first."""
+        body = {key: value for key, value in state.items() if key not in ("instances", "leases")}
+        pool = items.get(POOL_ITEM)
+        if pool is None:
+            writes = [{"Put": {"TableName": self.table, "ConditionExpression": "attribute_not_exists(#i)",
+                               "ExpressionAttributeNames": {"#i": "item"},
+                               "Item": dict(self._key(POOL_ITEM), body=_s(_dump(body)), version=_n(1))}}]
+        else:
+            writes = [{"Update": {"TableName": self.table, "Key": self._key(POOL_ITEM),
+                                  "UpdateExpression": "SET #b = :b, #v = :next", "ConditionExpression": "#v = :v",
+                                  "ExpressionAttributeNames": {"#b": "body", "#v": "version"},
+                                  "ExpressionAttributeValues": {":b": _s(_dump(body)), ":v": pool["version"],
+                                                                ":next": _n(int(pool["version"]["N"]) + 1)}}}]
+        old = {key: item for key, item in items.items() if key.startswith((INSTANCE_PREFIX, EXTRA_LEASE_PREFIX))}
+        top = max([int(item["pos"]["N"]) for item in old.values()] or [0])
+        for key, (status, entry) in self._wanted(state).items():
+            item = old.pop(key, None)
+            if item is None:
+                top += 1
+                writes.append({"Put": {"TableName": self.table, "ConditionExpression": "attribute_not_exists(#i)",
+                                       "ExpressionAttributeNames": {"#i": "item"},
+                                       "Item": dict(self._key(key), **self._item_attributes(status, entry, 1, top))}})
+            elif (item["status"]["S"], json.loads(item["body"]["S"])) != (status, entry):
+                attributes = self._item_attributes(status, entry, int(item["rev"]["N"]) + 1, int(item["pos"]["N"]))
+                writes.append({"Put": {"TableName": self.table, "ConditionExpression": "#r = :r",
+                                       "ExpressionAttributeNames": {"#r": "rev"},
+                                       "ExpressionAttributeValues": {":r": item["rev"]},
+                                       "Item": dict(self._key(key), **attributes)}})
+        for key, item in old.items():  # no longer in the state
+            writes.append({"Delete": {"TableName": self.table, "Key": self._key(key), "ConditionExpression": "#r = :r",
+                                      "ExpressionAttributeNames": {"#r": "rev"},
+                                      "ExpressionAttributeValues": {":r": item["rev"]}}})
+        return writes
+
+    def _fence(self):
+        """The condition that this store still holds its refill lease (None when it holds none)."""
+        lease = self.held_lease
+        if lease is None or not lease.held:
+            return None
+        return {"ConditionCheck": {"TableName": self.table, "Key": self._key(LEASE_ITEM),
+                                   "ConditionExpression": "#h = :h AND #f = :f",
+                                   "ExpressionAttributeNames": {"#h": "holder", "#f": "fencing"},
+                                   "ExpressionAttributeValues": {":h": _s(lease.holder), ":f": _n(lease.fencing)}}}
+
+    def _write(self, writes):
+        fence = self._fence()
+        room = TRANSACTION_LIMIT - (1 if fence else 0)
+        for start in range(0, len(writes), room):
+            self._transact(writes[start:start + room] + ([fence] if fence else []), fence)
+
+    def _transact(self, chunk, fence):
+        """One TransactWriteItems. A cancellation only for passing reasons (throttled, or another transaction on
+        one of the items at that moment) is retried as throttled calls are (the conditions still guard every
+        item); a failed condition never is."""
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                self._call("TransactWriteItems", TransactItems=chunk)
+                return
+            except botocore.exceptions.ClientError as exc:
+                reasons = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]
+                failed = set(reason for reason in reasons if reason and reason != "None")
+                if failed and failed <= PASSING_REASONS and attempt < TRANSACTION_ATTEMPTS:
+                    time.sleep(random.uniform(0, min(15, 2 ** (attempt - 1)) * self.retry_delay))
+                    continue
+                if fence and len(reasons) == len(chunk) and reasons[-1] == "ConditionalCheckFailed":
+                    raise RefillLeaseLost("the refill lease of %s was taken over by another controller (fencing "
+                                          "number above %d): nothing was written"
+                                          % (self.location, self.held_lease.fencing), table=self.table) from exc
+                if failed - {"ConditionalCheckFailed", "TransactionConflict"}:
+                    raise self._error("TransactWriteItems", exc, ",".join(sorted(failed))) from exc
+                raise StoreConflict("%s changed while this change was made (another controller wrote meanwhile): "
+                                    "nothing was written; run again" % self.location, table=self.table) from exc
+
+    def claim_ready(self, dead, alive, lease_ttl, verify=True, verify_max_age=0, check_mode=False):
+        """See PoolStore.claim_ready: one strongly consistent Query, then one conditional UpdateItem of one ready
+        instance item (idle -> leased, condition: unchanged since the read), picked at random among the ready ones
+        so that racing controllers rarely collide. A lost race takes another one of the same read; only after
+        LOSSES_BEFORE_REREAD lost races in a row (the read is stale: the pool is being emptied by others) is the
+        pool read again, at most MAX_READS times in all; the last read is tried to its end. Dead entries are deleted (condition: still idle); check
+        mode writes nothing."""
+        items = self._query()
+        state = self._assemble(items)
+        if state is None:
+            return None
+        now = utcnow()
+        trusted = not needs_verify(state, verify, verify_max_age, now)
+        dropped = choose_claim(state, dead, alive, trusted)[0]
+        if not check_mode:
+            for instance_id in dropped:
+                with contextlib.suppress(botocore.exceptions.ClientError):  # leased or gone meanwhile
+                    self._call("DeleteItem", TableName=self.table, Key=self._key(INSTANCE_PREFIX + instance_id),
+                               ConditionExpression="#s = :idle", ExpressionAttributeNames={"#s": "status"},
+                               ExpressionAttributeValues={":idle": _s(IDLE)})
+        for reads in range(1, MAX_READS + 1):
+            # The last read is tried to its end: a claim never gives up while its read shows a ready entry.
+            patience = LOSSES_BEFORE_REREAD if reads < MAX_READS else None
+            lease, stale = self._claim_from(items, state, dead, alive, trusted, now, lease_ttl, check_mode, patience)
+            if lease is not None or not stale or reads == MAX_READS:
+                break
+            items = self._query()
+            state = self._assemble(items)
+            if state is None:  # deleted meanwhile
+                return None
+        unchecked = [] if lease else choose_claim(state, set(), alive, trusted)[2]
+        return Claim(lease, counts(state), (state.get("refill") or {}).get("last_error"), dropped, unchecked)
+
+    def _claim_from(self, items, state, dead, alive, trusted, now, lease_ttl, check_mode, patience):
+        """Lease one eligible entry of one read (`items`, `state`); returns (lease or None, whether the read proved
+        stale: `patience` races lost in a row, None: no limit). `state` is brought up to what was learnt: the lease
+        made, the entries others leased first."""
+        state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
+        order = list(state["instances"])
+        random.shuffle(order)  # choose_claim takes the first eligible: of a shuffled list, any eligible one
+        top = max([int(item["pos"]["N"]) for item in items.values() if "pos" in item] or [0])
+        lost = 0
+        while True:
+            entry = choose_claim(dict(state, instances=order), set(), alive, trusted)[1]
+            if entry is None:
+                return None, False
+            if patience is not None and lost >= patience:
+                return None, True
+            lease = new_lease(entry, now, lease_ttl)
+            won = check_mode or self._lease(items[INSTANCE_PREFIX + entry["id"]], lease, top + 1)
+            order.remove(entry)
+            state["instances"].remove(entry)
+            state["leases"].append(lease if won else entry)  # a lost one: leased by someone else
+            if won:
+                return lease, False
+            lost += 1
+
+    def _lease(self, item, lease, pos):
+        """The one conditional write of a hand-out; False when another controller changed the item first."""
+        attributes = self._item_attributes(LEASED, lease, int(item["rev"]["N"]) + 1, pos)
+        names = {"#%s" % name: name for name in attributes}
+        values = {":%s" % name: value for name, value in attributes.items()}
+        try:
+            self._call("UpdateItem", TableName=self.table, Key=self._key(item["item"]["S"]),
+                       UpdateExpression="SET " + ", ".join("#%s = :%s" % (name, name) for name in attributes),
+                       ConditionExpression="#rev = :old AND #status = :idle", ExpressionAttributeNames=names,
+                       ExpressionAttributeValues=dict(values, **{":old": item["rev"], ":idle": _s(IDLE)}))
+            return True
+        except botocore.exceptions.ClientError:  # ConditionalCheckFailedException: _call raises no other
+            return False
+
+    def end_lease(self, instance_id, lease_id):
+        """See PoolStore.end_lease: a DeleteItem of that lease's item, conditioned on its lease_id."""
+        condition = "#s = :leased AND " + ("#l = :l" if lease_id else "attribute_not_exists(#l)")
+        values = {":leased": _s(LEASED)}
+        if lease_id:
+            values[":l"] = _s(lease_id)
+        for key in (INSTANCE_PREFIX + instance_id, _instance_key({"id": instance_id, "lease_id": lease_id}, True)):
+            try:
+                self._call("DeleteItem", TableName=self.table, Key=self._key(key), ConditionExpression=condition,
+                           ExpressionAttributeNames={"#s": "status", "#l": "lease_id"},
+                           ExpressionAttributeValues=values)
+                break
+            except botocore.exceptions.ClientError:
+                continue  # not this item's lease
+        state = self.read()
+        return None if state is None else counts(state)
+
+    def delete(self, refill_lock=None):
+        """Delete every item of the pool (the refill lease too, unless another job holds it) and the local log."""
+        for _attempt in range(5):
+            items = self._query()
+            items.pop(LEASE_ITEM, None)
+            if not items:
+                break
+            with contextlib.suppress(StoreConflict):
+                self._write(self._deletions(items))
+        if refill_lock is None or not refill_lock.held:
+            refill_lock = self.refill_lock()
+            if not refill_lock.acquire(blocking=False, create=False):
+                refill_lock = None
+        if refill_lock is not None:
+            refill_lock.remove()
+        for path in (self.refill_log_path(), self.refill_log_path() + ".1"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    # -- the refill job's lease and local files --------------------------------------------------------------------
+    def refill_lock(self):
+        return _DynamoLease(self)
+
+    def refill_log_path(self):
+        return os.path.join(self.directory, "dynamodb-%s-%s.refill.log" % (self.table, self.pool_name))
+
+    def code_directory(self):
+        try:
+            check_state_directory(self.directory)
+        except FileNotFoundError:
+            return None
+        path = os.path.join(self.directory, "code")
+        if os.path.lexists(path):
+            check_code_directory(path)
+        return path
+
+    def code_directory_shared(self):
+        return True  # other pools of the table may run a job from this controller: the code copy stays
+
+    def job_arguments(self):
+        # Not parsed by refill.main yet: the refill job learns to open a DynamoStore when the store is wired into
+        # the modules (until then no module makes a DynamoStore, so no job is started with these).
+        return ["--dynamodb-table", self.table, "--pool-name", self.pool_name]
+
+
+class _DynamoLease:
+    """The refill lease: the pool's `refill-lease` item (holder, expires, fencing), with FileLock's API.
+
+    Held while `holder` is ours and `expires` (epoch seconds, the caller's clock) is ahead; once it has passed,
+    any controller may take it, and taking it increments `fencing`. A released lease keeps its item (and its
+    fencing number, so numbers only grow); remove() deletes it. renew() extends a held lease (the job calls it
+    while it works); it fails once another controller has taken the lease."""
+
+    def __init__(self, store):
+        self.store = store
+        self.holder = "%s:%d:%s" % (socket.gethostname(), os.getpid(), os.urandom(8).hex())
+        self.fencing = None
+
+    @property
+    def held(self):
+        return self.fencing is not None
+
+    def _item(self):
+        store = self.store
+        return store._call("GetItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                           ConsistentRead=True).get("Item")
+
+    def exists(self):
+        return self._item() is not None
+
+    def is_held_elsewhere(self):
+        if self.held:
+            return False
+        item = self._item()
+        return (item is not None and "holder" in item and item["holder"]["S"] != self.holder
+                and float(item["expires"]["N"]) > self.store.clock())
+
+    def acquire(self, blocking=True, timeout=None, create=True):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._take(create):
+                return True
+            if not create and not self.exists():
+                return False
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                return False
+            time.sleep(1)
+
+    def _take(self, create):
+        store = self.store
+        now = store.clock()
+        free = "attribute_not_exists(#h) OR #e < :now"
+        condition = "attribute_not_exists(#i) OR " + free if create else "attribute_exists(#i) AND (%s)" % free
+        try:
+            answer = store._call(
+                "UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                UpdateExpression="SET #h = :me, #e = :exp, #f = if_not_exists(#f, :zero) + :one",
+                ConditionExpression=condition, ReturnValues="ALL_NEW",
+                ExpressionAttributeNames={"#h": "holder", "#e": "expires", "#f": "fencing", "#i": "item"},
+                ExpressionAttributeValues={":me": _s(self.holder), ":exp": _n(now + store.lease_seconds),
+                                           ":now": _n(now), ":zero": _n(0), ":one": _n(1)})
+        except botocore.exceptions.ClientError:
+            return False
+        self.fencing = int(answer["Attributes"]["fencing"]["N"])
+        store.held_lease = self
+        return True
+
+    def _mine(self):
+        return {"ConditionExpression": "#h = :me AND #f = :f",
+                "ExpressionAttributeValues": {":me": _s(self.holder), ":f": _n(self.fencing)}}
+
+    def renew(self):
+        """Extend the held lease by the store's lease_seconds; raises RefillLeaseLost when it is no longer ours."""
+        store = self.store
+        if not self.held:
+            raise RefillLeaseLost("the refill lease of %s is not held here: acquire it first" % store.location,
+                                  table=store.table)
+        mine = self._mine()
+        try:
+            store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                        UpdateExpression="SET #e = :exp", ConditionExpression=mine["ConditionExpression"],
+                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires"},
+                        ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"],
+                                                       **{":exp": _n(store.clock() + store.lease_seconds)}))
+        except botocore.exceptions.ClientError as exc:
+            self._forget()
+            raise RefillLeaseLost("the refill lease of %s was taken over by another controller" % store.location,
+                                  table=store.table) from exc
+
+    def release(self):
+        if not self.held:
+            return
+        store = self.store
+        mine = self._mine()
+        with contextlib.suppress(botocore.exceptions.ClientError):  # lost meanwhile: nothing of ours to release
+            store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                        UpdateExpression="REMOVE #h SET #e = :zero", ConditionExpression=mine["ConditionExpression"],
+                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires"},
+                        ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"], **{":zero": _n(0)}))
+        self._forget()
+
+    def remove(self):
+        if self.held:
+            store = self.store
+            mine = self._mine()
+            with contextlib.suppress(botocore.exceptions.ClientError):
+                store._call("DeleteItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                            ConditionExpression=mine["ConditionExpression"],
+                            ExpressionAttributeNames={"#h": "holder", "#f": "fencing"},
+                            ExpressionAttributeValues=mine["ExpressionAttributeValues"])
+        self._forget()
+
+    def _forget(self):
+        self.fencing = None
+        if self.store.held_lease is self:
+            self.store.held_lease = None

@@ -1,0 +1,577 @@
+"""The DynamoDB store's own behaviour, against the session's moto server (the contract it shares with the file
+store is in test_store.py): claims racing in threads and in processes, the requests a claim makes, the refill
+lease's expiry and fencing, conflicting whole-pool writes, the table's checks, throttling and permissions injected
+by the fault proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import RefillLeaseLost
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import StoreConflict
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from tests.support.moto import REGION
+from tests.support.pool_entries import instance_id
+from tests.support.pool_entries import pool_entry
+from tests.unit.test_layers import PACKAGE
+from tests.unit.test_layers import imports_of
+from tests.unit.test_store import dynamodb_client
+from tests.unit.test_store import seed
+
+ROOT = Path(__file__).resolve().parents[2]
+HOUR = 3600
+
+
+def new_table_name():
+    return "ec2spot-pool-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def url(fault_proxy):
+    """The session's moto server, through the fault proxy: it applies each DynamoDB request atomically, as DynamoDB
+    does (moto alone may let two racing conditional writes of one item both succeed)."""
+    return fault_proxy.url
+
+
+@pytest.fixture
+def table(url):
+    """A pool table of its own, made as init would make it; deleted afterwards."""
+    name = new_table_name()
+    DynamoStore(dynamodb_client(url), name, "p").ensure_table()
+    yield name
+    with contextlib.suppress(Exception):
+        dynamodb_client(url).delete_table(TableName=name)
+
+
+@pytest.fixture
+def open_store(url, table, tmp_path):
+    """A maker of handles on pool `p` of `table`, each with its own client (as another controller has)."""
+
+    def make(**options):
+        return DynamoStore(dynamodb_client(options.pop("url", url)), table, "p", str(tmp_path), **options)
+
+    return make
+
+
+def count_calls(store):
+    """The DynamoDB operations `store`'s client sends from now on, in order."""
+    calls = []
+    store.client.meta.events.register("before-call.dynamodb", lambda model, **_kw: calls.append(model.name))
+    return calls
+
+
+def items_of(url, table):
+    client = dynamodb_client(url)
+    return sorted((item for page in client.get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
+                   for item in page["Items"]), key=lambda item: (item["pool"]["S"], item["item"]["S"]))
+
+
+# -- a hand-out: one read, one conditional write ------------------------------------------------------------------
+def test_an_uncontended_claim_is_one_query_and_one_conditional_update(open_store):
+    store = seed(open_store(), [pool_entry(number) for number in range(10)])
+    calls = count_calls(store)
+    assert store.claim_ready(set(), set(), HOUR, verify=False).lease is not None
+    assert calls == ["Query", "UpdateItem"]
+
+
+def test_a_lost_race_takes_another_ready_entry_from_the_same_read(open_store, url, table):
+    """Another controller leases the entry this claim is about to write: its condition fails (not retried as an
+    error), and it leases another entry without reading the pool again."""
+    store = seed(open_store(), [pool_entry(1), pool_entry(2), pool_entry(3)])
+    rival = dynamodb_client(url)
+    stolen = []
+
+    def steal(params, **_kw):
+        if not stolen:
+            stolen.append(params["Key"]["item"]["S"])
+            rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
+                              ExpressionAttributeNames={"#s": "status", "#r": "rev"},
+                              ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
+
+    calls = count_calls(store)
+    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    claim = store.claim_ready(set(), set(), HOUR, verify=False)
+    assert calls == ["Query", "UpdateItem", "UpdateItem"]
+    assert claim.lease is not None and "inst#" + claim.lease["id"] != stolen[0]
+    assert claim.counts["leased"] == 2 and claim.counts["ready"] == 1
+
+
+def test_two_lost_races_in_a_row_read_the_pool_again(open_store, url, table):
+    """The read is stale (others are emptying the pool): after two lost races the claim reads again rather than
+    trying every entry of a read that is out of date."""
+    store = seed(open_store(), [pool_entry(number) for number in range(6)])
+    rival = dynamodb_client(url)
+    stolen = []
+
+    def steal(params, **_kw):
+        if len(stolen) < 2:
+            stolen.append(params["Key"]["item"]["S"])
+            rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
+                              ExpressionAttributeNames={"#s": "status", "#r": "rev"},
+                              ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
+
+    calls = count_calls(store)
+    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    claim = store.claim_ready(set(), set(), HOUR, verify=False)
+    assert calls == ["Query", "UpdateItem", "UpdateItem", "Query", "UpdateItem"]
+    assert "inst#" + claim.lease["id"] not in stolen and claim.counts["leased"] == 3
+
+
+def test_a_claim_never_gives_up_while_its_last_read_shows_a_ready_entry(open_store, url, table):
+    """Others win two races per read, three reads running: the third read is tried to its end, and the claim
+    gets the one entry left, as a file store's claim would."""
+    store = seed(open_store(), [pool_entry(number) for number in range(9)])
+    rival = dynamodb_client(url)
+    stolen = []
+
+    def steal(params, **_kw):
+        if len(stolen) < 8:
+            stolen.append(params["Key"]["item"]["S"])
+            rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
+                              ExpressionAttributeNames={"#s": "status", "#r": "rev"},
+                              ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
+
+    calls = count_calls(store)
+    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    claim = store.claim_ready(set(), set(), HOUR, verify=False)
+    assert calls == ["Query", "UpdateItem", "UpdateItem"] * 2 + ["Query"] + ["UpdateItem"] * 5
+    assert claim.lease is not None and "inst#" + claim.lease["id"] not in stolen
+    assert claim.counts["ready"] == 0 and claim.counts["leased"] == 9
+
+
+def test_claims_pick_at_random_among_the_ready_not_the_first(open_store):
+    store = seed(open_store(), [pool_entry(number) for number in range(20)])
+    taken = [store.claim_ready(set(), set(), 0, verify=False).lease["id"] for _claim in range(20)]
+    assert sorted(taken) == [instance_id(number) for number in range(20)]
+    assert taken != [instance_id(number) for number in range(20)]  # in pool order: 1 chance in 20! if random
+
+
+def test_more_claimers_in_threads_than_ready_entries_each_entry_is_leased_once(open_store):
+    seed(open_store(), [pool_entry(number) for number in range(5)] + [pool_entry(9, ready=False)])
+    stores = [open_store() for _claimer in range(12)]
+    barrier = threading.Barrier(len(stores))
+    got = [None] * len(stores)
+    errors = []
+
+    def claimer(index):
+        barrier.wait()
+        try:
+            got[index] = stores[index].claim_ready(set(), set(), HOUR, verify=False).lease
+        except Exception as exc:  # pylint: disable=broad-exception-caught  # shown by the assertion below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=claimer, args=(index,)) for index in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    leases = [lease for lease in got if lease is not None]
+    assert sorted(lease["id"] for lease in leases) == [instance_id(number) for number in range(5)]  # 0 duplicates
+    after = open_store().read()
+    assert [entry["id"] for entry in after["instances"]] == [instance_id(9)]
+    assert sorted(lease["lease_id"] for lease in after["leases"]) == sorted(lease["lease_id"] for lease in leases)
+
+
+CLAIMER = """
+import json, sys
+import boto3
+from botocore.config import Config
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+url, table, state_dir = sys.argv[1:4]
+client = boto3.client("dynamodb", region_name="%s", endpoint_url=url, aws_access_key_id="testing",
+                      aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
+store = DynamoStore(client, table, "p", state_dir)
+print("ready", flush=True)
+sys.stdin.read()  # the start signal: every claimer is loaded and waiting
+claim = store.claim_ready(set(), set(), 0, verify=False)
+print(json.dumps(claim.lease and claim.lease["id"]), flush=True)
+""" % REGION
+
+
+def test_more_claimers_in_processes_than_ready_entries_each_entry_is_leased_once(open_store, url, table, tmp_path):
+    seed(open_store(), [pool_entry(number) for number in range(5)])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "build" / "collections"), str(ROOT)]))
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, table, str(tmp_path)], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _claimer in range(8)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            proc.stdin.close()  # as near to at once as processes get
+        answers = [json.loads(proc.stdout.read()) for proc in procs]
+        assert [proc.wait(timeout=60) for proc in procs] == [0] * len(procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    taken = sorted(answer for answer in answers if answer)
+    assert taken == [instance_id(number) for number in range(5)] and answers.count(None) == 3
+    assert sorted(lease["id"] for lease in open_store().read()["leases"]) == taken
+
+
+# -- whole-pool changes: conditional on what was read -------------------------------------------------------------
+def test_two_whole_pool_changes_at_once_one_stands_the_other_is_a_conflict(open_store):
+    """Two inits with different sizes: the pool item's version lets one win; the other writes nothing."""
+    seed(open_store(), [pool_entry(1)], target=2)
+    with pytest.raises(StoreConflict, match="changed while"):
+        with open_store().transaction() as first:
+            first.state["target_size"] = 7
+            with open_store().transaction() as second:
+                second.state["target_size"] = 5
+    assert open_store().read()["target_size"] == 5
+
+
+def test_a_change_never_overwrites_a_lease_a_get_took_meanwhile(open_store):
+    seed(open_store(), [pool_entry(1), pool_entry(2, ready=False)])
+    with pytest.raises(StoreConflict):
+        with open_store().transaction() as tx:
+            claim = open_store().claim_ready(set(), set(), HOUR, verify=False)
+            tx.state["instances"][0]["ip"] = "203.0.113.9"  # the entry the get has just leased, as read before
+    after = open_store().read()
+    assert after["leases"] == [claim.lease] and [entry["id"] for entry in after["instances"]] == [instance_id(2)]
+
+
+def test_a_change_of_other_items_stands_beside_a_lease_taken_meanwhile(open_store):
+    seed(open_store(), [pool_entry(1), pool_entry(2, ready=False)])
+    with open_store().transaction() as tx:
+        claim = open_store().claim_ready(set(), set(), HOUR, verify=False)
+        tx.state["instances"][1] = pool_entry(2)  # the refill fills in the pending one
+        tx.state["instances"].append(pool_entry(3, ready=False))
+    after = open_store().read()
+    assert after["leases"] == [claim.lease]
+    assert after["instances"] == [pool_entry(2), pool_entry(3, ready=False)]
+
+
+# -- the refill lease: expiry, takeover, fencing ------------------------------------------------------------------
+def test_an_expired_refill_lease_is_taken_over_with_a_higher_fencing_number(open_store):
+    clock = [1000.0]
+    old, new = open_store(clock=lambda: clock[0], lease_seconds=60), open_store(clock=lambda: clock[0])
+    seed(old, [pool_entry(1)])
+    dead_job = old.refill_lock()
+    assert dead_job.acquire(blocking=False)
+    taker = new.refill_lock()
+    assert not taker.acquire(blocking=False) and taker.is_held_elsewhere()
+    clock[0] += 61  # the job died with its runner: nobody renewed
+    assert not taker.is_held_elsewhere()
+    assert taker.acquire(blocking=False) and taker.fencing == dead_job.fencing + 1
+    with new.transaction() as tx:  # the new holder writes
+        tx.state["target_size"] = 3
+    assert new.read()["target_size"] == 3
+
+
+def test_a_holder_that_lost_the_refill_lease_can_write_nothing(open_store, url, table):
+    clock = [1000.0]
+    old, new = open_store(clock=lambda: clock[0], lease_seconds=60), open_store(clock=lambda: clock[0])
+    seed(old, [pool_entry(1)])
+    lost = old.refill_lock()
+    assert lost.acquire(blocking=False)
+    clock[0] += 61
+    assert new.refill_lock().acquire(blocking=False)
+    before = items_of(url, table)
+    with pytest.raises(RefillLeaseLost, match="taken over"):
+        with old.transaction() as tx:
+            tx.state["instances"].append(pool_entry(2))
+    with pytest.raises(RefillLeaseLost):
+        lost.renew()
+    lost.release()  # releases nothing of the new holder's
+    assert items_of(url, table) == before
+    assert open_store(clock=lambda: clock[0]).refill_lock().is_held_elsewhere()
+
+
+def test_a_renewed_refill_lease_is_not_taken_over(open_store):
+    clock = [1000.0]
+    job, other = open_store(clock=lambda: clock[0], lease_seconds=60), open_store(clock=lambda: clock[0])
+    seed(job, [pool_entry(1)])
+    lease = job.refill_lock()
+    with pytest.raises(RefillLeaseLost, match="not held here"):
+        lease.renew()  # before acquiring it: nothing to renew, nothing written
+    assert lease.acquire(blocking=False)
+    clock[0] = 1050.0
+    lease.renew()
+    clock[0] = 1100.0  # past the first expiry, before the renewed one
+    assert not other.refill_lock().acquire(blocking=False)
+    clock[0] = 1111.0
+    assert other.refill_lock().acquire(blocking=False)
+
+
+# -- the table ----------------------------------------------------------------------------------------------------
+def test_ensure_table_creates_an_on_demand_table_with_the_pool_keys(url):
+    name = new_table_name()
+    client = dynamodb_client(url)
+    try:
+        table = DynamoStore(client, name, "p").ensure_table()
+        assert table["TableStatus"] == "ACTIVE" and table["KeySchema"] == dynamo.KEY_SCHEMA
+        described = client.describe_table(TableName=name)["Table"]
+        assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+        DynamoStore(client, name, "p").ensure_table(create=False)  # there now: checked, not made again
+    finally:
+        client.delete_table(TableName=name)
+
+
+def test_a_missing_table_with_create_off_is_a_clear_error_and_nothing_is_made(url, tmp_path):
+    name = new_table_name()
+    client = dynamodb_client(url)
+    store = DynamoStore(client, name, "p", str(tmp_path))
+    with pytest.raises(PoolError, match="DynamoDB table %s does not exist, and create_table is off" % name):
+        store.ensure_table(create=False)
+    with pytest.raises(PoolError, match="DynamoDB table %s does not exist" % name):
+        store.read()
+    assert name not in client.list_tables()["TableNames"]
+
+
+def test_a_table_of_another_key_schema_is_refused_by_name(url):
+    name = new_table_name()
+    client = dynamodb_client(url)
+    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
+    try:
+        with pytest.raises(PoolError, match="DynamoDB table %s has another key schema \\(id HASH S\\)" % name):
+            DynamoStore(client, name, "p").ensure_table()
+        assert client.scan(TableName=name)["Count"] == 0
+    finally:
+        client.delete_table(TableName=name)
+
+
+def proxied_store(fault_proxy, name, tmp_path, **options):
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=fault_proxy.url, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
+    return DynamoStore(client, name, "p", str(tmp_path), retry_delay=0.01, **options)
+
+
+def test_no_permission_names_the_table_and_the_permission(fault_proxy, tmp_path):
+    name = new_table_name()
+    store = proxied_store(fault_proxy, name, tmp_path)
+    fault_proxy.fail("DescribeTable", "AccessDeniedException")
+    with pytest.raises(PoolError, match="table %s: DescribeTable needs the IAM permission dynamodb:DescribeTable"
+                       % name) as caught:
+        store.ensure_table()
+    assert caught.value.details["permission"] == "dynamodb:DescribeTable"
+    assert fault_proxy.count("CreateTable") == 0 and fault_proxy.count("DescribeTable") == 1  # not retried
+    fault_proxy.clear_rules()
+    store.ensure_table()
+    seed(store, [pool_entry(1)])
+    fault_proxy.fail("UpdateItem", "AccessDeniedException")
+    with pytest.raises(PoolError, match="dynamodb:UpdateItem"):
+        store.claim_ready(set(), set(), HOUR, verify=False)
+    assert store.read()["leases"] == []
+
+
+def test_throttling_is_retried_and_a_lost_condition_is_not(fault_proxy, tmp_path):
+    name = new_table_name()
+    store = proxied_store(fault_proxy, name, tmp_path)
+    store.ensure_table()
+    seed(store, [pool_entry(1)])
+    fault_proxy.clear_records()
+    fault_proxy.fail("Query", "ProvisionedThroughputExceededException", times=2)
+    fault_proxy.fail("UpdateItem", "ThrottlingException", times=1)
+    claim = store.claim_ready(set(), set(), HOUR, verify=False)
+    assert claim.lease["id"] == instance_id(1)
+    throttled = "ProvisionedThroughputExceededException"
+    assert [record.error_code for record in fault_proxy.records("Query")] == [throttled, throttled, None]
+    assert [record.error_code for record in fault_proxy.records("UpdateItem")] == ["ThrottlingException", None]
+    # A transaction that lost its condition is a conflict at once, never retried as a throttled call.
+    fault_proxy.clear_records()
+    with pytest.raises(StoreConflict):
+        with store.transaction() as tx:
+            proxied_store(fault_proxy, name, tmp_path).end_lease(claim.lease["id"], claim.lease["lease_id"])
+            tx.state["leases"][0]["expires_at"] = "2999-01-01T00:00:00Z"
+    assert fault_proxy.count("TransactWriteItems") == 1
+
+
+def test_throttling_that_does_not_pass_is_retried_a_capped_number_of_times(fault_proxy, tmp_path):
+    name = new_table_name()
+    store = proxied_store(fault_proxy, name, tmp_path)
+    store.ensure_table()
+    seed(store, [pool_entry(1)])
+    fault_proxy.clear_records()
+    fault_proxy.fail("UpdateItem", "ThrottlingException")
+    with pytest.raises(PoolError, match="ThrottlingException") as caught:
+        store.claim_ready(set(), set(), HOUR, verify=False)
+    assert caught.value.details["error_code"] == "ThrottlingException"
+    assert fault_proxy.count("UpdateItem") == 4  # 4 attempts in all, as the EC2 calls
+    fault_proxy.clear_rules()
+    assert store.read()["leases"] == []
+
+
+# -- what the store keeps and imports -----------------------------------------------------------------------------
+def test_no_credential_is_ever_written_to_the_table(url, table, tmp_path):
+    secret, key = "s3cr3t-" + uuid.uuid4().hex, "AKIA" + uuid.uuid4().hex[:16].upper()
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=url, aws_access_key_id=key,
+                          aws_secret_access_key=secret, aws_session_token="token-" + secret,
+                          config=Config(**BOTOCORE_CONFIG))
+    store = seed(DynamoStore(client, table, "p", str(tmp_path)), [pool_entry(1), pool_entry(2)])
+    store.claim_ready(set(), set(), HOUR, verify=False)
+    assert store.refill_lock().acquire(blocking=False)
+    text = json.dumps(items_of(url, table))
+    assert "inst#" in text and "refill-lease" in text  # the check reads what was written
+    assert secret not in text and key not in text
+
+
+def test_the_store_imports_no_ec2_part_and_the_file_path_does_not_import_it():
+    assert imports_of(PACKAGE / "dynamo.py") & {"ec2", "ec2query", "launcher", "connection", "refill"} == set()
+    assert [path.stem for path in PACKAGE.glob("*.py") if "dynamo" in imports_of(path)] == []
+
+
+# -- the rest of transaction() and claim_ready() ------------------------------------------------------------------
+def test_tx_delete_removes_the_pool_items_and_tx_discard_writes_nothing(open_store, url, table):
+    store = seed(open_store(), [pool_entry(1), pool_entry(2)])
+    store.claim_ready(set(), set(), HOUR, verify=False)
+    lease = open_store().refill_lock()
+    assert lease.acquire(blocking=False)
+    before = items_of(url, table)
+    with store.transaction() as tx:
+        tx.state["target_size"] = 9
+        tx.discard()
+    assert items_of(url, table) == before
+    with store.transaction() as tx:
+        tx.delete()
+    assert store.read() is None and not store.exists()
+    assert [item["item"]["S"] for item in items_of(url, table)] == ["refill-lease"]  # its holder still runs
+
+
+def test_a_dead_entry_leased_meanwhile_by_another_controller_is_not_deleted(open_store, url, table):
+    """The caller says i-1 is dead, but between this claim's read and its delete another controller leased it
+    (EC2 was wrong, or it is running again): the delete is conditioned on the entry still being idle."""
+    store = seed(open_store(), [pool_entry(1), pool_entry(2, ready=False)])
+    rival = open_store()
+
+    def lease_first(params, **_kw):
+        if params["Key"]["item"]["S"] == "inst#" + instance_id(1) and not rival.read()["leases"]:
+            assert rival.claim_ready(set(), set(), HOUR, verify=False).lease["id"] == instance_id(1)
+
+    store.client.meta.events.register("before-parameter-build.dynamodb.DeleteItem", lease_first)
+    claim = store.claim_ready({instance_id(1)}, set(), HOUR, verify=False)
+    assert claim.dropped == [instance_id(1)] and claim.lease is None
+    after = open_store().read()
+    assert [lease["id"] for lease in after["leases"]] == [instance_id(1)]
+    assert [entry["id"] for entry in after["instances"]] == [instance_id(2)]
+
+
+class CreatingTableClient:
+    """A DynamoDB client stand-in: the table is missing, then being created (by us, or by another controller at
+    the same moment), then ACTIVE; records the calls."""
+
+    def __init__(self, in_use=False):
+        self.calls = []
+        self.in_use = in_use
+        self.status = None
+
+    @staticmethod
+    def _error(code, operation):
+        import botocore.exceptions  # pylint: disable=import-outside-toplevel
+        return botocore.exceptions.ClientError({"Error": {"Code": code, "Message": code}}, operation)
+
+    def describe_table(self, TableName):  # noqa: N803 (boto3's name)  # pylint: disable=invalid-name
+        self.calls.append("DescribeTable")
+        if self.status is None:
+            if self.in_use and "CreateTable" in self.calls:
+                self.status = "CREATING"
+            else:
+                raise self._error("ResourceNotFoundException", "DescribeTable")
+        description = {"TableName": TableName, "TableStatus": self.status, "KeySchema": dynamo.KEY_SCHEMA,
+                       "AttributeDefinitions": [{"AttributeName": "pool", "AttributeType": "S"},
+                                                {"AttributeName": "item", "AttributeType": "S"}]}
+        self.status = "ACTIVE" if self.status == "CREATING" else self.status
+        return {"Table": description}
+
+    def create_table(self, TableName, **_params):  # noqa: N803  # pylint: disable=invalid-name
+        self.calls.append("CreateTable")
+        if self.in_use:
+            raise self._error("ResourceInUseException", "CreateTable")
+        self.status = "CREATING"
+        return {"TableDescription": {"TableName": TableName, "TableStatus": "CREATING", "KeySchema": dynamo.KEY_SCHEMA,
+                                     "AttributeDefinitions": [{"AttributeName": "pool", "AttributeType": "S"},
+                                                              {"AttributeName": "item", "AttributeType": "S"}]}}
+
+
+@pytest.mark.parametrize("in_use", [False, True], ids=["created-here", "created-by-another-controller"])
+def test_ensure_table_waits_until_the_table_is_active(in_use):
+    client = CreatingTableClient(in_use)
+    assert DynamoStore(client, "ec2spot-pool", "p").ensure_table()["TableStatus"] == "ACTIVE"
+    assert client.calls[:2] == ["DescribeTable", "CreateTable"] and client.calls[-1] == "DescribeTable"
+
+
+@pytest.mark.parametrize("table, pool_name, message", [
+    ("t", "p", "dynamodb_table 't' is not a DynamoDB table name"),
+    ("pools/ci", "p", "dynamodb_table 'pools/ci' is not a DynamoDB table name"),
+    ("ec2spot-pool", "", "pool_name '' is not valid"),
+    ("ec2spot-pool", "ci\n", "pool_name 'ci\\\\n' is not valid"),
+    ("ec2spot-pool", "-ci", "pool_name '-ci' is not valid"),
+])
+def test_a_bad_table_or_pool_name_is_refused_before_any_call(table, pool_name, message):
+    client = CreatingTableClient()
+    with pytest.raises(PoolError, match=message):
+        DynamoStore(client, table, pool_name)
+    assert client.calls == []
+
+
+class CancellingClient:
+    """The real client, but its next `times` TransactWriteItems are cancelled for `reason` (as DynamoDB cancels a
+    transaction: TransactionCanceledException with one reason per item), which the fault proxy cannot shape."""
+
+    def __init__(self, client, reason, times):
+        self._client, self.reason, self.times, self.attempts = client, reason, times, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def transact_write_items(self, TransactItems):  # noqa: N803 (boto3's name)  # pylint: disable=invalid-name
+        import botocore.exceptions  # pylint: disable=import-outside-toplevel
+        self.attempts += 1
+        if self.times:
+            self.times -= 1
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+                 "CancellationReasons": [{"Code": self.reason}] + [{"Code": "None"}] * (len(TransactItems) - 1)},
+                "TransactWriteItems")
+        return self._client.transact_write_items(TransactItems=TransactItems)
+
+
+@pytest.mark.parametrize("reason", ["ThrottlingError", "TransactionConflict"])
+def test_a_transaction_cancelled_for_a_passing_reason_is_tried_again(open_store, url, table, tmp_path, reason):
+    seed(open_store(), [pool_entry(1)], target=1)
+    client = CancellingClient(dynamodb_client(url), reason, times=2)
+    store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
+    with store.transaction() as tx:
+        tx.state["target_size"] = 4
+    assert client.attempts == 3 and open_store().read()["target_size"] == 4
+
+
+@pytest.mark.parametrize("reason, error", [("ThrottlingError", PoolError), ("TransactionConflict", StoreConflict)])
+def test_a_transaction_cancelled_every_time_gives_up_after_four_attempts(
+        open_store, url, table, tmp_path, reason, error):
+    seed(open_store(), [pool_entry(1)], target=1)
+    client = CancellingClient(dynamodb_client(url), reason, times=100)
+    store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
+    with pytest.raises(error, match=reason if error is PoolError else "changed while"):
+        with store.transaction() as tx:
+            tx.state["target_size"] = 4
+    assert client.attempts == 4 and open_store().read()["target_size"] == 1
+
+
+def test_a_transaction_whose_condition_failed_is_not_tried_again(open_store, url, table, tmp_path):
+    seed(open_store(), [pool_entry(1)], target=1)
+    client = CancellingClient(dynamodb_client(url), "ConditionalCheckFailed", times=1)
+    store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
+    with pytest.raises(StoreConflict):
+        with store.transaction() as tx:
+            tx.state["target_size"] = 4
+    assert client.attempts == 1
