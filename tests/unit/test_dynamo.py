@@ -88,22 +88,29 @@ def test_an_uncontended_claim_is_one_query_and_one_conditional_update(open_store
     assert calls == ["Query", "UpdateItem"]
 
 
-def test_a_lost_race_takes_another_ready_entry_from_the_same_read(open_store, url, table):
-    """Another controller leases the entry this claim is about to write: its condition fails (not retried as an
-    error), and it leases another entry without reading the pool again."""
-    store = seed(open_store(), [pool_entry(1), pool_entry(2), pool_entry(3)])
+def rival_wins(store, url, table, races):
+    """Another controller leases, just before this claim writes it, the entry each of this claim's first `races`
+    UpdateItems is about to take. Returns the items taken from under it (filled in as the claim runs)."""
     rival = dynamodb_client(url)
     stolen = []
 
     def steal(params, **_kw):
-        if not stolen:
+        if len(stolen) < races:
             stolen.append(params["Key"]["item"]["S"])
             rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
                               ExpressionAttributeNames={"#s": "status", "#r": "rev"},
                               ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
 
-    calls = count_calls(store)
     store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    return stolen
+
+
+def test_a_lost_race_takes_another_ready_entry_from_the_same_read(open_store, url, table):
+    """Another controller leases the entry this claim is about to write: its condition fails (not retried as an
+    error), and it leases another entry without reading the pool again."""
+    store = seed(open_store(), [pool_entry(1), pool_entry(2), pool_entry(3)])
+    calls = count_calls(store)
+    stolen = rival_wins(store, url, table, 1)
     claim = store.claim_ready(set(), set(), HOUR, verify=False)
     assert calls == ["Query", "UpdateItem", "UpdateItem"]
     assert claim.lease is not None and "inst#" + claim.lease["id"] != stolen[0]
@@ -114,18 +121,8 @@ def test_two_lost_races_in_a_row_read_the_pool_again(open_store, url, table):
     """The read is stale (others are emptying the pool): after two lost races the claim reads again rather than
     trying every entry of a read that is out of date."""
     store = seed(open_store(), [pool_entry(number) for number in range(6)])
-    rival = dynamodb_client(url)
-    stolen = []
-
-    def steal(params, **_kw):
-        if len(stolen) < 2:
-            stolen.append(params["Key"]["item"]["S"])
-            rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
-                              ExpressionAttributeNames={"#s": "status", "#r": "rev"},
-                              ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
-
     calls = count_calls(store)
-    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    stolen = rival_wins(store, url, table, 2)
     claim = store.claim_ready(set(), set(), HOUR, verify=False)
     assert calls == ["Query", "UpdateItem", "UpdateItem", "Query", "UpdateItem"]
     assert "inst#" + claim.lease["id"] not in stolen and claim.counts["leased"] == 3
@@ -135,18 +132,8 @@ def test_a_claim_never_gives_up_while_its_last_read_shows_a_ready_entry(open_sto
     """Others win two races per read, three reads running: the third read is tried to its end, and the claim
     gets the one entry left, as a file store's claim would."""
     store = seed(open_store(), [pool_entry(number) for number in range(9)])
-    rival = dynamodb_client(url)
-    stolen = []
-
-    def steal(params, **_kw):
-        if len(stolen) < 8:
-            stolen.append(params["Key"]["item"]["S"])
-            rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
-                              ExpressionAttributeNames={"#s": "status", "#r": "rev"},
-                              ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
-
     calls = count_calls(store)
-    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    stolen = rival_wins(store, url, table, 8)
     claim = store.claim_ready(set(), set(), HOUR, verify=False)
     assert calls == ["Query", "UpdateItem", "UpdateItem"] * 2 + ["Query"] + ["UpdateItem"] * 5
     assert claim.lease is not None and "inst#" + claim.lease["id"] not in stolen

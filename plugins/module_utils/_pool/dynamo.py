@@ -521,12 +521,7 @@ class DynamoStore(PoolStore):
                 break
             with contextlib.suppress(StoreConflict):
                 self._write(self._deletions(items))
-        if refill_lock is None or not refill_lock.held:
-            refill_lock = self.refill_lock()
-            if not refill_lock.acquire(blocking=False, create=False):
-                refill_lock = None
-        if refill_lock is not None:
-            refill_lock.remove()
+        self.remove_refill_lock(refill_lock)
         for path in (self.refill_log_path(), self.refill_log_path() + ".1"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)

@@ -673,12 +673,7 @@ class FileStore(PoolStore):
                     lock.release()
                 else:
                     lock.remove()
-        if refill_lock is None or not refill_lock.held:
-            refill_lock = self.refill_lock()
-            if not refill_lock.acquire(blocking=False, create=False):
-                refill_lock = None
-        if refill_lock is not None:
-            refill_lock.remove()
+        self.remove_refill_lock(refill_lock)
         if self.check_directory():
             for path in (self.refill_log_path(), self.refill_log_path() + ".1"):
                 _remove_own_file(path)

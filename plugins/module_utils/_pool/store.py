@@ -134,6 +134,16 @@ class PoolStore:
         `release()`, `remove()` (delete it while holding it), `held` and `exists()`, and `is_held_elsewhere()`."""
         raise NotImplementedError
 
+    def remove_refill_lock(self, refill_lock=None):
+        """Part of delete(), the same for every store: remove the refill lock `refill_lock` that the caller holds,
+        or, without it, the pool's refill lock if no job holds it (a running job keeps its lock)."""
+        if refill_lock is None or not refill_lock.held:
+            refill_lock = self.refill_lock()
+            if not refill_lock.acquire(blocking=False, create=False):
+                refill_lock = None
+        if refill_lock is not None:
+            refill_lock.remove()
+
     def refill_log_path(self):
         """The local file the refill job writes its JSON lines to (and `<it>.1`, the previous one)."""
         raise NotImplementedError
