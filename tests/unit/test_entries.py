@@ -73,3 +73,14 @@ def test_counts_count_idle_entries_by_type_and_leases_apart():
     state = {"target_size": 3, "instances": [ready_spot, pending_spot, fallback], "leases": [leased_fallback]}
     assert entries.counts(state) == {"target": 3, "ready": 2, "pending": 1, "leased": 1, "spot": 2, "fallback": 1}
     assert entries.counts(None) == {"target": 0, "ready": 0, "pending": 0, "leased": 0, "spot": 0, "fallback": 0}
+
+
+def test_readiness_is_read_through_is_ready_only():
+    """'Ready' is one rule (is_ready): no other module of the core reads an entry's ip to decide it."""
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+    package = Path(entries.__file__).resolve().parent
+    readers = sorted(path.name for path in package.glob("*.py")
+                     if path.name != "entries.py" and ('.get("ip")' in path.read_text(encoding="utf-8")
+                                                       or '["ip"]' in path.read_text(encoding="utf-8")))
+    assert readers == []

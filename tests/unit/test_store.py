@@ -36,6 +36,17 @@ NOW = datetime.datetime(2026, 11, 22, 10, 0, 0, tzinfo=datetime.timezone.utc)
 HOUR = 3600
 
 
+def local_files(directory):
+    """Every file under `directory` (path relative to it -> bytes); {} when there is no such directory."""
+    found = {}
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, directory)] = handle.read()
+    return found
+
+
 class FileStoreKit:
     """The JSON file store, in a state directory of its own."""
 
@@ -51,15 +62,7 @@ class FileStoreKit:
 
     def snapshot(self):
         """Every file the store keeps (path relative to the state directory -> bytes); {} when there is none."""
-        found = {}
-        if not os.path.isdir(self.directory):
-            return found
-        for root, _dirs, files in os.walk(self.directory):
-            for name in files:
-                path = os.path.join(root, name)
-                with open(path, "rb") as handle:
-                    found[os.path.relpath(path, self.directory)] = handle.read()
-        return found
+        return local_files(self.directory)
 
 
 def dynamodb_client(url):
@@ -94,11 +97,7 @@ class DynamoStoreKit:
         for page in self.client.get_paginator("scan").paginate(TableName=self.table, ConsistentRead=True):
             for item in page["Items"]:
                 found[(item["pool"]["S"], item["item"]["S"])] = item
-        for root, _dirs, files in os.walk(self.directory):
-            for name in files:
-                path = os.path.join(root, name)
-                with open(path, "rb") as handle:
-                    found[os.path.relpath(path, self.directory)] = handle.read()
+        found.update(local_files(self.directory))
         return found
 
 

@@ -20,6 +20,7 @@ from .defaults import ORPHAN_GRACE_SECONDS
 from .entries import address_of
 from .entries import counts
 from .entries import entry_from_instance
+from .entries import is_ready
 from .entries import is_whole
 from .errors import InvalidRequest
 from .errors import NoReadyInstance
@@ -306,9 +307,9 @@ def _reconcile_result(state, passes, done, refill_running, msg):
 
 def _addressed(before, after):
     """Ids of idle entries that had no address in `before` and have one in `after` (both pool states)."""
-    waiting = {entry["id"] for entry in before["instances"] if not entry.get("ip")}
+    waiting = {entry["id"] for entry in before["instances"] if not is_ready(entry)}
     return sorted(entry["id"] for entry in (after or {}).get("instances", []) if entry["id"] in waiting
-                  and entry.get("ip"))
+                  and is_ready(entry))
 
 
 def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAIT_TIMEOUT, check_mode=False,
