@@ -18,7 +18,8 @@ LAYERS = [
     ("values", {"defaults", "errors", "timefmt", "identity"}),
     ("entries", {"entries"}),
     ("rules", {"store", "refill_plan"}),  # pure: the claim rule, decide/settle
-    ("aws", {"connection", "ec2", "ec2query"}),
+    ("aws request", {"signing"}),  # one signed request without a service model (credentials, endpoint, SigV4)
+    ("aws", {"connection", "ec2", "ec2query", "dynamoquery"}),
     ("parts", {"state", "ending", "launcher"}),  # the file store, ending instances, launching
     ("shared store", {"dynamo"}),  # the DynamoDB store: reuses the file store's schema check and local-file rules
     ("refill", {"refill", "jobcontrol"}),  # the pass and its job; starting and stopping the job
