@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -45,6 +44,7 @@ sys.path.insert(0, str(REPO))
 # The collection as Ansible sees it (`make setup` links this checkout there), as tests/conftest.py does.
 sys.path.insert(0, str(REPO / "build" / "collections"))
 
+from bench.get_latency import load_note, percentile  # noqa: E402  # one definition of each for the benchmarks
 from tests.support.moto import FAKE_CREDENTIALS, REGION, MotoServer  # noqa: E402
 from tests.support.pool_entries import pool_entry  # noqa: E402
 
@@ -56,17 +56,6 @@ DYNAMODB_OPERATIONS = ("Query", "UpdateItem", "DeleteItem", "GetItem", "Transact
 
 class BenchFailure(Exception):
     """A run failed or a correctness check failed: the numbers would mean nothing."""
-
-
-def percentile(values, fraction):
-    """Nearest-rank percentile: a value that was actually measured, no interpolation."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def load_note():
-    one, five = os.getloadavg()[:2]
-    return "load average %.2f (1 min) %.2f (5 min) on %d CPUs" % (one, five, os.cpu_count() or 0)
 
 
 def pool_modules():
