@@ -245,12 +245,12 @@ def bench_stores(args, workdir, moto, proxy, out):
     out("file: state.FileStore in %s. dynamodb: DynamoStore + dynamoquery.DynamoDBClient on moto %s through the fault"
         % (workdir, moto.url))
     out("proxy %s (DynamoDB requests applied one at a time). moto's latency is not DynamoDB's: the dynamodb rows"
-        % proxy.url)
+        % (proxy.url if proxy is not None else "(not started: no dynamodb run)"))
     out("compare request counts and behaviour under contention, not AWS's speed. \"moto ms per request\" is the"
         " median time")
     out("the proxy took to answer one (moto's work, plus the wait for the one-at-a-time lock).")
-    out("%-9s %9s %10s %10s %10s %9s %s" % ("store", "claimers", "claims/s", "p50 ms", "p99 ms", "duplicates",
-                                             "DynamoDB requests per hand-out"))
+    out("%-9s %9s %10s %10s %10s %9s %s"
+        % ("store", "claimers", "claims/s", "p50 ms", "p99 ms", "duplicates", "DynamoDB requests per hand-out"))
     for store_name in args.stores:
         for claimers in args.concurrency:
             per_claimer = max(1, args.claims // claimers)
@@ -269,12 +269,13 @@ def bench_stores(args, workdir, moto, proxy, out):
             total_claims += len(ids)
             total_duplicates += duplicates
             if store_name == "dynamodb":
-                per_handout = "%.2f (%s); moto %.1f ms per request" % (sum(requests.values()) / len(ids), ", ".join(
-                    "%s %.2f" % (name, count / len(ids)) for name, count in sorted(requests.items())), served_ms)
+                by_operation = ", ".join("%s %.2f" % (name, count / len(ids)) for name, count in sorted(requests.items()))
+                per_handout = "%.2f (%s); moto %.1f ms per request" % (sum(requests.values()) / len(ids), by_operation,
+                                                                       served_ms)
             lat = [value * 1000 for value in latencies]
             rate = len(ids) / wall
-            out("%-9s %9d %10.0f %10.2f %10.2f %9d  %s" % (store_name, claimers, rate, percentile(lat, 0.5),
-                                                          percentile(lat, 0.99), duplicates, per_handout))
+            out("%-9s %9d %10.0f %10.2f %10.2f %9d  %s"
+                % (store_name, claimers, rate, percentile(lat, 0.5), percentile(lat, 0.99), duplicates, per_handout))
             rows.append((store_name, claimers, size, rate, percentile(lat, 0.5), percentile(lat, 0.99), duplicates,
                          per_handout))
     out("")
