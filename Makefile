@@ -18,7 +18,7 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS)
 # What `make pytest` runs; tests/unit/test_make.py points it at an empty folder.
 TEST_PATHS ?= tests worker/tests
 
-.PHONY: setup demo test pytest unit integration sanity lint bench clean molecule unit-security nspawn-tools
+.PHONY: setup demo test pytest unit integration sanity lint bench bench-store clean molecule unit-security nspawn-tools
 
 setup: $(VENV)/.installed $(COLLECTION_LINK)
 
@@ -75,6 +75,10 @@ molecule: setup nspawn-tools
 
 bench: setup
 	$(BIN)/python bench/get_latency.py
+
+# Hand-out throughput, claim latency and DynamoDB requests per hand-out, per store (bench/README.md).
+bench-store: setup
+	$(BIN)/python bench/store_claims.py
 
 clean:
 	rm -rf build tests/output .pytest_cache

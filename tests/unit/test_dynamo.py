@@ -1,7 +1,8 @@
 """The DynamoDB store's own behaviour, against the session's moto server (the contract it shares with the file
 store is in test_store.py): claims racing in threads and in processes, the requests a claim makes, the refill
 lease's expiry and fencing, conflicting whole-pool writes, the table's checks, throttling and permissions injected
-by the fault proxy."""
+by the fault proxy. The tests of the store's calls run with both its clients (the `store_client` fixture): boto3's
+and the hand-out path's light one (dynamoquery.py); what other tests set up or observe goes through boto3."""
 
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection impo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import RefillLeaseLost
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import StoreConflict
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from tests.support.moto import REGION
 from tests.support.pool_entries import instance_id
 from tests.support.pool_entries import pool_entry
 from tests.unit.test_layers import PACKAGE
 from tests.unit.test_layers import imports_of
+from tests.unit.test_store import DYNAMODB_CLIENTS
 from tests.unit.test_store import dynamodb_client
 from tests.unit.test_store import seed
 
@@ -38,6 +41,12 @@ HOUR = 3600
 
 def new_table_name():
     return "ec2spot-pool-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(params=sorted(DYNAMODB_CLIENTS))
+def store_client(request):
+    """The maker (url -> client) of the client the store under test uses: boto3's, or the light one."""
+    return DYNAMODB_CLIENTS[request.param]
 
 
 @pytest.fixture
@@ -58,20 +67,47 @@ def table(url):
 
 
 @pytest.fixture
-def open_store(url, table, tmp_path):
+def open_store(url, table, tmp_path, store_client):
     """A maker of handles on pool `p` of `table`, each with its own client (as another controller has)."""
 
     def make(**options):
-        return DynamoStore(dynamodb_client(options.pop("url", url)), table, "p", str(tmp_path), **options)
+        return DynamoStore(store_client(options.pop("url", url)), table, "p", str(tmp_path), **options)
 
     return make
 
 
+class Watched:
+    """A DynamoDB client (boto3's or the light one) whose calls are recorded by operation name, in order; a hook
+    in `before` (operation name -> function of the call's parameters) runs just before that operation is sent."""
+
+    def __init__(self, client):
+        self._client = client
+        self.calls = []
+        self.before = {}
+
+    def __getattr__(self, name):
+        method = getattr(self._client, name)
+        operation = "".join(part.capitalize() for part in name.split("_"))
+
+        def call(**params):
+            self.calls.append(operation)
+            if operation in self.before:
+                self.before[operation](params)
+            return method(**params)
+
+        return call
+
+
+def watch(store):
+    """`store`'s client, watched from now on (see Watched)."""
+    if not isinstance(store.client, Watched):
+        store.client = Watched(store.client)
+    return store.client
+
+
 def count_calls(store):
     """The DynamoDB operations `store`'s client sends from now on, in order."""
-    calls = []
-    store.client.meta.events.register("before-call.dynamodb", lambda model, **_kw: calls.append(model.name))
-    return calls
+    return watch(store).calls
 
 
 def items_of(url, table):
@@ -94,14 +130,14 @@ def rival_wins(store, url, table, races):
     rival = dynamodb_client(url)
     stolen = []
 
-    def steal(params, **_kw):
+    def steal(params):
         if len(stolen) < races:
             stolen.append(params["Key"]["item"]["S"])
             rival.update_item(TableName=table, Key=params["Key"], UpdateExpression="SET #s = :l, #r = #r + :one",
                               ExpressionAttributeNames={"#s": "status", "#r": "rev"},
                               ExpressionAttributeValues={":l": {"S": "leased"}, ":one": {"N": "1"}})
 
-    store.client.meta.events.register("before-parameter-build.dynamodb.UpdateItem", steal)
+    watch(store).before["UpdateItem"] = steal
     return stolen
 
 
@@ -176,25 +212,31 @@ def test_more_claimers_in_threads_than_ready_entries_each_entry_is_leased_once(o
 
 CLAIMER = """
 import json, sys
-import boto3
-from botocore.config import Config
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
-url, table, state_dir = sys.argv[1:4]
-client = boto3.client("dynamodb", region_name="%s", endpoint_url=url, aws_access_key_id="testing",
-                      aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
+url, table, state_dir, kind = sys.argv[1:5]
+if kind == "light":
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
+    client = DynamoDBClient({"region": "%s", "endpoint_url": url, "access_key": "testing", "secret_key": "testing"})
+else:
+    import boto3
+    from botocore.config import Config
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+    client = boto3.client("dynamodb", region_name="%s", endpoint_url=url, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
 store = DynamoStore(client, table, "p", state_dir)
 print("ready", flush=True)
 sys.stdin.read()  # the start signal: every claimer is loaded and waiting
 claim = store.claim_ready(set(), set(), 0, verify=False)
 print(json.dumps(claim.lease and claim.lease["id"]), flush=True)
-""" % REGION
+""" % (REGION, REGION)
 
 
-def test_more_claimers_in_processes_than_ready_entries_each_entry_is_leased_once(open_store, url, table, tmp_path):
+def test_more_claimers_in_processes_than_ready_entries_each_entry_is_leased_once(open_store, url, table, tmp_path,
+                                                                                 store_client):
     seed(open_store(), [pool_entry(number) for number in range(5)])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "build" / "collections"), str(ROOT)]))
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, table, str(tmp_path)], env=env, text=True,
+    kind = next(name for name, maker in DYNAMODB_CLIENTS.items() if maker is store_client)
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, table, str(tmp_path), kind], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _claimer in range(8)]
     try:
         for proc in procs:
@@ -299,23 +341,23 @@ def test_a_renewed_refill_lease_is_not_taken_over(open_store):
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
-def test_ensure_table_creates_an_on_demand_table_with_the_pool_keys(url):
+def test_ensure_table_creates_an_on_demand_table_with_the_pool_keys(url, store_client):
     name = new_table_name()
     client = dynamodb_client(url)
     try:
-        table = DynamoStore(client, name, "p").ensure_table()
+        table = DynamoStore(store_client(url), name, "p").ensure_table()
         assert table["TableStatus"] == "ACTIVE" and table["KeySchema"] == dynamo.KEY_SCHEMA
         described = client.describe_table(TableName=name)["Table"]
         assert described["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
-        DynamoStore(client, name, "p").ensure_table(create=False)  # there now: checked, not made again
+        DynamoStore(store_client(url), name, "p").ensure_table(create=False)  # there now: checked, not made again
     finally:
         client.delete_table(TableName=name)
 
 
-def test_a_missing_table_with_create_off_is_a_clear_error_and_nothing_is_made(url, tmp_path):
+def test_a_missing_table_with_create_off_is_a_clear_error_and_nothing_is_made(url, tmp_path, store_client):
     name = new_table_name()
     client = dynamodb_client(url)
-    store = DynamoStore(client, name, "p", str(tmp_path))
+    store = DynamoStore(store_client(url), name, "p", str(tmp_path))
     with pytest.raises(PoolError, match="DynamoDB table %s does not exist, and create_table is off" % name):
         store.ensure_table(create=False)
     with pytest.raises(PoolError, match="DynamoDB table %s does not exist" % name):
@@ -323,7 +365,7 @@ def test_a_missing_table_with_create_off_is_a_clear_error_and_nothing_is_made(ur
     assert name not in client.list_tables()["TableNames"]
 
 
-def test_a_table_of_another_key_schema_is_refused_by_name(url):
+def test_a_table_of_another_key_schema_is_refused_by_name(url, store_client):
     name = new_table_name()
     client = dynamodb_client(url)
     client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
@@ -331,21 +373,19 @@ def test_a_table_of_another_key_schema_is_refused_by_name(url):
                         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}])
     try:
         with pytest.raises(PoolError, match="DynamoDB table %s has another key schema \\(id HASH S\\)" % name):
-            DynamoStore(client, name, "p").ensure_table()
+            DynamoStore(store_client(url), name, "p").ensure_table()
         assert client.scan(TableName=name)["Count"] == 0
     finally:
         client.delete_table(TableName=name)
 
 
-def proxied_store(fault_proxy, name, tmp_path, **options):
-    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=fault_proxy.url, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
-    return DynamoStore(client, name, "p", str(tmp_path), retry_delay=0.01, **options)
+def proxied_store(store_client, fault_proxy, name, tmp_path, **options):
+    return DynamoStore(store_client(fault_proxy.url), name, "p", str(tmp_path), retry_delay=0.01, **options)
 
 
-def test_no_permission_names_the_table_and_the_permission(fault_proxy, tmp_path):
+def test_no_permission_names_the_table_and_the_permission(fault_proxy, tmp_path, store_client):
     name = new_table_name()
-    store = proxied_store(fault_proxy, name, tmp_path)
+    store = proxied_store(store_client, fault_proxy, name, tmp_path)
     fault_proxy.fail("DescribeTable", "AccessDeniedException")
     with pytest.raises(PoolError, match="table %s: DescribeTable needs the IAM permission dynamodb:DescribeTable"
                        % name) as caught:
@@ -361,9 +401,9 @@ def test_no_permission_names_the_table_and_the_permission(fault_proxy, tmp_path)
     assert store.read()["leases"] == []
 
 
-def test_throttling_is_retried_and_a_lost_condition_is_not(fault_proxy, tmp_path):
+def test_throttling_is_retried_and_a_lost_condition_is_not(fault_proxy, tmp_path, store_client):
     name = new_table_name()
-    store = proxied_store(fault_proxy, name, tmp_path)
+    store = proxied_store(store_client, fault_proxy, name, tmp_path)
     store.ensure_table()
     seed(store, [pool_entry(1)])
     fault_proxy.clear_records()
@@ -378,14 +418,14 @@ def test_throttling_is_retried_and_a_lost_condition_is_not(fault_proxy, tmp_path
     fault_proxy.clear_records()
     with pytest.raises(StoreConflict):
         with store.transaction() as tx:
-            proxied_store(fault_proxy, name, tmp_path).end_lease(claim.lease["id"], claim.lease["lease_id"])
+            proxied_store(store_client, fault_proxy, name, tmp_path).end_lease(claim.lease["id"], claim.lease["lease_id"])
             tx.state["leases"][0]["expires_at"] = "2999-01-01T00:00:00Z"
     assert fault_proxy.count("TransactWriteItems") == 1
 
 
-def test_throttling_that_does_not_pass_is_retried_a_capped_number_of_times(fault_proxy, tmp_path):
+def test_throttling_that_does_not_pass_is_retried_a_capped_number_of_times(fault_proxy, tmp_path, store_client):
     name = new_table_name()
-    store = proxied_store(fault_proxy, name, tmp_path)
+    store = proxied_store(store_client, fault_proxy, name, tmp_path)
     store.ensure_table()
     seed(store, [pool_entry(1)])
     fault_proxy.clear_records()
@@ -399,11 +439,16 @@ def test_throttling_that_does_not_pass_is_retried_a_capped_number_of_times(fault
 
 
 # -- what the store keeps and imports -----------------------------------------------------------------------------
-def test_no_credential_is_ever_written_to_the_table(url, table, tmp_path):
+@pytest.mark.parametrize("kind", ["boto3", "light"])
+def test_no_credential_is_ever_written_to_the_table(url, table, tmp_path, kind):
     secret, key = "s3cr3t-" + uuid.uuid4().hex, "AKIA" + uuid.uuid4().hex[:16].upper()
-    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=url, aws_access_key_id=key,
-                          aws_secret_access_key=secret, aws_session_token="token-" + secret,
-                          config=Config(**BOTOCORE_CONFIG))
+    if kind == "light":
+        client = DynamoDBClient({"region": REGION, "endpoint_url": url, "access_key": key, "secret_key": secret,
+                                 "session_token": "token-" + secret})
+    else:
+        client = boto3.client("dynamodb", region_name=REGION, endpoint_url=url, aws_access_key_id=key,
+                              aws_secret_access_key=secret, aws_session_token="token-" + secret,
+                              config=Config(**BOTOCORE_CONFIG))
     store = seed(DynamoStore(client, table, "p", str(tmp_path)), [pool_entry(1), pool_entry(2)])
     store.claim_ready(set(), set(), HOUR, verify=False)
     assert store.refill_lock().acquire(blocking=False)
@@ -440,11 +485,11 @@ def test_a_dead_entry_leased_meanwhile_by_another_controller_is_not_deleted(open
     store = seed(open_store(), [pool_entry(1), pool_entry(2, ready=False)])
     rival = open_store()
 
-    def lease_first(params, **_kw):
+    def lease_first(params):
         if params["Key"]["item"]["S"] == "inst#" + instance_id(1) and not rival.read()["leases"]:
             assert rival.claim_ready(set(), set(), HOUR, verify=False).lease["id"] == instance_id(1)
 
-    store.client.meta.events.register("before-parameter-build.dynamodb.DeleteItem", lease_first)
+    watch(store).before["DeleteItem"] = lease_first
     claim = store.claim_ready({instance_id(1)}, set(), HOUR, verify=False)
     assert claim.dropped == [instance_id(1)] and claim.lease is None
     after = open_store().read()
@@ -533,9 +578,9 @@ class CancellingClient:
 
 
 @pytest.mark.parametrize("reason", ["ThrottlingError", "TransactionConflict"])
-def test_a_transaction_cancelled_for_a_passing_reason_is_tried_again(open_store, url, table, tmp_path, reason):
+def test_a_transaction_cancelled_for_a_passing_reason_is_tried_again(open_store, url, table, tmp_path, store_client, reason):
     seed(open_store(), [pool_entry(1)], target=1)
-    client = CancellingClient(dynamodb_client(url), reason, times=2)
+    client = CancellingClient(store_client(url), reason, times=2)
     store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
     with store.transaction() as tx:
         tx.state["target_size"] = 4
@@ -544,9 +589,9 @@ def test_a_transaction_cancelled_for_a_passing_reason_is_tried_again(open_store,
 
 @pytest.mark.parametrize("reason, error", [("ThrottlingError", PoolError), ("TransactionConflict", StoreConflict)])
 def test_a_transaction_cancelled_every_time_gives_up_after_four_attempts(
-        open_store, url, table, tmp_path, reason, error):
+        open_store, url, table, tmp_path, store_client, reason, error):
     seed(open_store(), [pool_entry(1)], target=1)
-    client = CancellingClient(dynamodb_client(url), reason, times=100)
+    client = CancellingClient(store_client(url), reason, times=100)
     store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
     with pytest.raises(error, match=reason if error is PoolError else "changed while"):
         with store.transaction() as tx:
@@ -554,9 +599,9 @@ def test_a_transaction_cancelled_every_time_gives_up_after_four_attempts(
     assert client.attempts == 4 and open_store().read()["target_size"] == 1
 
 
-def test_a_transaction_whose_condition_failed_is_not_tried_again(open_store, url, table, tmp_path):
+def test_a_transaction_whose_condition_failed_is_not_tried_again(open_store, url, table, tmp_path, store_client):
     seed(open_store(), [pool_entry(1)], target=1)
-    client = CancellingClient(dynamodb_client(url), "ConditionalCheckFailed", times=1)
+    client = CancellingClient(store_client(url), "ConditionalCheckFailed", times=1)
     store = DynamoStore(client, table, "p", str(tmp_path), retry_delay=0.01)
     with pytest.raises(StoreConflict):
         with store.transaction() as tx:

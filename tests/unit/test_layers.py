@@ -18,7 +18,8 @@ LAYERS = [
     ("values", {"defaults", "errors", "timefmt", "identity"}),
     ("entries", {"entries"}),
     ("rules", {"store", "refill_plan"}),  # pure: the claim rule, decide/settle
-    ("aws", {"connection", "ec2", "ec2query"}),
+    ("aws request", {"signing"}),  # one signed request without a service model (credentials, endpoint, SigV4)
+    ("aws", {"connection", "ec2", "ec2query", "dynamoquery"}),
     ("parts", {"state", "ending", "launcher"}),  # the file store, ending instances, launching
     ("shared store", {"dynamo"}),  # the DynamoDB store: reuses the file store's schema check and local-file rules
     ("refill", {"refill", "jobcontrol"}),  # the pass and its job; starting and stopping the job
@@ -65,6 +66,7 @@ def test_the_modules_reach_the_pool_through_the_operations(module):
     the launcher, the refill or an EC2 call directly."""
     text = (MODULES_DIR / module).read_text(encoding="utf-8")
     used = set(re.findall(r"module_utils\._pool\.(\w+) import", text))
-    # connection and ec2query build the clients the operations are given (get's is ec2query's signed request).
-    allowed = {"operations", "common", "connection", "ec2query", "defaults", "errors", "refill_payload"}
+    # connection, ec2query and dynamoquery build the clients the operations are given (get's EC2 check is ec2query's
+    # signed request; its DynamoDB client, with the DynamoDB store, dynamoquery's).
+    allowed = {"operations", "common", "connection", "ec2query", "dynamoquery", "defaults", "errors", "refill_payload"}
     assert used and used <= allowed, sorted(used - allowed)

@@ -3,7 +3,7 @@
 The contract tests reach a store through a kit (the `kit` fixture): `open()` makes a new handle on one pool (as
 another process or controller would), `snapshot()` returns everything the store keeps for that pool, so "changed
 nothing" is checked byte for byte. The DynamoDB store runs the same tests against the session's moto server, in a
-table of its own per test.
+table of its own per test, twice: with a boto3 client and with the hand-out path's light client (dynamoquery.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from botocore.config import Config
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import counts
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import new_lease
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
@@ -73,11 +74,25 @@ def dynamodb_client(url):
                         config=Config(**BOTOCORE_CONFIG))
 
 
+def light_dynamodb_client(url):
+    """The hand-out path's DynamoDB client (dynamoquery.py, no boto3) of the moto server at `url`, made from
+    module options as spot_pool_get makes it."""
+    return DynamoDBClient({"region": REGION, "endpoint_url": url,
+                           "access_key": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                           "secret_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]})
+
+
+#: The clients a DynamoStore is tested with: boto3's, and the light one that must behave the same for the store.
+DYNAMODB_CLIENTS = {"boto3": dynamodb_client, "light": light_dynamodb_client}
+
+
 class DynamoStoreKit:
     """The DynamoDB store, in a table of its own on the session's moto server (made here, as init would), reached
     through the fault proxy, which applies each DynamoDB request atomically as DynamoDB does (moto alone does not)."""
 
     claims_first = False
+    #: The client of the store under test (the snapshot always reads with boto3's).
+    make_client = staticmethod(dynamodb_client)
 
     def __init__(self, tmp_path, request):
         self.url = request.getfixturevalue("fault_proxy").url
@@ -85,11 +100,11 @@ class DynamoStoreKit:
         self.directory = str(tmp_path / "state")
         os.makedirs(self.directory, mode=0o700)
         self.client = dynamodb_client(self.url)
-        DynamoStore(self.client, self.table, "p", self.directory).ensure_table()
+        DynamoStore(self.make_client(self.url), self.table, "p", self.directory).ensure_table()
         # The fault proxy's own teardown resets moto, which forgets the table as well.
 
     def open(self):
-        return DynamoStore(dynamodb_client(self.url), self.table, "p", self.directory)
+        return DynamoStore(self.make_client(self.url), self.table, "p", self.directory)
 
     def snapshot(self):
         """Every item of the table (the pool's and any other) and every local file the store keeps."""
@@ -101,7 +116,13 @@ class DynamoStoreKit:
         return found
 
 
-KITS = {"file": FileStoreKit, "dynamodb": DynamoStoreKit}
+class LightDynamoStoreKit(DynamoStoreKit):
+    """The DynamoDB store with the hand-out path's light client (dynamoquery.DynamoDBClient) instead of boto3's."""
+
+    make_client = staticmethod(light_dynamodb_client)
+
+
+KITS = {"file": FileStoreKit, "dynamodb": DynamoStoreKit, "dynamodb-light": LightDynamoStoreKit}
 
 
 @pytest.fixture(params=sorted(KITS))

@@ -10,6 +10,7 @@ credential resolution and its HTTP session load no service model: this module bu
 it, sends it with the same connection options the module takes (region, endpoint_url, profile, keys, CA bundle /
 validate_certs, proxies from the environment), and reads the few fields it needs from the XML answer.
 
+The credentials, region, endpoint, HTTP session and signature are signing.py's, shared with dynamoquery.py.
 Everything botocore is imported inside the functions that need it, so that importing this module costs nothing;
 the pure parts (body, endpoint, XML answer, retry delays) are plain functions with plain-value tests.
 """
@@ -20,6 +21,7 @@ import os
 import random
 import time
 
+from . import signing
 from .errors import PoolError
 
 API_VERSION = "2016-11-15"
@@ -30,8 +32,6 @@ RETRYABLE_CODES = frozenset(("RequestLimitExceeded", "Throttling", "ThrottlingEx
 MAX_ATTEMPTS = 3
 BASE_DELAY = 0.5
 MAX_DELAY = 4.0
-CONNECT_TIMEOUT = 5
-READ_TIMEOUT = 15
 # What to do about an error code, for the message: the get has changed nothing, the user must act.
 _AUTH_HINT = ("check the credentials the module uses (access_key/secret_key/session_token, profile, or the "
               "AWS_* environment variables) and that they allow ec2:DescribeInstances")
@@ -67,14 +67,10 @@ def request_body(instance_ids):
 def endpoint_for(region, endpoint_url=None, environ=None):
     """The URL to ask: the module's endpoint_url, else the one botocore would take from the environment
     (AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL), else EC2's regional endpoint."""
-    environ = os.environ if environ is None else environ
-    url = endpoint_url or environ.get("AWS_ENDPOINT_URL_EC2") or environ.get("AWS_ENDPOINT_URL")
-    if url:
-        return url if "://" in url else "https://" + url
-    if not region:
+    url = signing.endpoint_url("ec2", region, endpoint_url, environ)
+    if url is None:
         raise QueryError("NoRegion", "no AWS region set: set the region option or AWS_REGION")
-    # Regions of other partitions than aws and aws-cn (GovCloud is in aws's domain) need endpoint_url.
-    return "https://ec2.%s.amazonaws.com%s" % (region, ".cn" if region.startswith("cn-") else "")
+    return url
 
 
 def _local(tag):
@@ -128,19 +124,12 @@ def retry_delay(attempt, rand=random.random):
 
 # -- the call --------------------------------------------------------------------------------------------------------
 def _credentials(params):
-    """Credentials as a boto3 client with these options would find them: keys given, else the profile, else
-    botocore's default chain (environment, config files, container and instance roles)."""
-    # pylint: disable=import-outside-toplevel
-    from botocore.credentials import Credentials
-
-    if params.get("access_key") and params.get("secret_key"):
-        return Credentials(params["access_key"], params["secret_key"], params.get("session_token")), None
-    import botocore.exceptions
-    import botocore.session
+    """Frozen credentials as a boto3 client with these options would find them (signing.credentials), and the
+    botocore session that found them (None when the keys were given)."""
+    import botocore.exceptions  # pylint: disable=import-outside-toplevel
 
     try:
-        session = botocore.session.Session(profile=params.get("profile") or None)
-        credentials = session.get_credentials()
+        credentials, session = signing.credentials(params)
     except botocore.exceptions.BotoCoreError as exc:
         raise QueryError(type(exc).__name__, str(exc))
     if credentials is None:
@@ -160,57 +149,26 @@ class InstanceStates:
         self.environ = os.environ if environ is None else environ
         self.calls = 0
 
-    def _region(self, session):
-        region = self.params.get("region")
-        if not region:
-            # The profile's region (or the default profile's), as boto3 would take it from the config file.
-            # pylint: disable=import-outside-toplevel
-            import botocore.session
-
-            session = session or botocore.session.Session(profile=self.params.get("profile") or None)
-            region = session.get_config_variable("region")
-        return region
-
-    def _http(self, url):
-        # pylint: disable=import-outside-toplevel
-        from urllib.request import getproxies
-        from urllib.request import proxy_bypass
-
-        from botocore.httpsession import URLLib3Session
-
-        verify = self.params.get("aws_ca_bundle") or self.params.get("validate_certs", True)
-        # The botocore settings of aws_config that apply to one plain request; the others (retries, signature
-        # version...) are this module's own.
-        config = self.params.get("aws_config") or {}
-        host = url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-        proxies = config.get("proxies") or ({} if proxy_bypass(host) else getproxies())
-        return URLLib3Session(verify=verify, proxies=proxies, timeout=(config.get("connect_timeout", CONNECT_TIMEOUT),
-                                                                       config.get("read_timeout", READ_TIMEOUT)))
-
     def __call__(self, instance_ids):
-        # pylint: disable=import-outside-toplevel
-        import botocore.exceptions
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
+        import botocore.exceptions  # pylint: disable=import-outside-toplevel
 
         credentials, session = _credentials(self.params)
-        region = self._region(session)
+        region = signing.region(self.params, session)
         url = endpoint_for(region, self.params.get("endpoint_url"), self.environ)
         if not region:
             raise QueryError("NoRegion", "no AWS region set: set the region option or AWS_REGION")
-        http = self._http(url)
+        http = signing.http_session(self.params, url)
         body = request_body(instance_ids)
         attempt = 0
         try:
             while True:
                 attempt += 1
                 self.calls += 1
-                request = AWSRequest(method="POST", url=url, data=body, headers={
+                request = signing.signed_request(credentials, "ec2", region, url, body, {
                     "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
                     "User-Agent": "ec2spot.pool-get"})
-                SigV4Auth(credentials, "ec2", region).add_auth(request)  # signed per attempt: it carries the time
                 try:
-                    response = http.send(request.prepare())
+                    response = http.send(request)
                 except botocore.exceptions.BotoCoreError as exc:  # no answer: refused, timed out, TLS
                     raise QueryError("EndpointError", "cannot reach %s: %s" % (url, exc))
                 if response.status_code == 200:
