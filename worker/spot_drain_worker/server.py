@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     disable_created_metrics()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    # botocore (SQS backend) says where it found credentials and endpoints at INFO: noise in the journal.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         config = load_config()
         # Open the queue here (SQLite: create the schema; SQS: check the queue and the table) so a

@@ -101,7 +101,7 @@ def start_sqs_worker(tmp_path, worker_env, aws):
     started: list[WorkerProcess] = []
 
     def start(**overrides) -> WorkerProcess:
-        env = dict(worker_env, **aws.worker_env())
+        env = dict(worker_env, **aws.worker_env(), PORT=str(free_port()))
         env.update({k: str(v) for k, v in overrides.items()})
         worker = WorkerProcess(env, tmp_path / f"sqs-worker-{len(started)}.log")
         started.append(worker)
