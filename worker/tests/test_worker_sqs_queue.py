@@ -262,3 +262,24 @@ def test_boto3_reads_the_per_service_endpoint_variables(aws, monkeypatch):
     assert sqs.meta.endpoint_url.rstrip("/") == aws.moto.url
     assert dynamodb.meta.endpoint_url == aws.proxy.url
     assert boto3.__version__
+
+
+def test_what_moto_does_that_these_tests_rely_on(aws):
+    """moto 5.2.5, measured: ChangeMessageVisibility (0 makes a message receivable at once), the redrive
+    policy (moved to the DLQ on the receive after maxReceiveCount) and long polling work. Its gap: a stale
+    receipt handle (from an earlier receive) still changes the visibility, so a heartbeat alone cannot
+    tell a lost lease; the worker's heartbeat is fenced in the table first for that reason (and on AWS,
+    where an old handle may also be accepted)."""
+    sqs, url = aws.sqs, aws.queue_url
+    sqs.send_message(QueueUrl=url, MessageBody="probe")
+    first = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300)["Messages"][0]
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=0)
+    second = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300, AttributeNames=["All"])["Messages"][0]
+    assert second["Attributes"]["ApproximateReceiveCount"] == "2"
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=0)
+    for _ in range(8):  # receives 3..10 (maxReceiveCount is 10)
+        message = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300)["Messages"][0]
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages") is None  # the 11th: moved
+    dead = sqs.receive_message(QueueUrl=aws.dlq_url, WaitTimeSeconds=1)["Messages"]
+    assert [m["Body"] for m in dead] == ["probe"]

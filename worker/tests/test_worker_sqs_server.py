@@ -87,6 +87,7 @@ def test_three_workers_share_one_queue_and_survive_kill9(start_sqs_worker, aws, 
     assert [done_lines(workers, job_id) for job_id in job_ids] == [1] * 30
     assert sum(metric(w, "spot_drain_queue_received_total") for w in workers[1:]) >= 20
     assert sum(metric(w, "spot_drain_queue_heartbeats_total") for w in workers) > 0
+    assert set(metric(workers[2], "spot_drain_queue_messages")) == {"kind=visible", "kind=in_flight", "kind=delayed"}
     assert aws.dlq_job_ids(wait=0) == []
 
 
