@@ -444,9 +444,13 @@ class SqsQueue(JobQueueBase):
         seen = job_from_item(item)
         now = self.clock()
         lease_no = int(_plain(item.get("lease", {"N": "0"})))
-        if seen.status in ("done", "dead"):
-            log.info("job %s is already %s: duplicate message dropped", job_id, seen.status)
+        if seen.status == "done":
+            log.info("job %s is already done: duplicate message dropped", job_id)
             self._delete(receipt)
+            return None
+        if seen.status == "dead":
+            # Recorded dead, but the message is still here (moving it failed, or a duplicate): finish that.
+            self._bury(handle, job_id)
             return None
         if seen.status == "processing" and (seen.lease_expires_at or 0) > now:
             # Another worker holds it (SQS delivers at least once): look again when its lease would end.

@@ -197,6 +197,21 @@ def test_duplicate_message_of_a_done_job_is_dropped_unrun(queue, aws):
     assert messages(aws) == 0 and queue.get(job_id).result == "once"
 
 
+def test_a_message_left_behind_by_a_dead_job_goes_to_the_dead_letter_queue(make_queue, aws):
+    # E.g. the move to the dead-letter queue failed after the record said dead: the next receive finishes it.
+    queue = make_queue(max_attempts=1)
+    job_id = queue.enqueue({})[0].id
+    aws.proxy.fail("SendMessage", "InternalError", status=500)
+    with pytest.raises(queue.errors):
+        queue.fail(queue.claim("w", 10), "boom")
+    aws.proxy.clear_rules()
+    assert queue.get(job_id).status == "dead" and aws.dlq_job_ids(wait=0) == []
+    aws.sqs.purge_queue(QueueUrl=aws.queue_url)  # (instead of waiting out its visibility)
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps({"job_id": job_id}))
+    assert queue.claim("w", 10) is None
+    assert messages(aws) == 0 and aws.dlq_job_ids() == [job_id]
+
+
 def test_idempotency_key_returns_the_same_job(queue, aws):
     job, created = queue.enqueue({"a": 1}, "key-1")
     again, created_again = queue.enqueue({"a": 1}, "key-1")
