@@ -66,47 +66,29 @@ def start_worker(tmp_path, worker_env):
         worker.stop()
 
 
-# ---- the SQS backend: one moto server per test process, a fault proxy and fresh names per test ----
+# ---- the SQS backend: the collection's moto server and fault proxy, fresh names per test ----
 
-
-@pytest.fixture(scope="session")
-def moto_server(tmp_path_factory):
-    from tests.support.moto import MotoServer
-    server = MotoServer(log_path=tmp_path_factory.mktemp("moto") / "moto.log")
-    server.start()
-    yield server
-    server.stop()
+# The session's moto server and fault proxy are the collection's own fixtures (tests/conftest.py,
+# tests/support/faultproxy.py), not a second copy.
+from tests.conftest import moto_server  # noqa: E402,F401
+from tests.support.faultproxy import fault_proxy, fault_proxy_server  # noqa: E402,F401
 
 
 @pytest.fixture
-def aws(moto_server, monkeypatch):
-    """A fresh queue, dead-letter queue and table name on the moto server, and a fault proxy in front of
-    it that the workers talk through (it serialises DynamoDB writes, which moto does not apply atomically,
-    and injects AWS errors on demand). Nothing is reset: names are unique, so tests can share the server."""
+def aws(fault_proxy, monkeypatch):
+    """A fresh queue with a dead-letter queue and a table name on the moto server; the workers talk to it
+    through the fault proxy (it serialises DynamoDB writes, which moto does not apply atomically, and
+    injects AWS errors on demand)."""
     from sqs_support import AwsFixture
-    from tests.support.faultproxy import FaultProxy
     from tests.support.moto import FAKE_CREDENTIALS
     for key, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    proxy = FaultProxy(moto_server).start()
-    try:
-        yield AwsFixture(moto_server, proxy)
-    finally:
-        proxy.stop()
+    return AwsFixture(fault_proxy.upstream, fault_proxy)
 
 
 @pytest.fixture
-def start_sqs_worker(tmp_path, worker_env, aws):
-    """start_sqs_worker(**overrides) -> a running worker on the test's SQS queue and table."""
-    started: list[WorkerProcess] = []
-
+def start_sqs_worker(aws, start_worker):
+    """start_sqs_worker(**overrides) -> a running worker (own port) on the test's SQS queue and table."""
     def start(**overrides) -> WorkerProcess:
-        env = dict(worker_env, **aws.worker_env(), PORT=str(free_port()))
-        env.update({k: str(v) for k, v in overrides.items()})
-        worker = WorkerProcess(env, tmp_path / f"sqs-worker-{len(started)}.log")
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
+        return start_worker(**dict(aws.worker_env(), PORT=free_port(), **overrides))
+    return start
