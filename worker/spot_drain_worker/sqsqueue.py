@@ -562,7 +562,10 @@ class SqsQueue(JobQueueBase):
             # Put the record back as it was, so the requeue can be asked again.
             self.dynamodb.put_item(TableName=self.table, Item=old)
             raise
-        return self.get(job_id)
+        # The record as this write left it (a worker may have claimed it already by the time it is read).
+        requeued = dict(old, status={"S": "queued"}, attempts={"N": "0"}, run_after=_attr(now), updated_at=_attr(now))
+        requeued.pop("finished_at", None)
+        return job_from_item(requeued)
 
     def counts(self) -> dict:
         # Counting the table by status would be a scan per scrape; the line's depth is in depth().
