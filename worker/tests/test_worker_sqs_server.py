@@ -1,9 +1,10 @@
 """Real worker processes (gunicorn + gthread) on one SQS queue and one DynamoDB table (the moto server on
 127.0.0.1, reached through the fault proxy), each with its own fake IMDS.
 
-moto implements what these tests lean on (checked in moto 5.2.5 and by tools/probes: long polling,
-ChangeMessageVisibility, visibility timeouts on the wall clock, the redrive policy moving a message on
-receive); its visibility is wall-clock time, so leases here are a few seconds."""
+moto implements what these tests lean on (moto 5.2.5; see test_worker_sqs_queue.py::
+test_what_moto_does_that_these_tests_rely_on): long polling, ChangeMessageVisibility, the redrive policy
+moving a message on receive. Its visibility is wall-clock time, so leases here are a few seconds, and its
+long poll notices a visibility change (a hand-back) only once a second."""
 
 from __future__ import annotations
 
