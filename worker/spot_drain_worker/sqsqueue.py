@@ -33,7 +33,6 @@ import threading
 import time
 import uuid
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 from .config import ConfigError
 from .queues import Job, JobQueueBase, backoff_seconds
@@ -42,11 +41,21 @@ try:
     import boto3
     from botocore.config import Config as BotoConfig
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
-except ImportError:  # the SQLite default does not need boto3; check() says how to get it
+except ImportError:  # the SQLite default does not need boto3; clients() says how to get it
     boto3 = None
-    BotoCoreError = ClientError = NoCredentialsError = NoRegionError = None
+
+    class BotoCoreError(Exception):
+        """Stand-in while boto3 is missing (nothing raises it)."""
+
+    class ClientError(Exception):
+        """Stand-in while boto3 is missing (nothing raises it)."""
+
+    NoCredentialsError = NoRegionError = BotoCoreError
 
 log = logging.getLogger("spot_drain_worker.sqs")
+
+# What boto3 raises when AWS (or the way to it) fails: the queue is unavailable (HTTP 503, runner retries).
+AWS_ERRORS = (BotoCoreError, ClientError)
 
 KEY_ITEM_PREFIX = "idempotency-key#"
 MAX_VISIBILITY_SECONDS = 43200  # SQS: 12 hours
@@ -132,14 +141,14 @@ def parse_queue_arn(arn: str) -> tuple[str, str, str]:
 
 
 def _code(exc: Exception) -> str:
-    if ClientError is not None and isinstance(exc, ClientError):
+    if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return error.get("QueryErrorCode") or error.get("Code") or "Unknown"
     return type(exc).__name__
 
 
 def _is(exc: Exception, *codes: str) -> bool:
-    if ClientError is None or not isinstance(exc, ClientError):
+    if not isinstance(exc, ClientError):
         return False
     error = exc.response.get("Error", {})
     return bool({error.get("Code"), error.get("QueryErrorCode")} & set(codes))
@@ -147,6 +156,7 @@ def _is(exc: Exception, *codes: str) -> bool:
 
 class SqsQueue(JobQueueBase):
     claim_waits = True
+    errors = AWS_ERRORS
 
     def __init__(self, *, queue_url: str, table: str, sqs, dynamodb, max_attempts: int,
                  retry_backoff_seconds: float, wait_seconds: int = 5, clock: Callable[[], float] = time.time,
@@ -162,7 +172,6 @@ class SqsQueue(JobQueueBase):
         self.clock = clock
         self.monotonic = monotonic
         self.metrics = metrics
-        self.errors = (BotoCoreError, ClientError)
         self._redrive: tuple[str, int] | None | bool = False  # False: not read yet
         self._redrive_lock = threading.Lock()
         self._depth_lock = threading.Lock()
@@ -204,10 +213,10 @@ class SqsQueue(JobQueueBase):
 
     def _explain(self, what: str, exc: Exception) -> ConfigError:
         code = _code(exc)
-        if NoCredentialsError is not None and isinstance(exc, NoCredentialsError):
+        if isinstance(exc, NoCredentialsError):
             return ConfigError(f"{what}: no AWS credentials found (on EC2 they come from the instance profile; "
                                f"see the README for the IAM policy)")
-        if NoRegionError is not None and isinstance(exc, NoRegionError):
+        if isinstance(exc, NoRegionError):
             return ConfigError(f"{what}: no AWS region: set AWS_REGION or AWS_DEFAULT_REGION")
         if "AccessDenied" in code or code in ("UnauthorizedOperation", "AuthFailure", "InvalidClientTokenId",
                                               "UnrecognizedClientException", "InvalidSignatureException"):
@@ -395,7 +404,7 @@ class SqsQueue(JobQueueBase):
     def _delete(self, receipt: str) -> None:
         try:
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)
-        except self.errors as exc:
+        except Exception as exc:  # noqa: BLE001 - only logged: the status is what counts
             # The message comes back; its job's status (done or dead) makes the next receive delete it.
             log.warning("deleting a message failed (it will be received and dropped again): %s", exc)
 
@@ -582,7 +591,7 @@ class SqsQueue(JobQueueBase):
                 attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=[
                     "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
                     "ApproximateNumberOfMessagesDelayed"])["Attributes"]
-            except self.errors as exc:
+            except Exception as exc:  # noqa: BLE001 - a scrape must not fail for a gauge
                 log.warning("reading the queue's depth failed: %s", exc)
                 return self._depth
             self._depth = {"visible": int(attributes.get("ApproximateNumberOfMessages", 0)),

@@ -70,8 +70,8 @@ def start_worker(tmp_path, worker_env):
 
 # The session's moto server and fault proxy are the collection's own fixtures (tests/conftest.py,
 # tests/support/faultproxy.py), not a second copy.
-from tests.conftest import moto_server  # noqa: E402,F401
-from tests.support.faultproxy import fault_proxy, fault_proxy_server  # noqa: E402,F401
+from tests.conftest import moto_server  # noqa: E402,F401 pylint: disable=unused-import
+from tests.support.faultproxy import fault_proxy, fault_proxy_server  # noqa: E402,F401 pylint: disable=unused-import
 
 
 @pytest.fixture

@@ -35,13 +35,26 @@ class BlockingQueue(JobQueueBase):
         self.released.append((job.id, reason))
         return True
 
-    def enqueue(self, payload, idempotency_key=None): raise NotImplementedError
-    def get(self, job_id): return None
-    def extend(self, job, lease_seconds): return True
-    def complete(self, job, result=None): raise AssertionError("must not run")
-    def fail(self, job, error): raise AssertionError("must not run")
-    def requeue(self, job_id): return None
-    def counts(self): return {}
+    def enqueue(self, payload, idempotency_key=None):
+        raise NotImplementedError
+
+    def get(self, job_id):
+        return None
+
+    def extend(self, job, lease_seconds):
+        return True
+
+    def complete(self, job, result=None):
+        raise AssertionError("must not run")
+
+    def fail(self, job, error):
+        raise AssertionError("must not run")
+
+    def requeue(self, job_id):
+        return None
+
+    def counts(self):
+        return {}
 
 
 def test_a_job_received_after_the_drain_began_is_handed_back_unrun():

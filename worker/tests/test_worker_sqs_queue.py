@@ -177,7 +177,7 @@ def test_hand_backs_never_let_sqs_dead_letter_the_job(make_queue, aws, clock):
     # maxReceiveCount is 10 on the fixture's queue: 15 interruptions in a row must not reach it.
     queue = make_queue()
     job_id = queue.enqueue({})[0].id
-    for _ in range(15):
+    for _interruption in range(15):
         job = None
         while job is None:  # a renewal (fresh copy of the message) takes one more receive
             job = queue.claim("unlucky", 300)
@@ -235,7 +235,7 @@ def test_depth_is_cached(queue, aws):
     now = [0.0]
     queue.monotonic = lambda: now[0]
     assert queue.depth() == {"visible": 1, "in_flight": 0, "delayed": 0}
-    for _ in range(5):
+    for _scrape in range(5):
         queue.depth()
     assert queue.sqs.calls["get_queue_attributes"] == 1
     now[0] += 5.0
@@ -290,7 +290,7 @@ def test_what_moto_does_that_these_tests_rely_on(aws):
     second = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300, AttributeNames=["All"])["Messages"][0]
     assert second["Attributes"]["ApproximateReceiveCount"] == "2"
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=0)
-    for _ in range(8):  # receives 3..10 (maxReceiveCount is 10)
+    for _receive in range(8):  # receives 3..10 (maxReceiveCount is 10)
         message = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300)["Messages"][0]
         sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
     assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages") is None  # the 11th: moved

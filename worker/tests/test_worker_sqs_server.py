@@ -8,7 +8,6 @@ long poll notices a visibility change (a hand-back) only once a second."""
 
 from __future__ import annotations
 
-import collections
 import os
 import subprocess
 import sys
@@ -109,7 +108,7 @@ def test_spot_notice_hands_the_job_back_to_another_worker(start_sqs_worker, aws,
         to_503 = time.monotonic() - asked
         deadline = time.time() + ready.json()["drain"]["seconds_until_deadline"]
         # While a drains, new jobs go to b only: a receives nothing more.
-        short = [post_job(other, {"seconds": 0.1}) for _ in range(3)]
+        short = [post_job(other, {"seconds": 0.1}) for _job in range(3)]
         for job_id in short:
             other.wait_job_status(job_id, "done", timeout=20)
         assert metric(noticed, "spot_drain_queue_received_total") == received
@@ -150,7 +149,7 @@ def test_poison_job_ends_dead_in_the_dlq_and_requeue_runs_it_again(start_sqs_wor
 def run_worker(env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **env, PYTHONPATH=str(TESTS_DIR))
     return subprocess.run([sys.executable, "-m", "spot_drain_worker"], env=full_env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 def test_bad_sqs_configuration_stops_the_start_with_exit_2(worker_env, aws):
