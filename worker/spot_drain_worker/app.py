@@ -6,7 +6,6 @@ from __future__ import annotations
 import hmac
 import json
 import math
-import sqlite3
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -311,8 +310,8 @@ def _json_http_error(exc: HTTPException):
     return _error(exc.code or 500, message)
 
 
-def _queue_unavailable(exc: sqlite3.Error):
-    current_app.logger.error("queue database error: %s", exc)
+def _queue_unavailable(exc: Exception):
+    current_app.logger.error("queue error: %s", exc)
     return _error(503, "job queue temporarily unavailable; retry", **{"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
@@ -324,5 +323,7 @@ def create_app(config: Config, runtime: WorkerRuntime | None = None) -> Flask:
     app.extensions[EXTENSION] = runtime if runtime is not None else WorkerRuntime(config)
     app.register_blueprint(api)
     app.register_error_handler(HTTPException, _json_http_error)
-    app.register_error_handler(sqlite3.Error, _queue_unavailable)
+    # Whatever the backend raises when it is unavailable (sqlite3.Error, botocore's errors) is a 503.
+    for error in app.extensions[EXTENSION].queue.errors:
+        app.register_error_handler(error, _queue_unavailable)
     return app

@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 # The retry backoff never exceeds the cap, so a larger base would silently mean the cap.
-from .jobqueue import BACKOFF_CAP_SECONDS as MAX_RETRY_BACKOFF_SECONDS
+from .queues import BACKOFF_CAP_SECONDS as MAX_RETRY_BACKOFF_SECONDS
 
 
 class ConfigError(ValueError):
@@ -61,6 +61,12 @@ class Config:
     notice_margin_seconds: float = 10.0
     imds_token_ttl_seconds: int = 21600
     server_threads: int = 8
+    # SQS backend (QUEUE_URL set): the queue, the DynamoDB job table, the region, the long-poll wait.
+    queue_url: str | None = None
+    jobs_table: str | None = None
+    jobs_table_create: bool = True
+    aws_region: str | None = None
+    sqs_wait_seconds: int = 5
 
     @property
     def production(self) -> bool:
@@ -164,6 +170,35 @@ def _host(raw: str) -> str:
     return raw
 
 
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+# sqs.REGION.amazonaws.com[.cn] and the legacy REGION.queue.amazonaws.com
+_QUEUE_HOST_REGION = re.compile(r"^(?:sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?|([a-z0-9-]+)\.queue\.amazonaws\.com)$")
+
+
+def _queue_url(raw: str) -> str:
+    name = "QUEUE_URL"
+    example = "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs"
+    parts = urlsplit(raw)
+    segments = parts.path.strip("/").split("/")
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(segments) != 2:
+        raise ConfigError(f"{name} must be an SQS queue URL such as {example} (got {raw!r})")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{name} must be a plain queue URL without query, fragment or user, such as {example}")
+    if segments[1].endswith(".fifo"):
+        raise ConfigError(f"{name} names a FIFO queue ({segments[1]}); the worker needs a standard queue")
+    if not segments[0].isdigit() or not _QUEUE_NAME.match(segments[1]):
+        raise ConfigError(f"{name} must end in /<account id>/<queue name>, such as {example} (got {raw!r})")
+    return raw.rstrip("/")
+
+
+def queue_url_region(url: str) -> str | None:
+    """The region an AWS queue URL names in its host, if it does."""
+    found = _QUEUE_HOST_REGION.match(urlsplit(url).hostname or "")
+    return None if found is None else (found.group(1) or found.group(2))
+
+
 def is_loopback(host: str) -> bool:
     if host.lower().rstrip(".") == "localhost":
         return True
@@ -249,11 +284,42 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
         values["jobs_token"] = _token("JOBS_TOKEN", raw)
     if (raw := get("JOB_HANDLER")) is not None:
         values["job_handler"] = raw
+    _load_sqs(get, values)
     load_job_handler(values.get("job_handler", defaults.job_handler))
 
     config = dataclasses.replace(defaults, **values)
     _check_combinations(config)
     return config
+
+
+def _load_sqs(get: Callable[[str], str | None], values: dict) -> None:
+    """QUEUE_URL, JOBS_TABLE, JOBS_TABLE_CREATE, SQS_WAIT_SECONDS and the region. Credentials and
+    endpoints are botocore's (instance profile; AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_SQS/_DYNAMODB)."""
+    queue_url, table = get("QUEUE_URL"), get("JOBS_TABLE")
+    if queue_url is None:
+        for name in ("JOBS_TABLE", "JOBS_TABLE_CREATE", "SQS_WAIT_SECONDS"):
+            if get(name) is not None:
+                raise ConfigError(f"{name} is set but QUEUE_URL is not: set QUEUE_URL for the SQS backend, or "
+                                  f"unset {name} to keep the SQLite queue")
+        return
+    values["queue_url"] = _queue_url(queue_url)
+    if table is None:
+        raise ConfigError("JOBS_TABLE must be set with QUEUE_URL: the DynamoDB table that holds the jobs' "
+                          "records (created when missing unless JOBS_TABLE_CREATE=false)")
+    if not _TABLE_NAME.match(table):
+        raise ConfigError(f"JOBS_TABLE must be a DynamoDB table name (3-255 of A-Z a-z 0-9 _ . -), got {table!r}")
+    values["jobs_table"] = table
+    if (raw := get("JOBS_TABLE_CREATE")) is not None:
+        values["jobs_table_create"] = _bool("JOBS_TABLE_CREATE", raw)
+    if (raw := get("SQS_WAIT_SECONDS")) is not None:
+        values["sqs_wait_seconds"] = int(_number("SQS_WAIT_SECONDS", raw, minimum=0, maximum=20, integer=True))
+    region = get("AWS_REGION") or get("AWS_DEFAULT_REGION") or queue_url_region(values["queue_url"])
+    if region is None:
+        raise ConfigError("AWS_REGION (or AWS_DEFAULT_REGION) must be set with QUEUE_URL: the queue URL "
+                          f"{values['queue_url']} names no region")
+    if not _REGION.match(region):
+        raise ConfigError(f"AWS_REGION must be a region name such as eu-west-1 (got {region!r})")
+    values["aws_region"] = region
 
 
 def _check_combinations(config: Config) -> None:
@@ -270,6 +336,9 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(f"JOBS_TOKEN must be set in production mode when the worker listens on the network "
                           f"(HOST={config.host}): anyone who reaches the port could submit and read jobs. Set "
                           f"JOBS_TOKEN (16+ characters), or HOST=127.0.0.1 behind a proxy that authenticates")
+    if config.queue_url is not None and config.lease_seconds > 43200:
+        raise ConfigError(f"LEASE_SECONDS must be at most 43200 with QUEUE_URL (SQS's longest visibility timeout), "
+                          f"got {config.lease_seconds:g}")
     lead = config.poll_interval_seconds + config.notice_margin_seconds
     if config.spot_watcher_enabled and lead >= SPOT_NOTICE_LEAD_SECONDS:
         # A notice seen one poll late has its deadline (notice time - margin) behind it already: the

@@ -10,8 +10,6 @@ Each thread gets its own connection (sqlite3 connections must not be shared betw
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -22,12 +20,13 @@ import time
 import uuid
 from typing import Any, Callable
 
+# Job, STATUSES and BACKOFF_CAP_SECONDS live with the interface; imported here for existing callers.
+from .queues import BACKOFF_CAP_SECONDS, STATUSES, Job, JobQueueBase, ReclaimResult, backoff_seconds
+
 log = logging.getLogger("spot_drain_worker.queue")
 
-STATUSES = ("queued", "processing", "done", "failed", "dead")
 # SQLite's companion files; it creates them with the database file's mode.
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
-BACKOFF_CAP_SECONDS = 300.0
 BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA = """
@@ -123,57 +122,16 @@ def _first(cursor: sqlite3.Cursor) -> sqlite3.Row | None:
     return rows[0] if rows else None
 
 
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    id: str
-    payload: Any
-    status: str
-    attempts: int
-    last_error: str | None
-    result: Any
-    idempotency_key: str | None
-    lease_token: str | None
-    lease_expires_at: float | None
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    run_after: float
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Job":
-        return cls(
-            id=row["id"], payload=json.loads(row["payload"]), status=row["status"],
-            attempts=row["attempts"], last_error=row["last_error"],
-            result=None if row["result"] is None else json.loads(row["result"]),
-            idempotency_key=row["idempotency_key"], lease_token=row["lease_token"],
-            lease_expires_at=row["lease_expires_at"], created_at=row["created_at"],
-            updated_at=row["updated_at"], started_at=row["started_at"],
-            finished_at=row["finished_at"], run_after=row["run_after"],
-        )
-
-    def public(self) -> dict:
-        """What GET /jobs/<id> shows (the lease token stays private to the worker)."""
-        return {
-            "id": self.id, "status": self.status, "attempts": self.attempts,
-            "last_error": self.last_error, "result": self.result, "payload": self.payload,
-            "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
-            "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
-            "next_attempt_at": _iso(self.run_after) if self.status in ("queued", "failed") else None,
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class ReclaimResult:
-    requeued: list
-    dead: list
+def _job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"], payload=json.loads(row["payload"]), status=row["status"],
+        attempts=row["attempts"], last_error=row["last_error"],
+        result=None if row["result"] is None else json.loads(row["result"]),
+        idempotency_key=row["idempotency_key"], lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"], created_at=row["created_at"],
+        updated_at=row["updated_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], run_after=row["run_after"],
+    )
 
 
 def make_private(path: str) -> None:
@@ -198,19 +156,19 @@ def make_private(path: str) -> None:
             log.warning("%s was readable by others (mode %04o): made it %04o", name, mode, mode & 0o700)
 
 
-class JobQueue:
+class JobQueue(JobQueueBase):
     """enqueue / claim / extend / complete / fail / release / reclaim / requeue over one SQLite file."""
+
+    errors = (sqlite3.Error,)
 
     def __init__(self, path: str, *, max_attempts: int, retry_backoff_seconds: float,
                  clock: Callable[[], float] = time.time):
+        super().__init__()
         self.path = path
         self.max_attempts = max_attempts
         self.retry_backoff_seconds = retry_backoff_seconds
         self.clock = clock
         self._local = threading.local()
-        # Set on enqueue/requeue/release so the runner in this process wakes at once instead of
-        # waiting for its next poll.
-        self.work_available = threading.Event()
         make_private(path)
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
@@ -236,7 +194,7 @@ class JobQueue:
             self._local.conn = None
 
     def backoff(self, attempts: int) -> float:
-        return min(self.retry_backoff_seconds * (2 ** max(attempts - 1, 0)), BACKOFF_CAP_SECONDS)
+        return backoff_seconds(self.retry_backoff_seconds, attempts)
 
     def enqueue(self, payload: Any, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Store a job; returns (job, created). A known idempotency key returns the stored job."""
@@ -246,13 +204,13 @@ class JobQueue:
         row = _first(conn.execute(_SQL["enqueue"], params))
         if row is not None:
             self.work_available.set()
-            return Job.from_row(row), True
+            return _job_from_row(row), True
         # The key exists (keys are never deleted), so this finds it.
-        return Job.from_row(_first(conn.execute(_SQL["by_key"], params))), False
+        return _job_from_row(_first(conn.execute(_SQL["by_key"], params))), False
 
     def get(self, job_id: str) -> Job | None:
         row = _first(self._conn().execute(_SQL["get"], {"id": job_id}))
-        return None if row is None else Job.from_row(row)
+        return None if row is None else _job_from_row(row)
 
     def claim(self, owner: str, lease_seconds: float) -> Job | None:
         """Take the oldest runnable job and lease it to `owner`; None when nothing is runnable."""
@@ -265,7 +223,7 @@ class JobQueue:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return None if row is None else Job.from_row(row)
+        return None if row is None else _job_from_row(row)
 
     def _fenced(self, statement: str, **params) -> bool:
         return self._conn().execute(_SQL[statement], dict(params, now=self.clock())).rowcount == 1
@@ -312,7 +270,7 @@ class JobQueue:
         if row is None:
             return None
         self.work_available.set()
-        return Job.from_row(row)
+        return _job_from_row(row)
 
     def counts(self) -> dict:
         result = dict.fromkeys(STATUSES, 0)

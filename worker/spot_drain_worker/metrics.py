@@ -15,8 +15,10 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 
 
 class _StateCollector:
     def __init__(self, counts: Callable[[], dict], drain_snapshot: Callable[[], object],
-                 drain_states: tuple, clock: Callable[[], float]):
+                 drain_states: tuple, clock: Callable[[], float],
+                 depth: Callable[[], dict | None] | None = None):
         self.counts = counts
+        self.depth = depth
         self.drain_snapshot = drain_snapshot
         self.drain_states = drain_states
         self.clock = clock
@@ -26,6 +28,15 @@ class _StateCollector:
         for state, count in self.counts().items():
             jobs.add_metric([state], count)
         yield jobs
+        depth = self.depth() if self.depth is not None else None
+        if depth is not None:
+            # The backend's cached view of the shared line (SQS: approximate, refreshed every few seconds).
+            messages = GaugeMetricFamily("spot_drain_queue_messages",
+                                         "Approximate messages in the shared queue (visible, in_flight, delayed)",
+                                         labels=["kind"])
+            for kind, count in depth.items():
+                messages.add_metric([kind], count)
+            yield messages
         snapshot = self.drain_snapshot()
         drain = GaugeMetricFamily("spot_drain_state", "1 for the worker's current drain state",
                                   labels=["state"])
@@ -59,10 +70,19 @@ class WorkerMetrics:
         self.interruption_signals = Counter("spot_drain_interruption_signals",
                                             "Interruption notices, rebalance recommendations, SIGTERMs seen",
                                             ["kind"], registry=self.registry)
+        # Per worker, SQS backend only (they stay 0 with SQLite).
+        self.messages_received = Counter("spot_drain_queue_received", "Messages received from the shared queue",
+                                         registry=self.registry)
+        self.handed_back = Counter("spot_drain_queue_handed_back",
+                                   "Jobs handed back to the shared queue without counting the attempt",
+                                   registry=self.registry)
+        self.heartbeats = Counter("spot_drain_queue_heartbeats", "Lease extensions sent to the shared queue",
+                                  registry=self.registry)
 
     def watch_state(self, counts: Callable[[], dict], drain_snapshot: Callable[[], object],
-                    drain_states: tuple, clock: Callable[[], float] = time.time) -> None:
-        self.registry.register(_StateCollector(counts, drain_snapshot, drain_states, clock))
+                    drain_states: tuple, clock: Callable[[], float] = time.time,
+                    depth: Callable[[], dict | None] | None = None) -> None:
+        self.registry.register(_StateCollector(counts, drain_snapshot, drain_states, clock, depth))
 
     def render_text(self) -> bytes:
         return generate_latest(self.registry)

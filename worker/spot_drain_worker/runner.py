@@ -1,23 +1,37 @@
 """The job runner: one thread that claims a job, runs the handler, heartbeats the lease, records the
-outcome. It also reclaims expired leases on every round, so a job left behind by a dead worker comes
-back while this one keeps running, not only at the next start."""
+outcome. It also reclaims expired leases on every round (where the backend keeps leases itself), so a
+job left behind by a dead worker comes back while this one keeps running, not only at the next start.
+It talks to the queue only through the interface in queues.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import random
 import socket
-import sqlite3
 import threading
 import time
 import traceback
 from typing import Any, Callable
 
-from .jobqueue import Job, JobQueue
 from .metrics import WorkerMetrics
+from .queues import Job, JobQueueBase
 
 log = logging.getLogger("spot_drain_worker.runner")
+
+# After an error from the queue (throttled past the client's own retries, unreachable) the runner
+# waits before it asks again: jittered, so a fleet that failed together does not retry together.
+ERROR_BACKOFF_BASE_SECONDS = 0.5
+ERROR_BACKOFF_CAP_SECONDS = 20.0
+
+
+def error_backoff(consecutive_errors: int, rand: Callable[[], float] = random.random,
+                  base: float = ERROR_BACKOFF_BASE_SECONDS, cap: float = ERROR_BACKOFF_CAP_SECONDS) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^(n-1))] for the n-th error in a row (0 for none)."""
+    if consecutive_errors <= 0:
+        return 0.0
+    return rand() * min(cap, base * 2 ** min(consecutive_errors - 1, 30))
 
 
 @dataclasses.dataclass
@@ -44,7 +58,7 @@ def default_owner() -> str:
 
 
 class JobRunner:
-    def __init__(self, queue: JobQueue, handler: Callable[[Any, JobContext], Any], *,
+    def __init__(self, queue: JobQueueBase, handler: Callable[[Any, JobContext], Any], *,
                  lease_seconds: float, metrics: WorkerMetrics, settings: Any = None,
                  owner: str | None = None, idle_poll_seconds: float = 0.5):
         self.queue = queue
@@ -64,6 +78,7 @@ class JobRunner:
         self._released: set[str] = set()
         self._thread: threading.Thread | None = None
         self._last_reclaim = 0.0
+        self._claim_errors = 0
 
     # ---- control (called from other threads) ----
 
@@ -89,7 +104,13 @@ class JobRunner:
                 return None
             self._released.add(job.id)
         context.interrupted.set()
-        if self.queue.release(job, reason):
+        try:
+            released = self.queue.release(job, reason)
+        except self.queue.errors as exc:
+            # Not recorded: the lease runs out and the job runs again (counted as an attempt).
+            log.error("handing back job %s failed: %s", job.id, exc)
+            return None
+        if released:
             log.warning("job %s released: %s", job.id, reason)
             return job.id
         return None
@@ -110,20 +131,30 @@ class JobRunner:
                 self._maybe_reclaim()
                 self.queue.work_available.clear()
                 with self._cond:
-                    # Checked under the lock that stop_claiming takes: once the drain started, no
-                    # job can be claimed any more.
                     if self._stopping:
                         break
-                    try:
-                        job = self.queue.claim(self.owner, self.lease_seconds)
-                    except sqlite3.Error as exc:
-                        log.error("claim failed: %s", exc)
-                        job = None
-                    if job is not None:
+                # Outside the lock: a claim may block (SQS long polling), and stop_claiming must not
+                # wait for it. A job that arrives after the drain started is handed back below.
+                try:
+                    job = self.queue.claim(self.owner, self.lease_seconds)
+                    self._claim_errors = 0
+                except self.queue.errors as exc:
+                    self._claim_errors += 1
+                    log.error("claim failed (%d in a row): %s", self._claim_errors, exc)
+                    self.queue.work_available.wait(error_backoff(self._claim_errors))
+                    continue
+                with self._cond:
+                    late = job is not None and self._stopping
+                    if job is not None and not late:
                         self._current = job
                         self._current_context = JobContext(job.id, job.attempts, self.settings)
+                if late:
+                    # Once the drain started no job may run here: give it back, uncounted.
+                    self._hand_back_late(job)
+                    break
                 if job is None:
-                    self.queue.work_available.wait(self.idle_poll_seconds)
+                    if not self.queue.claim_waits:
+                        self.queue.work_available.wait(self.idle_poll_seconds)
                     continue
                 try:
                     self._run(job, self._current_context)
@@ -140,6 +171,13 @@ class JobRunner:
                 self._loop_done = True
                 self._cond.notify_all()
 
+    def _hand_back_late(self, job: Job) -> None:
+        try:
+            if self.queue.release(job, "handed back unstarted: the worker began draining"):
+                log.warning("job %s arrived after the drain started; handed back", job.id)
+        except self.queue.errors as exc:
+            log.error("handing back job %s failed (its lease will expire): %s", job.id, exc)
+
     def _maybe_reclaim(self) -> None:
         now = time.monotonic()
         if now - self._last_reclaim < self.reclaim_every_seconds:
@@ -147,7 +185,7 @@ class JobRunner:
         self._last_reclaim = now
         try:
             result = self.queue.reclaim()
-        except sqlite3.Error as exc:
+        except self.queue.errors as exc:
             log.error("reclaim failed: %s", exc)
             return
         expired = len(result.requeued) + len(result.dead)
@@ -184,7 +222,7 @@ class JobRunner:
             if not lease_lost:
                 try:
                     lease_lost = not self.queue.extend(job, self.lease_seconds)
-                except sqlite3.Error as exc:
+                except self.queue.errors as exc:
                     log.error("heartbeat for job %s failed: %s", job.id, exc)
                 if lease_lost:
                     # Keep waiting: running a second job beside this one would only add load.

@@ -9,8 +9,8 @@ from typing import Callable
 
 from .config import Config, load_job_handler
 from .drain import DRAIN_STATES, DrainController, DrainSignal, DrainSnapshot
-from .jobqueue import JobQueue
 from .metrics import WorkerMetrics
+from .queues import make_queue
 from .runner import JobRunner
 from .watcher import ImdsClient, InterruptionWatcher
 
@@ -23,8 +23,7 @@ class WorkerRuntime:
         self.config = config
         self.clock = clock
         self.metrics = WorkerMetrics()
-        self.queue = JobQueue(config.database_path, max_attempts=config.max_attempts,
-                              retry_backoff_seconds=config.retry_backoff_seconds, clock=clock)
+        self.queue = make_queue(config, clock=clock, metrics=self.metrics)
         self.signal = DrainSignal(clock=clock)
         self.runner = JobRunner(self.queue, load_job_handler(config.job_handler),
                                 lease_seconds=config.lease_seconds, metrics=self.metrics,
@@ -36,7 +35,8 @@ class WorkerRuntime:
             notice_margin_seconds=config.notice_margin_seconds, metrics=self.metrics, clock=clock)
         self.on_drained = on_drained
         self.controller = DrainController(self.signal, self.runner, self._drained, clock=clock)
-        self.metrics.watch_state(self.queue.counts, self.signal.snapshot, DRAIN_STATES, clock)
+        self.metrics.watch_state(self.queue.counts, self.signal.snapshot, DRAIN_STATES, clock,
+                                 depth=self.queue.depth)
         self.started = False
 
     def start(self) -> None:

@@ -23,7 +23,7 @@ from prometheus_client import disable_created_metrics
 from .app import create_app
 from .config import Config, ConfigError, load_config
 from .drain import DrainSnapshot
-from .jobqueue import JobQueue
+from .queues import check_queue
 from .runtime import WorkerRuntime
 
 log = logging.getLogger("spot_drain_worker")
@@ -132,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     disable_created_metrics()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    # botocore (SQS backend) says where it found credentials and endpoints at INFO: noise in the journal.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         config = load_config()
-        # Create the schema here so an unwritable DATABASE_URL stops the start with its name.
-        JobQueue(config.database_path, max_attempts=config.max_attempts,
-                 retry_backoff_seconds=config.retry_backoff_seconds).close()
+        # Open the queue here (SQLite: create the schema; SQS: check the queue and the table) so a
+        # queue that cannot be used stops the start with its name.
+        check_queue(config)
     except ConfigError as exc:
         print(f"spot-drain-worker: configuration error: {exc}", file=sys.stderr)
         return 2

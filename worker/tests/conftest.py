@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The repository root: the collection's tests/support (the moto server, the fault proxy) is shared.
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
 
 from fake_imds import FakeImds  # noqa: E402
 from worker_process import WorkerProcess, free_port  # noqa: E402
@@ -62,3 +64,31 @@ def start_worker(tmp_path, worker_env):
     yield start
     for worker in started:
         worker.stop()
+
+
+# ---- the SQS backend: the collection's moto server and fault proxy, fresh names per test ----
+
+# The session's moto server and fault proxy are the collection's own fixtures (tests/conftest.py,
+# tests/support/faultproxy.py), not a second copy.
+from tests.conftest import moto_server  # noqa: E402,F401 pylint: disable=unused-import
+from tests.support.faultproxy import fault_proxy, fault_proxy_server  # noqa: E402,F401 pylint: disable=unused-import
+
+
+@pytest.fixture
+def aws(fault_proxy, monkeypatch):
+    """A fresh queue with a dead-letter queue and a table name on the moto server; the workers talk to it
+    through the fault proxy (it serialises DynamoDB writes, which moto does not apply atomically, and
+    injects AWS errors on demand)."""
+    from sqs_support import AwsFixture
+    from tests.support.moto import FAKE_CREDENTIALS
+    for key, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    return AwsFixture(fault_proxy.upstream, fault_proxy)
+
+
+@pytest.fixture
+def start_sqs_worker(aws, start_worker):
+    """start_sqs_worker(**overrides) -> a running worker (own port) on the test's SQS queue and table."""
+    def start(**overrides) -> WorkerProcess:
+        return start_worker(**dict(aws.worker_env(), PORT=free_port(), **overrides))
+    return start

@@ -35,3 +35,16 @@ def crash_worker_process(payload, context):
     """A job that takes its worker process down with it (segfault, OOM kill, os._exit)."""
     _record(f"start {context.job_id} {context.attempt}")
     os._exit(17)
+
+
+def record_where_and_sleep(payload, context):
+    """Like record_and_sleep, with the worker's $WORKER_NAME and the time: `start <job> <attempt> <worker>
+    <epoch>` / `end <job> <worker> <epoch>` (for tests with several workers on one queue)."""
+    import time
+    where = os.environ.get("WORKER_NAME", "?")
+    _record(f"start {context.job_id} {context.attempt} {where} {time.time():.3f}")
+    seconds = payload.get("seconds", context.settings.job_processing_seconds)
+    if not context.sleep(seconds):
+        raise JobInterrupted("drain deadline")
+    _record(f"end {context.job_id} {where} {time.time():.3f}")
+    return {"slept": seconds, "by": where}

@@ -1,0 +1,298 @@
+"""SqsQueue against the moto server (SQS + DynamoDB on 127.0.0.1), in-process, with an injected clock.
+
+moto keeps SQS visibility on the wall clock: where a test needs a lease to run out it sets the message's
+visibility to 0 itself (what the timeout would do) and moves the injected clock past the lease."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from spot_drain_worker.config import Config, ConfigError
+from spot_drain_worker.metrics import WorkerMetrics
+from spot_drain_worker.sqsqueue import SqsQueue, visibility
+from tests.support.moto import REGION
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingClient:
+    """A boto3 client that counts its calls by operation."""
+
+    def __init__(self, client):
+        self._client = client
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if not callable(attribute) or name.startswith("_"):
+            return attribute
+
+        def call(*args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attribute(*args, **kwargs)
+        return call
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def config_for(aws, **changes) -> Config:
+    values = dict(queue_url=aws.queue_url, jobs_table=aws.table, aws_region=REGION, sqs_wait_seconds=0,
+                  max_attempts=3, retry_backoff_seconds=2.0)
+    return dataclasses.replace(Config(), **dict(values, **changes))
+
+
+@pytest.fixture
+def make_queue(aws, clock, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.proxy.url)
+
+    def make(**changes) -> SqsQueue:
+        config = config_for(aws, **changes)
+        SqsQueue.check(config)
+        queue = SqsQueue.from_config(config, clock=clock, metrics=WorkerMetrics())
+        queue.sqs = CountingClient(queue.sqs)
+        return queue
+    return make
+
+
+@pytest.fixture
+def queue(make_queue):
+    return make_queue()
+
+
+def lease_runs_out(aws, job) -> None:
+    """What the visibility timeout does when it ends (moto would take wall-clock seconds)."""
+    aws.sqs.change_message_visibility(QueueUrl=aws.queue_url, ReceiptHandle=job.handle.receipt,
+                                      VisibilityTimeout=0)
+
+
+def messages(aws) -> int:
+    attributes = aws.sqs.get_queue_attributes(QueueUrl=aws.queue_url, AttributeNames=["All"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_visibility_rounds_up_and_caps():
+    assert [visibility(s) for s in (0, 0.01, 1, 1.5, 10**9)] == [0, 1, 1, 2, 43200]
+
+
+def test_check_creates_the_table_on_demand(queue, aws):
+    table = aws.dynamodb.describe_table(TableName=aws.table)["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+
+
+def test_enqueue_claim_complete_deletes_the_message_after_the_status(queue, aws, clock):
+    job, created = queue.enqueue({"n": 1})
+    assert created and aws.item(job.id)["status"] == "queued" and messages(aws) == 1
+    claimed = queue.claim("w1", 30)
+    assert (claimed.id, claimed.status, claimed.attempts, claimed.payload) == (job.id, "processing", 1, {"n": 1})
+    assert claimed.lease_expires_at == clock.now + 30
+    clock.now += 10
+    assert queue.extend(claimed, 30)
+    assert queue.complete(claimed, {"ok": True})
+    stored = queue.get(job.id)
+    assert (stored.status, stored.result, stored.attempts) == ("done", {"ok": True}, 1)
+    assert messages(aws) == 0
+    assert queue.metrics.messages_received._value.get() == 1 and queue.metrics.heartbeats._value.get() == 1
+
+
+def test_lost_lease_is_fenced_and_counts_as_an_attempt(queue, aws, clock):
+    job_id = queue.enqueue({})[0].id
+    first = queue.claim("w1", 10)
+    lease_runs_out(aws, first)
+    assert queue.claim("w2", 10) is None  # the holder's lease has not run out in the table: left alone
+    clock.now += 11
+    lease_runs_out(aws, first)
+    second = queue.claim("w2", 10)
+    assert (second.id, second.attempts) == (job_id, 2)
+    assert "lease expired during attempt 1 (worker w1" in second.last_error
+    # The first worker comes back: nothing it does is recorded over the newer attempt.
+    assert not queue.extend(first, 10)
+    assert not queue.complete(first, "stale")
+    assert queue.fail(first, "stale") is None
+    assert not queue.release(first, "stale")
+    assert queue.complete(second, "fresh")
+    assert (queue.get(job_id).status, queue.get(job_id).result) == ("done", "fresh")
+
+
+def test_failures_back_off_then_dead_in_the_dead_letter_queue_and_requeue(make_queue, aws, clock):
+    queue = make_queue(retry_backoff_seconds=0.0)
+    job_id = queue.enqueue({"poison": True})[0].id
+    for attempt in (1, 2, 3):
+        job = queue.claim("w", 10)
+        assert job is not None and job.attempts == attempt
+        assert queue.fail(job, f"boom {attempt}") == ("failed" if attempt < 3 else "dead")
+    dead = queue.get(job_id)
+    assert (dead.status, dead.attempts, dead.last_error) == ("dead", 3, "boom 3")
+    assert messages(aws) == 0 and aws.dlq_job_ids() == [job_id]
+    assert queue.claim("w", 10) is None
+    assert queue.requeue(job_id).status == "queued"
+    again = queue.claim("w", 10)
+    assert (again.id, again.attempts) == (job_id, 1)
+    assert queue.requeue(job_id) is None  # processing: not requeueable
+
+
+def test_failed_job_waits_for_its_backoff(queue, aws, clock):
+    job_id = queue.enqueue({})[0].id
+    assert queue.fail(queue.claim("w", 10), "boom") == "failed"
+    stored = queue.get(job_id)
+    assert stored.run_after == clock.now + 2.0 and stored.status == "failed"
+    assert queue.claim("w", 10) is None  # the message is invisible for the backoff (2 s)
+    # A message that comes back early (visibility lost) is put back until the backoff ends.
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps({"job_id": job_id}))
+    assert queue.claim("w", 10) is None
+    clock.now += 2.0
+    # The copy and the original both come back; the first claim wins, the second sees processing.
+    aws.sqs.purge_queue(QueueUrl=aws.queue_url)
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps({"job_id": job_id}))
+    assert queue.claim("w", 10).attempts == 2
+
+
+def test_hand_back_gives_the_attempt_back_and_is_received_at_once(queue, aws):
+    job_id = queue.enqueue({})[0].id
+    job = queue.claim("w1", 300)
+    assert queue.release(job, "drain deadline")
+    stored = queue.get(job_id)
+    assert (stored.status, stored.attempts, stored.last_error) == ("queued", 0, "drain deadline")
+    assert not queue.complete(job)  # the handed-back lease is gone
+    again = queue.claim("w2", 10)  # no visibility timeout to sit out
+    assert (again.id, again.attempts) == (job_id, 1)
+    assert queue.metrics.handed_back._value.get() == 1
+
+
+def test_hand_backs_never_let_sqs_dead_letter_the_job(make_queue, aws, clock):
+    # maxReceiveCount is 10 on the fixture's queue: 15 interruptions in a row must not reach it.
+    queue = make_queue()
+    job_id = queue.enqueue({})[0].id
+    for _interruption in range(15):
+        job = None
+        while job is None:  # a renewal (fresh copy of the message) takes one more receive
+            job = queue.claim("unlucky", 300)
+        assert queue.release(job, "interrupted")
+    assert aws.dlq_job_ids(wait=0) == []
+    last = queue.claim("lucky", 300)
+    assert (last.id, last.attempts) == (job_id, 1)
+    assert queue.complete(last)
+
+
+def test_duplicate_message_of_a_done_job_is_dropped_unrun(queue, aws):
+    job_id = queue.enqueue({})[0].id
+    assert queue.complete(queue.claim("w", 10), "once")
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps({"job_id": job_id}))
+    assert queue.claim("w", 10) is None
+    assert messages(aws) == 0 and queue.get(job_id).result == "once"
+
+
+def test_a_message_left_behind_by_a_dead_job_goes_to_the_dead_letter_queue(make_queue, aws):
+    # E.g. the move to the dead-letter queue failed after the record said dead: the next receive finishes it.
+    queue = make_queue(max_attempts=1)
+    job_id = queue.enqueue({})[0].id
+    aws.proxy.fail("SendMessage", "InternalError", status=500)
+    with pytest.raises(queue.errors):
+        queue.fail(queue.claim("w", 10), "boom")
+    aws.proxy.clear_rules()
+    assert queue.get(job_id).status == "dead" and aws.dlq_job_ids(wait=0) == []
+    aws.sqs.purge_queue(QueueUrl=aws.queue_url)  # (instead of waiting out its visibility)
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps({"job_id": job_id}))
+    assert queue.claim("w", 10) is None
+    assert messages(aws) == 0 and aws.dlq_job_ids() == [job_id]
+
+
+def test_idempotency_key_returns_the_same_job(queue, aws):
+    job, created = queue.enqueue({"a": 1}, "key-1")
+    again, created_again = queue.enqueue({"a": 1}, "key-1")
+    assert created and not created_again and again.id == job.id
+    assert queue.enqueue({"a": 1}, "key-2")[0].id != job.id
+    assert messages(aws) == 2
+    assert queue.get("idempotency-key#x") is None and queue.get("x" * 3000) is None
+
+
+def test_failed_send_leaves_no_record(queue, aws):
+    aws.proxy.fail("SendMessage", "InternalError", status=500)
+    with pytest.raises(queue.errors):
+        queue.enqueue({"lost": True}, "key-9")
+    aws.proxy.clear_rules()
+    assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []
+    job, created = queue.enqueue({"lost": True}, "key-9")  # the retry starts afresh
+    assert created and messages(aws) == 1
+
+
+def test_depth_is_cached(queue, aws):
+    queue.enqueue({})
+    now = [0.0]
+    queue.monotonic = lambda: now[0]
+    assert queue.depth() == {"visible": 1, "in_flight": 0, "delayed": 0}
+    for _scrape in range(5):
+        queue.depth()
+    assert queue.sqs.calls["get_queue_attributes"] == 1
+    now[0] += 5.0
+    queue.depth()
+    assert queue.sqs.calls["get_queue_attributes"] == 2
+
+
+def test_check_names_what_is_wrong(aws, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.proxy.url)
+    missing = config_for(aws, queue_url=aws.queue_url.rsplit("/", 1)[0] + "/nope")
+    with pytest.raises(ConfigError, match=r"QUEUE_URL .*/nope: no such queue"):
+        SqsQueue.check(missing)
+    aws.dynamodb.create_table(TableName=aws.table + "-other", BillingMode="PAY_PER_REQUEST",
+                              AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                                    {"AttributeName": "sk", "AttributeType": "S"}],
+                              KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                         {"AttributeName": "sk", "KeyType": "RANGE"}])
+    with pytest.raises(ConfigError, match=r"JOBS_TABLE .*-other: the table has the key \(pk HASH S, sk RANGE S\)"):
+        SqsQueue.check(config_for(aws, jobs_table=aws.table + "-other"))
+    with pytest.raises(ConfigError, match=r"JOBS_TABLE .*: no such table, and JOBS_TABLE_CREATE=false"):
+        SqsQueue.check(config_for(aws, jobs_table_create=False))
+    aws.proxy.fail("GetQueueAttributes", "AccessDenied", status=403,
+                   message="User: arn:aws:sts::123456789012:assumed-role/worker is not authorized")
+    with pytest.raises(ConfigError, match=r"QUEUE_URL .*: access denied \(AccessDenied"):
+        SqsQueue.check(config_for(aws))
+    aws.proxy.clear_rules()
+    aws.proxy.fail("DescribeTable", "AccessDeniedException")
+    with pytest.raises(ConfigError, match=r"JOBS_TABLE .*: access denied \(AccessDeniedException"):
+        SqsQueue.check(config_for(aws))
+
+
+def test_boto3_reads_the_per_service_endpoint_variables(aws, monkeypatch):
+    # The worker relies on botocore for AWS_ENDPOINT_URL_SQS / _DYNAMODB (measured: botocore 1.44.5).
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", aws.moto.url + "/")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", aws.proxy.url)
+    sqs, dynamodb = SqsQueue.clients(config_for(aws))
+    assert sqs.meta.endpoint_url.rstrip("/") == aws.moto.url
+    assert dynamodb.meta.endpoint_url == aws.proxy.url
+
+
+def test_what_moto_does_that_these_tests_rely_on(aws):
+    """moto 5.2.5, measured: ChangeMessageVisibility (0 makes a message receivable at once), the redrive
+    policy (moved to the DLQ on the receive after maxReceiveCount) and long polling work. Its gap: a stale
+    receipt handle (from an earlier receive) still changes the visibility, so a heartbeat alone cannot
+    tell a lost lease; the worker's heartbeat is fenced in the table first for that reason (and on AWS,
+    where an old handle may also be accepted)."""
+    sqs, url = aws.sqs, aws.queue_url
+    sqs.send_message(QueueUrl=url, MessageBody="probe")
+    first = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300)["Messages"][0]
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=0)
+    second = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300, AttributeNames=["All"])["Messages"][0]
+    assert second["Attributes"]["ApproximateReceiveCount"] == "2"
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=0)
+    for _receive in range(8):  # receives 3..10 (maxReceiveCount is 10)
+        message = sqs.receive_message(QueueUrl=url, VisibilityTimeout=300)["Messages"][0]
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages") is None  # the 11th: moved
+    dead = sqs.receive_message(QueueUrl=aws.dlq_url, WaitTimeSeconds=1)["Messages"]
+    assert [m["Body"] for m in dead] == ["probe"]
