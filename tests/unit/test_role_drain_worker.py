@@ -16,6 +16,7 @@ from tests.support.ansible import BIN, REPO, ansible_env, run_playbook
 
 JOBS = "jobs-token-for-the-role-0123"
 CONTROL = "control-token-for-the-role-01"
+QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs"
 
 
 def write_playbook(tmp_path, variables: dict, tasks: list | None = None, role_tasks: str | None = None) -> str:
@@ -55,6 +56,17 @@ REFUSED = {
         {"drain_worker_jobs_token": JOBS, "drain_worker_control_token": CONTROL,
          "drain_worker_allow_simulate_interruption": True},
         "drain_worker_allow_simulate_interruption=true has no effect"),
+    "a queue without its job table": (
+        {"drain_worker_jobs_token": JOBS, "drain_worker_queue_url": QUEUE},
+        "drain_worker_jobs_table must be set with drain_worker_queue_url"),
+    "a queue URL that is not one": (
+        {"drain_worker_jobs_token": JOBS, "drain_worker_queue_url": "jobs", "drain_worker_jobs_table": "jobs"},
+        "drain_worker_queue_url jobs is not an SQS queue URL"),
+    "queue settings without a queue": (
+        {"drain_worker_jobs_token": JOBS, "drain_worker_jobs_table": "jobs", "drain_worker_aws_region": "eu-west-1",
+         "drain_worker_jobs_table_create": False, "drain_worker_aws_endpoint_url": "http://127.0.0.1:5000"},
+        "drain_worker_jobs_table, drain_worker_jobs_table_create=false, drain_worker_aws_region, "
+        "drain_worker_aws_endpoint_url only apply to the SQS queue"),
 }
 
 
@@ -82,7 +94,9 @@ def test_role_refuses_before_changing_anything(tmp_path, case):
     {"drain_worker_host": "127.0.0.1"},
     {"drain_worker_host": "::1", "drain_worker_control_token": CONTROL},
     {"drain_worker_allow_simulate_interruption": True},
-], ids=["jobs token", "both tokens", "loopback", "loopback v6 with control token", "development mode"])
+    {"drain_worker_jobs_token": JOBS, "drain_worker_queue_url": QUEUE, "drain_worker_jobs_table": "jobs",
+     "drain_worker_jobs_table_create": False, "drain_worker_aws_region": "eu-west-1"},
+], ids=["jobs token", "both tokens", "loopback", "loopback v6 with control token", "development mode", "sqs queue"])
 def test_role_accepts_settings_the_worker_accepts(tmp_path, variables):
     check = {"name": "Show the verdict", "ansible.builtin.debug": {"var": "_drain_worker_setting_problems"}}
     run = run_playbook(write_playbook(tmp_path, variables, [check], role_tasks="validate"), check=True)
@@ -91,9 +105,10 @@ def test_role_accepts_settings_the_worker_accepts(tmp_path, variables):
     assert JOBS not in run.stdout and CONTROL not in run.stdout
 
 
-def test_environment_file_carries_the_jobs_token_only_when_set(tmp_path):
+def render_environment_file(tmp_path, cases: dict) -> dict:
+    """worker.env as the role renders it, for each case's variables (over the role's defaults)."""
     rendered = {}
-    for name, token in (("with", JOBS), ("without", "")):
+    for name, variables in cases.items():
         directory = tmp_path / name
         directory.mkdir()
         render = {"name": "Render the environment file", "ansible.builtin.template": {
@@ -103,15 +118,35 @@ def test_environment_file_carries_the_jobs_token_only_when_set(tmp_path):
                 "vars_files": [str(REPO / "roles" / "drain_worker" / "defaults" / "main.yml"),
                                str(directory / "vars.json")],
                 "tasks": [render]}
-        (directory / "vars.json").write_text(json.dumps({"drain_worker_jobs_token": token,
-                                                         "drain_worker_name": "w"}))
+        (directory / "vars.json").write_text(json.dumps({"drain_worker_name": "w", **variables}))
         (directory / "play.yml").write_text(json.dumps([play]))
         run = run_playbook(str(directory / "play.yml"))
         assert run.rc == 0, run.stdout[-2000:]
         rendered[name] = (directory / "worker.env").read_text()
         assert stat.S_IMODE((directory / "worker.env").stat().st_mode) == 0o640
+    return rendered
+
+
+def test_environment_file_carries_the_jobs_token_only_when_set(tmp_path):
+    rendered = render_environment_file(tmp_path, {"with": {"drain_worker_jobs_token": JOBS},
+                                                  "without": {"drain_worker_jobs_token": ""}})
     assert f'JOBS_TOKEN="{JOBS}"' in rendered["with"].splitlines()
     assert "JOBS_TOKEN" not in rendered["without"]
+
+
+def test_environment_file_selects_the_sqs_queue_only_when_set(tmp_path):
+    rendered = render_environment_file(tmp_path, {
+        "sqs": {"drain_worker_queue_url": QUEUE, "drain_worker_jobs_table": "jobs",
+                "drain_worker_jobs_table_create": False, "drain_worker_aws_region": "eu-west-1"},
+        "sqlite": {}})
+    lines = rendered["sqs"].splitlines()
+    assert f'QUEUE_URL="{QUEUE}"' in lines and 'JOBS_TABLE="jobs"' in lines
+    assert 'JOBS_TABLE_CREATE="false"' in lines and 'AWS_REGION="eu-west-1"' in lines
+    assert "AWS_ENDPOINT_URL" not in rendered["sqs"]
+    # No credential variable is ever written: the instance profile provides them.
+    assert "AWS_ACCESS_KEY_ID" not in rendered["sqs"] and "AWS_SECRET_ACCESS_KEY" not in rendered["sqs"]
+    for name in ("QUEUE_URL", "JOBS_TABLE", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        assert name not in rendered["sqlite"]
 
 
 def test_environment_file_task_never_shows_a_token(tmp_path):
