@@ -7,6 +7,8 @@ expired lease."""
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import subprocess
 import sys
 import uuid
@@ -395,3 +397,45 @@ def test_start_refill_takes_over_a_lease_that_expired_elsewhere(table_store, mon
     # The job it starts takes the lease over (the next fencing number), and the old holder's writes are refused.
     job_lease = table_store(clock=clock).refill_lock()
     assert job_lease.acquire(blocking=False) and job_lease.fencing == elsewhere.fencing + 1
+
+
+# -- the README's IAM policies are what the code calls ------------------------------------------------------------
+def iam_blocks():
+    """The README's two policy documents of "Sharing a pool across controllers": (file store, DynamoDB store)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("**IAM, least privilege.**"):text.index("### The worker on the instance")]
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
+
+
+def actions(policy, prefix):
+    found = set()
+    for statement in policy["Statement"]:
+        listed = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        found.update(action.split(":", 1)[1] for action in listed if action.startswith(prefix + ":"))
+    return found
+
+
+def test_the_readme_lists_the_dynamodb_actions_the_store_calls():
+    text = (ROOT / "plugins" / "module_utils" / "_pool" / "dynamo.py").read_text(encoding="utf-8")
+    calls = set(re.findall(r'_call\(\s*"(\w+)"', text))
+    # TransactWriteItems is authorised per item by the action of each kind of write it carries.
+    kinds = set(re.findall(r'\{"(Put|Update|Delete|ConditionCheck)": \{', text))
+    assert "TransactWriteItems" in calls and kinds == {"Put", "Update", "Delete", "ConditionCheck"}
+    needed = (calls - {"TransactWriteItems"}) | {kind + "Item" for kind in kinds}
+    file_policy, dynamodb_policy = iam_blocks()
+    assert actions(dynamodb_policy, "dynamodb") == needed
+    assert actions(file_policy, "dynamodb") == set()
+    table_statement = next(s for s in dynamodb_policy["Statement"] if "dynamodb:Query" in s["Action"])
+    assert table_statement["Resource"] == "arn:aws:dynamodb:<region>:<account>:table/<table>"
+
+
+def test_the_readme_lists_the_ec2_actions_the_code_calls():
+    package = ROOT / "plugins" / "module_utils" / "_pool"
+    text = "".join((package / name).read_text(encoding="utf-8") for name in ("ec2.py", "launcher.py", "ec2query.py"))
+    methods = set(re.findall(r"\bclient\.(\w+)\(", text)) | set(re.findall(r'get_paginator\("(\w+)"\)', text))
+    methods -= {"get_paginator"}
+    needed = {"".join(part.capitalize() for part in method.split("_")) for method in methods}
+    needed |= set(re.findall(r'\("Action", "(\w+)"\)', text))  # get's signed request
+    needed.add("RunInstances")  # an instant fleet launches with the caller's ec2:RunInstances permission
+    file_policy, dynamodb_policy = iam_blocks()
+    assert actions(file_policy, "ec2") == needed == actions(dynamodb_policy, "ec2")
