@@ -391,7 +391,7 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
             try:
                 if before is None:
                     raise PoolGone("pool '%s' was terminated during the reconcile" % store.pool_name)
-                outcome = reconcile(store, client)
+                outcome = reconcile(store, client, heartbeat=lock.renew)
             except PoolGone:
                 lock.remove()  # made for a pool that no longer exists: nothing may be left of it
                 raise
