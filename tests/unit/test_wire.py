@@ -149,12 +149,14 @@ class FakeLease:
         self.renewals = 0
         self.lost_at = lost_at  # the renewal that finds the lease taken (1: the first)
         self.held = False
+        self.released = 0
 
     def acquire(self, blocking=True, timeout=None, create=True):
         self.held = True
         return True
 
     def release(self):
+        self.released += 1
         self.held = False
 
     def renew(self):
@@ -259,6 +261,7 @@ def test_a_job_that_lost_its_lease_stops_at_once_and_writes_nothing_more(monkeyp
     assert rc == 0 and events == ["started", "lease_lost"]
     assert len(store.writes) == 1 and store.writes[0]["pid"], "only the start was recorded, before the loss"
     assert store.state["refill"]["last_error"] is None, "no error recorded over the new holder's work"
+    assert lease.held and lease.released == 0, "the lease is the new holder's: not even released from here"
 
 
 def test_a_fenced_write_refused_mid_pass_stops_the_job_the_same_way(monkeypatch):
