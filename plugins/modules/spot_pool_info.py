@@ -49,12 +49,13 @@ EXAMPLES = r"""
 
 RETURN = r"""
 exists:
-  description: Whether the pool has a state file.
+  description: Whether the pool exists (has a state file, or with O(store=dynamodb) a pool item in the table).
   returned: always
   type: bool
   sample: true
 path:
-  description: The pool's state file.
+  description:
+    - The pool's state file, or with O(store=dynamodb) C(dynamodb table <table>, pool <pool_name>).
   returned: always
   type: str
   sample: /home/ci/.local/state/ec2spot/default.json
@@ -144,7 +145,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import aws_pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import pool_info
@@ -154,7 +155,7 @@ def main():
     argument_spec = dict(pool_argument_spec(), verify=dict(type="bool", default=False))
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
-        result = pool_info(pool_store(module.params), lambda: ec2_client(module), verify=module.params["verify"])
+        result = pool_info(aws_pool_store(module), lambda: ec2_client(module), verify=module.params["verify"])
     except PoolError as error:
         fail(module, error)
     module.exit_json(**result)

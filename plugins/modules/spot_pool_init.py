@@ -28,8 +28,11 @@ description:
   - Creating a pool (no state file yet) fails, before anything is written or launched, when another live pool in the
     region already uses O(pool_name) (instances or a launch template tagged with the name and another pool id, or
     running instances of a pool made before pool ids). The message names the other pool's id and instance count.
-    Controllers that want one pool share one store (on one controller, the same state file); others choose
-    another name.
+    Controllers that want one pool share one store (on one controller, the same state file; across controllers,
+    the same DynamoDB table, O(store=dynamodb)); others choose another name.
+  - A pool that another init created while this one ran (two controllers at once) is not taken over. This run
+    fails, having launched and written nothing, and the other one's pool stands; run it again to apply its
+    options.
   - A pool created before pool ids (a state file without C(pool_id)) adopts an id at its next init or refill, and the
     instances its state file lists, and its launch template, are tagged with it. Instances with the pool's name that
     the file does not list are never adopted or swept; end them by hand.
@@ -167,8 +170,19 @@ options:
         Any other file at the path (not JSON, another pool's, a newer version's, perhaps a file of yours that
         O(pool_file) names by mistake) is an error, and nothing is moved or written; see O(force_rebuild).
       - A link, or a file or directory that another user owns or may write to, is never moved.
+      - With O(store=dynamodb), the table's pool is built from the tags in the same way, leases kept. That is
+        the way to move a pool from its file into a table (the README says how).
     type: bool
     default: false
+  create_table:
+    description:
+      - With O(store=dynamodb), create the table O(dynamodb_table) when it does not exist (on-demand billing;
+        the module waits until it is active). Off, a missing table is an error, and nothing is changed.
+      - A table with another key schema is always an error (it is someone else's table), as is a missing
+        DynamoDB permission (the message names the table and the permission).
+      - Check mode never creates the table. Has no effect with O(store=file).
+    type: bool
+    default: true
   force_rebuild:
     description:
       - Like O(rebuild), and also moves aside a file that is not recognisably this pool's. Only for a pool file
@@ -302,7 +316,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import aws_pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
@@ -339,6 +353,7 @@ def main():
         cooldown=dict(type="int", default=defaults.COOLDOWN_SECONDS),
         orphan_grace=dict(type="int", default=defaults.ORPHAN_GRACE_SECONDS),
         rebuild=dict(type="bool", default=False),
+        create_table=dict(type="bool", default=True),
         pool_id=dict(type="str"),
         force_rebuild=dict(type="bool", default=False),
         wait=dict(type="bool", default=True),
@@ -353,12 +368,12 @@ def main():
     params = module.params
     try:
         result = init_pool(
-            pool_store(params), ec2_client(module), params["size"], launch_settings(params, module.region),
+            aws_pool_store(module), ec2_client(module), params["size"], launch_settings(params, module.region),
             wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
             refill_env=child_environment(params, module.region), rebuild=params["rebuild"],
             max_size=params["max_size"], quotas_client=module.client("service-quotas", config=BOTOCORE_CONFIG),
             pool_id=params["pool_id"],
-            force_rebuild=params["force_rebuild"],
+            force_rebuild=params["force_rebuild"], create_table=params["create_table"],
         )
     except PoolError as error:
         fail(module, error)

@@ -17,6 +17,8 @@ description:
     removes its state file and what the pool kept beside it (C(.lock), C(.refill.lock), C(.refill.log) and
     C(.refill.log.1), and the refill job's code copy once no other pool in the directory needs it and no refill
     job runs from it). With O(fallback_action=stop), fallbacks are stopped and kept instead.
+  - With O(store=dynamodb) it deletes every item of the pool from the table (the refill lease too; the table and
+    other pools' items stay) and this controller's refill log.
   - Only instances of this pool are touched, those its state file lists and those tagged with its pool id
     (C(ec2spot:pool-id)). Another pool that uses the same O(pool_name) (another controller's) carries another id
     and is never touched.
@@ -127,7 +129,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import aws_pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import terminate_pool
@@ -142,7 +144,7 @@ def main():
     )
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
-        result = terminate_pool(pool_store(module.params), ec2_client(module), module.params["fallback_action"],
+        result = terminate_pool(aws_pool_store(module), ec2_client(module), module.params["fallback_action"],
                                 module.params["include_orphans"], check_mode=module.check_mode,
                                 pool_id=module.params["pool_id"])
     except PoolError as error:
