@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import os
 import subprocess
 import sys
 import time
@@ -88,17 +89,19 @@ def test_get_without_a_region_is_refused_by_its_own_client_maker(monkeypatch, tm
 
 
 def test_the_file_path_loads_neither_the_dynamodb_store_nor_boto3(tmp_path):
-    """get's hand-out path on the default store stays light: dynamo.py and boto3 are imported only for
-    store=dynamodb (the check would pass on a path that loaded nothing: the DynamoDB path must load both)."""
+    """get's hand-out path on the default store stays light: dynamo.py and botocore are imported only for
+    store=dynamodb (the check would pass on a path that loaded nothing: the DynamoDB path must load both), and
+    boto3 never (get's DynamoDB client is dynamoquery's, which loads no service model)."""
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from ansible_collections.ec2spot.pool.plugins.module_utils._pool import common\n"
             "params = {'pool_name': 'p', 'state_dir': %r, 'store': sys.argv[1], 'region': 'us-east-1'}\n"
             "common.pool_store(params)\n"
             "print(sorted(m for m in ('boto3', 'botocore', %r) if m in sys.modules))\n"
             % (str(ROOT / "build" / "collections"), str(tmp_path), DynamoStore.__module__))
-    loaded = {store: subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True,
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")  # resolved, never sent
+    loaded = {store: subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True, env=env,
                                     check=True).stdout.strip() for store in ("file", "dynamodb")}
-    assert loaded == {"file": "[]", "dynamodb": str(sorted(["boto3", "botocore", DynamoStore.__module__]))}
+    assert loaded == {"file": "[]", "dynamodb": str(sorted(["botocore", DynamoStore.__module__]))}
 
 
 # -- the job's command line ---------------------------------------------------------------------------------------
@@ -509,3 +512,20 @@ def test_the_job_on_a_table_without_a_region_says_why_and_ends(monkeypatch, tmp_
     assert record["event"] == "failed" and "could not start" in record["message"]
     assert "region" in record["message"].lower()
     assert list(tmp_path.iterdir()) == [], "no store was opened: nothing written"
+
+
+def test_store_dynamodb_without_credentials_fails_before_any_call(tmp_path):
+    """get's light client resolves its credentials when it is made: none found is a clear error, and no request
+    is sent (the instance metadata service is switched off, so nothing outside loopback is asked)."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from ansible_collections.ec2spot.pool.plugins.module_utils._pool import common\n"
+            "from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError\n"
+            "params = {'pool_name': 'p', 'state_dir': %r, 'store': 'dynamodb', 'region': 'us-east-1',\n"
+            "          'endpoint_url': 'http://127.0.0.1:9'}\n"
+            "try:\n    common.pool_store(params)\nexcept PoolError as e:\n    print(e.message)\n"
+            % (str(ROOT / "build" / "collections"), str(tmp_path)))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert proc.stdout.startswith("store=dynamodb found no AWS credentials"), proc.stdout + proc.stderr

@@ -6,18 +6,18 @@
 from __future__ import annotations
 
 from .connection import BOTOCORE_CONFIG
-from .connection import dynamodb_client
 from .connection import no_region
 from .defaults import DEFAULT_TABLE
 from .defaults import STORE
 from .errors import InvalidRequest
+from .errors import PoolError
 from .state import FileStore
 from .state import pool_file_path
 
 
 def pool_store(params, make_dynamodb_client=None, region=None):
     """The pool's store, as the module's options (pool_argument_spec) say: a FileStore, or with store=dynamodb a
-    DynamoStore on the client `make_dynamodb_client()` makes (default: connection.dynamodb_client(params), for
+    DynamoStore on the client `make_dynamodb_client()` makes (default: dynamodb_client(params), for
     spot_pool_get; an AnsibleAWSModule passes its own, see aws_pool_store). Bad options raise InvalidRequest
     before any client is made or any call is sent."""
     name = params.get("pool_name")  # validated by the store; an empty name is an error, not `default`
@@ -39,6 +39,31 @@ def pool_store(params, make_dynamodb_client=None, region=None):
             raise no_region()
         store.client = make_dynamodb_client()
     return store
+
+
+def dynamodb_client(params):
+    """spot_pool_get's DynamoDB client: the light one of dynamoquery.py (signed JSON requests: no boto3, no service
+    model, which would cost a hand-out about 0.1 s more), from the module's connection options. Its credentials,
+    region and endpoint are resolved here, so that a missing region or credentials fail before any call."""
+    # pylint: disable=import-outside-toplevel
+    from .dynamoquery import DynamoDBClient
+
+    try:
+        import botocore.exceptions
+    except ImportError as exc:
+        raise PoolError("store=dynamodb needs the Python library botocore on the controller (%s): pip install boto3"
+                        % exc)
+    client = DynamoDBClient(params)
+    try:
+        client.endpoint_url  # pylint: disable=pointless-statement
+    except botocore.exceptions.NoRegionError:
+        raise no_region()
+    except botocore.exceptions.NoCredentialsError:
+        raise PoolError("store=dynamodb found no AWS credentials: set access_key/secret_key, profile, or the AWS_* "
+                        "environment variables", error_code="NoCredentials")
+    except botocore.exceptions.BotoCoreError as exc:
+        raise PoolError("cannot connect to DynamoDB: %s" % exc, error_code=type(exc).__name__)
+    return client
 
 
 def aws_pool_store(module):
