@@ -12,6 +12,10 @@ Part 1 (Ansible): a moto server on 127.0.0.1 and a private state directory of ou
   pb-1      a one-task playbook (ping)                        the floor of any playbook
   pb-shape  playbooks/get_instance.yml with ping in place of the get (same tasks, vars, module_defaults)
   pb-get    `ansible-playbook playbooks/get_instance.yml`
+  ddb-get   spot_pool_get with store=dynamodb (a second pool, in a DynamoDB table on the same moto): one
+            strongly consistent Query and one conditional UpdateItem through the light DynamoDB client (no boto3),
+            then the same DescribeInstances
+  ddb-trust the same with verify_max_age=60                   no EC2 call
 Every run uses the same ansible.cfg, inventory, interpreter and stdout callback (ansible.posix.json, which
 the script needs to read `verified` from the results).
 
@@ -55,7 +59,11 @@ IMAGE_ID = "ami-12c6146b"
 POOL_NAME = "default"
 # Ratio of the median to the ping median: for the get that trusts the refill's last check (no AWS call), and for
 # the default get, which asks EC2 about the instance it hands out.
-TARGETS = {"get": 1.40, "get-trust": 1.10}
+TARGETS = {"get": 1.40, "get-trust": 1.10, "ddb-get": 1.30}
+# The DynamoDB pool: its own name and table, beside the file pool in the same moto.
+DDB_POOL = "shared"
+DDB_TABLE = "ec2spot-bench"
+DDB_ARGS = {"store": "dynamodb", "dynamodb_table": DDB_TABLE, "pool_name": DDB_POOL}
 CORE_P99_TARGET_MS = 2.0
 MIN_ROUNDS = 5  # fewer would make a median of noise, whatever the time budget says
 JSON_CALLBACK = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
@@ -78,10 +86,10 @@ class BenchFailure(Exception):
 def pool_modules():
     """The collection's own operations and state modules, as Ansible would load them."""
     try:
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations, state
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo, operations, state
     except ImportError as exc:
         raise SystemExit("cannot import the collection from build/collections (%s): run `make setup` first" % exc)
-    return types.SimpleNamespace(operations=operations, state=state)
+    return types.SimpleNamespace(operations=operations, state=state, dynamo=dynamo)
 
 
 def percentile(values, fraction):
@@ -145,6 +153,9 @@ class AnsibleCases:
             "pb-1": [playbook, str(pb_one)],
             "pb-shape": [playbook, str(pb_shape)],
             "pb-get": [playbook, str(REPO / "playbooks" / "get_instance.yml")],
+            "ddb-get": [ansible, "localhost", "-m", "ec2spot.pool.spot_pool_get", "-a", json.dumps(DDB_ARGS)],
+            "ddb-trust": [ansible, "localhost", "-m", "ec2spot.pool.spot_pool_get", "-a",
+                          json.dumps(dict(DDB_ARGS, verify_max_age=60))],
         }
         self.labels = {
             "ping": "`ansible localhost -m ping`",
@@ -153,6 +164,8 @@ class AnsibleCases:
             "pb-1": "one-task playbook (ping)",
             "pb-shape": "get_instance.yml with ping instead of the get",
             "pb-get": "`ansible-playbook playbooks/get_instance.yml`",
+            "ddb-get": "`... spot_pool_get -a store=dynamodb` (defaults: asks EC2 about the instance)",
+            "ddb-trust": "`... spot_pool_get -a store=dynamodb verify_max_age=60` (no EC2 call)",
         }
 
     def run(self, name, timeout=120):
@@ -173,7 +186,7 @@ class AnsibleCases:
         results = [task["hosts"]["localhost"] for play in json.loads(proc.stdout)["plays"]
                    for task in play["tasks"] if "localhost" in task["hosts"]]
         get_result = next((result for result in results if "instance_id" in result), None)
-        if name.startswith("get") or name == "pb-get":
+        if name.startswith("get") or name in ("pb-get", "ddb-get", "ddb-trust"):
             if get_result is None:
                 raise BenchFailure("%s returned no instance: %s" % (name, proc.stdout[-2000:]))
         return elapsed, cpu, get_result
@@ -192,20 +205,33 @@ def ansible_json(cmd, env, timeout=300):
     return result
 
 
-def settle(store, timeout=60.0):
-    """Wait (untimed) until no refill job runs and the pool is whole, so that no background launch competes for
+def settle(stores, timeout=60.0):
+    """Wait (untimed) until no refill job runs and every pool is whole, so that no background launch competes for
     the CPUs with the next timed run. Returns how long it took."""
     started = time.monotonic()
     while True:
-        state = store.read()
-        instances = state["instances"] if state else []
-        whole = state and all(entry.get("ip") for entry in instances) and len(instances) >= state["target_size"]
-        if whole and not store.refill_lock().is_held_elsewhere():
+        if all(_settled(store) for store in stores):
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
             raise BenchFailure("the pool did not settle within %ds (refill log: %s)"
                                % (timeout, store.refill_log_path()))
         time.sleep(0.05)
+
+
+def _settled(store):
+    state = store.read()
+    instances = state["instances"] if state else []
+    whole = state and all(entry.get("ip") for entry in instances) and len(instances) >= state["target_size"]
+    return bool(whole) and not store.refill_lock().is_held_elsewhere()
+
+
+def dynamodb_store(modules, moto, state_dir):
+    """The bench's own view of the DynamoDB pool (boto3: only the bench's checks use it, never a timed run)."""
+    import boto3  # pylint: disable=import-outside-toplevel
+
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto.url, aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    return modules.dynamo.DynamoStore(client, DDB_TABLE, DDB_POOL, state_dir=str(state_dir))
 
 
 def processes_mentioning(text):
@@ -231,6 +257,8 @@ def bench_ansible(args, workdir, out):
     moto.start()
     env = ansible_env({**moto.env(), **JSON_CALLBACK, "XDG_STATE_HOME": str(state_home)})
     store = state.FileStore(state.pool_file_path(POOL_NAME, state.default_state_dir(env)), POOL_NAME)
+    shared = dynamodb_store(modules, moto, state.default_state_dir(env))
+    stores = (store, shared)
     cases = AnsibleCases(workdir, env)
     terminated = False
     try:
@@ -252,16 +280,23 @@ def bench_ansible(args, workdir, out):
             raise BenchFailure("init made %s, expected %d ready" % (init["counts"], args.pool_size))
         out("spot_pool_init size=%d image_id=%s: %.2f s, counts %s"
             % (args.pool_size, IMAGE_ID, time.perf_counter() - started, init["counts"]))
+        started = time.perf_counter()
+        init = ansible_json([str(BIN / "ansible"), "localhost", "-m", "ec2spot.pool.spot_pool_init", "-a",
+                             json.dumps(dict(DDB_ARGS, size=args.pool_size, image_id=IMAGE_ID, region=REGION))], env)
+        if init["counts"]["ready"] != args.pool_size:
+            raise BenchFailure("init (dynamodb) made %s, expected %d ready" % (init["counts"], args.pool_size))
+        out("spot_pool_init store=dynamodb (table %s made by it) size=%d: %.2f s, counts %s"
+            % (DDB_TABLE, args.pool_size, time.perf_counter() - started, init["counts"]))
         names = list(cases.commands)
         handed_out = []
         for name in names:  # warm-up, not counted: first runs pay for cold caches and .pyc writes
-            settle(store)
+            settle(stores)
             result = cases.run(name)[2]
             if result is not None:
                 handed_out.append(result["instance_id"])
         times = {name: [] for name in names}
         cpu_times = {name: [] for name in names}
-        verified = {name: [] for name in ("get", "get-trust", "pb-get")}
+        verified = {name: [] for name in ("get", "get-trust", "pb-get", "ddb-get", "ddb-trust")}
         refill_started = 0
         settle_seconds = 0.0
         bench_started = time.monotonic()
@@ -274,7 +309,7 @@ def bench_ansible(args, workdir, out):
             rounds += 1
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                settle_seconds += settle(store)
+                settle_seconds += settle(stores)
                 elapsed, cpu, result = cases.run(name)
                 times[name].append(elapsed)
                 cpu_times[name].append(cpu)
@@ -286,18 +321,21 @@ def bench_ansible(args, workdir, out):
             % (rounds, len(names), time.monotonic() - bench_started, settle_seconds, load_note()))
         if len(set(handed_out)) != len(handed_out):
             raise BenchFailure("an instance was handed out twice: %s" % sorted(handed_out))
-        if verified["get"].count(False) or verified["pb-get"].count(False) or verified["get-trust"].count(True):
+        if (verified["get"].count(False) or verified["pb-get"].count(False) or verified["get-trust"].count(True)
+                or verified["ddb-get"].count(False) or verified["ddb-trust"].count(True)):
             raise BenchFailure("verified is not what the case means: %s" % verified)
         seen = ["%d x %s" % (len(values), sorted(set(values))) for values in verified.values()]
-        out("verified: get %s, get-trust %s, pb-get %s; %d distinct instances handed out, refill started by %d of them"
-            % (seen[0], seen[1], seen[2], len(handed_out), refill_started))
+        out("verified: get %s, get-trust %s, pb-get %s, ddb-get %s, ddb-trust %s; %d distinct instances handed out,"
+            " refill started by %d of them" % (*seen, len(handed_out), refill_started))
         rows = report_ansible(times, cpu_times, cases.labels, out)
-        terminated = teardown_pool(env, store, moto, out)
+        terminated = teardown_pool(env, store, moto, out) and teardown_pool(env, shared, moto, out, DDB_ARGS)
         return rows
     finally:
         if not terminated:
-            with contextlib.suppress(Exception):
-                ansible_json([str(BIN / "ansible"), "localhost", "-m", "ec2spot.pool.spot_pool_terminate"], env)
+            for extra in ({}, DDB_ARGS):
+                with contextlib.suppress(Exception):
+                    ansible_json([str(BIN / "ansible"), "localhost", "-m", "ec2spot.pool.spot_pool_terminate"]
+                                 + (["-a", json.dumps(extra)] if extra else []), env)
         leftovers = processes_mentioning(str(state_home))
         for pid in leftovers:  # only refill jobs of our own state directory
             with contextlib.suppress(ProcessLookupError):
@@ -307,15 +345,17 @@ def bench_ansible(args, workdir, out):
             raise BenchFailure("refill job(s) %s were still running after the pool was terminated" % leftovers)
 
 
-def teardown_pool(env, store, moto, out):
+def teardown_pool(env, store, moto, out, args=None):
     """Terminate the pool through the module, then check EC2 and the process table agree that it is gone."""
     import boto3  # only the bench's checks use it
 
-    result = ansible_json([str(BIN / "ansible"), "localhost", "-m", "ec2spot.pool.spot_pool_terminate"], env)
+    args = args or {}
+    result = ansible_json([str(BIN / "ansible"), "localhost", "-m", "ec2spot.pool.spot_pool_terminate"]
+                          + (["-a", json.dumps(args)] if args else []), env)
     client = boto3.client("ec2", region_name=REGION, endpoint_url=moto.url, aws_access_key_id="testing",
                           aws_secret_access_key="testing")
     pages = client.get_paginator("describe_instances").paginate(Filters=[
-        {"Name": "tag:ec2spot:pool", "Values": [POOL_NAME]},
+        {"Name": "tag:ec2spot:pool", "Values": [args.get("pool_name", POOL_NAME)]},
         {"Name": "instance-state-name", "Values": ["pending", "running"]},
     ])
     alive = [item["InstanceId"] for page in pages for reservation in page["Reservations"]
@@ -323,8 +363,8 @@ def teardown_pool(env, store, moto, out):
     if alive or store.exists() or store.refill_lock().is_held_elsewhere():
         raise BenchFailure("after spot_pool_terminate: running %s, state file %s, refill running %s"
                            % (alive, store.exists(), store.refill_lock().is_held_elsewhere()))
-    out("spot_pool_terminate: %d terminated (leases included), 0 pool instances left running, no refill job"
-        % len(result["terminated"]))
+    out("spot_pool_terminate %s: %d terminated (leases included), 0 pool instances left running, no refill job"
+        % (store.location if args else "", len(result["terminated"])))
     return True
 
 
@@ -352,7 +392,8 @@ def report_ansible(times, cpu_times, labels, out):
                cpu / ping_cpu, labels[name]))
         rows.append((labels[name], median, percentile(values, 0.9), ratio, verdict, min(values) / ping_best,
                      cpu / ping_cpu))
-    base = {"pb-get": ("pb-1", "pb-shape"), "get": ("ping", "get-trust"), "get-trust": ("ping",)}
+    base = {"pb-get": ("pb-1", "pb-shape"), "get": ("ping", "get-trust"), "get-trust": ("ping",),
+            "ddb-get": ("get", "ddb-trust"), "ddb-trust": ("get-trust",)}
     for name, refs in base.items():
         for ref in refs:
             out("  %s - %s: %+.0f ms (median of the difference within each round: %+.0f ms)" % (
