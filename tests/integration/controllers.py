@@ -335,13 +335,21 @@ class SharedPool:
         return {"holder": item.get("holder", {}).get("S"), "expires": float(item.get("expires", {"N": "0"})["N"]),
                 "fencing": int(item.get("fencing", {"N": "0"})["N"])}
 
-    def wait_refill_lease_expired(self, timeout: float = 30.0) -> dict | None:
-        """Until the refill lease is free or past its expiry (by this machine's clock, as the controllers')."""
-        def expired():
-            lease = self.refill_lease()
-            return {"lease": lease} if lease is None or not lease["holder"] or lease["expires"] < time.time() \
-                else None
-        return wait_until(expired, timeout=timeout, interval=0.1, what="the refill lease expired")["lease"]
+    def expire_refill_lease(self) -> dict:
+        """Let the refill lease run out now, as time passing would: its `expires` is set one second into the past,
+        on the condition that its holder is still the one read (a dead job's: nobody renews it). Whoever comes next
+        compares `expires` against its own clock, as after a real expiry. The lease as it was is returned.
+
+        (The lease lasts dynamo.REFILL_LEASE_SECONDS, minutes: a test does not wait that long, and a lease made
+        short for every job would make a live job under load lose it.)"""
+        lease = self.refill_lease()
+        assert lease is not None and lease["holder"], f"no refill lease is held: {lease}"
+        self.dynamodb.update_item(
+            TableName=self.table, Key={"pool": {"S": self.pool_name}, "item": {"S": "refill-lease"}},
+            UpdateExpression="SET #e = :past", ConditionExpression="#h = :holder",
+            ExpressionAttributeNames={"#e": "expires", "#h": "holder"},
+            ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}, ":holder": {"S": lease["holder"]}})
+        return lease
 
     # -- EC2 -------------------------------------------------------------------------------------------------
     def tagged_instances(self, states=LIVE) -> list[dict]:
@@ -350,6 +358,10 @@ class SharedPool:
             Filters=[{"Name": f"tag:{POOL_TAG}", "Values": [self.pool_name]},
                      {"Name": "instance-state-name", "Values": list(states)}])
         return [inst for page in pages for res in page["Reservations"] for inst in res["Instances"]]
+
+    def instance_state(self, instance_id: str) -> str:
+        reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return reservations[0]["Instances"][0]["State"]["Name"]
 
     def launched(self, since: float | None = None) -> list[str]:
         """Instance ids really launched (instant fleets the proxy answered; a replayed token launches none)."""

@@ -11,10 +11,11 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.integration.conftest import task_result, wait_until
+from tests.integration.conftest import AMI, POOL_ID_TAG, POOL_TAG, TYPE_TAG, task_result, wait_until
 from tests.integration.controllers import at_once, namespaces_available, store_option_wired
 
 POOL = "shared"
@@ -104,3 +105,290 @@ def test_sixteen_gets_on_one_controller_with_the_file_store(shared_pool):
     state = controller.file_state()
     assert sorted(lease["id"] for lease in state["leases"]) == sorted(ids) and state["instances"] == []
     assert shared_pool.state() is None, "the file store wrote nothing to DynamoDB"
+
+
+# -- one controller's lease, another's release, a third's terminate ---------------------------------------------
+@dynamodb
+def test_a_lease_is_released_from_another_controller_and_a_third_terminates_the_pool(shared_pool):
+    a, b, c = shared_pool.start(3)
+    assert a.init(size=2).rc == 0
+    lease = got(a.get())
+
+    run = b.playbook("release_instance.yml", spot_pool_instance_id=lease["instance_id"])
+    released = task_result(run, "spot_pool_release")
+    assert run.rc == 0 and released["changed"] and released["instance_id"] == lease["instance_id"], released
+    assert shared_pool.instance_state(lease["instance_id"]) in ("shutting-down", "terminated")
+    assert lease["instance_id"] not in {held["id"] for held in shared_pool.require_state()["leases"]}
+
+    run = c.playbook("terminate_all.yml", spot_pool_fallback_action="terminate")
+    assert run.rc == 0, task_result(run, "spot_pool_terminate").get("msg")
+    assert shared_pool.tagged_instances() == [], "0 instances with the pool tag are left"
+    assert shared_pool.items() == [], "no item of the pool is left in the table"
+    wait_until(lambda: not a.refill_jobs(), timeout=30, what="a's refill job ended with the pool")
+
+
+# -- a refill job killed mid-launch, taken over by another controller --------------------------------------------
+# The refill job's DescribeInstances by the pool's tag (its observe step); get's own check names instance ids.
+JOB_DESCRIBE = {"Filter.1.Name": "tag:ec2spot:pool"}
+
+
+def assert_consistent(shared_pool, whole: bool = True) -> dict:
+    """The table and EC2 agree: no id twice; every live instance with the pool's tag is an entry or a lease (nothing
+    launched went untracked); no fleet request left pending; never more entries than the target; with `whole`,
+    every slot ready. Every fleet that launched had a ClientToken of its own."""
+    state = shared_pool.require_state()
+    entries = [entry["id"] for entry in state["instances"]]
+    leases = [held["id"] for held in state["leases"]]
+    assert len(set(entries + leases)) == len(entries) + len(leases), f"an id twice: {entries} {leases}"
+    live = {inst["InstanceId"] for inst in shared_pool.tagged_instances()}
+    assert live == set(entries) | set(leases), (f"EC2 and the table disagree: only in EC2 "
+                                                f"{sorted(live - set(entries) - set(leases))}, only in the table "
+                                                f"{sorted(set(entries) | set(leases) - live)}")
+    assert state.get("pending_launches", []) == [], state.get("pending_launches")
+    assert len(entries) <= state["target_size"], f"the pool exceeds its target: {entries}"
+    if whole:
+        assert len(entries) == state["target_size"] and all(e.get("ip") for e in state["instances"]), state
+    tokens = [r.params.get("ClientToken") for r in shared_pool.proxy.records("CreateFleet", outcome="fleet")]
+    assert None not in tokens and len(tokens) == len(set(tokens)), f"a fleet without a token of its own: {tokens}"
+    return state
+
+
+def lease_and_hold(controller, proxy, action: str, **hold) -> tuple[float, int]:
+    """Hold the next `action` request for 3 s, lease an instance on `controller` (its get starts the refill job)
+    and wait until the job's request is held. Returns when the get started and how many `action` requests came
+    before."""
+    before = proxy.count(action)
+    proxy.slow(action, 3.0, times=1, **hold)
+    started = time.time()
+    result = got(controller.get())
+    assert result["refill"]["started"], result
+    proxy.wait_for(action, count=before + 1, timeout=20)
+    return started, before
+
+
+def wait_refill_done(controller, timeout: float = 40.0) -> None:
+    wait_until(lambda: not controller.refill_jobs(), timeout=timeout, what=f"the refill job of {controller} done")
+
+
+@dynamodb
+def test_a_job_killed_before_create_fleet_is_taken_over_by_another_controllers_get(shared_pool):
+    a, b = shared_pool.start(2)
+    proxy = shared_pool.proxy
+    assert a.init(size=2).rc == 0
+    started = lease_and_hold(a, proxy, "DescribeInstances", params=JOB_DESCRIBE)[0]
+    a.kill_refill_job()
+    assert shared_pool.fleets(since=started) == [] and not shared_pool.require_state().get("pending_launches")
+
+    # While the dead job's lease lasts, another controller's reconcile leaves the pool to it: one refill at a time.
+    run, waited = b.reconcile()
+    assert run.rc == 0 and waited["refill_running"] and waited["passes"] == 0 and not waited["changed"], waited
+    dead = shared_pool.expire_refill_lease()
+
+    # Once it has expired, b's get starts b's job, which takes the lease over and launches the two missing, once.
+    second = got(b.get())
+    assert second["refill"]["started"], second
+    wait_refill_done(b)
+    state = assert_consistent(shared_pool)
+    assert len(state["leases"]) == 2
+    assert len(shared_pool.fleets(since=started)) == 1 and len(shared_pool.launched(since=started)) == 2
+    assert shared_pool.refill_lease()["fencing"] > dead["fencing"], "b's job took the lease over (a new fencing)"
+
+
+@dynamodb
+def test_a_job_killed_with_the_fleet_answer_lost_is_replayed_by_another_controllers_reconcile(shared_pool):
+    a, b = shared_pool.start(2)
+    proxy = shared_pool.proxy
+    assert a.init(size=2).rc == 0
+    started, before = lease_and_hold(a, proxy, "CreateFleet")
+    a.kill_refill_job()
+    [pending] = shared_pool.require_state()["pending_launches"]  # recorded in the table before the call
+    [held] = proxy.wait_for("CreateFleet", count=before + 1, done=True, timeout=20)[before:]
+    assert held.params["ClientToken"] == pending["token"]
+    [launched] = held.instance_ids  # moto launched it although nobody heard the answer
+    dead = shared_pool.expire_refill_lease()
+
+    run, result = b.reconcile(spot_pool_wait=True)
+    assert run.rc == 0, result.get("msg")
+    assert result["replayed"] == [launched] and result["launched"] == [], result
+    state = assert_consistent(shared_pool)
+    assert launched in {entry["id"] for entry in state["instances"]}
+    replays = [r for r in shared_pool.fleets() if r.params.get("ClientToken") == pending["token"]]
+    assert [r.outcome for r in replays] == ["fleet", "replayed"] and replays[1].instance_ids == [launched]
+    assert shared_pool.launched(since=started) == [launched], "nothing launched twice"
+    assert shared_pool.refill_lease()["fencing"] > dead["fencing"]
+
+
+@dynamodb
+def test_a_job_killed_after_the_write_is_taken_over_and_launches_only_what_is_missing(shared_pool):
+    a, b = shared_pool.start(2)
+    proxy = shared_pool.proxy
+    assert a.init(size=2).rc == 0
+    # Pass 1 launches and writes the new entry (no address yet); pass 2's DescribeInstances is held: kill there.
+    fleets_before = proxy.count("CreateFleet")
+    started = time.time()
+    assert got(a.get())["refill"]["started"]
+    [fleet] = proxy.wait_for("CreateFleet", count=fleets_before + 1, done=True, timeout=20)[fleets_before:]
+    describes = proxy.count("DescribeInstances", params=JOB_DESCRIBE)
+    proxy.slow("DescribeInstances", 3.0, times=1, params=JOB_DESCRIBE)
+    proxy.wait_for("DescribeInstances", params=JOB_DESCRIBE, count=describes + 1, timeout=20)
+    a.kill_refill_job()
+    [written] = fleet.instance_ids
+    state = shared_pool.require_state()
+    assert [(e["id"], e["ip"]) for e in state["instances"] if e["id"] == written] == [(written, None)]
+    assert state.get("pending_launches", []) == []
+    dead = shared_pool.expire_refill_lease()
+
+    # b's get: b's job fills the address in and launches only for the slot b leased.
+    assert got(b.get())["refill"]["started"]
+    wait_refill_done(b)
+    state = assert_consistent(shared_pool)
+    assert written in {e["id"] for e in state["instances"]} | {held["id"] for held in state["leases"]}
+    assert len(shared_pool.launched(since=started)) == 2 and len(shared_pool.fleets(since=started)) == 2
+    assert shared_pool.refill_lease()["fencing"] > dead["fencing"]
+
+
+# -- two inits at once ---------------------------------------------------------------------------------------------
+@dynamodb
+def test_two_controllers_init_at_once_with_different_sizes_and_never_both_launch(shared_pool):
+    a, b = shared_pool.start(2)
+    runs = at_once([lambda: a.init(size=2), lambda: b.init(size=3)])
+    results = [task_result(run, "spot_pool_init") for run in runs]
+    succeeded = [result for run, result in zip(runs, results) if run.rc == 0]
+    failed = [result.get("msg", "") for run, result in zip(runs, results) if run.rc != 0]
+    assert succeeded, results
+    for message in failed:  # the loser says what happened and what to do, naming the pool
+        assert POOL in message and re.search(r"changed|another|again", message), message
+    for controller in (a, b):
+        wait_refill_done(controller)
+    state = assert_consistent(shared_pool)
+    assert state["target_size"] in {result["counts"]["target"] for result in succeeded}, "one result stands"
+    launched = shared_pool.launched()
+    assert len(launched) <= 3, f"both inits launched: {launched}"
+    assert len(set(launched)) == len(launched)
+
+
+# -- DynamoDB throttling --------------------------------------------------------------------------------------------
+def same_request(one, other) -> bool:
+    """The same DynamoDB request (botocore makes a new idempotency token for each TransactWriteItems call)."""
+    def body(record):
+        return {key: value for key, value in (record.document or {}).items() if key != "ClientRequestToken"}
+    return body(one) == body(other)
+
+
+@dynamodb
+def test_throttled_dynamodb_requests_are_retried_and_init_and_get_succeed(shared_pool):
+    [a] = shared_pool.start(1)
+    proxy = shared_pool.proxy
+    proxy.fail("Query", "ProvisionedThroughputExceededException", times=1)
+    proxy.fail("TransactWriteItems", "ThrottlingException", times=1)
+    run = a.init(size=2)
+    assert run.rc == 0, task_result(run, "spot_pool_init").get("msg")
+    for action, code in (("Query", "ProvisionedThroughputExceededException"),
+                         ("TransactWriteItems", "ThrottlingException")):
+        first, retry = proxy.records(action)[:2]
+        assert (first.outcome, first.error_code) == ("injected", code), first
+        assert retry.outcome == "forwarded" and retry.status == 200, retry
+        assert same_request(retry, first), f"{action}: the same request again after {code}"
+
+    proxy.clear_records()
+    proxy.fail("Query", "ThrottlingException", times=1)
+    proxy.fail("UpdateItem", "ProvisionedThroughputExceededException", times=1)
+    result = got(a.get())
+    for action in ("Query", "UpdateItem"):
+        first, retry = proxy.records(action)[:2]
+        assert first.outcome == "injected" and retry.status == 200 and same_request(retry, first), action
+    assert f"inst#{result['instance_id']}" == proxy.records("UpdateItem")[1].document["Key"]["item"]["S"]
+
+
+@dynamodb
+def test_a_failed_condition_is_a_lost_race_never_an_error_or_a_retry(shared_pool):
+    """A ConditionalCheckFailedException on the hand-out's write means another controller took that instance:
+    the get takes another one (of the same read), and never sends the failed write again."""
+    [a] = shared_pool.start(1)
+    proxy = shared_pool.proxy
+    assert a.init(size=3).rc == 0
+    proxy.clear_records()
+    proxy.fail("UpdateItem", "ConditionalCheckFailedException", times=1)
+    result = got(a.get())
+    lost, won = proxy.records("UpdateItem")[:2]
+    assert lost.outcome == "injected" and won.status == 200
+    assert won.document["Key"] != lost.document["Key"], "another instance, not the same write again"
+    assert won.document["Key"]["item"]["S"] == f"inst#{result['instance_id']}"
+    assert [r.document["Key"] for r in proxy.records("UpdateItem")].count(lost.document["Key"]) == 1
+    assert len(proxy.records("Query")) >= 1 and proxy.records("Query")[0].status == 200
+
+
+# -- reconcile on DynamoDB --------------------------------------------------------------------------------------
+ORPHAN_TAG = "ec2spot:orphan-since"
+EC2_WRITES = ("CreateFleet", "RunInstances", "CreateTags", "DeleteTags", "TerminateInstances", "StopInstances",
+              "StartInstances", "CreateLaunchTemplate", "CreateLaunchTemplateVersion", "DeleteLaunchTemplate")
+DYNAMODB_WRITES = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem", "CreateTable")
+
+
+def expired_lease(shared_pool, controller) -> str:
+    """A lease of 1 s whose CI job died before its release step; no refill job was started for it."""
+    rc, lost = controller.module("spot_pool_get", lease_ttl=1, refill=False)
+    assert rc == 0 and lost["expires_at"], lost
+    item = f"inst#{lost['instance_id']}"
+    wait_until(lambda: float(shared_pool.item(item)["expires"]["N"]) < time.time(), timeout=5, interval=0.1,
+               what="the lease expired")
+    return lost["instance_id"]
+
+
+def stray_instance(shared_pool) -> str:
+    """An instance with the pool's tags (name and id) that the pool does not know (a crashed launcher's)."""
+    state = shared_pool.require_state()
+    tags = [{"Key": POOL_TAG, "Value": POOL}, {"Key": POOL_ID_TAG, "Value": state["pool_id"]},
+            {"Key": TYPE_TAG, "Value": "spot"}]
+    return shared_pool.ec2.run_instances(ImageId=AMI, InstanceType="t3.micro", MinCount=1, MaxCount=1,
+                                         TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+                                         )["Instances"][0]["InstanceId"]
+
+
+@dynamodb
+def test_reconcile_from_another_controller_ends_an_expired_lease(shared_pool):
+    a, b = shared_pool.start(2)
+    assert a.init(size=2).rc == 0
+    lost = expired_lease(shared_pool, a)
+
+    run, result = b.reconcile()
+    assert run.rc == 0, result.get("msg")
+    assert result["expired"] == [lost] and result["passes"] == 1 and not result["refill_running"], result
+    assert shared_pool.instance_state(lost) == "terminated"
+    assert lost not in {held["id"] for held in shared_pool.require_state()["leases"]}
+    assert_consistent(shared_pool, whole=result["whole"])
+    assert not b.refill_jobs(), "a scheduled pass leaves no process behind"
+
+
+@dynamodb
+def test_reconcile_sweeps_an_orphan_over_two_passes_from_two_controllers(shared_pool):
+    a, b, c = shared_pool.start(3)
+    assert a.init(size=1, spot_pool_orphan_grace=0).rc == 0
+    wait_refill_done(a)
+    orphan = stray_instance(shared_pool)
+
+    run, first = b.reconcile()
+    assert run.rc == 0 and first["orphans_marked"] == [orphan] and first["orphans_terminated"] == [], first
+    run, second = c.reconcile()
+    assert run.rc == 0 and second["orphans_terminated"] == [orphan], second
+    assert shared_pool.instance_state(orphan) == "terminated"
+    assert_consistent(shared_pool)
+
+
+@dynamodb
+def test_reconcile_in_check_mode_changes_nothing_in_the_table_or_ec2(shared_pool):
+    a, b = shared_pool.start(2)
+    assert a.init(size=2, spot_pool_orphan_grace=0).rc == 0
+    lost = expired_lease(shared_pool, a)
+    orphan = stray_instance(shared_pool)
+    before = shared_pool.items_bytes()
+    shared_pool.proxy.clear_records()
+
+    run = b.playbook("reconcile_pool.yml", check=True)
+    result = task_result(run, "spot_pool_reconcile")
+    assert run.rc == 0, result.get("msg")
+    assert lost in str(result["plan"]) and orphan in str(result["plan"]), result["plan"]
+    assert shared_pool.items_bytes() == before, "the table's items are byte for byte as they were"
+    writes = {action: shared_pool.proxy.count(action) for action in EC2_WRITES + DYNAMODB_WRITES}
+    assert not any(writes.values()), writes
+    assert shared_pool.instance_state(lost) == "running" and shared_pool.instance_state(orphan) == "running"
