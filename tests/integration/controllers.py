@@ -41,6 +41,7 @@ import boto3
 from tests.integration.conftest import AMI, POOL_TAG, task_result, wait_until
 from tests.support.ansible import REPO, Run, run_module, run_playbook
 from tests.support.moto import REGION
+from tests.support.processes import cmdline_of, pids_with_env
 
 CONTROLLER_ENV = "EC2SPOT_TEST_CONTROLLER"
 # The refill job's command line names this module (jobcontrol.REFILL_MODULE).
@@ -77,38 +78,6 @@ def namespaces_available() -> bool:
     probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--uts", "true"], capture_output=True,
                            stdin=subprocess.DEVNULL, check=False, timeout=30)
     return probe.returncode == 0
-
-
-def environ_of(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            raw = handle.read()
-    except OSError:  # gone, or a kernel thread
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {key.decode(errors="replace"): value.decode(errors="replace") for key, value in pairs}
-
-
-def cmdline_of(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return [arg.decode(errors="replace") for arg in handle.read().split(b"\0") if arg]
-    except OSError:
-        return []
-
-
-def is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-def pids_with_env(name: str, value: str) -> list[int]:
-    """Live processes (host pids) whose environment has name=value."""
-    return sorted(int(entry) for entry in os.listdir("/proc") if entry.isdigit() and int(entry) != os.getpid()
-                  and environ_of(int(entry)).get(name) == value and not is_zombie(int(entry)))
 
 
 class Controller:
