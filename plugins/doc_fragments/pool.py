@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # Options every ec2spot.pool module has: which pool, and where its state file lives.
+    # Options every ec2spot.pool module has: which pool, and where its state lives (a file, or a DynamoDB table).
     DOCUMENTATION = r"""
 options:
   pool_name:
@@ -19,9 +19,35 @@ options:
         (never the pool C(default)), so that an unset variable cannot select, or end, another pool.
     type: str
     default: default
+  store:
+    description:
+      - Where the pool's state lives.
+      - V(file) keeps it in a JSON file on this controller (O(state_dir), O(pool_file)). Nothing to set up;
+        for one controller.
+      - V(dynamodb) keeps it in the DynamoDB table O(dynamodb_table), which any number of controllers share (CI
+        runners, ephemeral ones too). A hand-out is one conditional write, so two controllers never get the same
+        instance, and one refill job at a time works for the pool, whichever controller started it. Needs a
+        region (the O(region) option or C(AWS_REGION)), and the DynamoDB permissions the README lists.
+      - Every controller that uses a pool must name the same store (and table). A team sets O(store) and
+        O(dynamodb_table) once, in C(module_defaults) for the action group C(group/ec2spot.pool.spot) (playbook
+        variables C(spot_pool_store) and C(spot_pool_dynamodb_table) in the collection's playbooks).
+      - To move a file pool into a table, run M(ec2spot.pool.spot_pool_init) with O(store=dynamodb) and
+        C(rebuild=true) (see the README).
+    type: str
+    choices: [file, dynamodb]
+    default: file
+  dynamodb_table:
+    description:
+      - The DynamoDB table of O(store=dynamodb); one table holds any number of pools (partition key C(pool), sort
+        key C(item), both strings). M(ec2spot.pool.spot_pool_init) creates it when it is missing (see its
+        C(create_table)).
+      - Has no effect with O(store=file).
+    type: str
+    default: ec2spot-pool
   state_dir:
     description:
-      - Directory of the pool state files. Created private to its owner (mode C(0700), whatever the umask).
+      - Directory of the pool state files. With O(store=dynamodb) the pool lives in the table, and this directory
+        holds only this controller's refill job log and its code copy. Created private to its owner (mode C(0700), whatever the umask).
       - Defaults to C($XDG_STATE_HOME/ec2spot), or C(~/.local/state/ec2spot) when C(XDG_STATE_HOME) is unset.
       - Refused, with the fix in the message, when it (or its C(code) subdirectory, or a file in it) is not yours
         or can be written by other users, or when a parent directory can be written by other users and is not
@@ -31,10 +57,12 @@ options:
     description:
       - Full path of this pool's state file; overrides O(state_dir). Its directory is the state directory, with
         the same rules.
+      - Only with O(store=file). Given with O(store=dynamodb) it is an error (it would otherwise silently not be
+        used), and nothing is changed.
       - The file holds no secret. It is written with mode C(0600) by an atomic replace, under a lock on the
         sidecar file C(<pool_file>.lock), which is only created beside a valid pool file.
     type: path
 notes:
   - Run these modules on the controller (C(hosts=localhost) or C(delegate_to=localhost)); the pool state
-    lives there.
+    lives there (or, with O(store=dynamodb), in the table), and so does the refill job.
 """

@@ -144,7 +144,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import aws_pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import pool_info
@@ -154,7 +154,7 @@ def main():
     argument_spec = dict(pool_argument_spec(), verify=dict(type="bool", default=False))
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
-        result = pool_info(pool_store(module.params), lambda: ec2_client(module), verify=module.params["verify"])
+        result = pool_info(aws_pool_store(module), lambda: ec2_client(module), verify=module.params["verify"])
     except PoolError as error:
         fail(module, error)
     module.exit_json(**result)

@@ -167,8 +167,19 @@ options:
         Any other file at the path (not JSON, another pool's, a newer version's, perhaps a file of yours that
         O(pool_file) names by mistake) is an error, and nothing is moved or written; see O(force_rebuild).
       - A link, or a file or directory that another user owns or may write to, is never moved.
+      - With O(store=dynamodb), the table's pool is built from the tags in the same way, leases kept. That is
+        the way to move a pool from its file into a table (the README says how).
     type: bool
     default: false
+  create_table:
+    description:
+      - With O(store=dynamodb), create the table O(dynamodb_table) when it does not exist (on-demand billing;
+        the module waits until it is active). Off, a missing table is an error, and nothing is changed.
+      - A table with another key schema is always an error (it is someone else's table), as is a missing
+        DynamoDB permission (the message names the table and the permission).
+      - Check mode never creates the table. Has no effect with O(store=file).
+    type: bool
+    default: true
   force_rebuild:
     description:
       - Like O(rebuild), and also moves aside a file that is not recognisably this pool's. Only for a pool file
@@ -302,7 +313,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import aws_pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
@@ -339,6 +350,7 @@ def main():
         cooldown=dict(type="int", default=defaults.COOLDOWN_SECONDS),
         orphan_grace=dict(type="int", default=defaults.ORPHAN_GRACE_SECONDS),
         rebuild=dict(type="bool", default=False),
+        create_table=dict(type="bool", default=True),
         pool_id=dict(type="str"),
         force_rebuild=dict(type="bool", default=False),
         wait=dict(type="bool", default=True),
@@ -353,12 +365,12 @@ def main():
     params = module.params
     try:
         result = init_pool(
-            pool_store(params), ec2_client(module), params["size"], launch_settings(params, module.region),
+            aws_pool_store(module), ec2_client(module), params["size"], launch_settings(params, module.region),
             wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
             refill_env=child_environment(params, module.region), rebuild=params["rebuild"],
             max_size=params["max_size"], quotas_client=module.client("service-quotas", config=BOTOCORE_CONFIG),
             pool_id=params["pool_id"],
-            force_rebuild=params["force_rebuild"],
+            force_rebuild=params["force_rebuild"], create_table=params["create_table"],
         )
     except PoolError as error:
         fail(module, error)

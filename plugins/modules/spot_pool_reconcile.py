@@ -287,7 +287,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import aws_pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_RECONCILE_WAIT_TIMEOUT
@@ -303,7 +303,7 @@ def main():
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     try:
-        result = reconcile_pool(pool_store(params), ec2_client(module), wait=params["wait"],
+        result = reconcile_pool(aws_pool_store(module), ec2_client(module), wait=params["wait"],
                                 wait_timeout=params["wait_timeout"], check_mode=module.check_mode)
     except PoolError as error:
         fail(module, error)

@@ -115,7 +115,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleA
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import aws_pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import release_instance
@@ -130,7 +130,7 @@ def main():
     )
     module = AnsibleAWSModule(argument_spec=argument_spec, supports_check_mode=True)
     try:
-        result = release_instance(pool_store(module.params), ec2_client(module), module.params["instance_id"],
+        result = release_instance(aws_pool_store(module), ec2_client(module), module.params["instance_id"],
                                   module.params["fallback_action"], check_mode=module.check_mode,
                                   lease_id=module.params["lease_id"])
     except PoolError as error:

@@ -6,13 +6,43 @@
 from __future__ import annotations
 
 from .connection import BOTOCORE_CONFIG
+from .connection import dynamodb_client
+from .connection import no_region
+from .defaults import DEFAULT_TABLE
+from .defaults import STORE
+from .errors import InvalidRequest
 from .state import FileStore
 from .state import pool_file_path
 
 
-def pool_store(params):
-    name = params.get("pool_name")  # validated by pool_file_path; an empty name is an error, not `default`
-    return FileStore(pool_file_path(name, params.get("state_dir"), params.get("pool_file")), name)
+def pool_store(params, make_dynamodb_client=None, region=None):
+    """The pool's store, as the module's options (pool_argument_spec) say: a FileStore, or with store=dynamodb a
+    DynamoStore on the client `make_dynamodb_client()` makes (default: connection.dynamodb_client(params), for
+    spot_pool_get; an AnsibleAWSModule passes its own, see aws_pool_store). Bad options raise InvalidRequest
+    before any client is made or any call is sent."""
+    name = params.get("pool_name")  # validated by the store; an empty name is an error, not `default`
+    if (params.get("store") or STORE) != "dynamodb":
+        return FileStore(pool_file_path(name, params.get("state_dir"), params.get("pool_file")), name)
+    # Imported only here: the file store's modules (get above all) never load the DynamoDB store.
+    from .dynamo import DynamoStore  # pylint: disable=import-outside-toplevel
+
+    if params.get("pool_file"):
+        raise InvalidRequest("pool_file %s names a JSON state file, and store=dynamodb keeps the pool in DynamoDB "
+                             "table %s: remove pool_file (state_dir still says where the refill job's log and code "
+                             "copy go), or use store=file" % (params["pool_file"], params.get("dynamodb_table")))
+    table = params.get("dynamodb_table") or DEFAULT_TABLE
+    if make_dynamodb_client is None:
+        client = dynamodb_client(params)
+    else:
+        if not (region or params.get("region")):
+            raise no_region()
+        client = make_dynamodb_client()
+    return DynamoStore(client, table, name, state_dir=params.get("state_dir"))
+
+
+def aws_pool_store(module):
+    """pool_store() for an AnsibleAWSModule: its DynamoDB client, made as its EC2 client is (ec2_client)."""
+    return pool_store(module.params, lambda: module.client("dynamodb", config=BOTOCORE_CONFIG), module.region)
 
 
 def fail(module, error):

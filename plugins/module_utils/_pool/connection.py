@@ -17,6 +17,10 @@ import os
 
 from ansible.module_utils.basic import env_fallback
 
+from .defaults import DEFAULT_TABLE
+from .defaults import STORE
+from .defaults import STORES
+from .errors import InvalidRequest
 from .errors import PoolError
 
 # Option name -> environment variable that boto3 reads, for the detached refill job. Credentials travel only
@@ -65,7 +69,44 @@ def pool_argument_spec():
         pool_name=dict(type="str", default="default"),
         state_dir=dict(type="path"),
         pool_file=dict(type="path"),
+        store=dict(type="str", choices=list(STORES), default=STORE),
+        dynamodb_table=dict(type="str", default=DEFAULT_TABLE),
     )
+
+
+def no_region(what="store=dynamodb"):
+    """The error of a DynamoDB store without a region (raised before any call: nothing is changed)."""
+    return InvalidRequest("%s needs a region: set the region option (for every module at once: module_defaults "
+                          "for group/ec2spot.pool.spot), or the AWS_REGION environment variable" % what)
+
+
+def dynamodb_client(params):
+    """The DynamoDB client of a module that has no AnsibleAWSModule (spot_pool_get, which keeps boto3 off its file
+    path), from the module's connection options. The one place that makes it: a lighter client can replace this.
+    boto3 is imported here, only when the pool's store is DynamoDB."""
+    # pylint: disable=import-outside-toplevel
+    try:
+        import boto3
+        import botocore.exceptions
+        from botocore.config import Config
+    except ImportError as exc:
+        raise PoolError("store=dynamodb needs the Python libraries boto3 and botocore on the controller (%s): "
+                        "pip install boto3" % exc)
+    try:
+        session = boto3.session.Session(
+            aws_access_key_id=params.get("access_key") or None,
+            aws_secret_access_key=params.get("secret_key") or None,
+            aws_session_token=params.get("session_token") or None,
+            profile_name=params.get("profile") or None)
+        region = params.get("region") or session.region_name
+        if not region:
+            raise no_region()
+        config = Config(**dict(BOTOCORE_CONFIG, **(params.get("aws_config") or {})))
+        verify = params.get("aws_ca_bundle") or params.get("validate_certs", True)
+        return session.client("dynamodb", region_name=region, endpoint_url=params.get("endpoint_url") or None,
+                              verify=verify, config=config)
+    except botocore.exceptions.BotoCoreError as exc:
+        raise PoolError("cannot connect to DynamoDB: %s" % exc, error_code=type(exc).__name__)
 
 
 def child_environment(params, region, base=None):
@@ -106,4 +147,4 @@ def client_from_environment(service="ec2", environ=None):
         return boto3.session.Session().client(service, endpoint_url=environ.get(ENDPOINT_ENV) or None,
                                               verify=verify, config=config)
     except botocore.exceptions.BotoCoreError as exc:
-        raise PoolError("cannot connect to EC2: %s" % exc)
+        raise PoolError("cannot connect to %s: %s" % ("EC2" if service == "ec2" else service, exc))

@@ -23,3 +23,9 @@ FALLBACK_ACTIONS = ("stop", "terminate")
 # How the Spot fleet picks among the offerings (CreateFleet SpotOptions.AllocationStrategy); the first is the default.
 ALLOCATION_STRATEGIES = ("price-capacity-optimized", "lowest-price", "capacity-optimized")
 ALLOCATION_STRATEGY = ALLOCATION_STRATEGIES[0]
+# Where a pool's state lives: "file" (one JSON file on this controller, the default: nothing to set up) or
+# "dynamodb" (one table that any number of controllers share; dynamo.py). The first is the default.
+STORES = ("file", "dynamodb")
+STORE = STORES[0]
+# The DynamoDB table of store=dynamodb (one table holds any number of pools).
+DEFAULT_TABLE = "ec2spot-pool"

@@ -47,15 +47,19 @@ except ImportError:
 
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
 
+from .defaults import DEFAULT_TABLE  # noqa: F401 pylint: disable=unused-import  # stated in defaults.py
 from .entries import counts
 from .entries import new_lease
 from .errors import InvalidRequest
 from .errors import PoolError
+from .errors import RefillLeaseLost
+from .errors import StoreConflict
 from .state import POOL_NAME_RE
 from .state import Transaction
 from .state import check_code_directory
 from .state import check_state_directory
 from .state import default_state_dir
+from .state import make_private_directory
 from .state import schema_problems
 from .store import Claim
 from .store import PoolStore
@@ -64,7 +68,6 @@ from .store import needs_verify
 from .timefmt import parse_time
 from .timefmt import utcnow
 
-DEFAULT_TABLE = "ec2spot-pool"
 # DynamoDB's rule for table names (fullmatch).
 TABLE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 POOL_ITEM = "pool"
@@ -92,16 +95,6 @@ _ACTIONS = {"Query": "Query", "GetItem": "GetItem", "UpdateItem": "UpdateItem", 
             "PutItem": "PutItem", "TransactWriteItems": "UpdateItem, PutItem, DeleteItem and ConditionCheckItem",
             "DescribeTable": "DescribeTable", "CreateTable": "CreateTable"}
 KEY_SCHEMA = [{"AttributeName": "pool", "KeyType": "HASH"}, {"AttributeName": "item", "KeyType": "RANGE"}]
-
-
-class StoreConflict(PoolError):
-    """A conditional write found the pool changed since it was read (another controller wrote meanwhile). Nothing
-    of the change was written; the caller may read again and redo it."""
-
-
-class RefillLeaseLost(PoolError):
-    """A write made under the refill lease found that the lease is no longer ours (it expired and another
-    controller took it): nothing was written. The job must stop."""
 
 
 def _code(exc):
@@ -211,15 +204,10 @@ class DynamoStore(PoolStore):
     def ensure_table(self, create=True, wait_seconds=300):
         """Check the table's shape; create it (on-demand billing) when missing and `create`, and wait until it is
         ACTIVE. Raises PoolError naming the table: missing with `create` off, another key schema, no permission."""
-        try:
-            table = self._call("DescribeTable", TableName=self.table)["Table"]
-        except PoolError as exc:
-            if exc.details.get("error_code") != "ResourceNotFoundException":
-                raise
+        table = self._describe_table()
+        if table is None:
             if not create:
-                raise PoolError("DynamoDB table %s does not exist, and create_table is off: create it (partition key "
-                                "pool, sort key item, both strings) or let ec2spot.pool.spot_pool_init create it"
-                                % self.table, error_code="ResourceNotFoundException", table=self.table)
+                raise self._missing_table()
             table = self._create_table()
         self._check_shape(table)
         deadline = time.monotonic() + wait_seconds
@@ -230,6 +218,34 @@ class DynamoStore(PoolStore):
             time.sleep(1)
             table = self._call("DescribeTable", TableName=self.table)["Table"]
         return table
+
+    def prepare(self, create=True, dry_run=False):
+        """See PoolStore.prepare: the table (ensure_table). With `dry_run` only a DescribeTable: False when the
+        table is missing and `create` would make it."""
+        if not dry_run:
+            self.ensure_table(create=create)
+            return True
+        table = self._describe_table()
+        if table is None:
+            if not create:
+                raise self._missing_table()
+            return False
+        self._check_shape(table)
+        return True
+
+    def _describe_table(self):
+        """The table's description, or None when it does not exist."""
+        try:
+            return self._call("DescribeTable", TableName=self.table)["Table"]
+        except PoolError as exc:
+            if exc.details.get("error_code") != "ResourceNotFoundException":
+                raise
+            return None
+
+    def _missing_table(self):
+        return PoolError("DynamoDB table %s does not exist, and create_table is off: create it (partition key "
+                         "pool, sort key item, both strings) or let ec2spot.pool.spot_pool_init create it"
+                         % self.table, error_code="ResourceNotFoundException", table=self.table)
 
     def _create_table(self):
         try:
@@ -534,10 +550,10 @@ class DynamoStore(PoolStore):
         return os.path.join(self.directory, "dynamodb-%s-%s.refill.log" % (self.table, self.pool_name))
 
     def code_directory(self):
-        try:
-            check_state_directory(self.directory)
-        except FileNotFoundError:
-            return None
+        # The pool lives in the table: a controller that never ran init for it still starts its refill job, so the
+        # (private) state directory is made here when missing.
+        make_private_directory(self.directory)
+        check_state_directory(self.directory)
         path = os.path.join(self.directory, "code")
         if os.path.lexists(path):
             check_code_directory(path)
@@ -547,9 +563,8 @@ class DynamoStore(PoolStore):
         return True  # other pools of the table may run a job from this controller: the code copy stays
 
     def job_arguments(self):
-        # Not parsed by refill.main yet: the refill job learns to open a DynamoStore when the store is wired into
-        # the modules (until then no module makes a DynamoStore, so no job is started with these).
-        return ["--dynamodb-table", self.table, "--pool-name", self.pool_name]
+        # refill.main opens the same store: the table, the pool, and where this controller keeps the job's log.
+        return ["--dynamodb-table", self.table, "--pool-name", self.pool_name, "--state-dir", self.directory]
 
 
 class _DynamoLease:

@@ -37,3 +37,13 @@ class InvalidRequest(PoolError):
 
 class LaunchError(PoolError):
     """EC2 refused every offering (or the error is not one the launcher may work around)."""
+
+
+class StoreConflict(PoolError):
+    """A conditional write found the pool changed since it was read (another controller wrote meanwhile). Nothing
+    of the change was written; the caller may read again and redo it (store.retry_on_conflict)."""
+
+
+class RefillLeaseLost(PoolError):
+    """A write made under the refill lease found that the lease is no longer ours (it expired and another
+    controller took it): nothing was written. The job must stop."""

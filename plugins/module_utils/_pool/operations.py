@@ -27,6 +27,7 @@ from .errors import NoReadyInstance
 from .errors import PoolError
 from .errors import StateFileError
 from .state import new_state
+from .store import change_pool
 from .timefmt import parse_time
 from .timefmt import utcnow
 
@@ -184,7 +185,7 @@ def _rebuildable(error, rebuild, force_rebuild):
 
 def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_WAIT_TIMEOUT, check_mode=False,
               refill_env=None, rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic,
-              max_size=DEFAULT_MAX_SIZE, quotas_client=None, pool_id=None):
+              max_size=DEFAULT_MAX_SIZE, quotas_client=None, pool_id=None, create_table=True):
     """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
 
     With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first
@@ -192,7 +193,9 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     file, `pool_id`, or the only pool id tagged with the pool's name gives. `force_rebuild` does the same for a
     file that is not recognisably this pool's. Anything else unreadable is an error, and nothing is moved or
     written. Before anything is written or launched, the options are checked, and what would be launched
-    against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas)."""
+    against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas). The store's place
+    (the DynamoDB store's table) is checked first and made, with `create_table`, only once nothing else refused
+    the request; check mode never makes it."""
     # pylint: disable=import-outside-toplevel
     # The launcher pulls in boto3; get must not import this path.
     from .launcher import account_limit_problem
@@ -203,9 +206,11 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
 
     check_init_request(size, launch, wait_timeout, max_size)
     validate_launch(client, launch)
+    # A table of another shape, a missing one that may not be made, no permission: refused before anything else.
+    store_ready = store.prepare(create=create_table, dry_run=True)
     corrupt = None
     try:
-        existing = store.read()
+        existing = store.read() if store_ready else None
     except StateFileError as exc:
         if not _rebuildable(exc, rebuild, force_rebuild):
             raise
@@ -220,10 +225,12 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
     spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
     if check_mode:
-        return {"changed": spec_changed or have != size, "launched": [], "terminated": [],
+        return {"changed": spec_changed or have != size or not store_ready, "launched": [], "terminated": [],
                 "would_launch": max(0, size - have), "pool": _pool_view(existing), "counts": counts(existing),
                 "warnings": warnings, "pool_id": pool_id}
 
+    if not store_ready:
+        store.prepare(create=create_table)
     if existing is not None and not existing.get("pool_id"):
         # A pool made before pool ids: it adopts one now (see adopt_pool_id), before its template is named.
         existing = adopt_pool_id(store, client, existing, pool_id)
@@ -237,19 +244,15 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
             # Under the pool's lock, after checking once more that it is the kind of file we may move.
             aside = store.move_aside(allow_foreign=force_rebuild)
             lock = jobcontrol.stop_refill(store)
-        with store.transaction() as tx:
-            if rebuild:
-                tx.state = _rebuild_from_tags(named, store, size, launch, tx.state, pool_id)
-            elif tx.state is None:
-                tx.state = new_state(store.pool_name, size, launch)
-                tx.state["pool_id"] = pool_id
-            else:
-                tx.state["target_size"] = size
-                tx.state["launch"] = launch
+        try:
+            change_pool(store, lambda tx: _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id))
+        except _CreatedMeanwhile:
+            _delete_own_template(client, store.pool_name, pool_id, None, warnings)  # made for the pool id it lost
+            raise
         launched, dropped, retired = [], [], []
         deadline = clock() + wait_timeout
         while True:
-            result = reconcile(store, client)
+            result = reconcile(store, client, heartbeat=lock.renew if lock is not None else None)
             launched += result.launched + result.replayed
             dropped += result.dropped
             retired += result.retired
@@ -279,12 +282,39 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     return result
 
 
+class _CreatedMeanwhile(PoolError):
+    """Another spot_pool_init created the pool after this one read it (see _apply_init)."""
+
+
+def _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id):
+    """init's change of the pool, a function of `tx.state` (change_pool may run it again after a conflict).
+
+    A pool that another spot_pool_init created after this one read (two controllers, or two runs, at once) is not
+    taken over: it has its own pool id and launch template. This run fails and writes nothing; the other one's
+    result stands, and a second run applies this one's options to it."""
+    if rebuild:
+        tx.state = _rebuild_from_tags(named, store, size, launch, tx.state, pool_id)
+    elif tx.state is None:
+        tx.state = new_state(store.pool_name, size, launch)
+        tx.state["pool_id"] = pool_id
+    elif existing is None or (existing.get("pool_id") and tx.state.get("pool_id") != existing.get("pool_id")):
+        raise _CreatedMeanwhile("pool '%s' was created by another spot_pool_init while this one ran (pool id %s, size %d, "
+                        "in %s): this run wrote and launched nothing; run it again to give the pool size %d"
+                        % (store.pool_name, tx.state.get("pool_id"), tx.state["target_size"], store.location, size),
+                        pool_id=tx.state.get("pool_id"), counts=counts(tx.state))
+    else:
+        tx.state["target_size"] = size
+        tx.state["launch"] = launch
+
+
 def _clear_refill_error(store):
     """A pass went through: whatever stopped the refill job before (credentials, a lost template) is gone, so its
     error must not keep failing gets and info."""
-    with store.transaction() as tx:
+    def clear(tx):
         if tx.state is not None and tx.state["refill"].get("last_error"):
             tx.state["refill"].update(last_error=None, last_error_code=None, last_error_permanent=None)
+
+    change_pool(store, clear)
 
 
 # -- reconcile --------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from .entries import counts
 from .entries import is_whole  # ReconcileResult.whole; the job stops on it
 from .errors import LaunchError
 from .errors import PoolError
+from .errors import RefillLeaseLost
 from .launcher import ACCOUNT_LIMIT_ERRORS
 from .launcher import CAPACITY_ERRORS
 from .launcher import Cooldowns
@@ -65,6 +66,7 @@ from .refill_plan import plan_report
 from .refill_plan import settle
 from .state import FileStore
 from .state import open_private
+from .store import change_pool
 from .timefmt import isoformat
 from .timefmt import utcnow
 
@@ -108,13 +110,19 @@ class ReconcileResult:
         return dict(vars(self))
 
 
-def _record_pending(store):
+def _record_pending(store, heartbeat=None):
+    """The launcher's hook before every CreateFleet: the request and its ClientToken are in the store before the
+    call (a write fenced by the refill lease in a shared store: a job that lost its lease launches nothing)."""
     def before_call(token, request):
-        with store.transaction() as tx:
+        if heartbeat is not None:
+            heartbeat()
+        pending = {"token": token, "request": request, "at": isoformat(utcnow())}
+
+        def record(tx):
             if tx.state is None:
                 raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
-            tx.state.setdefault("pending_launches", []).append(
-                {"token": token, "request": request, "at": isoformat(utcnow())})
+            tx.state.setdefault("pending_launches", []).append(pending)
+        change_pool(store, record)
     return before_call
 
 
@@ -137,19 +145,24 @@ def adopt_pool_id(store, client, state, pool_id=None):
             # Deleted outside the pool: nothing to tag, ensure_template makes a new one. Anything else is raised.
             if not exc.code.startswith("InvalidLaunchTemplateId"):
                 raise
-    with store.transaction() as tx:
+    def adopt(tx):
         if tx.state is None:
             raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
         tx.state["pool_id"] = tx.state.get("pool_id") or pool_id
-        adopted = tx.state
+        return tx.state
+    adopted = change_pool(store, adopt)
     if adopted["pool_id"] != pool_id:  # adopted by another process meanwhile: its id wins
         ec2.create_tags(client, known, {ec2.POOL_ID_TAG: adopted["pool_id"]})
     return adopted
 
 
-def reconcile(store, client, launch=True):
+def reconcile(store, client, launch=True, heartbeat=None):
     """One pass, as observe -> decide -> act; see the module docstring. `launch`: whether it may launch (False:
-    it only drops, fills in, ends and sweeps). Raises PoolGone if the pool no longer exists."""
+    it only drops, fills in, ends and sweeps). Raises PoolGone if the pool no longer exists.
+
+    `heartbeat` (the refill lease's renew, or a LeaseKeeper's beat) is called between the steps and before every
+    launch: it raises RefillLeaseLost once the lease is another controller's, and the pass stops there."""
+    beat = heartbeat or (lambda: None)
     state = store.read()
     if state is None:
         raise PoolGone("pool '%s' has no state file %s" % (store.pool_name, store.location))
@@ -158,9 +171,12 @@ def reconcile(store, client, launch=True):
     launch_settings = state["launch"]
     result = ReconcileResult()
     launcher = Launcher(client, store.pool_name, launch_settings, Cooldowns(state.get("cooldowns"), now),
-                        before_call=_record_pending(store), pool_id=state["pool_id"])
+                        before_call=_record_pending(store, heartbeat), pool_id=state["pool_id"])
+    beat()
     replayed = replay(launcher, state.get("pending_launches") or [], result)
+    beat()
     observed = observe(client, store.pool_name, state, replayed)
+    beat()
     return act(store, client, launcher, observed, decide(state, observed, now, policy_of(launch_settings, launch)),
                now, result)
 
@@ -257,11 +273,15 @@ def act(store, client, launcher, observed, plan, now, result):
     # No EC2 call under the lock: what settle retires is ended after it.
     outcome = Outcome(entries=launched.entries, reused=launched.reused, settled=launcher.settled,
                       cooldowns=launcher.cooldowns.entries, template=template, gone=gone)
-    settled = None
-    with store.transaction() as tx:
-        if tx.state is not None:
-            settled = settle(tx.state, observed, plan, outcome, now)
-            tx.state = settled.state
+    def apply(tx):
+        # settle is pure: after a conflict (a get leased an entry meanwhile) it is applied again to the pool as
+        # it is then.
+        if tx.state is None:
+            return None
+        done = settle(tx.state, observed, plan, outcome, now)
+        tx.state = done.state
+        return done
+    settled = change_pool(store, apply)
     if settled is None:
         # Terminated meanwhile: nothing this pass launched or took over may outlive the pool.
         ending.end(client, [{"id": instance_id} for instance_id in launched.ids + result.replayed], "terminate")
@@ -278,22 +298,58 @@ def act(store, client, launcher, observed, plan, now, result):
     return result
 
 
-class RefillJob:
-    """The detached job: reconcile until the pool is whole, then exit. One per pool."""
+class LeaseKeeper:
+    """Keeps the refill lease of a shared store while its holder works: beat() renews it once `every` seconds
+    (by `clock`) have passed since it was taken or last renewed, and raises RefillLeaseLost when another controller
+    has taken it. `every` None: a lease that never expires (the file store's flock), nothing to renew."""
 
-    def __init__(self, store, client, log, max_seconds=MAX_RUN_SECONDS):
+    def __init__(self, lock, every, clock=time.monotonic):
+        self.lock = lock
+        self.every = every
+        self.clock = clock
+        self.renewed = clock()
+
+    @classmethod
+    def of(cls, store, lock, clock=time.monotonic):
+        """A keeper that renews three times per lease length (the store's `lease_seconds`, if its lease expires)."""
+        seconds = getattr(store, "lease_seconds", None)
+        return cls(lock, seconds / 3.0 if seconds else None, clock)
+
+    def taken(self):
+        """The lease was (re)acquired just now."""
+        self.renewed = self.clock()
+
+    def beat(self):
+        if self.every is None or self.clock() - self.renewed < self.every:
+            return
+        self.lock.renew()
+        self.renewed = self.clock()
+
+
+class RefillJob:
+    """The detached job: reconcile until the pool is whole, then exit. One per pool.
+
+    With a store whose refill lease expires (DynamoDB), the job renews it while it works (LeaseKeeper: between the
+    steps of a pass, before every launch, after every wait); once the lease is lost (another controller took it
+    over after it expired) the job stops at once and writes nothing more: the new holder does the work."""
+
+    def __init__(self, store, client, log, max_seconds=MAX_RUN_SECONDS, clock=time.monotonic):
         self.store = store
         self.client = client
         self.log = log
         self.max_seconds = max_seconds
         self.lock = store.refill_lock()
+        self.keeper = LeaseKeeper.of(store, self.lock, clock)
         self.stop_requested = threading.Event()
 
     def _record(self, **fields):
+        def record(tx):
+            if tx.state is not None:
+                tx.state["refill"].update(fields)
         try:
-            with self.store.transaction() as tx:
-                if tx.state is not None:
-                    tx.state["refill"].update(fields)
+            change_pool(self.store, record)
+        except RefillLeaseLost:
+            raise  # the job stops: see RefillJob
         except (PoolError, OSError, ValueError) as exc:  # a full disk, a file that went bad meanwhile
             self.log("state_write_failed", error=getattr(exc, "message", None) or str(exc))
 
@@ -306,8 +362,13 @@ class RefillJob:
         if not self.lock.acquire(blocking=False):
             self.log("already_running")
             return 0
+        self.keeper.taken()
         try:
             return self._run_locked()
+        except RefillLeaseLost as exc:
+            # Another controller holds the lease now and does this work: nothing more is written here.
+            self.log("lease_lost", message=exc.message)
+            return 0
         # Whatever else goes wrong (a malformed entry: KeyError, TypeError...) is recorded too, never only a
         # traceback in the log and a stale pid in the file.
         except Exception as exc:  # pylint: disable=broad-except
@@ -326,7 +387,10 @@ class RefillJob:
         delay = 1.0
         while not self.stop_requested.is_set():
             try:
-                result = reconcile(self.store, self.client)
+                self.keeper.beat()
+                result = reconcile(self.store, self.client, heartbeat=self.keeper.beat)
+            except RefillLeaseLost:
+                raise  # run() stops the job
             except PoolGone as exc:
                 self.log("pool_gone", message=exc.message)
                 return 0
@@ -364,6 +428,7 @@ class RefillJob:
                 self.log("gave_up")
                 return 1
             self.stop_requested.wait(delay)
+            self.keeper.beat()
             delay = min(delay * 2, 10.0)
         self._record(pid=None, finished_at=isoformat(utcnow()))
         self.log("stopped")
@@ -382,6 +447,7 @@ class RefillJob:
         # Not whole any more. Either a newer job holds the lock now, or we carry on.
         if not self.lock.acquire(blocking=False):
             return True
+        self.keeper.taken()
         self._record(pid=os.getpid(), finished_at=None)
         return False
 
@@ -422,15 +488,45 @@ def _json_logger(path):
     return log
 
 
-def main(argv=None):
+def parse_arguments(argv=None):
+    """The job's command line: the store (store.job_arguments(): a state file, or a DynamoDB table and the state
+    directory that keeps this controller's log), the pool, and how long the job may run."""
     parser = argparse.ArgumentParser(description="ec2spot.pool refill job (started by spot_pool_get)")
-    parser.add_argument("--state-file", required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-file")
+    where.add_argument("--dynamodb-table")
     parser.add_argument("--pool-name", required=True)
+    parser.add_argument("--state-dir", help="with --dynamodb-table: where the job's log goes")
     parser.add_argument("--max-seconds", type=float, default=MAX_RUN_SECONDS)
     args = parser.parse_args(argv)
-    store = FileStore(args.state_file, args.pool_name)
-    log = _json_logger(store.refill_log_path())
+    if args.state_dir and not args.dynamodb_table:
+        parser.error("--state-dir goes with --dynamodb-table (a state file says its own directory)")
+    return args
+
+
+def open_store(args, client_from_environment):
+    """The store the arguments name. A DynamoDB store gets a client made from the job's environment only (its
+    region, endpoint and credentials: connection.child_environment)."""
+    if args.dynamodb_table is None:
+        return FileStore(args.state_file, args.pool_name)
+    # pylint: disable=import-outside-toplevel
+    from .dynamo import DynamoStore
+
+    return DynamoStore(client_from_environment("dynamodb"), args.dynamodb_table, args.pool_name,
+                       state_dir=args.state_dir)
+
+
+def main(argv=None):
+    args = parse_arguments(argv)
     from .connection import client_from_environment  # pylint: disable=import-outside-toplevel
+
+    try:
+        store = open_store(args, client_from_environment)
+    except PoolError as exc:  # no client (no region): nothing to record it in; the log is the job's stdout
+        sys.stdout.write(json.dumps({"time": isoformat(utcnow()), "event": "failed", "pid": os.getpid(),
+                                     "message": "the refill job could not start: %s" % exc.message}) + "\n")
+        return 1
+    log = _json_logger(store.refill_log_path())
 
     try:
         state = store.read()

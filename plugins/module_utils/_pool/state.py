@@ -256,6 +256,9 @@ class FileLock:
             os.unlink(self.path)
         self.release()
 
+    def renew(self):
+        """A flock lasts as long as its holder: nothing to renew (the DynamoDB store's lease expires)."""
+
     def is_held_elsewhere(self):
         """True while another open file description holds the lock (e.g. a running refill job). Creates nothing."""
         if self.fd is not None:

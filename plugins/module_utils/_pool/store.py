@@ -20,7 +20,11 @@ imports its payload from a zip of sources, compiled on every run.)
 from __future__ import annotations
 
 from .entries import is_ready
+from .errors import StoreConflict
 from .timefmt import parse_time
+
+# How many times change_pool() tries a change that conflicts with another controller's write.
+CONFLICT_ATTEMPTS = 5
 
 
 # -- the claim rule -------------------------------------------------------------------------------------------------
@@ -48,6 +52,21 @@ def choose_claim(state, dead, alive, trusted):
     entry = next((entry for entry in ready if trusted or entry["id"] in alive), None)
     unchecked = [] if entry is not None else [item["id"] for item in ready if item["id"] not in alive]
     return dropped, entry, unchecked
+
+
+def change_pool(store, change, attempts=CONFLICT_ATTEMPTS):
+    """Run `change(tx)` inside store.transaction() and return what it returns; when the write meets another
+    controller's (StoreConflict: nothing was written), read the pool again and run `change` again, up to `attempts`
+    times. So `change` must be a function of `tx.state` alone (it may run more than once). The file store's
+    transaction holds a lock and never conflicts: one run."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with store.transaction() as tx:
+                return change(tx)
+        except StoreConflict:
+            if attempt >= attempts:
+                raise
+    return None  # attempts < 1: nothing was tried
 
 
 # -- the interface --------------------------------------------------------------------------------------------------
@@ -92,6 +111,13 @@ class PoolStore:
     def exists(self):
         """Whether the pool exists (cheaper than read(): no parse, no schema check)."""
         raise NotImplementedError
+
+    def prepare(self, create=True, dry_run=False):
+        """Make sure the pool has a place to live, before init writes it: the DynamoDB store's table (made when
+        missing and `create`; an error naming the table when missing and not `create`, of another shape, or not
+        allowed). With `dry_run`, nothing is made: returns False when the place is missing and would be made.
+        The file store makes its directory as it writes: nothing to do."""
+        return True
 
     def transaction(self):
         """A context manager: the one atomic read-change-write of the whole pool. Yields a transaction object
