@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from demo import AMI, banner, playbook  # noqa: E402  # scripts/demo.py: the same steps, one controller
-from tests.support.moto import REGION, MotoServer  # noqa: E402
+from tests.support.moto import FAKE_CREDENTIALS, REGION, MotoServer  # noqa: E402
 from tests.support.processes import cmdline_of, pids_with_env  # noqa: E402
 
 POOL = "demo"
@@ -100,7 +100,9 @@ def main() -> int:
 
 
 def run_demo(root: Path, moto: MotoServer, a: Controller, b: Controller) -> None:
-    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto.url)
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto.url,
+                            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
     print(f"AWS emulator (moto: EC2 and DynamoDB) on {moto.url}; two controllers under {root}, sharing "
           f"DynamoDB table {TABLE!r}, pool {POOL!r}")
 

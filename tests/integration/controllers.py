@@ -65,9 +65,12 @@ while True:
 
 
 def store_option_wired() -> bool:
-    """Whether the modules have the `store` option yet (feature/wire): until then the DynamoDB tests are skipped,
-    as the playbooks would ignore spot_pool_store and use each controller's file store."""
-    return "dynamodb_table" in (REPO / "plugins" / "modules" / "spot_pool_get.py").read_text()
+    """Whether the modules have the `store` option (feature/wire): without it the DynamoDB tests are skipped, as
+    the playbooks would ignore spot_pool_store and use each controller's file store."""
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
+
+    return "store" in pool_argument_spec()
 
 
 @functools.lru_cache(maxsize=1)
@@ -347,7 +350,11 @@ class SharedPool:
         controllers' namespaces. Returns what was wrong."""
         problems = []
         for store in ("dynamodb", "file"):
-            ender = next((c for c in self.controllers if c.store == store), None)
+            # The controller whose refill job runs, if one does: a terminate stops a refill job by its pid, which
+            # only works on the job's own machine (see test_a_terminate_stops_another_controllers_refill_job). A
+            # test that means a terminate from elsewhere runs it itself.
+            mine = [c for c in self.controllers if c.store == store]
+            ender = next((c for c in mine if c.refill_jobs()), mine[0] if mine else None)
             if ender is None:
                 continue
             exists = self.state() is not None if store == "dynamodb" else ender.file_state() is not None

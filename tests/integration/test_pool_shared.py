@@ -120,10 +120,30 @@ def test_a_lease_is_released_from_another_controller_and_a_third_terminates_the_
     assert shared_pool.instance_state(lease["instance_id"]) in ("shutting-down", "terminated")
     assert lease["instance_id"] not in {held["id"] for held in shared_pool.require_state()["leases"]}
 
+    wait_refill_done(a)  # the pool is whole again (a running job on another machine: the next test)
     run = c.playbook("terminate_all.yml", spot_pool_fallback_action="terminate")
     assert run.rc == 0, task_result(run, "spot_pool_terminate").get("msg")
     assert shared_pool.tagged_instances() == [], "0 instances with the pool tag are left"
     assert shared_pool.items() == [], "no item of the pool is left in the table"
+
+
+@dynamodb
+@pytest.mark.xfail(strict=True, reason=(
+    "wiring bug: spot_pool_terminate (and init) stop a running refill job with jobcontrol.stop_refill, which "
+    "signals the pid recorded in the pool item; on another controller that pid is not the job (here: another PID "
+    "namespace, in CI: another machine), so nothing stops it, the refill lease stays held (renewed) and terminate "
+    "fails after ~25 s with \"the refill job of pool 'shared' (pid N) did not stop\", ending nothing"))
+def test_a_terminate_stops_another_controllers_refill_job(shared_pool):
+    a, c = shared_pool.start(2)
+    assert a.init(size=2).rc == 0
+    # No capacity anywhere: a's refill job keeps trying (with backoff) for as long as nobody stops it.
+    shared_pool.proxy.fail_offering("InsufficientInstanceCapacity")
+    assert got(a.get())["refill"]["started"]
+    wait_until(a.refill_jobs, timeout=20, what="a's refill job running")
+
+    run = c.playbook("terminate_all.yml", spot_pool_fallback_action="terminate")
+    assert run.rc == 0, task_result(run, "spot_pool_terminate").get("msg")
+    assert shared_pool.tagged_instances() == [] and shared_pool.items() == []
     wait_until(lambda: not a.refill_jobs(), timeout=30, what="a's refill job ended with the pool")
 
 
@@ -157,12 +177,13 @@ def lease_and_hold(controller, proxy, action: str, **hold) -> tuple[float, int]:
     """Hold the next `action` request for 3 s, lease an instance on `controller` (its get starts the refill job)
     and wait until the job's request is held. Returns when the get started and how many `action` requests came
     before."""
-    before = proxy.count(action)
+    params = hold.get("params")
+    before = proxy.count(action, params=params)
     proxy.slow(action, 3.0, times=1, **hold)
     started = time.time()
     result = got(controller.get())
     assert result["refill"]["started"], result
-    proxy.wait_for(action, count=before + 1, timeout=20)
+    proxy.wait_for(action, params=params, count=before + 1, timeout=20)
     return started, before
 
 
@@ -310,12 +331,11 @@ def test_a_failed_condition_is_a_lost_race_never_an_error_or_a_retry(shared_pool
     proxy.clear_records()
     proxy.fail("UpdateItem", "ConditionalCheckFailedException", times=1)
     result = got(a.get())
-    lost, won = proxy.records("UpdateItem")[:2]
-    assert lost.outcome == "injected" and won.status == 200
-    assert won.document["Key"] != lost.document["Key"], "another instance, not the same write again"
-    assert won.document["Key"]["item"]["S"] == f"inst#{result['instance_id']}"
-    assert [r.document["Key"] for r in proxy.records("UpdateItem")].count(lost.document["Key"]) == 1
-    assert len(proxy.records("Query")) >= 1 and proxy.records("Query")[0].status == 200
+    lost, *later = proxy.records("UpdateItem")
+    assert lost.outcome == "injected" and lost.error_code == "ConditionalCheckFailedException"
+    assert not [r for r in later if same_request(r, lost)], "the failed write is never sent again"
+    [won] = [r for r in later if r.document["Key"]["item"]["S"] == f"inst#{result['instance_id']}"]
+    assert won.status == 200 and "ConditionExpression" in won.document
 
 
 # -- reconcile on DynamoDB --------------------------------------------------------------------------------------
