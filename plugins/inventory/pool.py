@@ -10,8 +10,11 @@ short_description: The instances of an ec2spot.pool warm pool as inventory
 version_added: 0.1.0
 description:
   - Lists the instances of one pool of the C(ec2spot.pool) collection, read from the pool's state file (the
-    file M(ec2spot.pool.spot_pool_init) and M(ec2spot.pool.spot_pool_get) keep on the controller), so a play can
-    run on the instances a job was handed, for example the role P(ec2spot.pool.drain_worker#role).
+    file M(ec2spot.pool.spot_pool_init) and M(ec2spot.pool.spot_pool_get) keep on the controller), or with
+    O(store=dynamodb) from the pool's items in the DynamoDB table O(dynamodb_table) (one strongly consistent
+    read; needs a region and credentials, the usual amazon.aws options and environment variables, and the IAM
+    permission C(dynamodb:Query) on the table), so a play can run on the instances a job was handed, for example
+    the role P(ec2spot.pool.drain_worker#role).
   - Optionally also asks EC2 (one DescribeInstances call filtered by the tag C(ec2spot:pool=<pool_name>)). Then
     only instances that EC2 reports as C(running) are listed, with their current addresses, and tagged instances
     the state file does not know about are added if they carry the pool's id (C(ec2spot:pool-id), from the
@@ -23,8 +26,8 @@ description:
     how the instance was bought; C(leased) (handed out by M(ec2spot.pool.spot_pool_get)) and C(ready) (in the
     pool, not handed out). Names are made safe for Ansible (C(-) and C(.) become C(_))."
   - The inventory file must end with C(pool.yml) or C(pool.yaml), for example C(ci.pool.yml).
-  - An unknown pool (no state file, and no tagged instance when O(use_tags) is on) is an error that names the
-    file looked for.
+  - An unknown pool (no state file or no pool in the table, and no tagged instance when O(use_tags) is on) is an
+    error that names the file or table looked for.
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 extends_documentation_fragment:
@@ -83,6 +86,14 @@ keyed_groups:
   - key: ec2spot_availability_zone
     prefix: az
 
+---
+# shared.pool.yml: a pool that several controllers share through DynamoDB (store=dynamodb on the modules too).
+plugin: ec2spot.pool.pool
+pool_name: ci
+store: dynamodb
+dynamodb_table: ec2spot-pool
+region: eu-west-1
+
 # Run the worker role on the instances a job leased:
 #   ansible-playbook -i ci.pool.yml ec2spot.pool.deploy_worker
 """
@@ -96,6 +107,8 @@ from ansible.plugins.inventory import BaseInventoryPlugin
 
 from ansible_collections.amazon.aws.plugins.plugin_utils.inventory import AWSInventoryBase
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import identity
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import pool_file_path
@@ -158,11 +171,16 @@ class InventoryModule(AWSInventoryBase):
 
         pool_name = self.get_option("pool_name")
         try:
-            state_path = pool_file_path(pool_name, self.get_option("state_dir"), self.get_option("pool_file"))
-            store = FileStore(state_path, pool_name)
-            # Checked before reading: reading takes the lock, which would create the directory and a lock file
-            # for a pool that does not exist.
-            state = store.read() if store.exists() else None
+            if self.get_option("store") == "dynamodb":
+                store = self._dynamodb_store(pool_name)
+                state_path = store.location
+                state = store.read()
+            else:
+                state_path = pool_file_path(pool_name, self.get_option("state_dir"), self.get_option("pool_file"))
+                store = FileStore(state_path, pool_name)
+                # Checked before reading: reading takes the lock, which would create the directory and a lock file
+                # for a pool that does not exist.
+                state = store.read() if store.exists() else None
         except PoolError as exc:
             raise AnsibleParserError("ec2spot.pool.pool: %s" % exc.message)
 
@@ -173,12 +191,26 @@ class InventoryModule(AWSInventoryBase):
                 raise AnsibleParserError(
                     "ec2spot.pool.pool: pool '%s' is unknown: there is no state file %s and no running instance "
                     "tagged %s=%s in region %s" % (pool_name, state_path, POOL_TAG, pool_name, self.region))
+        elif state is None and self.get_option("store") == "dynamodb":
+            raise AnsibleParserError(
+                "ec2spot.pool.pool: pool '%s' is unknown: it is not in %s (create the pool with "
+                "ec2spot.pool.spot_pool_init store=dynamodb, or set dynamodb_table and region to where it lives)"
+                % (pool_name, state_path))
         elif state is None:
             raise AnsibleParserError(
                 "ec2spot.pool.pool: pool '%s' is unknown: there is no state file %s (create the pool with "
                 "ec2spot.pool.spot_pool_init, or set state_dir/pool_file to where it lives)" % (pool_name, state_path))
 
         self._populate(pool_name, pool_hosts(state, tagged))
+
+    def _dynamodb_store(self, pool_name):
+        """The pool's DynamoDB store, with a client made from the plugin's connection options (as amazon.aws
+        inventory plugins make theirs). The options are checked (common.pool_store) before the client is made."""
+        self.require_aws_sdk()
+        self._set_frozen_credentials()
+        params = {"pool_name": pool_name, "store": "dynamodb", "dynamodb_table": self.get_option("dynamodb_table"),
+                  "state_dir": self.get_option("state_dir"), "pool_file": self.get_option("pool_file")}
+        return pool_store(params, lambda: self.client("dynamodb", config=BOTOCORE_CONFIG), self.region)
 
     def _tagged_instances(self, pool_name, state):
         self.require_aws_sdk()

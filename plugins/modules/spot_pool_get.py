@@ -32,7 +32,9 @@ description:
     dropped, the refill job's last error if it has one, and whether it (re)started the refill job, which it
     does in that case too. A failed get leaves no lease behind (the lease is its last write).
   - This module declares the amazon.aws connection options itself instead of using AnsibleAWSModule, so that
-    the hand-out path does not import boto3.
+    the hand-out path does not import boto3. With O(store=dynamodb) the hand-out is one strongly consistent read
+    of the table and one conditional write of one instance's item (two controllers never get the same
+    instance), made with a DynamoDB client from the same connection options.
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:

@@ -18,6 +18,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from tests.support.ansible import Run, run_module, run_playbook
 from tests.support.moto import REGION
 
@@ -49,13 +51,24 @@ def wait_until(predicate, timeout: float, interval: float = 0.25, what: str = "c
 
 
 class PoolHarness:
-    """One pool in a private state directory, driven through the real playbooks and ad-hoc module calls."""
+    """One pool in a private state directory, driven through the real playbooks and ad-hoc module calls.
 
-    def __init__(self, state_dir: Path, ec2, pool_name: str = "default"):
+    With `table` (and `dynamodb`, a boto3 DynamoDB client the test reads the table with), the pool lives in that
+    DynamoDB table (store=dynamodb is passed to every run); the state directory keeps only the refill job's log
+    and code copy."""
+
+    def __init__(self, state_dir: Path, ec2, pool_name: str = "default", table: str | None = None, dynamodb=None):
         self.state_dir = state_dir
         self.pool_name = pool_name
         self.ec2 = ec2
+        self.table = table
+        self.dynamodb = dynamodb
         self.env: dict[str, str] = {"XDG_STATE_HOME": str(state_dir.parent / "xdg")}
+
+    @property
+    def store_args(self) -> dict:
+        """The module options that name this pool's store (none for the default file store)."""
+        return {"store": "dynamodb", "dynamodb_table": self.table} if self.table else {}
 
     # -- paths and the state file ----------------------------------------------------------------------------
     @property
@@ -64,12 +77,30 @@ class PoolHarness:
 
     @property
     def refill_log(self) -> Path:
+        if self.table:
+            return self.state_dir / f"dynamodb-{self.table}-{self.pool_name}.refill.log"
         return Path(str(self.state_file) + ".refill.log")
 
     def state(self) -> dict | None:
+        if self.table:
+            try:
+                return DynamoStore(self.dynamodb, self.table, self.pool_name, str(self.state_dir)).read()
+            except PoolError as exc:
+                if exc.details.get("error_code") == "ResourceNotFoundException":
+                    return None
+                raise
         if not self.state_file.exists():
             return None
         return json.loads(self.state_file.read_text())
+
+    def table_items(self, any_pool: bool = False) -> list[dict]:
+        """The table's items (this pool's, or with `any_pool` all of them), sorted by key; [] without a table."""
+        if not self.table or self.table not in self.dynamodb.list_tables()["TableNames"]:
+            return []
+        pages = self.dynamodb.get_paginator("scan").paginate(TableName=self.table, ConsistentRead=True)
+        items = [item for page in pages for item in page["Items"]
+                 if any_pool or item.get("pool", {}).get("S") == self.pool_name]
+        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
 
     def state_bytes(self) -> bytes | None:
         return self.state_file.read_bytes() if self.state_file.exists() else None
@@ -81,7 +112,8 @@ class PoolHarness:
 
     # -- running Ansible -------------------------------------------------------------------------------------
     def vars(self, **extra) -> dict:
-        return {"spot_pool_state_dir": str(self.state_dir), "spot_pool_name": self.pool_name, **extra}
+        store = {"spot_pool_store": "dynamodb", "spot_pool_dynamodb_table": self.table} if self.table else {}
+        return {"spot_pool_state_dir": str(self.state_dir), "spot_pool_name": self.pool_name, **store, **extra}
 
     def playbook(self, name: str, check: bool = False, json_output: bool = True, env: dict | None = None,
                  **extra_vars) -> Run:
@@ -93,7 +125,8 @@ class PoolHarness:
                              **extra_vars)
 
     def module(self, name: str, check: bool = False, env: dict | None = None, **args) -> tuple[int, dict]:
-        return run_module(name, {"state_dir": str(self.state_dir), "pool_name": self.pool_name, **args},
+        return run_module(name, {"state_dir": str(self.state_dir), "pool_name": self.pool_name, **self.store_args,
+                                 **args},
                           env={**self.env, **(env or {})}, check=check)
 
     def info(self) -> dict:
@@ -119,7 +152,7 @@ class PoolHarness:
         in the given states (default: all but terminated)."""
         filters = [{"Name": f"tag:{POOL_TAG}", "Values": [self.pool_name]},
                    {"Name": "instance-state-name", "Values": list(states)}]
-        if self.pool_id and not any_pool:
+        if not any_pool and self.pool_id:
             filters.append({"Name": f"tag:{POOL_ID_TAG}", "Values": [self.pool_id]})
         pages = self.ec2.get_paginator("describe_instances").paginate(Filters=filters)
         return [inst for page in pages for res in page["Reservations"] for inst in res["Instances"]]
@@ -157,7 +190,7 @@ def end_pool(harness: PoolHarness) -> list[str]:
     """Terminate the pool (which stops its refill job first); return what is still wrong after it, if anything."""
     problems = []
     harness.pool_id  # pylint: disable=pointless-statement  # remember the id before terminate removes the file
-    if harness.state_file.exists() or harness.tagged_instances(states=("pending", "running")):
+    if harness.state_file.exists() or harness.table_items() or harness.tagged_instances(states=("pending", "running")):
         # Fallbacks are terminated too: a test must leave nothing running in the emulator for the next one.
         rc, result = harness.module("spot_pool_terminate", fallback_action="terminate")
         if rc != 0:
@@ -189,8 +222,9 @@ def make_pool(tmp_path):
     must never fall through to real AWS."""
     made: list[PoolHarness] = []
 
-    def make(ec2, aws: dict[str, str], pool_name: str = "default") -> PoolHarness:
-        harness = PoolHarness(tmp_path / f"state-{len(made)}", ec2, pool_name)
+    def make(ec2, aws: dict[str, str], pool_name: str = "default", table: str | None = None,
+             dynamodb=None) -> PoolHarness:
+        harness = PoolHarness(tmp_path / f"state-{len(made)}", ec2, pool_name, table, dynamodb)
         harness.env.update(aws)
         made.append(harness)
         return harness

@@ -248,3 +248,50 @@ def test_tags_empty_pool_and_unknown_pool(tmp_path, state_dir, ec2, aws_env):
     assert proc.returncode != 0
     assert "pool 'nope' is unknown" in proc.stderr
     assert f"ec2spot:pool=nope in region {REGION}" in proc.stderr
+
+
+# -- store=dynamodb: the pool's items in a DynamoDB table -------------------------------------------------------------
+def dynamodb_pool(url, table, pool_name, instances=(), leases=()):
+    """A pool written to `table` through the DynamoDB store's own atomic change (the table made as init makes it)."""
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
+    from tests.unit.test_store import dynamodb_client
+
+    store = DynamoStore(dynamodb_client(url), table, pool_name)
+    store.ensure_table()
+    with store.transaction() as tx:
+        tx.state = dict(new_state(pool_name, 3, LAUNCH), instances=list(instances), leases=list(leases))
+    return store
+
+
+def test_store_dynamodb_lists_the_pool_in_the_table(tmp_path, aws_env):
+    table = "inventory-" + tmp_path.name[-12:].replace("_", "-")
+    dynamodb_pool(aws_env["AWS_URL"], table, "ci",
+                  instances=[entry("i-spot1", "198.51.100.1", "10.0.0.1"),
+                             entry("i-fall1", "198.51.100.2", "10.0.0.2", kind="fallback")],
+                  leases=[entry("i-lease1", "198.51.100.3", "10.0.0.3", leased_at="2026-11-22T11:00:00Z")])
+    dynamodb_pool(aws_env["AWS_URL"], table, "other", instances=[entry("i-other", "198.51.100.9", "10.0.0.9")])
+    data = listing(inventory(tmp_path, {"pool_name": "ci", "store": "dynamodb", "dynamodb_table": table,
+                                        "state_dir": str(tmp_path / "state")}))
+    assert group_hosts(data, "ec2spot_pool_ci") == {"i-spot1", "i-fall1", "i-lease1"}
+    assert group_hosts(data, "ec2spot_leased") == {"i-lease1"}
+    assert group_hosts(data, "ec2spot_fallback") == {"i-fall1"}
+    assert data["_meta"]["hostvars"]["i-spot1"]["ansible_host"] == "198.51.100.1"
+    assert not (tmp_path / "state").exists(), "reading the table creates nothing on the controller"
+
+    proc = inventory(tmp_path, {"pool_name": "nope", "store": "dynamodb", "dynamodb_table": table})
+    assert proc.returncode != 0
+    assert f"pool 'nope' is unknown: it is not in dynamodb table {table}, pool nope" in proc.stderr
+
+
+def test_store_dynamodb_refuses_a_missing_table_no_region_and_a_pool_file(tmp_path, aws_env, monkeypatch):
+    proc = inventory(tmp_path, {"pool_name": "ci", "store": "dynamodb", "dynamodb_table": "no-such-table"})
+    assert proc.returncode != 0 and "DynamoDB table no-such-table does not exist" in proc.stderr
+    proc = inventory(tmp_path, {"pool_name": "ci", "store": "dynamodb", "pool_file": str(tmp_path / "p.json")})
+    assert proc.returncode != 0 and "pool_file" in proc.stderr and "store=dynamodb" in proc.stderr
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)
+    proc = inventory(tmp_path, {"pool_name": "ci", "store": "dynamodb"},
+                     env={"AWS_CONFIG_FILE": str(tmp_path / "none")})
+    assert proc.returncode != 0 and "needs a region" in proc.stderr and "AWS_REGION" in proc.stderr

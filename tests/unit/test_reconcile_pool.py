@@ -35,6 +35,9 @@ class FakeLock:
     def release(self):
         self.held = False
 
+    def renew(self):
+        assert self.held, "only a held lease is renewed"
+
     def remove(self):
         self.removed = True
         self.release()
@@ -88,8 +91,9 @@ def passes_giving(monkeypatch, *ready_counts, target=2):
     """refill.reconcile replaced by passes that leave `ready_counts` ready instances, in turn."""
     made = []
 
-    def fake_reconcile(store, client):
+    def fake_reconcile(store, client, heartbeat=None):
         assert store.lock.held, "a pass runs under the refill lock"
+        heartbeat()  # the pass keeps the refill lease (a flock-like lease here: nothing to renew)
         result = refill.ReconcileResult()
         result.counts = {"target": target, "ready": ready_counts[len(made)], "pending": 0, "leased": 0, "spot": 0,
                          "fallback": 0}

@@ -30,14 +30,15 @@ def pool_store(params, make_dynamodb_client=None, region=None):
         raise InvalidRequest("pool_file %s names a JSON state file, and store=dynamodb keeps the pool in DynamoDB "
                              "table %s: remove pool_file (state_dir still says where the refill job's log and code "
                              "copy go), or use store=file" % (params["pool_file"], params.get("dynamodb_table")))
-    table = params.get("dynamodb_table") or DEFAULT_TABLE
+    # The store checks the table and pool names first; its client is made only for valid options.
+    store = DynamoStore(None, params.get("dynamodb_table") or DEFAULT_TABLE, name, state_dir=params.get("state_dir"))
     if make_dynamodb_client is None:
-        client = dynamodb_client(params)
+        store.client = dynamodb_client(params)
     else:
         if not (region or params.get("region")):
             raise no_region()
-        client = make_dynamodb_client()
-    return DynamoStore(client, table, name, state_dir=params.get("state_dir"))
+        store.client = make_dynamodb_client()
+    return store
 
 
 def aws_pool_store(module):

@@ -47,7 +47,7 @@ except ImportError:
 
 from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
 
-from .defaults import DEFAULT_TABLE  # noqa: F401 pylint: disable=unused-import  # stated in defaults.py
+from .defaults import DEFAULT_TABLE  # noqa: F401 pylint: disable=unused-import
 from .entries import counts
 from .entries import new_lease
 from .errors import InvalidRequest

@@ -201,6 +201,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     from .launcher import account_limit_problem
     from .launcher import ensure_template
     from .launcher import validate_launch
+    from .refill import LeaseKeeper
     from .refill import adopt_pool_id
     from .refill import reconcile
 
@@ -251,8 +252,9 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
             raise
         launched, dropped, retired = [], [], []
         deadline = clock() + wait_timeout
+        keeper = LeaseKeeper.of(store, lock)  # a wait may outlast the lease: renewed while it lasts
         while True:
-            result = reconcile(store, client, heartbeat=lock.renew if lock is not None else None)
+            result = reconcile(store, client, heartbeat=keeper.beat)
             launched += result.launched + result.replayed
             dropped += result.dropped
             retired += result.retired
@@ -355,6 +357,7 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
     error, and nothing is created for it."""
     # pylint: disable=import-outside-toplevel
     # The refill pulls in boto3 and the launcher; get must not import this path.
+    from .refill import LeaseKeeper
     from .refill import PoolGone
     from .refill import preview
     from .refill import reconcile
@@ -391,7 +394,7 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
             try:
                 if before is None:
                     raise PoolGone("pool '%s' was terminated during the reconcile" % store.pool_name)
-                outcome = reconcile(store, client)
+                outcome = reconcile(store, client, heartbeat=LeaseKeeper.of(store, lock).beat)
             except PoolGone:
                 lock.remove()  # made for a pool that no longer exists: nothing may be left of it
                 raise

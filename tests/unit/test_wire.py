@@ -1,0 +1,441 @@
+"""The DynamoDB store wired in: which store a module's options make (common.pool_store), the refill job's command
+line (refill.parse_arguments / open_store), the lease the job keeps (LeaseKeeper: renewed with an injected clock,
+lost -> the job stops and writes nothing more), change_pool's re-read on a conflict, init's rule for a pool another
+init created meanwhile, the ClientToken recorded in the table before CreateFleet, and jobcontrol taking over an
+expired lease."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import common
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.defaults import DEFAULT_TABLE
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import RefillLeaseLost
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StoreConflict
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import Transaction
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import CONFLICT_ATTEMPTS
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import change_pool
+from tests.support.moto import POOL_LAUNCH
+from tests.unit.test_store import dynamodb_client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Unused:
+    """A client factory that must not be called: bad options are refused before any client is made."""
+
+    calls = 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        raise AssertionError("no client may be made")
+
+
+# -- which store the options make -----------------------------------------------------------------------------------
+def test_the_file_store_is_the_default(tmp_path):
+    store = common.pool_store({"pool_name": "p", "state_dir": str(tmp_path)}, Unused())
+    assert isinstance(store, FileStore) and store.path == str(tmp_path / "p.json")
+
+
+def test_store_dynamodb_opens_the_default_table_with_the_state_dir_for_the_jobs_files(tmp_path):
+    client = object()
+    store = common.pool_store({"pool_name": "p", "state_dir": str(tmp_path), "store": "dynamodb",
+                               "dynamodb_table": None}, lambda: client, "eu-west-1")
+    assert isinstance(store, DynamoStore) and store.client is client
+    assert (store.table, store.pool_name, store.directory) == (DEFAULT_TABLE, "p", str(tmp_path))
+    assert store.location == "dynamodb table ec2spot-pool, pool p"
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"store": "dynamodb"}, ["region", "AWS_REGION", "module_defaults"]),
+    ({"store": "dynamodb", "region": "us-east-1", "pool_file": "/x/p.json"}, ["pool_file", "store=dynamodb", "state_dir"]),
+    ({"store": "dynamodb", "region": "us-east-1", "dynamodb_table": "no"}, ["dynamodb_table", "3-255"]),
+])
+def test_bad_store_options_are_refused_before_a_client_is_made(params, words):
+    factory = Unused()
+    with pytest.raises(InvalidRequest) as refused:
+        common.pool_store(dict({"pool_name": "p"}, **params), factory)
+    assert all(word in refused.value.message for word in words), refused.value.message
+    assert factory.calls == 0
+
+
+def test_get_without_a_region_is_refused_by_its_own_client_maker(monkeypatch, tmp_path):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(InvalidRequest) as refused:
+        common.pool_store({"pool_name": "p", "store": "dynamodb"})
+    assert "region" in refused.value.message and "AWS_REGION" in refused.value.message
+
+
+def test_the_file_path_loads_neither_the_dynamodb_store_nor_boto3(tmp_path):
+    """get's hand-out path on the default store stays light: dynamo.py and boto3 are imported only for
+    store=dynamodb (the check would pass on a path that loaded nothing: the DynamoDB path must load both)."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from ansible_collections.ec2spot.pool.plugins.module_utils._pool import common\n"
+            "params = {'pool_name': 'p', 'state_dir': %r, 'store': sys.argv[1], 'region': 'us-east-1'}\n"
+            "common.pool_store(params)\n"
+            "print(sorted(m for m in ('boto3', 'botocore', %r) if m in sys.modules))\n"
+            % (str(ROOT / "build" / "collections"), str(tmp_path), DynamoStore.__module__))
+    loaded = {store: subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True,
+                                    check=True).stdout.strip() for store in ("file", "dynamodb")}
+    assert loaded == {"file": "[]", "dynamodb": str(sorted(["boto3", "botocore", DynamoStore.__module__]))}
+
+
+# -- the job's command line ---------------------------------------------------------------------------------------
+def test_a_file_stores_job_arguments_open_the_same_store(tmp_path):
+    store = FileStore(str(tmp_path / "p.json"), "p")
+    opened = refill.open_store(refill.parse_arguments(store.job_arguments()), Unused())
+    assert isinstance(opened, FileStore) and (opened.path, opened.pool_name) == (store.path, "p")
+
+
+def test_a_dynamodb_stores_job_arguments_open_the_same_table_pool_and_log(tmp_path):
+    store = DynamoStore(object(), "my-table", "p", str(tmp_path / "state"))
+    made = []
+
+    def factory(service):
+        made.append(service)
+        return object()
+
+    args = refill.parse_arguments(store.job_arguments() + ["--max-seconds", "5"])
+    opened = refill.open_store(args, factory)
+    assert made == ["dynamodb"] and args.max_seconds == 5
+    assert isinstance(opened, DynamoStore)
+    assert (opened.table, opened.pool_name, opened.refill_log_path()) == ("my-table", "p", store.refill_log_path())
+
+
+@pytest.mark.parametrize("argv", [
+    ["--pool-name", "p"],  # no store
+    ["--state-file", "/s/p.json", "--dynamodb-table", "t", "--pool-name", "p"],  # two
+    ["--state-file", "/s/p.json", "--pool-name", "p", "--state-dir", "/s"],  # a state dir of a file store
+    ["--dynamodb-table", "t"],  # no pool
+])
+def test_the_job_refuses_a_command_line_that_names_no_store_or_two(argv, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        refill.parse_arguments(argv)
+    assert stopped.value.code == 2 and "error" in capsys.readouterr().err
+
+
+# -- the lease the job keeps --------------------------------------------------------------------------------------
+class Clock:
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class FakeLease:
+    def __init__(self, lost_at=None):
+        self.renewals = 0
+        self.lost_at = lost_at  # the renewal that finds the lease taken (1: the first)
+        self.held = False
+
+    def acquire(self, blocking=True, timeout=None, create=True):
+        self.held = True
+        return True
+
+    def release(self):
+        self.held = False
+
+    def renew(self):
+        self.renewals += 1
+        if self.lost_at is not None and self.renewals >= self.lost_at:
+            raise RefillLeaseLost("the refill lease of the pool was taken over by another controller")
+
+
+def test_the_keeper_renews_once_a_third_of_the_lease_has_passed():
+    clock, lease = Clock(), FakeLease()
+    keeper = refill.LeaseKeeper(lease, 100, clock)
+    for step in (10, 50, 39.9):
+        clock.now += step
+        keeper.beat()
+    assert lease.renewals == 0
+    clock.now += 0.1
+    keeper.beat()
+    keeper.beat()  # at once again: nothing to do
+    assert lease.renewals == 1
+    clock.now += 100
+    keeper.beat()
+    assert lease.renewals == 2
+
+
+def test_a_lease_that_never_expires_is_never_renewed(tmp_path):
+    clock, lease = Clock(), FakeLease()
+    keeper = refill.LeaseKeeper.of(FileStore(str(tmp_path / "p.json"), "p"), lease, clock)
+    clock.now += 10 ** 6
+    keeper.beat()
+    assert lease.renewals == 0 and keeper.every is None
+    dynamo = DynamoStore(object(), "table", "p", str(tmp_path), lease_seconds=300)
+    assert refill.LeaseKeeper.of(dynamo, lease, clock).every == 100
+
+
+class FakeStore:
+    """A pool in memory with a lease that expires (lease_seconds), counting the writes made."""
+
+    pool_name = "p"
+    location = "the fake table"
+    lease_seconds = 300
+
+    def __init__(self, lease, state):
+        self.lease = lease
+        self.state = state
+        self.writes = []
+
+    def refill_lock(self):
+        return self.lease
+
+    def refill_log_path(self):
+        return "/nonexistent/p.refill.log"
+
+    def read(self):
+        return self.state
+
+    @contextlib.contextmanager
+    def transaction(self):
+        tx = Transaction(dict(self.state))
+        tx.state["refill"] = dict(tx.state["refill"])
+        yield tx
+        self.writes.append(tx.state["refill"])
+        self.state = tx.state
+
+
+def whole_pool():
+    state = new_state("p", 0, dict(POOL_LAUNCH))
+    return state
+
+
+def run_job(monkeypatch, lease, pass_seconds, outcome=None):
+    """A RefillJob over a FakeStore whose every reconcile pass takes `pass_seconds` (the injected clock), calls
+    the heartbeat as the real pass does, and then returns a whole pool (or raises `outcome`)."""
+    clock, store = Clock(), FakeStore(lease, whole_pool())
+    events, passes = [], []
+
+    def reconcile(store_, client, heartbeat=None):
+        passes.append(len(store.writes))
+        clock.now += pass_seconds
+        heartbeat()
+        if outcome is not None:
+            raise outcome
+        result = refill.ReconcileResult()
+        result.counts = {"target": 0, "ready": 0, "pending": 0, "leased": 0, "spot": 0, "fallback": 0}
+        return result
+
+    monkeypatch.setattr(refill, "reconcile", reconcile)
+    job = refill.RefillJob(store, None, lambda event, **fields: events.append(event), clock=clock)
+    return job.run(), events, passes, store
+
+
+def test_the_job_renews_its_lease_while_it_works(monkeypatch):
+    lease = FakeLease()
+    rc, events, passes, store = run_job(monkeypatch, lease, pass_seconds=150)
+    assert rc == 0 and events[-1] == "finished" and passes == [1]
+    assert lease.renewals == 1, "a pass longer than a third of the lease renews it"
+    assert store.writes[-1]["finished_at"] and not lease.held
+
+
+def test_a_job_that_lost_its_lease_stops_at_once_and_writes_nothing_more(monkeypatch):
+    lease = FakeLease(lost_at=1)
+    rc, events, passes, store = run_job(monkeypatch, lease, pass_seconds=150)
+    assert rc == 0 and events == ["started", "lease_lost"]
+    assert len(store.writes) == 1 and store.writes[0]["pid"], "only the start was recorded, before the loss"
+    assert store.state["refill"]["last_error"] is None, "no error recorded over the new holder's work"
+
+
+def test_a_fenced_write_refused_mid_pass_stops_the_job_the_same_way(monkeypatch):
+    lease = FakeLease()
+    lost = RefillLeaseLost("the refill lease of the pool was taken over by another controller (fencing number "
+                           "above 1): nothing was written")
+    rc, events, passes, store = run_job(monkeypatch, lease, pass_seconds=1, outcome=lost)
+    assert rc == 0 and events == ["started", "lease_lost"] and len(store.writes) == 1
+
+
+# -- change_pool --------------------------------------------------------------------------------------------------
+class ConflictingStore:
+    def __init__(self, conflicts):
+        self.conflicts = conflicts
+        self.reads = 0
+        self.written = []
+
+    @contextlib.contextmanager
+    def transaction(self):
+        self.reads += 1
+        tx = Transaction({"target_size": self.reads})
+        yield tx
+        if self.reads <= self.conflicts:
+            raise StoreConflict("the pool changed while this change was made")
+        self.written.append(tx.state)
+
+
+def test_a_conflict_reads_again_and_applies_the_change_to_the_new_read():
+    store = ConflictingStore(conflicts=2)
+    seen = []
+
+    def change(tx):
+        seen.append(tx.state["target_size"])
+        tx.state["changed"] = True
+        return "done"
+
+    assert change_pool(store, change) == "done"
+    assert seen == [1, 2, 3] and store.written == [{"target_size": 3, "changed": True}]
+
+
+def test_conflicts_without_end_are_raised_after_the_last_attempt():
+    store = ConflictingStore(conflicts=100)
+    with pytest.raises(StoreConflict):
+        change_pool(store, lambda tx: None)
+    assert store.reads == CONFLICT_ATTEMPTS and store.written == []
+
+
+# -- init against another init --------------------------------------------------------------------------------------
+def test_init_does_not_take_over_a_pool_another_init_created_meanwhile(tmp_path):
+    store = FileStore(str(tmp_path / "p.json"), "p")
+    theirs = dict(new_state("p", 3, dict(POOL_LAUNCH)), pool_id="1111111111111111")
+    tx = Transaction(dict(theirs))
+    with pytest.raises(PoolError) as refused:
+        operations._apply_init(tx, store, None, 5, dict(POOL_LAUNCH), False, [], "2222222222222222")  # pylint: disable=protected-access
+    assert "created by another spot_pool_init" in refused.value.message
+    assert "size 3" in refused.value.message and "size 5" in refused.value.message
+    assert tx.state == theirs
+    # The pool it read itself is resized as asked (last one wins), keeping its id.
+    tx = Transaction(dict(theirs))
+    operations._apply_init(tx, store, theirs, 5, dict(POOL_LAUNCH), False, [], "1111111111111111")  # pylint: disable=protected-access
+    assert tx.state["target_size"] == 5 and tx.state["pool_id"] == "1111111111111111"
+
+
+# -- on the table: tokens before CreateFleet, an expired lease taken over ------------------------------------------
+@pytest.fixture
+def table_store(fault_proxy, tmp_path):
+    """A maker of handles on pool `p` of a table of its own (through the fault proxy, which serialises DynamoDB
+    requests as DynamoDB applies them atomically), each with its own client and clock."""
+    table = "ec2spot-pool-" + uuid.uuid4().hex[:12]
+    DynamoStore(dynamodb_client(fault_proxy.url), table, "p", str(tmp_path / "state")).ensure_table()
+
+    def make(**options):
+        return DynamoStore(dynamodb_client(fault_proxy.url), table, "p", str(tmp_path / "state"), **options)
+
+    return make
+
+
+def test_the_launch_token_is_in_the_table_before_create_fleet(table_store, proxy_client):
+    from tests.unit.test_refill import pool_state  # pylint: disable=import-outside-toplevel
+
+    store = table_store()
+    with store.transaction() as tx:
+        tx.state = pool_state(proxy_client, "p", 2, POOL_LAUNCH)
+    recorded = []
+
+    def look(params, **_kw):  # what another controller would read from the table at the moment of the call
+        recorded.append((params["ClientToken"], [p["token"] for p in table_store().read()["pending_launches"]]))
+
+    proxy_client.meta.events.register("before-parameter-build.ec2.CreateFleet", look)
+    lease = store.refill_lock()
+    assert lease.acquire(blocking=False)  # as the job does: every write fenced by the lease
+    try:
+        result = refill.reconcile(store, proxy_client, heartbeat=lease.renew)
+    finally:
+        lease.release()
+    assert len(result.launched) == 2 and recorded
+    assert all(token in pending for token, pending in recorded)
+    assert store.read()["pending_launches"] == [], "settled once the answer is recorded"
+
+
+def test_a_job_that_lost_its_lease_launches_nothing(table_store, proxy_client, fault_proxy):
+    from tests.unit.test_refill import pool_state  # pylint: disable=import-outside-toplevel
+
+    clock = Clock()
+    store = table_store(clock=clock, lease_seconds=60)
+    with store.transaction() as tx:
+        tx.state = pool_state(proxy_client, "p", 2, POOL_LAUNCH)
+    lease = store.refill_lock()
+    assert lease.acquire(blocking=False)
+    clock.now += 61  # expired; another controller takes it over
+    assert table_store(clock=clock).refill_lock().acquire(blocking=False)
+    fault_proxy.clear_records()
+    with pytest.raises(RefillLeaseLost):
+        refill.reconcile(store, proxy_client, heartbeat=lease.renew)
+    assert fault_proxy.count("CreateFleet") == 0 and store.read()["instances"] == []
+
+
+def test_start_refill_takes_over_a_lease_that_expired_elsewhere(table_store, monkeypatch):
+    clock = Clock()
+    with table_store().transaction() as tx:
+        tx.state = new_state("p", 1, dict(POOL_LAUNCH))
+    elsewhere = table_store(clock=clock, lease_seconds=60).refill_lock()
+    assert elsewhere.acquire(blocking=False)  # a job on a runner that was torn down: it never renews
+    started = []
+
+    class Popen:  # pylint: disable=too-few-public-methods
+        pid = 4242
+
+        def __init__(self, argv, **_kwargs):
+            started.append(argv)
+
+    monkeypatch.setattr(jobcontrol.subprocess, "Popen", Popen)
+    here = table_store(clock=clock)
+    clock.now += 59
+    assert jobcontrol.start_refill(here, {}) == (False, None), "still held: the job there carries on"
+    clock.now += 2
+    assert jobcontrol.start_refill(here, {}) == (True, 4242)
+    assert started and started[0][-len(here.job_arguments()):] == here.job_arguments()
+    # The job it starts takes the lease over (the next fencing number), and the old holder's writes are refused.
+    job_lease = table_store(clock=clock).refill_lock()
+    assert job_lease.acquire(blocking=False) and job_lease.fencing == elsewhere.fencing + 1
+
+
+# -- the README's IAM policies are what the code calls ------------------------------------------------------------
+def iam_blocks():
+    """The README's two policy documents of "Sharing a pool across controllers": (file store, DynamoDB store)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("**IAM, least privilege.**"):text.index("### The worker on the instance")]
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
+
+
+def actions(policy, prefix):
+    found = set()
+    for statement in policy["Statement"]:
+        listed = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        found.update(action.split(":", 1)[1] for action in listed if action.startswith(prefix + ":"))
+    return found
+
+
+def test_the_readme_lists_the_dynamodb_actions_the_store_calls():
+    text = (ROOT / "plugins" / "module_utils" / "_pool" / "dynamo.py").read_text(encoding="utf-8")
+    calls = set(re.findall(r'_call\(\s*"(\w+)"', text))
+    # TransactWriteItems is authorised per item by the action of each kind of write it carries.
+    kinds = set(re.findall(r'\{"(Put|Update|Delete|ConditionCheck)": \{', text))
+    assert "TransactWriteItems" in calls and kinds == {"Put", "Update", "Delete", "ConditionCheck"}
+    needed = (calls - {"TransactWriteItems"}) | {kind + "Item" for kind in kinds}
+    file_policy, dynamodb_policy = iam_blocks()
+    assert actions(dynamodb_policy, "dynamodb") == needed
+    assert actions(file_policy, "dynamodb") == set()
+    table_statement = next(s for s in dynamodb_policy["Statement"] if "dynamodb:Query" in s["Action"])
+    assert table_statement["Resource"] == "arn:aws:dynamodb:<region>:<account>:table/<table>"
+
+
+def test_the_readme_lists_the_ec2_actions_the_code_calls():
+    package = ROOT / "plugins" / "module_utils" / "_pool"
+    text = "".join((package / name).read_text(encoding="utf-8") for name in ("ec2.py", "launcher.py", "ec2query.py"))
+    methods = set(re.findall(r"\bclient\.(\w+)\(", text)) | set(re.findall(r'get_paginator\("(\w+)"\)', text))
+    methods -= {"get_paginator"}
+    needed = {"".join(part.capitalize() for part in method.split("_")) for method in methods}
+    needed |= set(re.findall(r'\("Action", "(\w+)"\)', text))  # get's signed request
+    needed.add("RunInstances")  # an instant fleet launches with the caller's ec2:RunInstances permission
+    file_policy, dynamodb_policy = iam_blocks()
+    assert actions(file_policy, "ec2") == needed == actions(dynamodb_policy, "ec2")
