@@ -106,6 +106,7 @@ class Controller:
         self.isolated = isolate and namespaces_available()
         self._unshare: subprocess.Popen | None = None
         self.init_pid: int | None = None  # host pid of the namespace's init
+        self.torn_down = False  # stop() ended it, as a CI runner's machine goes away with its job
 
     def __repr__(self) -> str:
         return f"<controller {self.name} ({self.store})>"
@@ -140,7 +141,9 @@ class Controller:
             return []
 
     def stop(self) -> None:
-        """End the controller's machine: every process left in its namespace is killed with it."""
+        """End the controller's machine: every process left in its namespace is killed with it (SIGKILL, by the
+        kernel, as when an ephemeral runner is torn down mid-job)."""
+        self.torn_down = True
         if self._unshare is None:
             return
         if self.init_pid is not None:
@@ -353,7 +356,7 @@ class SharedPool:
             # The controller whose refill job runs, if one does: a terminate stops a refill job by its pid, which
             # only works on the job's own machine (see test_a_terminate_stops_another_controllers_refill_job). A
             # test that means a terminate from elsewhere runs it itself.
-            mine = [c for c in self.controllers if c.store == store]
+            mine = [c for c in self.controllers if c.store == store and not c.torn_down]
             ender = next((c for c in mine if c.refill_jobs()), mine[0] if mine else None)
             if ender is None:
                 continue

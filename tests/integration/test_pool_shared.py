@@ -217,12 +217,22 @@ def test_a_job_killed_before_create_fleet_is_taken_over_by_another_controllers_g
 
 
 @dynamodb
-def test_a_job_killed_with_the_fleet_answer_lost_is_replayed_by_another_controllers_reconcile(shared_pool):
+@pytest.mark.parametrize("torn_down", ["job", "controller"])
+def test_a_job_killed_with_the_fleet_answer_lost_is_replayed_by_another_controllers_reconcile(shared_pool, torn_down):
+    """`job`: the refill job alone is SIGKILLed. `controller`: the whole controller goes (an ephemeral CI runner torn
+    down mid-launch: every process of its machine dies at once)."""
     a, b = shared_pool.start(2)
+    if torn_down == "controller" and not a.isolated:
+        pytest.skip("tearing a controller down needs its own PID namespace (root, util-linux unshare)")
     proxy = shared_pool.proxy
     assert a.init(size=2).rc == 0
     started, before = lease_and_hold(a, proxy, "CreateFleet")
-    a.kill_refill_job()
+    if torn_down == "job":
+        a.kill_refill_job()
+    else:
+        assert a.refill_jobs(), "a's refill job runs"
+        a.stop()
+        assert not a.processes(), "nothing of a's machine is left"
     [pending] = shared_pool.require_state()["pending_launches"]  # recorded in the table before the call
     [held] = proxy.wait_for("CreateFleet", count=before + 1, done=True, timeout=20)[before:]
     assert held.params["ClientToken"] == pending["token"]
