@@ -12,7 +12,7 @@ import uuid
 import boto3
 import pytest
 
-from tests.integration.conftest import AMI, LAUNCH_ACTIONS, debug_msgs, task_result, wait_until
+from tests.integration.conftest import AMI, LAUNCH_ACTIONS, debug_msgs, task_result
 from tests.integration.healing import wait_refill_done
 from tests.support.ansible import run_module
 from tests.support.moto import REGION

@@ -300,10 +300,11 @@ def _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id):
         tx.state = new_state(store.pool_name, size, launch)
         tx.state["pool_id"] = pool_id
     elif existing is None or (existing.get("pool_id") and tx.state.get("pool_id") != existing.get("pool_id")):
-        raise _CreatedMeanwhile("pool '%s' was created by another spot_pool_init while this one ran (pool id %s, size %d, "
-                        "in %s): this run wrote and launched nothing; run it again to give the pool size %d"
-                        % (store.pool_name, tx.state.get("pool_id"), tx.state["target_size"], store.location, size),
-                        pool_id=tx.state.get("pool_id"), counts=counts(tx.state))
+        raise _CreatedMeanwhile(
+            "pool '%s' was created by another spot_pool_init while this one ran (pool id %s, size %d, in %s): this "
+            "run wrote and launched nothing; run it again to give the pool size %d"
+            % (store.pool_name, tx.state.get("pool_id"), tx.state["target_size"], store.location, size),
+            pool_id=tx.state.get("pool_id"), counts=counts(tx.state))
     else:
         tx.state["target_size"] = size
         tx.state["launch"] = launch

@@ -145,6 +145,7 @@ def adopt_pool_id(store, client, state, pool_id=None):
             # Deleted outside the pool: nothing to tag, ensure_template makes a new one. Anything else is raised.
             if not exc.code.startswith("InvalidLaunchTemplateId"):
                 raise
+
     def adopt(tx):
         if tx.state is None:
             raise PoolGone("pool '%s' was terminated during a refill" % store.pool_name)
@@ -273,6 +274,7 @@ def act(store, client, launcher, observed, plan, now, result):
     # No EC2 call under the lock: what settle retires is ended after it.
     outcome = Outcome(entries=launched.entries, reused=launched.reused, settled=launcher.settled,
                       cooldowns=launcher.cooldowns.entries, template=template, gone=gone)
+
     def apply(tx):
         # settle is pure: after a conflict (a get leased an entry meanwhile) it is applied again to the pool as
         # it is then.
