@@ -348,9 +348,9 @@ class SharedPool:
 
     # -- teardown ----------------------------------------------------------------------------------------------
     def end(self, grace: float = 10.0) -> list[str]:
-        """Terminate the pool (from the first controller of each store), then prove that no process of any
-        controller outlived it (killing any survivor, so nothing leaks into the next test), then end the
-        controllers' namespaces. Returns what was wrong."""
+        """Terminate the pool (from a controller of each store), check that no instance runs and no item of the pool
+        is left in the table, then prove that no process of any controller outlived it (killing any survivor, so
+        nothing leaks into the next test), then end the controllers' namespaces. Returns what was wrong."""
         problems = []
         for store in ("dynamodb", "file"):
             # The controller whose refill job runs, if one does: a terminate stops a refill job by its pid, which
@@ -368,6 +368,9 @@ class SharedPool:
         left = [inst["InstanceId"] for inst in self.tagged_instances(states=("pending", "running"))]
         if left:
             problems.append(f"instances with the pool tag still running: {left}")
+        items = [item["item"]["S"] for item in self.items()]
+        if items:
+            problems.append(f"items of the pool left in table {self.table}: {items}")
         for controller in self.controllers:
             try:
                 wait_until(lambda c=controller: not c.processes(), timeout=grace, what=f"no process of {controller}")

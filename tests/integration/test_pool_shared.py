@@ -8,7 +8,9 @@ fixture) terminates the pool and proves that no process of any controller outliv
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -277,6 +279,33 @@ def test_a_job_killed_after_the_write_is_taken_over_and_launches_only_what_is_mi
     assert written in {e["id"] for e in state["instances"]} | {held["id"] for held in state["leases"]}
     assert len(shared_pool.launched(since=started)) == 2 and len(shared_pool.fleets(since=started)) == 2
     assert shared_pool.refill_lease()["fencing"] > dead["fencing"]
+
+
+@dynamodb
+def test_a_paused_job_that_lost_its_lease_launches_and_writes_nothing(shared_pool):
+    """a's refill job stops (SIGSTOP: a runner suspended, a long GC pause) while its observe step waits for EC2;
+    its lease runs out and b's job takes over and makes the pool whole. When a's job runs on, its stale pass would
+    launch: the launch's record is fenced by the lease, so it launches nothing, writes nothing, and stops."""
+    a, b = shared_pool.start(2)
+    proxy = shared_pool.proxy
+    assert a.init(size=2).rc == 0
+    started = lease_and_hold(a, proxy, "DescribeInstances", params=JOB_DESCRIBE)[0]
+    [job] = a.refill_jobs()
+    os.kill(job, signal.SIGSTOP)
+    try:
+        shared_pool.expire_refill_lease()
+        assert got(b.get())["refill"]["started"]
+        wait_refill_done(b)
+        assert_consistent(shared_pool)
+        taken_over = shared_pool.items_bytes()
+        fleets = [r.seq for r in shared_pool.fleets(since=started)]
+    finally:
+        os.kill(job, signal.SIGCONT)
+    wait_until(lambda: job not in a.processes(), timeout=30, what="a's job stopped")
+    assert [r.seq for r in shared_pool.fleets(since=started)] == fleets, "a's job sent no CreateFleet"
+    assert shared_pool.items_bytes() == taken_over, "a's job wrote nothing to the table"
+    log = (a.state_dir / f"dynamodb-{shared_pool.table}-{POOL}.refill.log").read_text()
+    assert '"event": "lease_lost"' in log, log[-2000:]
 
 
 # -- two inits at once ---------------------------------------------------------------------------------------------
