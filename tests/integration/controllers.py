@@ -204,7 +204,7 @@ class Controller:
     def refill_jobs(self) -> list[int]:
         return [pid for pid in self.processes() if REFILL_MODULE in " ".join(cmdline_of(pid))]
 
-    def kill_refill_job(self, timeout: float = 20.0) -> int:
+    def kill_refill_job(self, timeout: float = 60.0) -> int:
         """SIGKILL this controller's running refill job (as when its runner is torn down)."""
         [pid] = wait_until(self.refill_jobs, timeout=timeout, interval=0.05, what=f"a refill job on {self}")
         os.kill(pid, signal.SIGKILL)

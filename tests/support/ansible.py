@@ -51,8 +51,9 @@ def run_playbook(playbook: str | Path, extra_vars: dict | None = None, env: dict
                  wrapper: list[str] | None = None) -> Run:
     """One `ansible-playbook` run; `wrapper` is a command that runs it (e.g. nsenter into a controller's
     namespaces, tests/integration/controllers.py)."""
-    cmd = list(wrapper or []) + [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook) if isinstance(playbook, str)
-           and "/" not in playbook else str(playbook)]
+    cmd = list(wrapper or [])
+    cmd += [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook) if isinstance(playbook, str)
+            and "/" not in playbook else str(playbook)]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     if check:
@@ -67,7 +68,8 @@ def run_module(module: str, args: dict, env: dict[str, str] | None = None, check
                timeout: float = 300, wrapper: list[str] | None = None) -> tuple[int, dict]:
     """One ad-hoc `ansible localhost -m ec2spot.pool.<module>` call; returns (rc, result). `wrapper`: as in
     run_playbook."""
-    cmd = list(wrapper or []) + [str(BIN / "ansible"), "localhost", "-m", f"ec2spot.pool.{module}", "-a", json.dumps(args)]
+    cmd = list(wrapper or []) + [str(BIN / "ansible"), "localhost", "-m", f"ec2spot.pool.{module}", "-a",
+                                 json.dumps(args)]
     if check:
         cmd.append("--check")
     extra = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
