@@ -49,12 +49,13 @@ EXAMPLES = r"""
 
 RETURN = r"""
 exists:
-  description: Whether the pool has a state file.
+  description: Whether the pool exists (has a state file, or with O(store=dynamodb) a pool item in the table).
   returned: always
   type: bool
   sample: true
 path:
-  description: The pool's state file.
+  description:
+    - The pool's state file, or with O(store=dynamodb) C(dynamodb table <table>, pool <pool_name>).
   returned: always
   type: str
   sample: /home/ci/.local/state/ec2spot/default.json

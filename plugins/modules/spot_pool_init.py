@@ -28,8 +28,11 @@ description:
   - Creating a pool (no state file yet) fails, before anything is written or launched, when another live pool in the
     region already uses O(pool_name) (instances or a launch template tagged with the name and another pool id, or
     running instances of a pool made before pool ids). The message names the other pool's id and instance count.
-    Controllers that want one pool share one store (on one controller, the same state file); others choose
-    another name.
+    Controllers that want one pool share one store (on one controller, the same state file; across controllers,
+    the same DynamoDB table, O(store=dynamodb)); others choose another name.
+  - A pool that another init created while this one ran (two controllers at once) is not taken over. This run
+    fails, having launched and written nothing, and the other one's pool stands; run it again to apply its
+    options.
   - A pool created before pool ids (a state file without C(pool_id)) adopts an id at its next init or refill, and the
     instances its state file lists, and its launch template, are tagged with it. Instances with the pool's name that
     the file does not list are never adopted or swept; end them by hand.

@@ -17,6 +17,8 @@ description:
     removes its state file and what the pool kept beside it (C(.lock), C(.refill.lock), C(.refill.log) and
     C(.refill.log.1), and the refill job's code copy once no other pool in the directory needs it and no refill
     job runs from it). With O(fallback_action=stop), fallbacks are stopped and kept instead.
+  - With O(store=dynamodb) it deletes every item of the pool from the table (the refill lease too; the table and
+    other pools' items stay) and this controller's refill log.
   - Only instances of this pool are touched, those its state file lists and those tagged with its pool id
     (C(ec2spot:pool-id)). Another pool that uses the same O(pool_name) (another controller's) carries another id
     and is never touched.

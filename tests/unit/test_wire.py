@@ -11,12 +11,15 @@ import json
 import re
 import subprocess
 import sys
+import time
+import types
 import uuid
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import common
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
@@ -439,3 +442,55 @@ def test_the_readme_lists_the_ec2_actions_the_code_calls():
     needed.add("RunInstances")  # an instant fleet launches with the caller's ec2:RunInstances permission
     file_policy, dynamodb_policy = iam_blocks()
     assert actions(file_policy, "ec2") == needed == actions(dynamodb_policy, "ec2")
+
+
+def test_a_conflict_in_settle_reads_again_and_settles_the_pass_once(table_store, proxy_client, fault_proxy):
+    """Another controller writes the pool item between this pass's read and its settle: the settle's transaction
+    is refused whole (StoreConflict), read again and applied again (settle is pure); nothing is launched twice."""
+    from tests.unit.test_refill import pool_state  # pylint: disable=import-outside-toplevel
+
+    store = table_store()
+    with store.transaction() as tx:
+        tx.state = pool_state(proxy_client, "p", 2, POOL_LAUNCH)
+    rival = dynamodb_client(fault_proxy.url)
+    transactions = []
+
+    def interfere(**_kw):
+        transactions.append(len(transactions) + 1)
+        if len(transactions) == 2:  # the first records the launch token; the second is the settle
+            rival.update_item(TableName=store.table, Key={"pool": {"S": "p"}, "item": {"S": "pool"}},
+                              UpdateExpression="SET #v = #v + :one", ExpressionAttributeNames={"#v": "version"},
+                              ExpressionAttributeValues={":one": {"N": "1"}})
+
+    store.client.meta.events.register("before-call.dynamodb.TransactWriteItems", interfere)
+    fault_proxy.clear_records()
+    lease = store.refill_lock()
+    assert lease.acquire(blocking=False)
+    try:
+        result = refill.reconcile(store, proxy_client, heartbeat=lease.renew)
+    finally:
+        lease.release()
+    assert transactions == [1, 2, 3], "the refused settle, then the same settle on a fresh read"
+    assert fault_proxy.count("CreateFleet") == 1 and len(result.launched) == 2
+    state = store.read()
+    assert sorted(entry["id"] for entry in state["instances"]) == sorted(result.launched)
+    assert state["pending_launches"] == []
+
+
+def test_stop_refill_names_the_other_controller_that_holds_the_lease(table_store, monkeypatch):
+    clock = Clock()
+    # The lease's waits (acquire with a timeout) pass on a monotonic clock that each pause moves on: no real sleep.
+    waited = Clock(0.0)
+    monkeypatch.setattr(dynamo, "time", types.SimpleNamespace(
+        monotonic=waited, sleep=lambda seconds: setattr(waited, "now", waited.now + seconds),
+        strftime=time.strftime, gmtime=time.gmtime))
+    with table_store().transaction() as tx:
+        tx.state = new_state("p", 1, dict(POOL_LAUNCH))
+    elsewhere = table_store(clock=clock).refill_lock()
+    assert elsewhere.acquire(blocking=False)
+    with pytest.raises(PoolError) as refused:
+        jobcontrol.stop_refill(table_store(clock=clock), timeout=0.0)
+    host = elsewhere.holder.rsplit(":", 1)[0]
+    assert "is held by %s until 1970-01-01T00:21:40Z" % host in refused.value.message
+    assert "lease expires by itself" in refused.value.message and elsewhere.holder not in refused.value.message
+    assert 5.0 <= waited.now <= 7.0, "it waited for the job as for a local one (20 s asked, 0 here, then 5 s)"

@@ -592,6 +592,17 @@ class _DynamoLease:
     def exists(self):
         return self._item() is not None
 
+    def holder_elsewhere(self):
+        """Who else holds the lease, as messages show it ("host:pid until <time>"), or None."""
+        item = None if self.held else self._item()
+        if not item or "holder" not in item or item["holder"]["S"] == self.holder:
+            return None
+        until = float(item["expires"]["N"])
+        if until <= self.store.clock():
+            return None
+        who = item["holder"]["S"].rsplit(":", 1)[0]  # the random part says nothing to a reader
+        return "%s until %s (epoch %d)" % (who, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)), until)
+
     def is_held_elsewhere(self):
         if self.held:
             return False

@@ -301,6 +301,12 @@ def stop_refill(store, timeout=20.0, create=True):
         os.kill(pid, signal.SIGKILL)
     if lock.acquire(timeout=5.0):
         return lock
+    holder = getattr(lock, "holder_elsewhere", lambda: None)()
+    if holder:
+        # A shared store's lease: the job may run on another controller, where no signal of ours reaches it.
+        raise PoolError("the refill job of pool '%s' did not stop: the refill lease in %s is held by %s; that job "
+                        "stops once the pool is whole (or, if its controller is gone, the lease expires by itself): "
+                        "try again then" % (store.pool_name, store.location, holder), holder=holder)
     raise PoolError("the refill job of pool '%s' (pid %s) did not stop; stop it and try again" % (store.pool_name, pid))
 
 
