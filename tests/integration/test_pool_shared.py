@@ -148,10 +148,11 @@ def test_a_terminate_stops_another_controllers_refill_job(shared_pool, request):
     wait_until(a.refill_jobs, timeout=60, what="a's refill job running")
 
     expect_wiring_bug(request, (
-        "spot_pool_terminate (and init) stop a running refill job with jobcontrol.stop_refill, which signals the "
-        "pid recorded in the pool item; on another controller that pid is not the job (here: another PID "
-        "namespace; in CI: another machine), so nothing stops it, the refill lease stays held (renewed) and "
-        "terminate fails after ~25 s with \"the refill job of pool 'shared' (pid N) did not stop\", ending nothing"))
+        "spot_pool_terminate (and init) stop a running refill job with jobcontrol.stop_refill, which can only "
+        "signal a job on its own machine; another controller's job is never told to stop, keeps renewing its lease "
+        "(while Spot has no capacity, for up to refill.MAX_RUN_SECONDS), and terminate fails after ~25 s (\"did not "
+        "stop: the refill lease ... is held by ctl-a:PID until ...\"), ending nothing. Needs a stop request the job "
+        "sees through the table (e.g. on the refill-lease item, checked by its heartbeat)"))
     run = c.playbook("terminate_all.yml", spot_pool_fallback_action="terminate")
     assert run.rc == 0, task_result(run, "spot_pool_terminate").get("msg")
     assert shared_pool.tagged_instances() == [] and shared_pool.items() == []
