@@ -141,6 +141,8 @@ def test_a_lease_is_released_from_another_controller_and_a_third_terminates_the_
 @dynamodb
 def test_a_terminate_stops_another_controllers_refill_job(shared_pool, request):
     a, c = shared_pool.start(2)
+    if not a.isolated:  # in one PID namespace c could signal a's job by its pid: not so across machines
+        pytest.skip("needs the controllers in PID namespaces of their own (root, util-linux unshare)")
     assert a.init(size=2).rc == 0
     # No capacity anywhere: a's refill job keeps trying (with backoff) for as long as nobody stops it.
     shared_pool.proxy.fail_offering("InsufficientInstanceCapacity")
