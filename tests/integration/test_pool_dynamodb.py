@@ -223,3 +223,21 @@ def test_check_mode_init_creates_no_table(dynamo_pool):
     result = task_result(run, "spot_pool_init")
     assert result["changed"] is True and result["would_launch"] == 2
     assert tables(pool) == [] and pool.tagged_instances(any_pool=True) == []
+
+
+def test_check_mode_and_info_change_nothing_in_the_table(dynamo_pool):
+    pool = dynamo_pool
+    assert pool.init(size=1).rc == 0
+    before = pool.table_items()
+    for playbook in ("reconcile_pool.yml", "release_instance.yml", "terminate_all.yml"):
+        run = pool.playbook(playbook, check=True, spot_pool_instance_id="latest")
+        assert run.rc == 0, (playbook, run.stdout[-3000:])
+    rc, got = pool.module("spot_pool_get", check=True)
+    assert rc == 0 and got["changed"] is True, got
+    assert pool.info()["exists"] is True
+    assert pool.table_items() == before and len(before) == 3  # pool, inst#, refill-lease
+    assert pool.refill_pids() == [], "check mode starts no job"
+    # Another pool name in the same table: it does not exist, and reading it creates nothing.
+    rc, other = pool.module("spot_pool_info", pool_name="not-there")
+    assert rc == 0 and other["exists"] is False and other["counts"]["target"] == 0, other
+    assert pool.table_items(any_pool=True) == before

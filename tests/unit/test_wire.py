@@ -149,12 +149,14 @@ class FakeLease:
         self.renewals = 0
         self.lost_at = lost_at  # the renewal that finds the lease taken (1: the first)
         self.held = False
+        self.released = 0
 
     def acquire(self, blocking=True, timeout=None, create=True):
         self.held = True
         return True
 
     def release(self):
+        self.released += 1
         self.held = False
 
     def renew(self):
@@ -259,6 +261,7 @@ def test_a_job_that_lost_its_lease_stops_at_once_and_writes_nothing_more(monkeyp
     assert rc == 0 and events == ["started", "lease_lost"]
     assert len(store.writes) == 1 and store.writes[0]["pid"], "only the start was recorded, before the loss"
     assert store.state["refill"]["last_error"] is None, "no error recorded over the new holder's work"
+    assert lease.held and lease.released == 0, "the lease is the new holder's: not even released from here"
 
 
 def test_a_fenced_write_refused_mid_pass_stops_the_job_the_same_way(monkeypatch):
@@ -494,3 +497,15 @@ def test_stop_refill_names_the_other_controller_that_holds_the_lease(table_store
     assert "is held by %s until 1970-01-01T00:21:40Z" % host in refused.value.message
     assert "lease expires by itself" in refused.value.message and elsewhere.holder not in refused.value.message
     assert 5.0 <= waited.now <= 7.0, "it waited for the job as for a local one (20 s asked, 0 here, then 5 s)"
+
+
+def test_the_job_on_a_table_without_a_region_says_why_and_ends(monkeypatch, tmp_path, capsys):
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    argv = DynamoStore(object(), "my-table", "p", str(tmp_path)).job_arguments()
+    assert refill.main(argv) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["event"] == "failed" and "could not start" in record["message"]
+    assert "region" in record["message"].lower()
+    assert list(tmp_path.iterdir()) == [], "no store was opened: nothing written"

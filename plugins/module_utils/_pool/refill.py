@@ -365,10 +365,13 @@ class RefillJob:
             self.log("already_running")
             return 0
         self.keeper.taken()
+        lost = False
         try:
             return self._run_locked()
         except RefillLeaseLost as exc:
-            # Another controller holds the lease now and does this work: nothing more is written here.
+            # Another controller holds the lease now and does this work: nothing more is written here (not even
+            # a release of the lease, which is the new holder's).
+            lost = True
             self.log("lease_lost", message=exc.message)
             return 0
         # Whatever else goes wrong (a malformed entry: KeyError, TypeError...) is recorded too, never only a
@@ -380,7 +383,8 @@ class RefillJob:
             self.log("crashed", error="%s: %s" % (type(exc).__name__, exc), traceback=traceback.format_exc())
             return 1
         finally:
-            self.lock.release()
+            if not lost:
+                self.lock.release()
 
     def _run_locked(self):
         self._record(pid=os.getpid(), started_at=isoformat(utcnow()), finished_at=None)
