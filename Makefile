@@ -1,4 +1,5 @@
-# ec2spot.pool: `make demo` runs the main job against a local AWS emulator, `make test` runs every test.
+# ec2spot.pool: `make demo` runs the main job against a local AWS emulator (`make demo-shared`: with two controllers
+# sharing a DynamoDB table), `make test` runs every test.
 # Everything is installed into .venv from this repository's own requirements files.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -18,7 +19,7 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS)
 # What `make pytest` runs; tests/unit/test_make.py points it at an empty folder.
 TEST_PATHS ?= tests worker/tests
 
-.PHONY: setup demo test pytest unit integration sanity lint bench bench-store clean molecule unit-security nspawn-tools
+.PHONY: setup demo demo-shared test pytest unit integration sanity lint bench bench-store clean molecule unit-security nspawn-tools
 
 setup: $(VENV)/.installed $(COLLECTION_LINK)
 
@@ -36,6 +37,10 @@ $(COLLECTION_LINK):
 
 demo: setup
 	$(BIN)/python scripts/demo.py
+
+# The same cycle with two controllers (two HOME and state directories) sharing one DynamoDB table on the emulator.
+demo-shared: setup
+	$(BIN)/python scripts/demo_shared.py
 
 test: pytest
 	$(MAKE) --no-print-directory sanity lint unit-security molecule

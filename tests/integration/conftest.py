@@ -248,3 +248,19 @@ def faulty_pool(make_pool, fault_env, fault_proxy) -> PoolHarness:
     harness = make_pool(client, fault_env)
     harness.proxy = fault_proxy
     return harness
+
+
+@pytest.fixture
+def shared_pool(tmp_path, fault_env, fault_proxy):
+    """One pool in a DynamoDB table of its own, shared by controllers that share nothing else (made with
+    `shared_pool.controller()` / `.start(n)`; see tests/integration/controllers.py). Every request of every
+    controller goes through the fault proxy. Teardown terminates the pool, fails the test if that fails, leaves
+    an instance running, or any process of any controller (a refill job) survives it, and ends the controllers."""
+    from tests.integration.controllers import SharedPool  # pylint: disable=import-outside-toplevel  # imports us
+
+    shared = SharedPool(tmp_path, fault_proxy, table="ec2spot-pool-" + os.urandom(4).hex())
+    try:
+        yield shared
+    finally:
+        problems = shared.end()
+    assert not problems, f"the shared pool was not ended cleanly: {problems}"

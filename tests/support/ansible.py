@@ -47,9 +47,13 @@ def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_playbook(playbook: str | Path, extra_vars: dict | None = None, env: dict[str, str] | None = None,
-                 check: bool = False, json_output: bool = True, timeout: float = 300) -> Run:
-    cmd = [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook) if isinstance(playbook, str)
-           and "/" not in playbook else str(playbook)]
+                 check: bool = False, json_output: bool = True, timeout: float = 300,
+                 wrapper: list[str] | None = None) -> Run:
+    """One `ansible-playbook` run; `wrapper` is a command that runs it (e.g. nsenter into a controller's
+    namespaces, tests/integration/controllers.py)."""
+    cmd = list(wrapper or [])
+    cmd += [str(BIN / "ansible-playbook"), str(REPO / "playbooks" / playbook) if isinstance(playbook, str)
+            and "/" not in playbook else str(playbook)]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     if check:
@@ -61,9 +65,11 @@ def run_playbook(playbook: str | Path, extra_vars: dict | None = None, env: dict
 
 
 def run_module(module: str, args: dict, env: dict[str, str] | None = None, check: bool = False,
-               timeout: float = 300) -> tuple[int, dict]:
-    """One ad-hoc `ansible localhost -m ec2spot.pool.<module>` call; returns (rc, result)."""
-    cmd = [str(BIN / "ansible"), "localhost", "-m", f"ec2spot.pool.{module}", "-a", json.dumps(args)]
+               timeout: float = 300, wrapper: list[str] | None = None) -> tuple[int, dict]:
+    """One ad-hoc `ansible localhost -m ec2spot.pool.<module>` call; returns (rc, result). `wrapper`: as in
+    run_playbook."""
+    cmd = list(wrapper or []) + [str(BIN / "ansible"), "localhost", "-m", f"ec2spot.pool.{module}", "-a",
+                                 json.dumps(args)]
     if check:
         cmd.append("--check")
     extra = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}

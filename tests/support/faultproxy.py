@@ -276,6 +276,9 @@ class RequestRecord:
     instance_ids: list[str] = field(default_factory=list)
     duration: float = 0.0
     done: bool = False  # the proxy has finished with it (answered, or gave up because it is stopping)
+    # A JSON-protocol request's body (DynamoDB: TableName, Key, ConditionExpression...), which `params` (form and
+    # query parameters only) does not show; None for the query protocol (EC2).
+    document: dict[str, Any] | None = None
 
     def matches(self, action: Matcher, params: Mapping[str, Matcher] | None, outcome: Matcher) -> bool:
         return (_matches(action, self.action) and _matches(outcome, self.outcome)
@@ -288,7 +291,7 @@ class RequestRecord:
                 "offerings": [o.as_dict() for o in self.offerings],
                 "fleet_errors": [dict(e.offering.as_dict(), code=e.code, message=e.message)
                                  for e in self.fleet_errors],
-                "instance_ids": self.instance_ids, "done": self.done}
+                "instance_ids": self.instance_ids, "done": self.done, "document": self.document}
 
 
 @dataclass
@@ -779,7 +782,8 @@ class FaultProxy:
     def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> _Answer | None:
         params = self._params(path, headers, body)
         action = params.get("Action") or self._json_action(headers)
-        record = RequestRecord(seq=0, started=time.time(), action=action, params=params)
+        record = RequestRecord(seq=0, started=time.time(), action=action, params=params,
+                               document=self._json_document(headers, body))
         clock = time.monotonic()
         with self._lock:
             record.seq = next(self._seq)
@@ -907,6 +911,17 @@ class FaultProxy:
         if body and "x-www-form-urlencoded" in content_type:
             params.update(urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True))
         return params
+
+    @staticmethod
+    def _json_document(headers: Mapping[str, str], body: bytes) -> dict[str, Any] | None:
+        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+        if not body or "amz-json" not in content_type:
+            return None
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return None
+        return document if isinstance(document, dict) else None
 
     @staticmethod
     def _json_action(headers: Mapping[str, str]) -> str | None:

@@ -647,3 +647,19 @@ def test_an_injected_dynamodb_error_is_json_on_the_wire_and_reaches_boto3_with_i
     assert "not authorized" in caught.value.response["Error"]["Message"]
     assert "TableNames" in dynamodb.list_tables()  # the rule fired once; then moto answers
     assert [record.error_code for record in fault_proxy.records("ListTables")] == ["AccessDeniedException", None]
+
+
+def test_a_dynamodb_request_is_recorded_with_its_json_document(fault_proxy, via_proxy):
+    """A DynamoDB request's parameters are its JSON body (no form parameters): the record keeps it, so a test can
+    tell which item a conditional write was for; an EC2 request has none."""
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=fault_proxy.url, config=NO_RETRIES,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+    fault_proxy.fail("GetItem", "ResourceNotFoundException", times=1)
+    with pytest.raises(ClientError):
+        dynamodb.get_item(TableName="t-of-test", Key={"pool": {"S": "p"}, "item": {"S": "pool"}}, ConsistentRead=True)
+    via_proxy.describe_instances()
+    [get] = fault_proxy.records("GetItem")
+    assert get.document == {"TableName": "t-of-test", "Key": {"pool": {"S": "p"}, "item": {"S": "pool"}},
+                            "ConsistentRead": True}
+    assert get.as_dict()["document"] == get.document
+    assert fault_proxy.records("DescribeInstances")[0].document is None
