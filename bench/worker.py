@@ -318,8 +318,9 @@ def bench_sqs(tmp: Path, imds: FakeImds, args, baseline: dict) -> None:
               f"clients; x SQLite {rate / baseline['accepted']:.2f})")
         rates = sqs_done_rates(tmp, sqs, imds.url, args.sqs_done_jobs)
         for name, value in rates.items():
+            scaling = f", x SQS 1 worker {value / rates['SQS, 1 worker']:.2f}" if name == "SQS, 3 workers" else ""
             print(f"jobs done, {name + ':':18s} {value:8.1f} jobs/s  ({args.sqs_done_jobs} jobs of 0 s, first start"
-                  f" to last end; x SQLite 1 worker {value / rates['SQLite, 1 worker']:.2f})")
+                  f" to last end; x SQLite 1 worker {value / rates['SQLite, 1 worker']:.2f}{scaling})")
         ms = [s * 1000 for s in sqs_notice_latency(tmp, sqs, imds, args.rounds)]
         sqlite_ms = statistics.median(baseline["IMDS notice (poll 0.05 s)"]) * 1000
         print(f"SQS IMDS notice (poll 0.05 s) -> /ready 503: median {statistics.median(ms):6.1f} ms, max "
