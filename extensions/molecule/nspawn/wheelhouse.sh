@@ -31,7 +31,7 @@ trap 'rm -rf "$work" "$src"' EXIT
 # Out of tree, so the worker's directory gets no build/ or *.egg-info from this.
 cp -r "$WORKER/pyproject.toml" "$WORKER/spot_drain_worker" "$src/"
 [[ -f $WORKER/README.md ]] && cp "$WORKER/README.md" "$src/"
-"$PYTHON" -m pip wheel -q --wheel-dir "$work" "$src[$EXTRAS]" >&2
+"$PYTHON" -m pip wheel -q --wheel-dir "$work" "${src}[${EXTRAS}]" >&2
 rm -f "$work"/spot_drain_worker-*.whl
 touch "$work/.complete"
 rm -rf "$target"
