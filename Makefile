@@ -74,9 +74,13 @@ nspawn-tools:
 	  { apt-get install -y -q systemd-container debootstrap iproute2 || \
 	    { apt-get update -q && apt-get install -y -q systemd-container debootstrap iproute2; }; }
 
+# drain_worker_sqs then runs the role with the SQS queue against a moto server on the host end of its own veth;
+# its last resort also stops that server (emulator.py cleanup: machine.sh down with the scenario's names, then moto).
 molecule: setup nspawn-tools
 	$(BIN)/molecule test -s drain_worker || { extensions/molecule/nspawn/machine.sh down; exit 1; }
 	extensions/molecule/nspawn/machine.sh down
+	$(BIN)/molecule test -s drain_worker_sqs || { $(BIN)/python extensions/molecule/drain_worker_sqs/emulator.py cleanup; exit 1; }
+	$(BIN)/python extensions/molecule/drain_worker_sqs/emulator.py cleanup
 
 bench: setup
 	$(BIN)/python bench/get_latency.py

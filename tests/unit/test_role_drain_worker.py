@@ -162,3 +162,64 @@ def test_environment_file_task_never_shows_a_token(tmp_path):
     for token in (JOBS, CONTROL):
         assert token not in proc.stdout and token not in proc.stderr
     assert list((tmp_path / "etc").iterdir()) == []  # check mode wrote nothing
+
+
+def install_run(tmp_path, variables: dict, check: bool = False):
+    """The role's install tasks for real on localhost (a virtualenv in tmp_path, dependencies from the molecule
+    scenarios' wheelhouse: no index), stopping before the handlers would restart a service."""
+    stop = [{"name": "Stop before the handlers", "ansible.builtin.meta": "end_play"}]
+    run = run_playbook(write_playbook(tmp_path, variables, stop, role_tasks="install"), check=check)
+    assert run.rc == 0, run.stdout[-3000:]
+    return {name.split(" : ")[-1]: result for name, result in played_tasks(run)}
+
+
+def venv_has(tmp_path, module: str) -> bool:
+    python = tmp_path / "opt" / "venv" / "bin" / "python"
+    return subprocess.run([str(python), "-c", f"import {module}"], capture_output=True, check=False).returncode == 0
+
+
+def test_install_adds_the_sqs_extra_when_the_queue_is_set(tmp_path):
+    # The wheelhouse the molecule scenarios give their containers (built once, cached under build/): it must
+    # hold the `sqs` extra's dependencies, or the --no-index installs below fail.
+    wheelhouse = subprocess.run([str(REPO / "extensions" / "molecule" / "nspawn" / "wheelhouse.sh"),
+                                 str(BIN / "python")], capture_output=True, text=True, timeout=400, check=True)
+    sqlite = {"drain_worker_wheelhouse": wheelhouse.stdout.strip(), "drain_worker_python": str(BIN / "python")}
+    sqs = dict(sqlite, drain_worker_queue_url=QUEUE, drain_worker_jobs_table="jobs")
+    install = "Install the worker and its dependencies into the virtualenv"
+    predict = "Report the installation check mode would make"
+
+    assert install_run(tmp_path, sqlite)[install]["changed"]
+    assert venv_has(tmp_path, "spot_drain_worker") and not venv_has(tmp_path, "boto3")
+
+    # Switching the installed SQLite worker to the queue: same version, but the extra is missing.
+    predicted = install_run(tmp_path, sqs, check=True)
+    assert predicted[predict]["changed"] and predicted[install].get("skipped")
+    assert "with [sqs] (installed: 0.1.0; missing: boto3)" in predicted[predict]["msg"]
+    assert not venv_has(tmp_path, "boto3")  # check mode installed nothing
+
+    switched = install_run(tmp_path, sqs)
+    assert switched[install]["changed"] and "spot-drain-worker[sqs]==0.1.0" in switched[install]["cmd"]
+    assert venv_has(tmp_path, "boto3")
+
+    again = install_run(tmp_path, sqs)
+    assert not [name for name, result in again.items() if result.get("changed")]
+    assert again[install].get("skipped")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub (and most renderers) give a Markdown heading."""
+    import re
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_role_readme_links_resolve():
+    # The IAM policy and the queue's semantics are stated once, in the worker's README; the role's README links
+    # there. A renamed heading would leave the role's readers at the top of the worker's README.
+    import re
+    readme = REPO / "roles" / "drain_worker" / "README.md"
+    links = re.findall(r"\]\((\.\./[^)#]+)#([^)]+)\)", readme.read_text())
+    assert ("../../worker/README.md", "iam-policy-for-the-instance-profile") in links
+    for path, anchor in links:
+        target = (readme.parent / path).resolve()
+        headings = [line.lstrip("#") for line in target.read_text().splitlines() if line.startswith("#")]
+        assert anchor in {github_anchor(h) for h in headings}, (path, anchor)

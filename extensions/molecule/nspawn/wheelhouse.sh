@@ -3,8 +3,10 @@
 # package index: the role installs from it with pip --no-index (drain_worker_wheelhouse).
 #
 # Built with the host's Python 3.11 (the container runs Debian's 3.11, so binary wheels fit), cached under
-# build/ keyed by the worker's pyproject.toml. The worker's own wheel is left out: the role builds that one
-# from the collection's source, and a second copy in the wheelhouse could shadow it.
+# build/ keyed by the worker's pyproject.toml and the extras built in. The extras' dependencies are in it too
+# (boto3 for `sqs`, which the role installs with drain_worker_queue_url), so one wheelhouse serves both
+# scenarios. The worker's own wheel is left out: the role builds that one from the collection's source, and a
+# second copy in the wheelhouse could shadow it.
 #
 # Usage: wheelhouse.sh PYTHON [CACHE_DIR]   prints the wheelhouse directory on stdout.
 set -euo pipefail
@@ -14,7 +16,8 @@ REPO=$(cd "$(dirname "$0")/../../.." && pwd)
 CACHE_DIR=${2:-$REPO/build/wheelhouse}
 WORKER=$REPO/worker
 
-key=$(cat "$WORKER/pyproject.toml" | sha256sum | cut -c1-12)
+EXTRAS=sqs
+key=$({ cat "$WORKER/pyproject.toml"; echo "extras: $EXTRAS"; } | sha256sum | cut -c1-12)
 target=$CACHE_DIR/$key
 if [[ -f $target/.complete ]]; then
     echo "$target"
@@ -28,7 +31,7 @@ trap 'rm -rf "$work" "$src"' EXIT
 # Out of tree, so the worker's directory gets no build/ or *.egg-info from this.
 cp -r "$WORKER/pyproject.toml" "$WORKER/spot_drain_worker" "$src/"
 [[ -f $WORKER/README.md ]] && cp "$WORKER/README.md" "$src/"
-"$PYTHON" -m pip wheel -q --wheel-dir "$work" "$src" >&2
+"$PYTHON" -m pip wheel -q --wheel-dir "$work" "${src}[${EXTRAS}]" >&2
 rm -f "$work"/spot_drain_worker-*.whl
 touch "$work/.complete"
 rm -rf "$target"
