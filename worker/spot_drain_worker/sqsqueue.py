@@ -350,6 +350,10 @@ class SqsQueue(JobQueueBase):
                                    ExpressionAttributeNames={"#id": "id"})
         else:
             item["idempotency_key"] = {"S": idempotency_key}
+            # Until its message is sent: a worker that dies between the record and the send leaves this mark, and
+            # the client's retry with the same key sends the message then (below), instead of getting back a job
+            # that no message will ever bring to a worker.
+            item["unsent"] = {"BOOL": True}
             key_id = KEY_ITEM_PREFIX + hashlib.sha256(idempotency_key.encode()).hexdigest()
             key_item = {"id": {"S": key_id}, "kind": {"S": "idempotency-key"}, "job_id": {"S": job_id}}
             puts = [{"Put": {"TableName": self.table, "Item": it, "ConditionExpression": "attribute_not_exists(#id)",
@@ -362,17 +366,31 @@ class SqsQueue(JobQueueBase):
                 known = self._get_item(key_id)
                 if known is None:
                     raise
-                existing = self.get(known["job_id"]["S"])
+                existing = self._get_item(known["job_id"]["S"])
                 if existing is None:
                     raise
-                return existing, False
+                if existing.get("unsent", {}).get("BOOL"):
+                    self._send(existing["id"]["S"])  # its first POST died before the send (see above)
+                return job_from_item(existing), False
         try:
             self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps({"job_id": job_id}))
         except Exception:
             # No message, no job: take the record back so a retry (with the same key) starts afresh.
             self._forget(job_id, key_id)
             raise
+        if key_id is not None:
+            self._mark_sent(job_id)
         return job_from_item(item), True
+
+    def _send(self, job_id: str) -> None:
+        """The message of a recorded job whose first send may never have happened. Should it have happened after
+        all, the job has two messages: a duplicate, which the fenced claim and the done check already handle."""
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps({"job_id": job_id}))
+        self._mark_sent(job_id)
+
+    def _mark_sent(self, job_id: str) -> None:
+        self.dynamodb.update_item(TableName=self.table, Key={"id": {"S": job_id}}, UpdateExpression="REMOVE unsent",
+                                  ConditionExpression="attribute_exists(#id)", ExpressionAttributeNames={"#id": "id"})
 
     def _forget(self, job_id: str, key_id: str | None) -> None:
         try:

@@ -230,6 +230,29 @@ def test_failed_send_leaves_no_record(queue, aws):
     assert created and messages(aws) == 1
 
 
+def test_a_post_that_died_before_its_send_is_sent_by_the_retry(queue, aws):
+    """A worker killed between the record and the message (simulated: the send never reaches SQS and the record
+    is not taken back) leaves a job no worker would ever receive; the client's retry with the same
+    Idempotency-Key sends its message, once."""
+    def killed(*_args, **_kwargs):
+        raise SystemExit("killed before the send")
+
+    send = queue.sqs.send_message
+    queue.sqs.send_message = killed
+    queue._forget = lambda *_args: None  # pylint: disable=protected-access  # a dead worker cleans nothing up
+    with pytest.raises(SystemExit):
+        queue.enqueue({"n": 7}, "key-7")
+    queue.sqs.send_message = send
+    jobs = [item for item in aws.dynamodb.scan(TableName=aws.table)["Items"] if item["kind"]["S"] == "job"]
+    assert messages(aws) == 0 and [item["status"]["S"] for item in jobs] == ["queued"]
+    job, created = queue.enqueue({"n": 7}, "key-7")
+    assert not created and messages(aws) == 1
+    again, _created = queue.enqueue({"n": 7}, "key-7")  # sent now: a further retry sends nothing more
+    assert again.id == job.id and messages(aws) == 1
+    claimed = queue.claim("w1", 30)
+    assert claimed is not None and claimed.id == job.id
+
+
 def test_depth_is_cached(queue, aws):
     queue.enqueue({})
     now = [0.0]
