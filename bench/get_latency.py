@@ -213,8 +213,8 @@ def settle(stores, timeout=60.0):
         if all(_settled(store) for store in stores):
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
-            raise BenchFailure("the pool did not settle within %ds (refill log: %s)"
-                               % (timeout, store.refill_log_path()))
+            raise BenchFailure("the pools did not settle within %ds (refill logs: %s)"
+                               % (timeout, ", ".join(store.refill_log_path() for store in stores)))
         time.sleep(0.05)
 
 

@@ -261,7 +261,7 @@ class SharedPool:
         return made.start()
 
     def start(self, count: int, store: str = "dynamodb") -> list[Controller]:
-        return [self.controller(store) for _ in range(count)]
+        return [self.controller(store) for _number in range(count)]
 
     # -- the table ---------------------------------------------------------------------------------------------
     def table_exists(self) -> bool:

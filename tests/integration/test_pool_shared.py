@@ -78,7 +78,7 @@ def sixteen_gets(shared_pool, controllers) -> tuple[list[dict], list[str]]:
     launch possible meanwhile (every offering has no capacity: the refill jobs the gets start cannot add a ready
     instance during the race). Returns (the successful results, the failures' messages)."""
     shared_pool.proxy.fail_offering("InsufficientInstanceCapacity")
-    runs = at_once([controller.get for controller in controllers for _ in range(16 // len(controllers))])
+    runs = at_once([controller.get for controller in controllers for _turn in range(16 // len(controllers))])
     results = [task_result(run, "spot_pool_get") for run in runs]
     return ([r for run, r in zip(runs, results) if run.rc == 0],
             [r.get("msg", "") for run, r in zip(runs, results) if run.rc != 0])
