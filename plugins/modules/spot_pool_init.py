@@ -32,7 +32,8 @@ description:
     the same DynamoDB table, O(store=dynamodb)); others choose another name.
   - A pool that another init created while this one ran (two controllers at once) is not taken over. This run
     fails, having launched and written nothing, and the other one's pool stands; run it again to apply its
-    options.
+    options. The same holds when this run sees the other one's instances in EC2 before its pool in the store, as
+    the store is read again before another pool of the name is reported.
   - A pool created before pool ids (a state file without C(pool_id)) adopts an id at its next init or refill, and the
     instances its state file lists, and its launch template, are tagged with it. Instances with the pool's name that
     the file does not list are never adopted or swept; end them by hand.

@@ -116,3 +116,20 @@ def test_reusable_fallbacks_are_this_pools_stopped_ones_of_an_offering_it_still_
     assert [i["id"] for i in identity.reusable_fallbacks(in_subnet, subnets, "ci", A)] == ["i-s"]
     kept = [i["id"] for i in identity.kept_fallbacks(named, "ci", A)]
     assert kept == ["i-2", "i-1", "i-running", "i-spot", "i-type", "i-zone"]
+
+
+def test_what_another_init_made_in_the_same_store_meanwhile_is_no_collision():
+    """An init found no pool in its store, then instances of the name in EC2: the store, read again, decides. The
+    pool it now holds (another init made it meanwhile) is not another pool; what it does not account for is."""
+    found = {A: {"instances": 2, "templates": ["ec2spot-ci-" + A]}}
+    # Read again: the pool of those instances is there now, so it was created meanwhile (nothing collides).
+    assert identity.colliding(found, {"pool_id": A, "instances": [], "leases": []}) == {}
+    # Read again: still no pool, so they are another store's pool: the collision, as before.
+    assert identity.colliding(found, None) == found
+    # A pool of another id made meanwhile does not explain them; nor does a pool made before pool ids.
+    assert identity.colliding(found, {"pool_id": B}) == found
+    old = {None: {"instances": 1, "templates": []}}
+    assert identity.colliding(old, {"pool_id": None}) == old
+    # Only the stored pool's part is left out: another store's pool of the name still collides.
+    both = dict(found, **{B: {"instances": 1, "templates": []}})
+    assert identity.colliding(both, {"pool_id": A}) == {B: {"instances": 1, "templates": []}}

@@ -12,6 +12,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool import state as
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import timefmt
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import NoReadyInstance
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import InstanceStates
@@ -359,6 +360,37 @@ def test_a_second_pool_of_a_live_name_is_refused_before_anything_is_written(pool
     assert client.describe_launch_templates()["LaunchTemplates"] == templates
     everything = [i["InstanceId"] for r in client.describe_instances()["Reservations"] for i in r["Instances"]]
     assert sorted(everything) == sorted(before) and set(before.values()) == {"running"}
+
+
+class ReadBeforeTheWinner(FileStore):
+    """The pool's file as an init sees it that read it just before another init wrote the pool: its first read
+    finds nothing; by the time it asks EC2, the other init has written the pool and launched."""
+
+    unread = True
+
+    def read(self):
+        if self.unread:
+            self.unread = False
+            return None
+        return super().read()
+
+
+def test_an_init_that_sees_the_instances_of_a_pool_made_meanwhile_says_so_and_launches_nothing(pool, client):
+    pool_id = pool.read()["pool_id"]
+    before = open(pool.path, "rb").read()
+    instances = states(client, [e["id"] for e in pool.read()["instances"]])
+    templates = client.describe_launch_templates()["LaunchTemplates"]
+    for check_mode in (True, False):
+        with pytest.raises(PoolError) as caught:
+            ops.init_pool(ReadBeforeTheWinner(pool.path, "p"), client, 2, dict(LAUNCH), check_mode=check_mode)
+        message = caught.value.message
+        assert ("pool 'p' was created by another spot_pool_init while this one ran (pool id %s, size 3, in %s)"
+                % (pool_id, pool.path)) in message and "run it again to give the pool size 2" in message, message
+        assert caught.value.details["pool_id"] == pool_id and caught.value.details["counts"]["ready"] == 3
+    assert open(pool.path, "rb").read() == before
+    assert client.describe_launch_templates()["LaunchTemplates"] == templates, "no template of its own is left"
+    everything = [i["InstanceId"] for r in client.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert sorted(everything) == sorted(instances), "nothing launched"
 
 
 def test_terminate_and_the_sweep_leave_another_pool_of_the_same_name_alone(pool, client, tmp_path):

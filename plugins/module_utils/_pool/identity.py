@@ -85,6 +85,16 @@ def other_pools(summaries, templates, pool_name, pool_id, listed=()):
     return found
 
 
+def colliding(found, stored):
+    """What of `found` (other_pools()) is really another pool, once the store is read again: `stored` is the pool's
+    state read after `found` was made (None: the store still has no pool). A pool that another init made in this
+    same store meanwhile (two controllers sharing a table, two runs on one state file), and whose instances EC2
+    already showed, is not another pool: it is left out. Everything else (another store's pool, a pool made before
+    pool ids) stays."""
+    stored_id = (stored or {}).get("pool_id")
+    return {other: what for other, what in found.items() if not (stored_id and other == stored_id)}
+
+
 def describe_others(found):
     parts = []
     for other, what in sorted(found.items(), key=lambda item: item[0] or ""):

@@ -142,12 +142,15 @@ def _pool_id_from_tags(pool_name, named, requested):
     return next(iter(found), None)
 
 
-def _identify(store, client, existing, rebuild, requested, region):
+def _identify(store, client, existing, rebuild, requested, region, size):
     """The pool id init works with, and what EC2 knows by the pool's name (None unless it was asked).
 
     A new pool (no state file, or a rebuild that finds no pool of its name) gets a new id, once EC2 shows no
     other live pool of that name: two pools of one name, each with its own controller, were the way one
-    controller ended the other's instances. The check reads only; it runs before anything is written."""
+    controller ended the other's instances. The check reads only; it runs before anything is written.
+    What it finds is checked against the store read once more: another init may have made the pool there after
+    `existing` was read and launched before EC2 was asked (_CreatedMeanwhile, as _apply_init says it for the
+    other timing; `size` is this run's, for its message)."""
     from . import ec2  # pylint: disable=import-outside-toplevel
     from . import identity  # pylint: disable=import-outside-toplevel
 
@@ -170,10 +173,28 @@ def _identify(store, client, existing, rebuild, requested, region):
         listed = [entry["id"] for entry in (existing or {}).get("instances", []) + (existing or {}).get("leases", [])]
         others = identity.other_pools(named, ec2.describe_pool_templates(client, store.pool_name), store.pool_name,
                                       pool_id, listed)
+        if others and not rebuild:
+            # Read again only here: an init that finds the name free pays no second read. A rebuild takes over
+            # whatever the store holds, so a pool made meanwhile is no reason for it to stop.
+            stored = _read_again(store)
+            others = identity.colliding(others, stored)
+            if not others:
+                raise _created_meanwhile(store, stored, size)
         if others:
             raise InvalidRequest(identity.collision_message(store.pool_name, region, others),
                                  other_pools={key or "none": value for key, value in others.items()})
     return pool_id, named
+
+
+def _read_again(store):
+    """The pool as the store holds it now, None when there is none; a table still missing is no pool (another
+    controller's init makes the table before it writes the pool)."""
+    try:
+        return store.read()
+    except PoolError as exc:
+        if exc.details.get("error_code") == "ResourceNotFoundException":
+            return None
+        raise
 
 
 def _rebuildable(error, rebuild, force_rebuild):
@@ -222,7 +243,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     problem = account_limit_problem(client, quotas_client, launch, size - have, warnings.append)
     if problem:
         raise InvalidRequest("pool '%s': %s" % (store.pool_name, problem), warnings=warnings)
-    pool_id, named = _identify(store, client, existing, rebuild, pool_id, launch.get("region"))
+    pool_id, named = _identify(store, client, existing, rebuild, pool_id, launch.get("region"), size)
     old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
     spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
     if check_mode:
@@ -288,6 +309,15 @@ class _CreatedMeanwhile(PoolError):
     """Another spot_pool_init created the pool after this one read it (see _apply_init)."""
 
 
+def _created_meanwhile(store, state, size):
+    """The error of an init whose pool another init created (`state`, as read) while it ran."""
+    return _CreatedMeanwhile(
+        "pool '%s' was created by another spot_pool_init while this one ran (pool id %s, size %d, in %s): this "
+        "run wrote and launched nothing; run it again to give the pool size %d"
+        % (store.pool_name, state.get("pool_id"), state["target_size"], store.location, size),
+        pool_id=state.get("pool_id"), counts=counts(state))
+
+
 def _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id):
     """init's change of the pool, a function of `tx.state` (change_pool may run it again after a conflict).
 
@@ -300,11 +330,7 @@ def _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id):
         tx.state = new_state(store.pool_name, size, launch)
         tx.state["pool_id"] = pool_id
     elif existing is None or (existing.get("pool_id") and tx.state.get("pool_id") != existing.get("pool_id")):
-        raise _CreatedMeanwhile(
-            "pool '%s' was created by another spot_pool_init while this one ran (pool id %s, size %d, in %s): this "
-            "run wrote and launched nothing; run it again to give the pool size %d"
-            % (store.pool_name, tx.state.get("pool_id"), tx.state["target_size"], store.location, size),
-            pool_id=tx.state.get("pool_id"), counts=counts(tx.state))
+        raise _created_meanwhile(store, tx.state, size)
     else:
         tx.state["target_size"] = size
         tx.state["launch"] = launch
