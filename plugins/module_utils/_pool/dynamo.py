@@ -732,7 +732,8 @@ class _DynamoLease:
         mine = self._mine()
         with contextlib.suppress(botocore.exceptions.ClientError):  # lost meanwhile: nothing of ours to release
             store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
-                        UpdateExpression="REMOVE #h, #s SET #e = :zero", ConditionExpression=mine["ConditionExpression"],
+                        UpdateExpression="REMOVE #h, #s SET #e = :zero",
+                        ConditionExpression=mine["ConditionExpression"],
                         ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires", "#s": "stop"},
                         ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"], **{":zero": _n(0)}))
         self._forget()
