@@ -383,7 +383,7 @@ def test_a_stop_request_is_seen_at_the_holders_next_renew_without_taking_the_lea
 
 def test_a_new_acquisition_clears_an_old_stop_request(open_store, url, table):
     clock = [1000.0]
-    dead, asker, new = (open_store(clock=lambda: clock[0], lease_seconds=60) for _ in range(3))
+    dead, asker, new = (open_store(clock=lambda: clock[0], lease_seconds=60) for name in ("dead", "asker", "new"))
     seed(dead, [pool_entry(1)])
     assert dead.refill_lock().acquire(blocking=False)
     assert asker.refill_lock().request_stop() is not None
@@ -413,7 +413,7 @@ def test_a_stop_request_on_a_free_or_own_lease_writes_nothing(open_store, url, t
 
 def test_the_first_stop_request_stands_and_a_renewed_holder_is_asked_on_what_it_holds_now(open_store, url, table):
     clock = [1000.0]
-    job, first, second = (open_store(clock=lambda: clock[0], lease_seconds=60) for _ in range(3))
+    job, first, second = (open_store(clock=lambda: clock[0], lease_seconds=60) for name in ("job", "first", "second"))
     seed(job, [pool_entry(1)])
     lease = job.refill_lock()
     assert lease.acquire(blocking=False)
