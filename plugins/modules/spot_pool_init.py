@@ -44,7 +44,10 @@ description:
     O(wait_timeout) seconds (instances launched so far stay in the pool).
   - Running it again with the same options changes nothing when the pool is whole; a smaller O(size) terminates
     idle instances (fallbacks first); a new launch specification applies to instances launched from then on.
-  - A refill job of the pool that is running is stopped first; this module does its work.
+  - A refill job of the pool that is running is stopped first; this module does its work. With
+    O(store=dynamodb) a job on another controller is asked to stop through the table (a stop request on the pool's
+    refill lease) and is waited for about 25 s. One that does not answer (its controller is gone) fails the module,
+    changing nothing, with a message that says when its lease expires (see M(ec2spot.pool.spot_pool_terminate)).
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:

@@ -19,6 +19,12 @@ description:
     job runs from it). With O(fallback_action=stop), fallbacks are stopped and kept instead.
   - With O(store=dynamodb) it deletes every item of the pool from the table (the refill lease too; the table and
     other pools' items stay) and this controller's refill log.
+  - With O(store=dynamodb) the pool's refill job may run on another controller, where no signal reaches it. The
+    module then writes a stop request on the pool's refill lease in the table; the job sees it within seconds (it
+    renews its lease every 5 s), finishes its current pass and releases the lease, and the module goes on. A holder
+    that does not answer within about 25 s (its controller was torn down; its lease lasts 300 s unless renewed) is
+    not overridden, since a launch of it may still be in flight. The module then fails, changing nothing, with a
+    message that says when the lease expires; run it again after that.
   - Only instances of this pool are touched, those its state file lists and those tagged with its pool id
     (C(ec2spot:pool-id)). Another pool that uses the same O(pool_name) (another controller's) carries another id
     and is never touched.

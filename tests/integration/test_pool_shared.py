@@ -139,7 +139,7 @@ def test_a_lease_is_released_from_another_controller_and_a_third_terminates_the_
 
 
 @dynamodb
-def test_a_terminate_stops_another_controllers_refill_job(shared_pool, request):
+def test_a_terminate_stops_another_controllers_refill_job(shared_pool):
     a, c = shared_pool.start(2)
     if not a.isolated:  # in one PID namespace c could signal a's job by its pid: not so across machines
         pytest.skip("needs the controllers in PID namespaces of their own (root, util-linux unshare)")
@@ -149,16 +149,14 @@ def test_a_terminate_stops_another_controllers_refill_job(shared_pool, request):
     assert got(a.get())["refill"]["started"]
     wait_until(a.refill_jobs, timeout=60, what="a's refill job running")
 
-    expect_wiring_bug(request, (
-        "spot_pool_terminate (and init) stop a running refill job with jobcontrol.stop_refill, which can only "
-        "signal a job on its own machine; another controller's job is never told to stop, keeps renewing its lease "
-        "(while Spot has no capacity, for up to refill.MAX_RUN_SECONDS), and terminate fails after ~25 s (\"did not "
-        "stop: the refill lease ... is held by ctl-a:PID until ...\"), ending nothing. Needs a stop request the job "
-        "sees through the table (e.g. on the refill-lease item, checked by its heartbeat)"))
     run = c.playbook("terminate_all.yml", spot_pool_fallback_action="terminate")
     assert run.rc == 0, task_result(run, "spot_pool_terminate").get("msg")
     assert shared_pool.tagged_instances() == [] and shared_pool.items() == []
     wait_until(lambda: not a.refill_jobs(), timeout=30, what="a's refill job ended with the pool")
+    # Stopped by c's request through the table (not by a signal, not by running out of time), as on SIGTERM.
+    log = (a.state_dir / f"dynamodb-{shared_pool.table}-{POOL}.refill.log").read_text()
+    events = [json.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert "stop_requested" in events and events[-1] == "stopped", events
 
 
 # -- a refill job killed mid-launch, taken over by another controller --------------------------------------------

@@ -341,6 +341,89 @@ def test_a_renewed_refill_lease_is_not_taken_over(open_store):
     assert other.refill_lock().acquire(blocking=False)
 
 
+# -- a stop request: how another controller's terminate or init stops the job that holds the lease ------------------
+def lease_item(url, table):
+    [item] = [item for item in items_of(url, table) if item["item"]["S"] == "refill-lease"]
+    return item
+
+
+def test_a_stop_request_is_seen_at_the_holders_next_renew_without_taking_the_lease(open_store, url, table):
+    clock = [1000.0]
+    job, terminate = open_store(clock=lambda: clock[0], lease_seconds=60), open_store(clock=lambda: clock[0])
+    seed(job, [pool_entry(1)])
+    lease = job.refill_lock()
+    assert lease.acquire(blocking=False)
+    assert lease.renew() is None, "no request yet"
+    before = lease_item(url, table)
+
+    asker = terminate.refill_lock()
+    calls = count_calls(terminate)
+    asked = asker.request_stop()
+    assert calls == ["GetItem", "UpdateItem"], "one read, one conditional write"
+    assert asked["holder"] == before["holder"] and asked["fencing"] == before["fencing"], "the lease is not taken"
+    assert asked["expires"] == before["expires"] and not asker.held
+    assert asker.is_held_elsewhere() and not asker.acquire(blocking=False)
+    assert asker.stop_report() == {"holder": lease.holder.rsplit(":", 1)[0], "until": 1060.0, "asked_at": 1000.0,
+                                   "answered": False}
+
+    clock[0] = 1010.0
+    renewals = count_calls(job)
+    request = lease.renew()
+    assert renewals == ["UpdateItem"], "the request comes back with the renewal itself: no extra request"
+    assert request == {"by": asker.holder.rsplit(":", 1)[0], "at": 1000.0}
+    assert asker.stop_report()["answered"], "renewed after the request: the holder saw it"
+    with job.transaction() as tx:  # the holder still holds the lease: its fenced writes stand
+        tx.state["target_size"] = 2
+    assert job.read()["target_size"] == 2
+
+    lease.release()  # as the job does once stopped
+    assert asker.acquire(blocking=False) and asker.fencing == 2, "the next fencing number"
+    assert "stop" not in lease_item(url, table)
+
+
+def test_a_new_acquisition_clears_an_old_stop_request(open_store, url, table):
+    clock = [1000.0]
+    dead, asker, new = (open_store(clock=lambda: clock[0], lease_seconds=60) for name in ("dead", "asker", "new"))
+    seed(dead, [pool_entry(1)])
+    assert dead.refill_lock().acquire(blocking=False)
+    assert asker.refill_lock().request_stop() is not None
+    assert "stop" in lease_item(url, table)
+    clock[0] += 61  # nobody answered (the job died with its runner); the lease expired
+    assert asker.refill_lock().stop_report() is None, "an expired lease is nobody's: nothing to wait for"
+    job = new.refill_lock()
+    assert job.acquire(blocking=False)
+    assert "stop" not in lease_item(url, table)
+    clock[0] += 30
+    assert job.renew() is None, "a job started after the request is not stopped by it"
+
+
+def test_a_stop_request_on_a_free_or_own_lease_writes_nothing(open_store, url, table):
+    clock = [1000.0]
+    store = open_store(clock=lambda: clock[0], lease_seconds=60)
+    seed(store, [pool_entry(1)])
+    lease = store.refill_lock()
+    assert lease.acquire(blocking=False)
+    before = items_of(url, table)
+    assert lease.request_stop() is None, "our own lease"
+    lease.release()
+    assert open_store(clock=lambda: clock[0]).refill_lock().request_stop() is None, "a released lease"
+    assert [item for item in items_of(url, table) if "stop" in item] == []
+    assert len(items_of(url, table)) == len(before)
+
+
+def test_the_first_stop_request_stands_and_a_renewed_holder_is_asked_on_what_it_holds_now(open_store, url, table):
+    clock = [1000.0]
+    job, first, second = (open_store(clock=lambda: clock[0], lease_seconds=60) for name in ("job", "first", "second"))
+    seed(job, [pool_entry(1)])
+    lease = job.refill_lock()
+    assert lease.acquire(blocking=False)
+    asked = first.refill_lock().request_stop()
+    clock[0] = 1020.0
+    again = second.refill_lock().request_stop()
+    assert again["stop"] == asked["stop"], "asked already: the first request (its time and the expiry then) stands"
+    assert lease.renew() == {"by": first.refill_lock().holder.rsplit(":", 1)[0], "at": 1000.0}
+
+
 # -- the table ----------------------------------------------------------------------------------------------------
 def test_ensure_table_creates_an_on_demand_table_with_the_pool_keys(url, store_client):
     name = new_table_name()

@@ -148,9 +148,10 @@ class Clock:
 
 
 class FakeLease:
-    def __init__(self, lost_at=None):
+    def __init__(self, lost_at=None, stop_at=None):
         self.renewals = 0
         self.lost_at = lost_at  # the renewal that finds the lease taken (1: the first)
+        self.stop_at = stop_at  # the renewal that returns a stop request (1: the first)
         self.held = False
         self.released = 0
 
@@ -166,6 +167,9 @@ class FakeLease:
         self.renewals += 1
         if self.lost_at is not None and self.renewals >= self.lost_at:
             raise RefillLeaseLost("the refill lease of the pool was taken over by another controller")
+        if self.stop_at is not None and self.renewals >= self.stop_at:
+            return {"by": "ctl-c:42", "at": 1000.0}
+        return None
 
 
 def test_the_keeper_renews_once_a_third_of_the_lease_has_passed():
@@ -192,6 +196,37 @@ def test_a_lease_that_never_expires_is_never_renewed(tmp_path):
     assert lease.renewals == 0 and keeper.every is None
     dynamo = DynamoStore(object(), "table", "p", str(tmp_path), lease_seconds=300)
     assert refill.LeaseKeeper.of(dynamo, lease, clock).every == 100
+
+
+def test_the_jobs_keeper_renews_every_few_seconds_and_hands_a_stop_request_on_once():
+    clock, lease, asked = Clock(), FakeLease(stop_at=2), []
+    keeper = refill.LeaseKeeper(lease, 100, clock, on_stop=asked.append, ask_every=refill.STOP_CHECK_SECONDS)
+    clock.now += refill.STOP_CHECK_SECONDS - 0.1
+    keeper.beat()
+    assert lease.renewals == 0
+    clock.now += 0.1
+    keeper.beat()
+    assert lease.renewals == 1 and asked == []
+    clock.now += refill.STOP_CHECK_SECONDS
+    keeper.beat()
+    assert lease.renewals == 2 and asked == [{"by": "ctl-c:42", "at": 1000.0}], "seen at the next renewal"
+    clock.now += refill.STOP_CHECK_SECONDS
+    keeper.beat()
+    assert lease.renewals == 3 and len(asked) == 1, "handed on once"
+    keeper.taken()  # the lease taken again: a request then is a new one
+    clock.now += refill.STOP_CHECK_SECONDS
+    keeper.beat()
+    assert len(asked) == 2
+
+
+def test_a_keeper_without_a_stop_listener_renews_as_the_lease_needs(tmp_path):
+    """init's and reconcile's keepers: no request is looked at, so no renewal more than the lease needs."""
+    clock = Clock()
+    dynamo_store = DynamoStore(object(), "table", "p", str(tmp_path), lease_seconds=300)
+    assert refill.LeaseKeeper.of(dynamo_store, FakeLease(), clock).interval == 100
+    assert refill.LeaseKeeper.of(dynamo_store, FakeLease(), clock, on_stop=print).interval == refill.STOP_CHECK_SECONDS
+    assert refill.LeaseKeeper.of(FileStore(str(tmp_path / "p.json"), "p"), FakeLease(), clock,
+                                 on_stop=print).interval is None, "a flock: nothing to renew, no request to see"
 
 
 class FakeStore:
@@ -273,6 +308,31 @@ def test_a_fenced_write_refused_mid_pass_stops_the_job_the_same_way(monkeypatch)
                            "above 1): nothing was written")
     rc, events, passes, store = run_job(monkeypatch, lease, pass_seconds=1, outcome=lost)
     assert rc == 0 and events == ["started", "lease_lost"] and len(store.writes) == 1
+
+
+def test_a_job_asked_to_stop_finishes_its_pass_records_it_and_releases_the_lease(monkeypatch):
+    """The stop request comes back with the renewal in the middle of a pass (a pool that cannot be made whole: no
+    capacity): the pass ends as it would, the job records that it stopped and releases the lease, as on SIGTERM."""
+    lease = FakeLease(stop_at=1)
+    clock, store = Clock(), FakeStore(lease, whole_pool())
+    events, passes = [], []
+
+    def reconcile(store_, client, heartbeat=None):
+        passes.append(clock.now)
+        clock.now += refill.STOP_CHECK_SECONDS
+        heartbeat()
+        store.state = dict(store.state, step_recorded=True)  # what the rest of the pass records
+        result = refill.ReconcileResult()
+        result.counts = {"target": 1, "ready": 0, "pending": 0, "leased": 0, "spot": 0, "fallback": 0}
+        return result
+
+    monkeypatch.setattr(refill, "reconcile", reconcile)
+    job = refill.RefillJob(store, None, lambda event, **fields: events.append(event), clock=clock)
+    assert job.run() == 0
+    assert events == ["started", "stop_requested", "reconciled", "stopped"] and len(passes) == 1
+    assert store.state["step_recorded"] and store.state["refill"]["pid"] is None
+    assert store.state["refill"]["finished_at"]
+    assert not lease.held and lease.released == 1
 
 
 # -- change_pool --------------------------------------------------------------------------------------------------
@@ -500,6 +560,79 @@ def test_stop_refill_names_the_other_controller_that_holds_the_lease(table_store
     assert "is held by %s until 1970-01-01T00:21:40Z" % host in refused.value.message
     assert "lease expires by itself" in refused.value.message and elsewhere.holder not in refused.value.message
     assert 5.0 <= waited.now <= 7.0, "it waited for the job as for a local one (20 s asked, 0 here, then 5 s)"
+
+
+def waits_without_sleeping(monkeypatch, during_pause=None):
+    """dynamo's waits (acquire with a timeout) on a monotonic clock that each pause moves on: no real sleep.
+    `during_pause` runs at each pause (what another controller does meanwhile). Returns that clock."""
+    waited = Clock(0.0)
+
+    def sleep(seconds):
+        waited.now += seconds
+        if during_pause is not None:
+            during_pause()
+    monkeypatch.setattr(dynamo, "time", types.SimpleNamespace(monotonic=waited, sleep=sleep,
+                                                              strftime=time.strftime, gmtime=time.gmtime))
+    return waited
+
+
+def test_stop_refill_stops_a_job_on_another_controller_through_a_stop_request(table_store, monkeypatch):
+    """terminate/init on this controller; the job on another one, where no signal reaches: the job sees the request
+    at its next renewal (the keeper's), stops and releases the lease; stop_refill then holds it, request cleared."""
+    clock = Clock()
+    with table_store().transaction() as tx:
+        tx.state = new_state("p", 1, dict(POOL_LAUNCH))
+    elsewhere = table_store(clock=clock).refill_lock()
+    assert elsewhere.acquire(blocking=False)
+    seen = []
+    keeper = refill.LeaseKeeper(elsewhere, 100, clock, on_stop=seen.append, ask_every=refill.STOP_CHECK_SECONDS)
+
+    def job_works():  # the job on the other controller, one second of its work per pause of ours
+        clock.now += 1
+        keeper.beat()
+        if seen and elsewhere.held:
+            elsewhere.release()  # done as on SIGTERM
+    waited = waits_without_sleeping(monkeypatch, job_works)
+    here = table_store(clock=clock)
+    lock = jobcontrol.stop_refill(here, timeout=20.0)
+    try:
+        assert lock.held and lock.fencing == 2, "taken after the job released it (the next fencing number)"
+        assert len(seen) == 1 and waited.now <= refill.STOP_CHECK_SECONDS + 1, "seen at the job's next renewal"
+        item = here.client.get_item(TableName=here.table, Key=here._key(dynamo.LEASE_ITEM), ConsistentRead=True)
+        assert "stop" not in item["Item"], "taking the lease cleared the request: the next job is not stopped by it"
+    finally:
+        lock.release()
+
+
+@pytest.mark.parametrize("holder", ["dead", "busy"])
+def test_stop_refill_fails_clearly_when_the_other_controller_does_not_stop(table_store, monkeypatch, holder):
+    """`dead`: the holder never renews (its runner was torn down): stop_refill does not wait out the lease (300 s)
+    nor override it (a launch of that job may be in flight): it fails after its 20 + 5 s, saying when the lease
+    expires. `busy`: the holder renews but does not stop (an init's or reconcile's wait): try again later."""
+    clock = Clock()
+    with table_store().transaction() as tx:
+        tx.state = new_state("p", 1, dict(POOL_LAUNCH))
+    elsewhere = table_store(clock=clock).refill_lock()
+    assert elsewhere.acquire(blocking=False)
+
+    def meanwhile():
+        clock.now += 1
+        if holder == "busy":
+            elsewhere.renew()
+    waited = waits_without_sleeping(monkeypatch, meanwhile)
+    before = table_store().read()
+    with pytest.raises(PoolError) as refused:
+        jobcontrol.stop_refill(table_store(clock=clock), timeout=20.0)
+    message = refused.value.message
+    assert "is held by %s until" % elsewhere.holder.rsplit(":", 1)[0] in message
+    assert "asked to stop at 1970-01-01T00:16:40Z" in message and "nothing was changed" in message
+    if holder == "dead":
+        assert "has not renewed its lease since" in message and "expires by itself, at 1970-01-01T00:21:40Z" in message
+        assert refused.value.details["stop_answered"] is False
+    else:
+        assert "has renewed its lease since" in message and "try again in a minute" in message
+    assert 25.0 <= waited.now <= 27.0, "bounded as for a local job: 20 s, then 5 s"
+    assert elsewhere.held and table_store().read() == before, "the lease and the pool are as they were"
 
 
 def test_the_job_on_a_table_without_a_region_says_why_and_ends(monkeypatch, tmp_path, capsys):

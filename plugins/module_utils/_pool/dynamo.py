@@ -16,7 +16,9 @@ consistent, paginated Query reads a whole pool. The items of a pool (docs/archit
 - `item = "lease#<instance id>#<lease id>"`: a second lease of an instance whose `inst#` item is taken (the file
   schema allows it: a lease rebuilt from tags beside a newer one); same attributes;
 - `item = "refill-lease"`: the refill's lease: `holder`, `expires` (epoch seconds), `fencing` (incremented on
-  every acquisition, so a write of a holder that lost the lease is told apart from the new holder's).
+  every acquisition, so a write of a holder that lost the lease is told apart from the new holder's), and `stop`
+  while another controller asks the holder to stop (terminate, init: jobcontrol.stop_refill): who asked, when, and
+  the `expires` the holder had then; the holder's renew() answers it, and the next acquisition clears it.
 
 A hand-out is one Query and one conditional UpdateItem (idle -> leased, condition: `rev` unchanged since the read);
 the whole-pool change (transaction()) writes only the items that differ, in one TransactWriteItems, every item
@@ -568,12 +570,20 @@ class DynamoStore(PoolStore):
 
 
 class _DynamoLease:
-    """The refill lease: the pool's `refill-lease` item (holder, expires, fencing), with FileLock's API.
+    """The refill lease: the pool's `refill-lease` item (holder, expires, fencing, stop), with FileLock's API.
 
     Held while `holder` is ours and `expires` (epoch seconds, the caller's clock) is ahead; once it has passed,
     any controller may take it, and taking it increments `fencing`. A released lease keeps its item (and its
     fencing number, so numbers only grow); remove() deletes it. renew() extends a held lease (the job calls it
-    while it works); it fails once another controller has taken the lease."""
+    while it works); it fails once another controller has taken the lease.
+
+    A stop request is how a controller stops a refill job that runs on another machine, where no signal of its
+    reaches: request_stop() writes `stop` on the item (who asks, when, and the holder's `expires` then) without
+    taking the lease; the holder's next renew() returns it (the same UpdateItem: no extra request), and the job then
+    stops as on SIGTERM and releases the lease. acquire_stopping() asks and waits for that. The holder renewed after
+    the request (its `expires` moved past the one recorded) is the proof it saw it: stop_report() tells a holder
+    that is finishing from one that does not answer (dead with its controller). Every acquisition removes `stop`,
+    so a request never stops a job started after it."""
 
     def __init__(self, store):
         self.store = store
@@ -604,11 +614,7 @@ class _DynamoLease:
         return "%s until %s (epoch %d)" % (who, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until)), until)
 
     def is_held_elsewhere(self):
-        if self.held:
-            return False
-        item = self._item()
-        return (item is not None and "holder" in item and item["holder"]["S"] != self.holder
-                and float(item["expires"]["N"]) > self.store.clock())
+        return not self.held and _held_by_other(self._item(), self.holder, self.store.clock())
 
     def acquire(self, blocking=True, timeout=None, create=True):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -627,11 +633,13 @@ class _DynamoLease:
         free = "attribute_not_exists(#h) OR #e < :now"
         condition = "attribute_not_exists(#i) OR " + free if create else "attribute_exists(#i) AND (%s)" % free
         try:
+            # REMOVE #s: a stop request was meant for the holder before this one.
             answer = store._call(
                 "UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
-                UpdateExpression="SET #h = :me, #e = :exp, #f = if_not_exists(#f, :zero) + :one",
+                UpdateExpression="SET #h = :me, #e = :exp, #f = if_not_exists(#f, :zero) + :one REMOVE #s",
                 ConditionExpression=condition, ReturnValues="ALL_NEW",
-                ExpressionAttributeNames={"#h": "holder", "#e": "expires", "#f": "fencing", "#i": "item"},
+                ExpressionAttributeNames={"#h": "holder", "#e": "expires", "#f": "fencing", "#i": "item",
+                                          "#s": "stop"},
                 ExpressionAttributeValues={":me": _s(self.holder), ":exp": _n(now + store.lease_seconds),
                                            ":now": _n(now), ":zero": _n(0), ":one": _n(1)})
         except botocore.exceptions.ClientError:
@@ -645,22 +653,77 @@ class _DynamoLease:
                 "ExpressionAttributeValues": {":me": _s(self.holder), ":f": _n(self.fencing)}}
 
     def renew(self):
-        """Extend the held lease by the store's lease_seconds; raises RefillLeaseLost when it is no longer ours."""
+        """Extend the held lease by the store's lease_seconds; raises RefillLeaseLost when it is no longer ours.
+
+        Returns the stop request another controller made (request_stop: {"by": "host:pid", "at": epoch seconds}),
+        or None: the item comes back with the same UpdateItem (ReturnValues), so listening costs no request."""
         store = self.store
         if not self.held:
             raise RefillLeaseLost("the refill lease of %s is not held here: acquire it first" % store.location,
                                   table=store.table)
         mine = self._mine()
         try:
-            store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
-                        UpdateExpression="SET #e = :exp", ConditionExpression=mine["ConditionExpression"],
-                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires"},
-                        ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"],
-                                                       **{":exp": _n(store.clock() + store.lease_seconds)}))
+            answer = store._call(
+                "UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                UpdateExpression="SET #e = :exp", ConditionExpression=mine["ConditionExpression"],
+                ReturnValues="ALL_NEW", ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires"},
+                ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"],
+                                               **{":exp": _n(store.clock() + store.lease_seconds)}))
         except botocore.exceptions.ClientError as exc:
             self._forget()
             raise RefillLeaseLost("the refill lease of %s was taken over by another controller" % store.location,
                                   table=store.table) from exc
+        return _stop_request((answer.get("Attributes") or {}).get("stop"))
+
+    def request_stop(self):
+        """Ask the controller that holds the lease (a refill job there) to stop, without taking the lease: `stop`
+        is written on the item, conditioned on the holder and expiry just read (the first request for a holder
+        stands). Returns the lease item as it is then, or None when nobody else holds a live lease."""
+        store = self.store
+        item = self._item()
+        if not _held_by_other(item, self.holder, store.clock()):
+            return None
+        if "stop" in item:
+            return item  # asked already (by us or another controller)
+        request = {"by": _s(self.holder.rsplit(":", 1)[0]), "at": _n(int(store.clock())), "expires": item["expires"]}
+        try:
+            answer = store._call(
+                "UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM), UpdateExpression="SET #s = :stop",
+                ConditionExpression="#h = :holder AND #f = :f AND #e = :exp AND attribute_not_exists(#s)",
+                ReturnValues="ALL_NEW",
+                ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires", "#s": "stop"},
+                ExpressionAttributeValues={":holder": item["holder"], ":f": item["fencing"],
+                                           ":exp": item["expires"], ":stop": {"M": request}})
+        except botocore.exceptions.ClientError:
+            return self._item()  # renewed, released or taken meanwhile: the caller looks again
+        return answer["Attributes"]
+
+    def acquire_stopping(self, timeout, create=True):
+        """Take the lease, asking whoever holds it to stop first (request_stop): True once taken, False when
+        `timeout` seconds passed first (or, without `create`, when there is no lease item). Asked again when the
+        lease changed hands meanwhile (a get started a new job between the release and our take)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._take(create):
+                return True
+            if not create and not self.exists():
+                return False
+            self.request_stop()
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1)
+
+    def stop_report(self):
+        """The stop request on a lease held elsewhere, as messages need it, or None (free, expired, no request):
+        {"holder": "host:pid", "until": epoch s, "asked_at": epoch s (the asker's clock), "answered": whether the
+        holder renewed the lease since it was asked (so it saw the request, and runs)}."""
+        item = self._item()
+        if not _held_by_other(item, self.holder, self.store.clock()) or "stop" not in item:
+            return None
+        request = item["stop"]["M"]
+        return {"holder": item["holder"]["S"].rsplit(":", 1)[0], "until": float(item["expires"]["N"]),
+                "asked_at": float(request["at"]["N"]),
+                "answered": float(item["expires"]["N"]) > float(request["expires"]["N"])}
 
     def release(self):
         if not self.held:
@@ -669,8 +732,9 @@ class _DynamoLease:
         mine = self._mine()
         with contextlib.suppress(botocore.exceptions.ClientError):  # lost meanwhile: nothing of ours to release
             store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
-                        UpdateExpression="REMOVE #h SET #e = :zero", ConditionExpression=mine["ConditionExpression"],
-                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires"},
+                        UpdateExpression="REMOVE #h, #s SET #e = :zero",
+                        ConditionExpression=mine["ConditionExpression"],
+                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires", "#s": "stop"},
                         ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"], **{":zero": _n(0)}))
         self._forget()
 
@@ -689,3 +753,17 @@ class _DynamoLease:
         self.fencing = None
         if self.store.held_lease is self:
             self.store.held_lease = None
+
+
+def _held_by_other(item, holder, now):
+    """Whether the lease item `item` is held by someone other than `holder`, unexpired at `now`."""
+    return (item is not None and "holder" in item and item["holder"]["S"] != holder
+            and float(item["expires"]["N"]) > now)
+
+
+def _stop_request(attribute):
+    """A lease item's `stop` attribute as renew() returns it: {"by", "at"}, or None."""
+    if not attribute:
+        return None
+    request = attribute["M"]
+    return {"by": request["by"]["S"], "at": float(request["at"]["N"])}

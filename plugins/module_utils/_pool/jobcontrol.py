@@ -284,6 +284,14 @@ def _is_refill_process(pid, store):
 def stop_refill(store, timeout=20.0, create=True):
     """Stop a running refill job and return the job lock, held, so that nothing launches until released.
 
+    A job on this controller is sent SIGTERM (SIGKILL after `timeout`). A shared store's job may run on another
+    controller, where no signal of ours reaches: its lock (the DynamoDB lease) takes a stop request, which the job
+    sees when it renews the lease (every few seconds) and answers by stopping as on SIGTERM; we wait for the lease
+    to be released (or to expire), up to `timeout` + 5 s, as for a local job. A holder that does not answer in that
+    time (its controller is gone, and its lease lasts minutes) is never overridden: a job that died mid-launch may
+    have a CreateFleet in flight whose instances would appear after our sweep. That is a PoolError saying when the
+    lease expires; nothing was changed.
+
     Without `create` (a pool that has no file), nothing is created: when no job ever ran here, the lock returned
     is not held (its release() does nothing)."""
     lock = store.refill_lock()
@@ -295,12 +303,20 @@ def stop_refill(store, timeout=20.0, create=True):
     pid = (state or {}).get("refill", {}).get("pid")
     if pid and _is_refill_process(pid, store):
         os.kill(pid, signal.SIGTERM)
-    if lock.acquire(timeout=timeout):
+    stopping = getattr(lock, "acquire_stopping", None)  # a lease other controllers share: asked through the store
+
+    def take(seconds):
+        return stopping(seconds, create=create) if stopping else lock.acquire(timeout=seconds)
+    if take(timeout):
         return lock
     if pid and _is_refill_process(pid, store):
         os.kill(pid, signal.SIGKILL)
-    if lock.acquire(timeout=5.0):
+    if take(5.0):
         return lock
+    report = getattr(lock, "stop_report", lambda: None)()
+    if report:
+        raise PoolError(_unanswered(store, report), holder=report["holder"],
+                        lease_expires=_utc(report["until"]), stop_answered=report["answered"])
     holder = getattr(lock, "holder_elsewhere", lambda: None)()
     if holder:
         # A shared store's lease: the job may run on another controller, where no signal of ours reaches it.
@@ -308,6 +324,25 @@ def stop_refill(store, timeout=20.0, create=True):
                         "stops once the pool is whole (or, if its controller is gone, the lease expires by itself): "
                         "try again then" % (store.pool_name, store.location, holder), holder=holder)
     raise PoolError("the refill job of pool '%s' (pid %s) did not stop; stop it and try again" % (store.pool_name, pid))
+
+
+def _utc(epoch):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _unanswered(store, report):
+    """The message of a stop request the lease's holder on another controller did not answer by stopping."""
+    head = ("the refill job of pool '%s' did not stop: the refill lease in %s is held by %s until %s (epoch %d), "
+            "asked to stop at %s; nothing was changed. "
+            % (store.pool_name, store.location, report["holder"], _utc(report["until"]), report["until"],
+               _utc(report["asked_at"])))
+    if report["answered"]:
+        return head + ("The holder has renewed its lease since (it runs: a refill job stops at the end of its current "
+                       "pass, a spot_pool_init or spot_pool_reconcile when it is done): try again in a minute")
+    return head + ("The holder has not renewed its lease since (a running refill job renews it every few seconds: "
+                   "its controller is probably gone, or it is stuck in an AWS call). It is not overridden, as a "
+                   "launch of it may still be in flight: try again once the lease expires by itself, at %s"
+                   % _utc(report["until"]))
 
 
 _CREDENTIALS_FIX = ("give the credentials the pool runs with (the modules' connection options, passed to the job "

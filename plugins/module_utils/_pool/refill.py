@@ -300,32 +300,51 @@ def act(store, client, launcher, observed, plan, now, result):
     return result
 
 
+# How often the refill job renews a lease that expires (DynamoDB), whatever its length: each renewal also answers
+# whether another controller asked the job to stop (a stop request on the lease, jobcontrol.stop_refill), and the
+# asker waits 20 s for the job to stop. One conditional UpdateItem every 5 s of a job's run.
+STOP_CHECK_SECONDS = 5.0
+
+
 class LeaseKeeper:
     """Keeps the refill lease of a shared store while its holder works: beat() renews it once `every` seconds
     (by `clock`) have passed since it was taken or last renewed, and raises RefillLeaseLost when another controller
-    has taken it. `every` None: a lease that never expires (the file store's flock), nothing to renew."""
+    has taken it. `every` None: a lease that never expires (the file store's flock), nothing to renew.
 
-    def __init__(self, lock, every, clock=time.monotonic):
+    `on_stop` (the refill job's): called with the stop request a renewal returns (another controller asks the
+    holder to stop: jobcontrol.stop_refill), once; the keeper then renews every `ask_every` seconds (sooner than
+    `every`), so the request is seen within seconds. Without it (init, reconcile), a request is not looked at:
+    they end by themselves, and the asker waits for them as for a job."""
+
+    def __init__(self, lock, every, clock=time.monotonic, on_stop=None, ask_every=None):
         self.lock = lock
         self.every = every
         self.clock = clock
+        self.on_stop = on_stop
+        self.interval = every if every is None or on_stop is None or ask_every is None else min(every, ask_every)
+        self.stop_seen = None
         self.renewed = clock()
 
     @classmethod
-    def of(cls, store, lock, clock=time.monotonic):
-        """A keeper that renews three times per lease length (the store's `lease_seconds`, if its lease expires)."""
+    def of(cls, store, lock, clock=time.monotonic, on_stop=None):
+        """A keeper that renews three times per lease length (the store's `lease_seconds`, if its lease expires),
+        and with `on_stop` every STOP_CHECK_SECONDS."""
         seconds = getattr(store, "lease_seconds", None)
-        return cls(lock, seconds / 3.0 if seconds else None, clock)
+        return cls(lock, seconds / 3.0 if seconds else None, clock, on_stop, STOP_CHECK_SECONDS)
 
     def taken(self):
-        """The lease was (re)acquired just now."""
+        """The lease was (re)acquired just now (an acquisition clears any stop request)."""
         self.renewed = self.clock()
+        self.stop_seen = None
 
     def beat(self):
-        if self.every is None or self.clock() - self.renewed < self.every:
+        if self.interval is None or self.clock() - self.renewed < self.interval:
             return
-        self.lock.renew()
+        request = self.lock.renew()
         self.renewed = self.clock()
+        if request and self.on_stop is not None and self.stop_seen is None:
+            self.stop_seen = request
+            self.on_stop(request)
 
 
 class RefillJob:
@@ -333,7 +352,9 @@ class RefillJob:
 
     With a store whose refill lease expires (DynamoDB), the job renews it while it works (LeaseKeeper: between the
     steps of a pass, before every launch, after every wait); once the lease is lost (another controller took it
-    over after it expired) the job stops at once and writes nothing more: the new holder does the work."""
+    over after it expired) the job stops at once and writes nothing more: the new holder does the work. A renewal
+    that returns a stop request (another controller's terminate or init) stops the job as SIGTERM does: the pass
+    under way is finished and recorded, then the job records that it stopped and releases the lease."""
 
     def __init__(self, store, client, log, max_seconds=MAX_RUN_SECONDS, clock=time.monotonic):
         self.store = store
@@ -341,8 +362,14 @@ class RefillJob:
         self.log = log
         self.max_seconds = max_seconds
         self.lock = store.refill_lock()
-        self.keeper = LeaseKeeper.of(store, self.lock, clock)
+        self.keeper = LeaseKeeper.of(store, self.lock, clock, on_stop=self._asked_to_stop)
         self.stop_requested = threading.Event()
+
+    def _asked_to_stop(self, request):
+        """Another controller asked this job to stop (a stop request on the lease: its terminate or init, where no
+        signal of theirs reaches us): stop as on SIGTERM, at the end of the current pass, releasing the lease."""
+        self.log("stop_requested", by=request.get("by"), at=request.get("at"))
+        self.stop_requested.set()
 
     def _record(self, **fields):
         def record(tx):
