@@ -64,14 +64,6 @@ while True:
 """
 
 
-def store_option_wired() -> bool:
-    """Whether the modules have the `store` option (feature/wire): without it the DynamoDB tests are skipped, as
-    the playbooks would ignore spot_pool_store and use each controller's file store."""
-    # pylint: disable=import-outside-toplevel
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
-
-    return "store" in pool_argument_spec()
-
 
 @functools.lru_cache(maxsize=1)
 def namespaces_available() -> bool:

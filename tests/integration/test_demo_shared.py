@@ -7,9 +7,7 @@ import re
 import subprocess
 import sys
 
-import pytest
 
-from tests.integration.controllers import store_option_wired
 from tests.support.ansible import REPO, ansible_env
 from tests.support.processes import pids_with_env
 
@@ -22,7 +20,6 @@ def test_make_demo_shared_runs_the_demo_script():
     assert recipe and "scripts/demo_shared.py" in recipe.group(1), "make demo-shared runs scripts/demo_shared.py"
 
 
-@pytest.mark.skipif(not store_option_wired(), reason="store=dynamodb is not wired into the modules yet")
 def test_demo_shared_runs_two_controllers_on_one_table_and_leaves_nothing():
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "demo_shared.py")], cwd=REPO, env=ansible_env(),
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, check=False)

@@ -19,18 +19,11 @@ import time
 import pytest
 
 from tests.integration.conftest import AMI, POOL_ID_TAG, POOL_TAG, TYPE_TAG, task_result, wait_until
-from tests.integration.controllers import at_once, namespaces_available, store_option_wired
+from tests.integration.controllers import at_once, namespaces_available
 
 POOL = "shared"
 NO_READY = re.compile(rf"pool '{POOL}' has 0 ready of 10")
-dynamodb = pytest.mark.skipif(not store_option_wired(), reason="store=dynamodb is not wired into the modules yet")
 
-
-def expect_wiring_bug(request, reason: str) -> None:
-    """From here on the test is expected to fail, for `reason` (a bug of the store's wiring, left to its owner):
-    what led up to it still fails the test as usual. strict: once the bug is fixed, the test fails until the
-    marker goes."""
-    request.node.add_marker(pytest.mark.xfail(strict=True, reason="wiring bug: " + reason))
 
 
 def got(run) -> dict:
@@ -92,7 +85,6 @@ def assert_ten_distinct_and_six_clear_failures(ok, failures):
     return ids
 
 
-@dynamodb
 def test_sixteen_gets_from_four_controllers_hand_out_ten_distinct_instances(shared_pool):
     controllers = shared_pool.start(4)
     run = controllers[0].init(size=10)
@@ -119,7 +111,6 @@ def test_sixteen_gets_on_one_controller_with_the_file_store(shared_pool):
 
 
 # -- one controller's lease, another's release, a third's terminate ---------------------------------------------
-@dynamodb
 def test_a_lease_is_released_from_another_controller_and_a_third_terminates_the_pool(shared_pool):
     a, b, c = shared_pool.start(3)
     assert a.init(size=2).rc == 0
@@ -138,7 +129,6 @@ def test_a_lease_is_released_from_another_controller_and_a_third_terminates_the_
     assert shared_pool.items() == [], "no item of the pool is left in the table"
 
 
-@dynamodb
 def test_a_terminate_stops_another_controllers_refill_job(shared_pool):
     a, c = shared_pool.start(2)
     if not a.isolated:  # in one PID namespace c could signal a's job by its pid: not so across machines
@@ -205,7 +195,6 @@ def wait_refill_done(controller, timeout: float = 90.0) -> None:
     wait_until(lambda: not controller.refill_jobs(), timeout=timeout, what=f"the refill job of {controller} done")
 
 
-@dynamodb
 def test_a_job_killed_before_create_fleet_is_taken_over_by_another_controllers_get(shared_pool):
     a, b = shared_pool.start(2)
     proxy = shared_pool.proxy
@@ -229,7 +218,6 @@ def test_a_job_killed_before_create_fleet_is_taken_over_by_another_controllers_g
     assert shared_pool.refill_lease()["fencing"] > dead["fencing"], "b's job took the lease over (a new fencing)"
 
 
-@dynamodb
 @pytest.mark.parametrize("torn_down", ["job", "controller"])
 def test_a_job_killed_with_the_fleet_answer_lost_is_replayed_by_another_controllers_reconcile(shared_pool, torn_down):
     """`job`: the refill job alone is SIGKILLed. `controller`: the whole controller goes (an ephemeral CI runner torn
@@ -263,7 +251,6 @@ def test_a_job_killed_with_the_fleet_answer_lost_is_replayed_by_another_controll
     assert shared_pool.refill_lease()["fencing"] > dead["fencing"]
 
 
-@dynamodb
 def test_a_job_killed_after_the_write_is_taken_over_and_launches_only_what_is_missing(shared_pool):
     a, b = shared_pool.start(2)
     proxy = shared_pool.proxy
@@ -292,7 +279,6 @@ def test_a_job_killed_after_the_write_is_taken_over_and_launches_only_what_is_mi
     assert shared_pool.refill_lease()["fencing"] > dead["fencing"]
 
 
-@dynamodb
 def test_a_paused_job_that_lost_its_lease_launches_and_writes_nothing(shared_pool):
     """a's refill job stops (SIGSTOP: a runner suspended, a long GC pause) while its observe step waits for EC2;
     its lease runs out and b's job takes over and makes the pool whole. When a's job runs on, its stale pass would
@@ -320,7 +306,6 @@ def test_a_paused_job_that_lost_its_lease_launches_and_writes_nothing(shared_poo
 
 
 # -- two inits at once ---------------------------------------------------------------------------------------------
-@dynamodb
 def test_two_controllers_init_at_once_with_different_sizes_and_never_both_launch(shared_pool):
     a, b = shared_pool.start(2)
     runs = at_once([lambda: a.init(size=2), lambda: b.init(size=3)])
@@ -351,7 +336,6 @@ def test_two_controllers_init_at_once_with_different_sizes_and_never_both_launch
     assert len(templates) == 1, f"the loser's launch template is left: {templates}"
 
 
-@dynamodb
 def test_a_concurrent_init_that_sees_the_winners_instances_first_says_so(shared_pool):
     """The other timing of two inits at once, made certain: b's check of EC2 (its first DescribeInstances by the
     pool's tag, after it found no pool in the table) is held until a's init has made the pool and launched."""
@@ -393,7 +377,6 @@ def same_request(one, other) -> bool:
     return body(one) == body(other)
 
 
-@dynamodb
 def test_throttled_dynamodb_requests_are_retried_and_init_and_get_succeed(shared_pool):
     [a] = shared_pool.start(1)
     proxy = shared_pool.proxy
@@ -418,7 +401,6 @@ def test_throttled_dynamodb_requests_are_retried_and_init_and_get_succeed(shared
     assert f"inst#{result['instance_id']}" == proxy.records("UpdateItem")[1].document["Key"]["item"]["S"]
 
 
-@dynamodb
 def test_a_failed_condition_is_a_lost_race_never_an_error_or_a_retry(shared_pool):
     """A ConditionalCheckFailedException on the hand-out's write means another controller took that instance:
     the get takes another one (of the same read), and never sends the failed write again."""
@@ -462,7 +444,6 @@ def stray_instance(shared_pool) -> str:
                                          )["Instances"][0]["InstanceId"]
 
 
-@dynamodb
 def test_reconcile_from_another_controller_ends_an_expired_lease(shared_pool):
     a, b = shared_pool.start(2)
     assert a.init(size=2).rc == 0
@@ -477,7 +458,6 @@ def test_reconcile_from_another_controller_ends_an_expired_lease(shared_pool):
     assert not b.refill_jobs(), "a scheduled pass leaves no process behind"
 
 
-@dynamodb
 def test_reconcile_sweeps_an_orphan_over_two_passes_from_two_controllers(shared_pool):
     a, b, c = shared_pool.start(3)
     assert a.init(size=1, spot_pool_orphan_grace=0).rc == 0
@@ -492,7 +472,6 @@ def test_reconcile_sweeps_an_orphan_over_two_passes_from_two_controllers(shared_
     assert_consistent(shared_pool)
 
 
-@dynamodb
 def test_reconcile_in_check_mode_changes_nothing_in_the_table_or_ec2(shared_pool):
     a, b = shared_pool.start(2)
     assert a.init(size=2, spot_pool_orphan_grace=0).rc == 0
