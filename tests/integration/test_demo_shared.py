@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-
 from tests.support.ansible import REPO, ansible_env
 from tests.support.processes import pids_with_env
 
