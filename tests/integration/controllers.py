@@ -115,7 +115,7 @@ class Controller:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             assert self._unshare.stdout.readline() == b"ready\n", f"the namespace of {self} did not start"
-            self.init_pid = wait_until(lambda: self._children(self._unshare.pid), timeout=10,
+            self.init_pid = wait_until(lambda: self._children(self._unshare.pid), timeout=30,
                                        interval=0.05, what=f"the init of {self}")[0]
         except BaseException:
             self.stop()
@@ -200,7 +200,7 @@ class Controller:
         """SIGKILL this controller's running refill job (as when its runner is torn down)."""
         [pid] = wait_until(self.refill_jobs, timeout=timeout, interval=0.05, what=f"a refill job on {self}")
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: pid not in self.processes(), timeout=5, interval=0.05, what=f"refill job {pid} gone")
+        wait_until(lambda: pid not in self.processes(), timeout=30, interval=0.05, what=f"refill job {pid} gone")
         return pid
 
     def file_state(self) -> dict | None:
