@@ -111,17 +111,15 @@ class DynamoDBClient:
     def _resolve(self):
         with self._lock:
             if self._resolved is None:
-                # pylint: disable=import-outside-toplevel
-                import botocore.exceptions
-
-                credentials, session = signing.credentials(self.params)
-                region = signing.region(self.params, session)
+                credentials, session = signing.credentials(self.params, self.environ)
+                region = signing.region(self.params, session, self.environ)
                 if not region:
-                    raise botocore.exceptions.NoRegionError()
+                    raise signing.exceptions().NoRegionError()
                 if credentials is None:
-                    raise botocore.exceptions.NoCredentialsError()
+                    raise signing.exceptions().NoCredentialsError()
                 url = signing.endpoint_url("dynamodb", region, self.params.get("endpoint_url"), self.environ)
-                self._resolved = (credentials, region, url, signing.http_session(self.params, url))
+                self._resolved = (credentials, region, url,
+                                  signing.http_session(self.params, url, environ=self.environ))
             return self._resolved
 
     @property
@@ -131,14 +129,11 @@ class DynamoDBClient:
     def call(self, operation, params):
         """One call of `operation` (DynamoDB's name, e.g. "UpdateItem") with `params`; the answer as boto3 returns
         it, or botocore's ClientError / BotoCoreError."""
-        # pylint: disable=import-outside-toplevel
-        import botocore.exceptions
-
         credentials, region, url, http = self._resolve()
         try:
             body = request_body(params)
         except (TypeError, ValueError) as exc:
-            raise botocore.exceptions.ParamValidationError(report="%s: %s" % (operation, exc))
+            raise signing.exceptions().ParamValidationError(report="%s: %s" % (operation, exc))
         request = signing.signed_request(credentials, "dynamodb", region, url, body, request_headers(operation))
         response = http.send(request)  # BotoCoreError when there is no answer (refused, timed out, TLS)
         headers = dict(response.headers.items())
@@ -146,9 +141,9 @@ class DynamoDBClient:
             try:
                 return parse_answer(response.status_code, headers, response.content)
             except ValueError as exc:  # a BotoCoreError, which DynamoStore words (boto3's parser error is not one)
-                raise botocore.exceptions.HTTPClientError(
+                raise signing.exceptions().HTTPClientError(
                     error="the answer to %s is not JSON (%s): %r" % (operation, exc, response.content[:200]))
-        raise botocore.exceptions.ClientError(parse_error(response.status_code, headers, response.content),
+        raise signing.exceptions().ClientError(parse_error(response.status_code, headers, response.content),
                                               operation)
 
     def close(self):
