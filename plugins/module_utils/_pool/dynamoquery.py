@@ -7,8 +7,9 @@ Why: `spot_pool_get` with `store: dynamodb` must cost about what `ansible localh
 DynamoDB client costs `import boto3` plus loading and parsing DynamoDB's service model when it is made. DynamoDB's
 API is JSON over HTTP (protocol json 1.0): each call is a POST of the request's JSON with `X-Amz-Target:
 DynamoDB_20120810.<Operation>`, signed with SigV4, answered with JSON. So this client sends the keyword arguments
-as they are and returns the answer as it comes, with botocore's signer, credential chain and HTTP session
-(signing.py, shared with ec2query.py): no service model is loaded, boto3 is not imported.
+as they are and returns the answer as it comes, signed and sent by signing.py (shared with ec2query.py: its own
+SigV4 and http.client when the keys are the options' or the environment's, else botocore's signer, credential
+chain and HTTP session): no service model is loaded, boto3 is not imported, and on the fast path no botocore.
 
 It is a stand-in for the boto3 client for DynamoStore's calls: the same method names, keyword arguments and return
 shapes (plus boto3's `ResponseMetadata`); errors are `botocore.exceptions.ClientError` with the `response` boto3

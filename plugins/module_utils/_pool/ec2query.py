@@ -10,7 +10,8 @@ credential resolution and its HTTP session load no service model: this module bu
 it, sends it with the same connection options the module takes (region, endpoint_url, profile, keys, CA bundle /
 validate_certs, proxies from the environment), and reads the few fields it needs from the XML answer.
 
-The credentials, region, endpoint, HTTP session and signature are signing.py's, shared with dynamoquery.py.
+The credentials, region, endpoint, HTTP session and signature are signing.py's, shared with dynamoquery.py: with
+keys of the options or the environment, a region and no proxy, its own SigV4 and http.client, no botocore at all.
 Everything botocore is imported inside the functions that need it, so that importing this module costs nothing;
 the pure parts (body, endpoint, XML answer, retry delays) are plain functions with plain-value tests.
 """
