@@ -246,3 +246,41 @@ def test_a_get_with_a_profile_takes_botocores_chain(get_like):
     """The control: with AWS_PROFILE the keys are the profile's, found by botocore (which the probe sees)."""
     report = get_like({"AWS_PROFILE": "ci", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"})
     assert "botocore.credentials" in report["botocore"] and "botocore.session" in report["botocore"]
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced_not_failed():
+    """The DynamoDB store makes several calls on one session: a connection the server closed while it was idle is
+    not reused (as urllib3 checks), so the next call opens a new one instead of failing."""
+    import threading
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: 2\r\n\r\n{}"
+    closed, served = threading.Event(), []
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(2)
+        listener.settimeout(30)
+        url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+
+        def serve():
+            for _ in range(2):
+                conn, _address = listener.accept()
+                with conn:
+                    request = b""
+                    while b"\r\n\r\n{}" not in request:
+                        request += conn.recv(65536)
+                    served.append(request)
+                    conn.sendall(answer)  # keep-alive by HTTP/1.1's default, then closed while idle
+                closed.set()
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        session = signing.HTTPSession(url)
+        request = signing.Request("POST", url, {"X-Amz-Target": "DynamoDB_20120810.Query"}, b"{}")
+        assert session.send(request).status_code == 200
+        assert closed.wait(30)
+        response = session.send(request)
+        server.join(30)
+        session.close()
+    assert (response.status_code, response.content, len(served)) == (200, b"{}", 2)
+    assert b"Host: 127.0.0.1:" in served[0] and b"Content-Length: 2" in served[0]

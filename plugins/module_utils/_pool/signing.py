@@ -352,12 +352,15 @@ def default_ca_bundle():
 
 
 class HTTPSession(object):
-    """One kept-alive connection to one endpoint with the standard library (http.client), with botocore's
-    timeouts (connect, then read), socket options and TLS verification. `send` raises botocore's exception when
-    there is no answer, as URLLib3Session does: EndpointConnectionError (refused, unknown host), ConnectTimeoutError,
-    ReadTimeoutError, SSLError, ConnectionClosedError (the connection dropped mid-answer), HTTPClientError."""
+    """Kept-alive connections to one endpoint with the standard library (http.client), with botocore's timeouts
+    (connect, then read), socket options and TLS verification; thread-safe (a connection serves one request at a
+    time; idle ones are kept for the next). `send` raises botocore's exception when there is no answer, as
+    URLLib3Session does: EndpointConnectionError (refused, unknown host), ConnectTimeoutError, ReadTimeoutError,
+    SSLError, ConnectionClosedError (the connection dropped mid-answer), HTTPClientError."""
 
     def __init__(self, url, verify=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT), socket_options=None):
+        import threading  # pylint: disable=import-outside-toplevel
+
         parts = urlsplit(url)
         self.scheme = parts.scheme.lower()
         self.host = parts.hostname
@@ -365,7 +368,9 @@ class HTTPSession(object):
         self.verify = verify
         self.connect_timeout, self.read_timeout = timeout
         self._socket_options = list(socket_options or [])
-        self._connection = None
+        self._context = None  # the TLS context, made once (loading a CA bundle takes milliseconds)
+        self._idle = []
+        self._lock = threading.Lock()
 
     def _connect(self):
         """A new connection, connected within the connect timeout, then given the read timeout."""
@@ -373,8 +378,11 @@ class HTTPSession(object):
         import socket  # pylint: disable=import-outside-toplevel
 
         if self.scheme == "https":
+            with self._lock:
+                if self._context is None:
+                    self._context = _ssl_context(self.verify)
             connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
-                                                     context=_ssl_context(self.verify))
+                                                     context=self._context)
         else:
             connection = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
         options = self._socket_options
@@ -386,53 +394,67 @@ class HTTPSession(object):
             return sock
 
         connection._create_connection = create_connection  # pylint: disable=protected-access
-        connection.connect()  # TCP, and TLS's handshake for https
-        connection.sock.settimeout(self.read_timeout)
+        try:
+            connection.connect()  # TCP, and TLS's handshake for https
+            connection.sock.settimeout(self.read_timeout)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
-    def _dropped(self):
-        """Whether the kept-alive connection was closed by the server meanwhile (readable while idle)."""
+    def _take_idle(self):
+        """A kept-alive connection the server has not closed meanwhile (one readable while idle was closed, as
+        urllib3 checks before reusing one), or None."""
         import select  # pylint: disable=import-outside-toplevel
 
-        sock = self._connection.sock
-        if sock is None:
-            return True
-        try:
-            return bool(select.select([sock], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                connection = self._idle.pop()
+            try:
+                if connection.sock is not None and not select.select([connection.sock], [], [], 0)[0]:
+                    return connection
+            except (OSError, ValueError):
+                pass
+            connection.close()
 
     def send(self, request):
         """The answer to `request` (a Request or botocore's prepared request) as a Response."""
         import socket  # pylint: disable=import-outside-toplevel
         import ssl  # pylint: disable=import-outside-toplevel
 
-        if self._connection is not None and self._dropped():
-            self.close()
         body = request.body
         if isinstance(body, str):
             body = body.encode("utf-8")
         parts = urlsplit(request.url)
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         headers = dict(request.headers.items())
-        headers.setdefault("Host", host_header(request.url))
+        if not any(name.lower() == "host" for name in headers):
+            headers["Host"] = host_header(request.url)  # the host signed (http.client would lowercase it)
+        headers = {name: value for name, value in headers.items() if name.lower() != "content-length"}
         headers["Content-Length"] = str(len(body or b""))
-        connected = self._connection is not None
+        connection = self._take_idle()
+        connected = connection is not None
         try:
-            if not connected:
-                self._connection = self._connect()
+            if connection is None:
+                connection = self._connect()
                 connected = True
-            self._connection.request(request.method, target, body=body, headers=headers)
-            answer = self._connection.getresponse()
+            connection.request(request.method, target, body=body, headers=headers)
+            answer = connection.getresponse()
             content = answer.read()
         except BaseException as exc:
-            self.close()
+            if connection is not None:
+                connection.close()
             error = self._error(request.url, exc, connected, socket, ssl)
             if error is exc:
                 raise
             raise error from exc
         if answer.will_close:
-            self.close()
+            connection.close()
+        else:
+            with self._lock:
+                self._idle.append(connection)
         return Response(answer.status, _Headers(answer.getheaders()), content)
 
     @staticmethod
@@ -456,9 +478,11 @@ class HTTPSession(object):
         return errors.HTTPClientError(error=exc)
 
     def close(self):
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Close the idle connections (as URLLib3Session.close() clears its pool)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 class _Headers(dict):
