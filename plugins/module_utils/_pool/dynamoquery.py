@@ -144,8 +144,8 @@ class DynamoDBClient:
             except ValueError as exc:  # a BotoCoreError, which DynamoStore words (boto3's parser error is not one)
                 raise signing.exceptions().HTTPClientError(
                     error="the answer to %s is not JSON (%s): %r" % (operation, exc, response.content[:200]))
-        raise signing.exceptions().ClientError(parse_error(response.status_code, headers, response.content),
-                                              operation)
+        error = parse_error(response.status_code, headers, response.content)
+        raise signing.exceptions().ClientError(error, operation)
 
     def close(self):
         """Close the kept-alive connections (as boto3's client.close())."""
