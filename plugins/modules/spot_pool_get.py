@@ -22,8 +22,13 @@ description:
     DescribeInstances of that one id), so an instance EC2 reports as not running is never handed out. When it is
     dead, it is dropped from the pool and the pool's other ready instances are checked in one more call. What
     EC2 said is recorded even when the get then fails.
-  - That check is a signed EC2 Query API request made with botocore's signer and credential resolution (it
-    loads no EC2 service model, which costs a boto3 client about a quarter of a second on every get), with the
+  - That check is a signed EC2 Query API request (it loads no EC2 service model, which costs a boto3 client about
+    a quarter of a second on every get). With keys given as O(access_key)/O(secret_key)/O(session_token) or by
+    E(AWS_ACCESS_KEY_ID)/E(AWS_SECRET_ACCESS_KEY)/E(AWS_SESSION_TOKEN) and no O(profile), a region from
+    O(region) or E(AWS_REGION)/E(AWS_DEFAULT_REGION), and no proxy, it is signed with the collection's own
+    Signature Version 4 code and sent with the Python standard library, without importing botocore; otherwise
+    (a profile, keys from config files, SSO, container or instance roles, a region from a config file, a proxy)
+    with botocore's signer, credential resolution and HTTP session. Either way it is made with the
     same connection options as every amazon.aws module (of O(aws_config), C(proxies), C(connect_timeout) and
     C(read_timeout) apply; the defaults are the environment's proxies, 5 s and 15 s). Throttling and passing server errors are retried up to
     3 times with jittered, capped pauses; an authentication error, missing credentials or an unreachable
@@ -34,7 +39,8 @@ description:
   - This module declares the amazon.aws connection options itself instead of using AnsibleAWSModule, so that
     the hand-out path does not import boto3. With O(store=dynamodb) the hand-out is one strongly consistent read
     of the table and one conditional write of one instance's item (two controllers never get the same
-    instance), made with a DynamoDB client from the same connection options.
+    instance), made with a light DynamoDB client (no boto3) from the same connection options, signed and sent
+    as the EC2 check is.
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:

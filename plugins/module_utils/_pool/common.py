@@ -46,22 +46,23 @@ def dynamodb_client(params):
     model, which would cost a hand-out about 0.1 s more), from the module's connection options. Its credentials,
     region and endpoint are resolved here, so that a missing region or credentials fail before any call."""
     # pylint: disable=import-outside-toplevel
+    import importlib.util
+    from . import signing
     from .dynamoquery import DynamoDBClient
 
-    try:
-        import botocore.exceptions
-    except ImportError as exc:
-        raise PoolError("store=dynamodb needs the Python library botocore on the controller (%s): pip install boto3"
-                        % exc)
+    # Found, not imported: with keys from the options or the environment, a hand-out imports no botocore (signing).
+    if importlib.util.find_spec("botocore") is None:
+        raise PoolError("store=dynamodb needs the Python library botocore on the controller (No module named "
+                        "'botocore'): pip install boto3")
     client = DynamoDBClient(params)
     try:
         client.endpoint_url  # pylint: disable=pointless-statement
-    except botocore.exceptions.NoRegionError:
+    except signing.exceptions().NoRegionError:  # the except clauses import botocore only when one is reached
         raise no_region()
-    except botocore.exceptions.NoCredentialsError:
+    except signing.exceptions().NoCredentialsError:
         raise PoolError("store=dynamodb found no AWS credentials: set access_key/secret_key, profile, or the AWS_* "
                         "environment variables", error_code="NoCredentials")
-    except botocore.exceptions.BotoCoreError as exc:
+    except signing.exceptions().BotoCoreError as exc:
         raise PoolError("cannot connect to DynamoDB: %s" % exc, error_code=type(exc).__name__)
     return client
 

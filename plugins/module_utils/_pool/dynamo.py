@@ -42,13 +42,6 @@ import re
 import socket
 import time
 
-try:
-    import botocore.exceptions
-except ImportError:
-    pass  # the module that builds the client reports the missing library
-
-from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
-
 from .defaults import DEFAULT_TABLE  # noqa: F401 pylint: disable=unused-import
 from .entries import counts
 from .entries import new_lease
@@ -68,6 +61,7 @@ from .store import PoolStore
 from .store import choose_claim
 from .store import needs_verify
 from .timefmt import parse_time
+from .signing import exceptions as botocore_exceptions
 from .timefmt import utcnow
 
 # DynamoDB's rule for table names (fullmatch).
@@ -97,6 +91,16 @@ _ACTIONS = {"Query": "Query", "GetItem": "GetItem", "UpdateItem": "UpdateItem", 
             "PutItem": "PutItem", "TransactWriteItems": "UpdateItem, PutItem, DeleteItem and ConditionCheckItem",
             "DescribeTable": "DescribeTable", "CreateTable": "CreateTable"}
 KEY_SCHEMA = [{"AttributeName": "pool", "KeyType": "HASH"}, {"AttributeName": "item", "KeyType": "RANGE"}]
+
+
+@contextlib.contextmanager
+def _unless_client_error():
+    """contextlib.suppress(ClientError), with botocore imported only when something was raised (a get that
+    succeeds imports none: see signing.exceptions)."""
+    try:
+        yield
+    except botocore_exceptions().ClientError:
+        pass
 
 
 def _code(exc):
@@ -150,9 +154,6 @@ class DynamoStore(PoolStore):
         self.retry_delay = retry_delay
         self.lease_seconds = lease_seconds
         self.held_lease = None  # the _DynamoLease this store holds, if any: transactions are fenced by it
-        # Up to 4 attempts, random pauses of up to 1, 2 and 4 retry_delays between them (as ec2.py).
-        self._retry = AWSRetry.jittered_backoff(retries=4, delay=retry_delay, backoff=2.0, max_delay=15 * retry_delay,
-                                                catch_extra_error_codes=THROTTLING_CODES)
 
     # -- calls -----------------------------------------------------------------------------------------------------
     def _call(self, operation, **params):
@@ -160,15 +161,34 @@ class DynamoStore(PoolStore):
         botocore's ClientError for the caller to decide; any other failure raises a PoolError naming the table."""
         method = getattr(self.client, "".join("_" + c.lower() if c.isupper() else c for c in operation)[1:])
         try:
-            return self._retry(method)(**params)
-        except botocore.exceptions.ClientError as exc:
+            return self._attempts(method, params)
+        except botocore_exceptions().ClientError as exc:
             code = _code(exc)
             if code in ("ConditionalCheckFailedException", "TransactionCanceledException"):
                 raise
             raise self._error(operation, exc, code) from exc
-        except botocore.exceptions.BotoCoreError as exc:
+        except botocore_exceptions().BotoCoreError as exc:
             raise PoolError("DynamoDB %s on table %s failed: %s" % (operation, self.table, exc),
                             error_code=type(exc).__name__) from exc
+
+    def _attempts(self, method, params):
+        """method(**params) as AWSRetry.jittered_backoff(retries=4, delay=retry_delay, backoff=2.0,
+        max_delay=15 * retry_delay, catch_extra_error_codes=THROTTLING_CODES) calls it: up to 4 attempts, random
+        pauses of up to 1, 2 and 4 retry_delays between them (as ec2.py). The first attempt is made before amazon.aws's
+        retries module is imported (it imports botocore): a call that succeeds loads neither, and one that is
+        throttled goes on with AWSRetry's remaining 3 attempts after the pause AWSRetry would have made."""
+        try:
+            return method(**params)
+        except botocore_exceptions().ClientError as exc:
+            # pylint: disable=import-outside-toplevel
+            from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
+
+            if not AWSRetry.found(_code(exc), THROTTLING_CODES):
+                raise
+        time.sleep(random.uniform(0.0, min(self.retry_delay, 15 * self.retry_delay)))
+        retry = AWSRetry.jittered_backoff(retries=3, delay=2 * self.retry_delay, backoff=2.0,
+                                          max_delay=15 * self.retry_delay, catch_extra_error_codes=THROTTLING_CODES)
+        return retry(method)(**params)
 
     def _error(self, operation, exc, code):
         message = exc.response.get("Error", {}).get("Message", str(exc))
@@ -427,7 +447,7 @@ class DynamoStore(PoolStore):
             try:
                 self._call("TransactWriteItems", TransactItems=chunk)
                 return
-            except botocore.exceptions.ClientError as exc:
+            except botocore_exceptions().ClientError as exc:
                 reasons = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]
                 failed = set(reason for reason in reasons if reason and reason != "None")
                 if failed and failed <= PASSING_REASONS and attempt < TRANSACTION_ATTEMPTS:
@@ -458,7 +478,7 @@ class DynamoStore(PoolStore):
         dropped = choose_claim(state, dead, alive, trusted)[0]
         if not check_mode:
             for instance_id in dropped:
-                with contextlib.suppress(botocore.exceptions.ClientError):  # leased or gone meanwhile
+                with _unless_client_error():  # leased or gone meanwhile
                     self._call("DeleteItem", TableName=self.table, Key=self._key(INSTANCE_PREFIX + instance_id),
                                ConditionExpression="#s = :idle", ExpressionAttributeNames={"#s": "status"},
                                ExpressionAttributeValues={":idle": _s(IDLE)})
@@ -510,7 +530,7 @@ class DynamoStore(PoolStore):
                        ConditionExpression="#rev = :old AND #status = :idle", ExpressionAttributeNames=names,
                        ExpressionAttributeValues=dict(values, **{":old": item["rev"], ":idle": _s(IDLE)}))
             return True
-        except botocore.exceptions.ClientError:  # ConditionalCheckFailedException: _call raises no other
+        except botocore_exceptions().ClientError:  # ConditionalCheckFailedException: _call raises no other
             return False
 
     def end_lease(self, instance_id, lease_id):
@@ -525,7 +545,7 @@ class DynamoStore(PoolStore):
                            ExpressionAttributeNames={"#s": "status", "#l": "lease_id"},
                            ExpressionAttributeValues=values)
                 break
-            except botocore.exceptions.ClientError:
+            except botocore_exceptions().ClientError:
                 continue  # not this item's lease
         state = self.read()
         return None if state is None else counts(state)
@@ -642,7 +662,7 @@ class _DynamoLease:
                                           "#s": "stop"},
                 ExpressionAttributeValues={":me": _s(self.holder), ":exp": _n(now + store.lease_seconds),
                                            ":now": _n(now), ":zero": _n(0), ":one": _n(1)})
-        except botocore.exceptions.ClientError:
+        except botocore_exceptions().ClientError:
             return False
         self.fencing = int(answer["Attributes"]["fencing"]["N"])
         store.held_lease = self
@@ -669,7 +689,7 @@ class _DynamoLease:
                 ReturnValues="ALL_NEW", ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires"},
                 ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"],
                                                **{":exp": _n(store.clock() + store.lease_seconds)}))
-        except botocore.exceptions.ClientError as exc:
+        except botocore_exceptions().ClientError as exc:
             self._forget()
             raise RefillLeaseLost("the refill lease of %s was taken over by another controller" % store.location,
                                   table=store.table) from exc
@@ -694,7 +714,7 @@ class _DynamoLease:
                 ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires", "#s": "stop"},
                 ExpressionAttributeValues={":holder": item["holder"], ":f": item["fencing"],
                                            ":exp": item["expires"], ":stop": {"M": request}})
-        except botocore.exceptions.ClientError:
+        except botocore_exceptions().ClientError:
             return self._item()  # renewed, released or taken meanwhile: the caller looks again
         return answer["Attributes"]
 
@@ -730,7 +750,7 @@ class _DynamoLease:
             return
         store = self.store
         mine = self._mine()
-        with contextlib.suppress(botocore.exceptions.ClientError):  # lost meanwhile: nothing of ours to release
+        with _unless_client_error():  # lost meanwhile: nothing of ours to release
             store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
                         UpdateExpression="REMOVE #h, #s SET #e = :zero",
                         ConditionExpression=mine["ConditionExpression"],
@@ -742,7 +762,7 @@ class _DynamoLease:
         if self.held:
             store = self.store
             mine = self._mine()
-            with contextlib.suppress(botocore.exceptions.ClientError):
+            with _unless_client_error():
                 store._call("DeleteItem", TableName=store.table, Key=store._key(LEASE_ITEM),
                             ConditionExpression=mine["ConditionExpression"],
                             ExpressionAttributeNames={"#h": "holder", "#f": "fencing"},

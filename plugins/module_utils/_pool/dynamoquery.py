@@ -7,8 +7,9 @@ Why: `spot_pool_get` with `store: dynamodb` must cost about what `ansible localh
 DynamoDB client costs `import boto3` plus loading and parsing DynamoDB's service model when it is made. DynamoDB's
 API is JSON over HTTP (protocol json 1.0): each call is a POST of the request's JSON with `X-Amz-Target:
 DynamoDB_20120810.<Operation>`, signed with SigV4, answered with JSON. So this client sends the keyword arguments
-as they are and returns the answer as it comes, with botocore's signer, credential chain and HTTP session
-(signing.py, shared with ec2query.py): no service model is loaded, boto3 is not imported.
+as they are and returns the answer as it comes, signed and sent by signing.py (shared with ec2query.py: its own
+SigV4 and http.client when the keys are the options' or the environment's, else botocore's signer, credential
+chain and HTTP session): no service model is loaded, boto3 is not imported, and on the fast path no botocore.
 
 It is a stand-in for the boto3 client for DynamoStore's calls: the same method names, keyword arguments and return
 shapes (plus boto3's `ResponseMetadata`); errors are `botocore.exceptions.ClientError` with the `response` boto3
@@ -111,17 +112,15 @@ class DynamoDBClient:
     def _resolve(self):
         with self._lock:
             if self._resolved is None:
-                # pylint: disable=import-outside-toplevel
-                import botocore.exceptions
-
-                credentials, session = signing.credentials(self.params)
-                region = signing.region(self.params, session)
+                credentials, session = signing.credentials(self.params, self.environ)
+                region = signing.region(self.params, session, self.environ)
                 if not region:
-                    raise botocore.exceptions.NoRegionError()
+                    raise signing.exceptions().NoRegionError()
                 if credentials is None:
-                    raise botocore.exceptions.NoCredentialsError()
+                    raise signing.exceptions().NoCredentialsError()
                 url = signing.endpoint_url("dynamodb", region, self.params.get("endpoint_url"), self.environ)
-                self._resolved = (credentials, region, url, signing.http_session(self.params, url))
+                self._resolved = (credentials, region, url,
+                                  signing.http_session(self.params, url, environ=self.environ))
             return self._resolved
 
     @property
@@ -131,14 +130,11 @@ class DynamoDBClient:
     def call(self, operation, params):
         """One call of `operation` (DynamoDB's name, e.g. "UpdateItem") with `params`; the answer as boto3 returns
         it, or botocore's ClientError / BotoCoreError."""
-        # pylint: disable=import-outside-toplevel
-        import botocore.exceptions
-
         credentials, region, url, http = self._resolve()
         try:
             body = request_body(params)
         except (TypeError, ValueError) as exc:
-            raise botocore.exceptions.ParamValidationError(report="%s: %s" % (operation, exc))
+            raise signing.exceptions().ParamValidationError(report="%s: %s" % (operation, exc))
         request = signing.signed_request(credentials, "dynamodb", region, url, body, request_headers(operation))
         response = http.send(request)  # BotoCoreError when there is no answer (refused, timed out, TLS)
         headers = dict(response.headers.items())
@@ -146,10 +142,10 @@ class DynamoDBClient:
             try:
                 return parse_answer(response.status_code, headers, response.content)
             except ValueError as exc:  # a BotoCoreError, which DynamoStore words (boto3's parser error is not one)
-                raise botocore.exceptions.HTTPClientError(
+                raise signing.exceptions().HTTPClientError(
                     error="the answer to %s is not JSON (%s): %r" % (operation, exc, response.content[:200]))
-        raise botocore.exceptions.ClientError(parse_error(response.status_code, headers, response.content),
-                                              operation)
+        error = parse_error(response.status_code, headers, response.content)
+        raise signing.exceptions().ClientError(error, operation)
 
     def close(self):
         """Close the kept-alive connections (as boto3's client.close())."""

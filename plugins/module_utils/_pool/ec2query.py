@@ -10,7 +10,8 @@ credential resolution and its HTTP session load no service model: this module bu
 it, sends it with the same connection options the module takes (region, endpoint_url, profile, keys, CA bundle /
 validate_certs, proxies from the environment), and reads the few fields it needs from the XML answer.
 
-The credentials, region, endpoint, HTTP session and signature are signing.py's, shared with dynamoquery.py.
+The credentials, region, endpoint, HTTP session and signature are signing.py's, shared with dynamoquery.py: with
+keys of the options or the environment, a region and no proxy, its own SigV4 and http.client, no botocore at all.
 Everything botocore is imported inside the functions that need it, so that importing this module costs nothing;
 the pure parts (body, endpoint, XML answer, retry delays) are plain functions with plain-value tests.
 """
@@ -123,14 +124,12 @@ def retry_delay(attempt, rand=random.random):
 
 
 # -- the call --------------------------------------------------------------------------------------------------------
-def _credentials(params):
+def _credentials(params, environ=None):
     """Frozen credentials as a boto3 client with these options would find them (signing.credentials), and the
-    botocore session that found them (None when the keys were given)."""
-    import botocore.exceptions  # pylint: disable=import-outside-toplevel
-
+    botocore session that found them (None when the keys were given or are the environment's)."""
     try:
-        credentials, session = signing.credentials(params)
-    except botocore.exceptions.BotoCoreError as exc:
+        credentials, session = signing.credentials(params, environ)
+    except signing.exceptions().BotoCoreError as exc:  # evaluated (imported) only when something was raised
         raise QueryError(type(exc).__name__, str(exc))
     if credentials is None:
         raise QueryError("NoCredentials", "no AWS credentials found: set access_key/secret_key or profile, or the "
@@ -150,14 +149,12 @@ class InstanceStates:
         self.calls = 0
 
     def __call__(self, instance_ids):
-        import botocore.exceptions  # pylint: disable=import-outside-toplevel
-
-        credentials, session = _credentials(self.params)
-        region = signing.region(self.params, session)
+        credentials, session = _credentials(self.params, self.environ)
+        region = signing.region(self.params, session, self.environ)
         url = endpoint_for(region, self.params.get("endpoint_url"), self.environ)
         if not region:
             raise QueryError("NoRegion", "no AWS region set: set the region option or AWS_REGION")
-        http = signing.http_session(self.params, url)
+        http = signing.http_session(self.params, url, environ=self.environ)
         body = request_body(instance_ids)
         attempt = 0
         try:
@@ -169,7 +166,7 @@ class InstanceStates:
                     "User-Agent": "ec2spot.pool-get"})
                 try:
                     response = http.send(request)
-                except botocore.exceptions.BotoCoreError as exc:  # no answer: refused, timed out, TLS
+                except signing.exceptions().BotoCoreError as exc:  # no answer: refused, timed out, TLS
                     raise QueryError("EndpointError", "cannot reach %s: %s" % (url, exc))
                 if response.status_code == 200:
                     return parse_states(response.content)
