@@ -64,7 +64,6 @@ while True:
 """
 
 
-
 @functools.lru_cache(maxsize=1)
 def namespaces_available() -> bool:
     """Whether this machine lets the tests give each controller its own PID, mount and UTS namespaces."""

@@ -25,7 +25,6 @@ POOL = "shared"
 NO_READY = re.compile(rf"pool '{POOL}' has 0 ready of 10")
 
 
-
 def got(run) -> dict:
     result = task_result(run, "spot_pool_get")
     assert run.rc == 0, result.get("msg")
