@@ -112,3 +112,15 @@ class MotoServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def use_profile_only(monkeypatch, tmp_path, profile: str = "ci") -> None:
+    """Credentials and region only from the named profile of AWS config files in `tmp_path`: the environment's
+    keys and region are removed for the test (monkeypatch puts them back)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "config").write_text("[profile %s]\nregion = %s\n" % (profile, REGION))
+    (tmp_path / "credentials").write_text("[%s]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+                                          % profile)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))

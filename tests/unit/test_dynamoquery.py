@@ -18,6 +18,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import D
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
 from tests.support.moto import REGION
+from tests.support.moto import use_profile_only
 from tests.unit.test_store import dynamodb_client
 from tests.unit.test_store import light_dynamodb_client
 
@@ -164,12 +165,7 @@ def test_the_endpoint_is_the_option_then_the_environment_then_the_region():
 
 
 def test_a_profile_gives_the_keys_and_the_region(monkeypatch, tmp_path, fault_proxy):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    (tmp_path / "config").write_text("[profile ci]\nregion = %s\n" % REGION)
-    (tmp_path / "credentials").write_text("[ci]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    use_profile_only(monkeypatch, tmp_path)
     client = DynamoDBClient({"profile": "ci", "endpoint_url": fault_proxy.url})
     with pytest.raises(botocore.exceptions.ClientError, match="ResourceNotFoundException"):
         client.describe_table(TableName="no-such-table")  # signed for the profile's region: moto answered

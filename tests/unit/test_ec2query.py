@@ -11,6 +11,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import QueryError
 from tests.support.moto import AMI
 from tests.support.moto import REGION
+from tests.support.moto import use_profile_only
 
 ANSWER = b"""<?xml version="1.0" encoding="UTF-8"?>
 <DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
@@ -106,12 +107,7 @@ def test_no_credentials_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_a_profile_gives_the_keys_and_the_region(monkeypatch, tmp_path, aws_env, ec2):
     instance = ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    (tmp_path / "config").write_text("[profile ci]\nregion = %s\n" % REGION)
-    (tmp_path / "credentials").write_text("[ci]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    use_profile_only(monkeypatch, tmp_path)
     assert InstanceStates({"profile": "ci", "endpoint_url": aws_env["AWS_URL"]})([instance]) == {instance: "running"}
 
 
