@@ -23,10 +23,10 @@ from botocore.config import Config
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import RefillLeaseLost
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import StoreConflict
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import RefillLeaseLost
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StoreConflict
 from tests.support.moto import REGION
 from tests.support.pool_entries import instance_id
 from tests.support.pool_entries import pool_entry

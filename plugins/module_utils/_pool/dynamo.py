@@ -28,8 +28,9 @@ Lease expiry is compared against the caller's clock, never left to DynamoDB's TT
 Bodies are JSON strings, not DynamoDB maps: the state then reads back exactly as written (no Decimal, no empty-
 string rules), and the schema check of the file store (state.schema_problems) applies unchanged.
 
-The client is the caller's (a boto3 DynamoDB client, with the collection's BOTOCORE_CONFIG: one attempt, so our
-jittered, capped retry is the only retry layer). Nothing here imports the EC2 parts.
+The client is the caller's, with one attempt per call, so our jittered, capped retry is the only retry layer: on the
+hand-out path dynamoquery.DynamoDBClient (spot_pool_get, via common.dynamodb_client), elsewhere a boto3 DynamoDB
+client with the collection's BOTOCORE_CONFIG. Nothing here imports the EC2 parts.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def _epoch(text):
 
 
 class DynamoStore(PoolStore):
-    """One pool in a DynamoDB table (see the module docstring). `client` is a boto3 DynamoDB client.
+    """One pool in a DynamoDB table (see the module docstring). `client` has boto3's DynamoDB methods (see above).
 
     `state_dir` is where the refill job's local things go (its log, its code copy): the user's state directory by
     default. `clock` (epoch seconds) and `retry_delay` exist for tests; `lease_seconds` is the refill lease's."""
