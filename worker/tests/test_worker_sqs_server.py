@@ -16,7 +16,7 @@ import time
 import pytest
 
 from fake_imds import FakeImds
-from worker_process import TESTS_DIR, run_lines
+from worker_process import child_pythonpath, run_lines
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -147,7 +147,7 @@ def test_poison_job_ends_dead_in_the_dlq_and_requeue_runs_it_again(start_sqs_wor
 
 
 def run_worker(env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **env, PYTHONPATH=str(TESTS_DIR))
+    full_env = dict(os.environ, **env, PYTHONPATH=child_pythonpath())
     return subprocess.run([sys.executable, "-m", "spot_drain_worker"], env=full_env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
