@@ -110,17 +110,15 @@ def _number(name: str, raw: str, *, minimum: float, maximum: float | None = None
 def _database_path(raw: str) -> str:
     """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, or a plain file path."""
     name = "DATABASE_URL"
-    if "://" in raw:
-        prefix = "sqlite:///"
-        if not raw.startswith(prefix):
-            raise ConfigError(f"{name} must be a sqlite:/// URL or a file path (got {raw!r})")
-        path = raw[len(prefix):]
-    else:
-        path = raw
+    prefix = "sqlite:///"
+    is_url = "://" in raw
+    if is_url and not raw.startswith(prefix):
+        raise ConfigError(f"{name} must be a sqlite:/// URL or a file path (got {raw!r})")
+    path = raw[len(prefix):] if is_url else raw
     if not path or path == ":memory:" or path.startswith("file:"):
         # The queue opens one connection per thread and must survive restarts: it needs a file.
         raise ConfigError(f"{name} must name a database file (got {raw!r})")
-    if raw.startswith(prefix) and ("?" in path or "#" in path):
+    if is_url and ("?" in path or "#" in path):
         # sqlite3.connect takes a plain file name: a URL query would become part of the name.
         raise ConfigError(f"{name} must not have a query string or fragment (got {raw!r}); "
                           f"SQLite options are set by the worker")
