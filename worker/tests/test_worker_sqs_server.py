@@ -129,6 +129,27 @@ def test_spot_notice_hands_the_job_back_to_another_worker(start_sqs_worker, aws,
         assert "released at the drain deadline" in record["last_error"]
 
 
+def test_throttled_visibility_changes_never_let_a_second_worker_run_the_job(start_sqs_worker, aws, run_log):
+    """Issue 17, item 2: a heartbeat whose ChangeMessageVisibility fails (throttled past botocore's retries)
+    was taken as a lost lease although the fenced record write had just succeeded; the runner stopped
+    heartbeating, the record's lease ran out and the other worker ran the job at the same time."""
+    timings = dict(SQS_TIMINGS, LEASE_SECONDS="3")
+    workers = [start_sqs_worker(WORKER_NAME=f"w{i}", **timings) for i in range(2)]
+    job_id = post_job(workers[0], {"seconds": 12})
+    workers[0].wait_for(lambda: starts(run_log, job_id), 15, what="the job to start")
+    # Once the job's first heartbeat has changed the visibility, the next six changes are throttled.
+    aws.proxy.wait_for("ChangeMessageVisibility", done=True, timeout=10)
+    aws.proxy.fail("ChangeMessageVisibility", "RequestThrottled", times=6)
+    aws.proxy.wait_for("ChangeMessageVisibility", outcome="injected", count=6, timeout=30)
+
+    workers[1].wait_job_status(job_id, "done", timeout=40)
+    runs = starts(run_log, job_id)
+    assert len(runs) == 1, runs  # one worker ran it, once: never two at the same time
+    assert workers[1].job(job_id)["attempts"] == 1
+    assert done_lines(workers, job_id) == 1
+    assert not any("lost its lease" in worker.log_path.read_text() for worker in workers)
+
+
 def test_poison_job_ends_dead_in_the_dlq_and_requeue_runs_it_again(start_sqs_worker, aws, run_log):
     workers = [start_sqs_worker(WORKER_NAME=f"w{i}", **dict(SQS_TIMINGS, JOB_HANDLER="handlers_for_tests:always_fail"))
                for i in range(2)]
