@@ -71,6 +71,9 @@ TABLE_ACTIVE_TIMEOUT_SECONDS = 120.0
 CLIENT_MAX_ATTEMPTS = 5
 # The heartbeat's clients: one attempt, answered within a beat (see the module's docstring).
 HEARTBEAT_MAX_ATTEMPTS = 1
+# A message is replaced by a fresh copy at its receive maxReceiveCount - 1 (`_near_redrive`): below 3 even a
+# first receive would be replaced, every receive would renew it, and no job would ever start.
+MIN_MAX_RECEIVE_COUNT = 3
 # Every job attribute the code names, spelled through placeholders (several are reserved words).
 _NAMES = {f"#{name}": name for name in (
     "id", "kind", "payload", "status", "attempts", "lease", "last_error", "result", "idempotency_key",
@@ -270,6 +273,13 @@ class SqsQueue(JobQueueBase):
                 raise ConfigError(f"{what}: its redrive policy names a dead-letter queue that does not exist "
                                   f"({attributes.get('RedrivePolicy')})") from None
             raise self._explain(f"{what} (its dead-letter queue)", exc) from None
+        if self._redrive and self._redrive[1] < MIN_MAX_RECEIVE_COUNT:
+            count = self._redrive[1]
+            raise ConfigError(
+                f"{what}: its redrive policy's maxReceiveCount is {count}; the worker needs at least "
+                f"{MIN_MAX_RECEIVE_COUNT} (10 or more, above MAX_ATTEMPTS, is best): it replaces a message by a fresh "
+                f"copy at receive maxReceiveCount - 1 so that SQS never dead-letters a job it still counts, and "
+                f"with {count} even a first receive would be replaced and no job would ever start")
         self._verify_table(create_table, sleep)
         log.info("queue %s, table %s, dead-letter queue %s", self.queue_url, self.table,
                  self._redrive[0] if self._redrive else "none (dead jobs' messages are deleted)")

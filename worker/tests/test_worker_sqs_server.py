@@ -207,3 +207,20 @@ def test_bad_sqs_configuration_stops_the_start_with_exit_2(worker_env, aws):
     # None of it created the table the worker would otherwise create.
     tables = aws.dynamodb.list_tables()["TableNames"]
     assert aws.table not in tables
+
+
+@pytest.mark.parametrize("max_receive_count", [1, 2])
+def test_a_redrive_policy_that_would_starve_every_job_stops_the_start(worker_env, aws, max_receive_count):
+    """Issue 17, item 5: with maxReceiveCount 1 or 2 every receive renewed the message (a fresh copy, sent
+    before the old one is deleted), no job ever started and the worker spun on SendMessage."""
+    from sqs_support import AwsFixture
+
+    tight = AwsFixture(aws.moto, aws.proxy, max_receive_count=max_receive_count)
+    result = run_worker(dict(worker_env, **tight.worker_env()), timeout=30)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines == [lines[0]], lines
+    assert lines[0].startswith(f"spot-drain-worker: configuration error: QUEUE_URL {tight.queue_url}: its "
+                               f"redrive policy's maxReceiveCount is {max_receive_count}; the worker needs at "
+                               f"least 3"), lines[0]
+    assert aws.proxy.count(["SendMessage", "ReceiveMessage"]) == 0
