@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 # The retry backoff never exceeds the cap, so a larger base would silently mean the cap.
 from .queues import BACKOFF_CAP_SECONDS as MAX_RETRY_BACKOFF_SECONDS
+from .queues import SQS_MAX_PAYLOAD_BYTES
 
 
 class ConfigError(ValueError):
@@ -334,6 +335,10 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(f"JOBS_TOKEN must be set in production mode when the worker listens on the network "
                           f"(HOST={config.host}): anyone who reaches the port could submit and read jobs. Set "
                           f"JOBS_TOKEN (16+ characters), or HOST=127.0.0.1 behind a proxy that authenticates")
+    if config.queue_url is not None and config.max_payload_bytes > SQS_MAX_PAYLOAD_BYTES:
+        raise ConfigError(f"MAX_PAYLOAD_BYTES must be at most {SQS_MAX_PAYLOAD_BYTES} with QUEUE_URL (a job's record "
+                          f"is one DynamoDB item (400 KB), which also holds its status and times), got "
+                          f"{config.max_payload_bytes}")
     if config.queue_url is not None and config.lease_seconds > 43200:
         raise ConfigError(f"LEASE_SECONDS must be at most 43200 with QUEUE_URL (SQS's longest visibility timeout), "
                           f"got {config.lease_seconds:g}")

@@ -39,7 +39,7 @@ import uuid
 from typing import Any, Callable
 
 from .config import ConfigError
-from .queues import Job, JobQueueBase, backoff_seconds
+from .queues import SQS_MAX_PAYLOAD_BYTES, Job, JobQueueBase, PayloadTooLarge, backoff_seconds
 
 try:
     import boto3
@@ -85,6 +85,27 @@ _FENCE = "#lease = :lease AND #status = :processing"
 def visibility(seconds: float) -> int:
     """SQS takes whole seconds, 0 to 12 hours; round up so a lease or backoff is never shortened."""
     return max(0, min(MAX_VISIBILITY_SECONDS, math.ceil(seconds)))
+
+
+def stored_payload(payload: Any) -> str:
+    """The payload as the record holds it: compact JSON, non-ASCII kept as UTF-8 (escaped it would take up
+    to 3 times the room of one item), escaped only when it cannot be UTF-8 (a lone surrogate)."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(payload, separators=(",", ":"))
+    return text
+
+
+def check_payload_size(text: str) -> None:
+    """PayloadTooLarge when the stored payload leaves its record no room in one DynamoDB item. The request
+    body was within MAX_PAYLOAD_BYTES, but its stored form can be longer (1e5 is stored as 100000.0)."""
+    size = len(text.encode())
+    if size > SQS_MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"the job's payload takes {size} bytes as stored (compact JSON), more than the "
+                              f"{SQS_MAX_PAYLOAD_BYTES} that one DynamoDB item (400 KB) leaves it beside the job's "
+                              f"record: send a smaller payload")
 
 
 def heartbeat_timeout(lease_seconds: float) -> float:
@@ -372,10 +393,12 @@ class SqsQueue(JobQueueBase):
         return job_from_item(item)
 
     def enqueue(self, payload: Any, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        stored = stored_payload(payload)
+        check_payload_size(stored)  # before anything is written: a 413, never a 503 the client would retry
         now = self.clock()
         job_id = uuid.uuid4().hex
         item = {"id": {"S": job_id}, "kind": {"S": "job"},
-                "payload": {"S": json.dumps(payload, separators=(",", ":"))}, "status": {"S": "queued"},
+                "payload": {"S": stored}, "status": {"S": "queued"},
                 "attempts": {"N": "0"}, "lease": {"N": "0"}, "created_at": _attr(now),
                 "updated_at": _attr(now), "run_after": _attr(now)}
         key_id = None

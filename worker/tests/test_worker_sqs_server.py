@@ -8,6 +8,7 @@ long poll notices a visibility change (a hand-back) only once a second."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,6 +168,30 @@ def test_poison_job_ends_dead_in_the_dlq_and_requeue_runs_it_again(start_sqs_wor
     assert workers[0].request("POST", "/jobs/nope/requeue").status == 404
 
 
+def test_a_job_whose_record_would_not_fit_one_item_is_413_never_503(start_sqs_worker, aws):
+    """Issue 17, item 6: a body within MAX_PAYLOAD_BYTES whose stored record exceeds one DynamoDB item got
+    ValidationException from PutItem, answered as "503, retry", every time."""
+    worker = start_sqs_worker(MAX_PAYLOAD_BYTES="393216", **SQS_TIMINGS)
+    # 1e5 is stored as 100000.0: a 380 kB body becomes an 855 kB payload.
+    body = b'{"n": [' + b",".join([b"1e5"] * 95000) + b"]}"
+    assert len(body) < 393216
+    refused = worker.request("POST", "/jobs", body, {"Content-Type": "application/json"})
+    assert refused.status == 413, refused
+    assert "Retry-After" not in refused.headers
+    assert "one DynamoDB item (400 KB)" in refused.json()["error"], refused
+    assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []
+    assert aws.proxy.count(["PutItem", "TransactWriteItems", "SendMessage"]) == 0
+    assert metric(worker, "spot_drain_jobs_rejected_total") == {"reason=too_large": 1.0}
+    # As large as the setting allows, in characters that JSON would escape: stored as UTF-8, it fits.
+    fits = json.dumps({"s": "\u00e9" * 190000}, ensure_ascii=False).encode()
+    assert len(fits) < 393216
+    accepted = worker.request("POST", "/jobs", fits, {"Content-Type": "application/json"})
+    assert accepted.status == 202, accepted
+    job_id = accepted.json()["id"]
+    done = worker.wait_job_status(job_id, "done", timeout=30)
+    assert done["payload"] == {"s": "\u00e9" * 190000}
+
+
 def run_worker(env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **env, PYTHONPATH=child_pythonpath())
     return subprocess.run([sys.executable, "-m", "spot_drain_worker"], env=full_env, capture_output=True,
@@ -194,6 +219,10 @@ def test_bad_sqs_configuration_stops_the_start_with_exit_2(worker_env, aws):
         "AccessDenied on the table": ({}, ("DescribeTable", "AccessDeniedException"),
                                       f"JOBS_TABLE {aws.table}: access denied (AccessDeniedException"),
         "unreachable": ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, None, f"QUEUE_URL {aws.queue_url}: "),
+        # Issue 17, item 6: a job's record is one DynamoDB item; a larger body could never be stored.
+        "payload larger than one item": ({"MAX_PAYLOAD_BYTES": "512000"}, None,
+                                         "MAX_PAYLOAD_BYTES must be at most 393216 with QUEUE_URL (a job's record "
+                                         "is one DynamoDB item (400 KB)"),
     }
     for name, (changes, fault, message) in cases.items():
         aws.proxy.clear_rules()
