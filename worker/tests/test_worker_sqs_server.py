@@ -64,6 +64,8 @@ def test_three_workers_share_one_queue_and_survive_kill9(start_sqs_worker, aws, 
     victim = workers[0]
     since = 0.0
     for _round in range(2):
+        # Work the victim can still take, whatever the others finished while it restarted (seconds under load).
+        job_ids += [post_job(victim, {"n": len(job_ids), "seconds": 1.5}) for _extra in range(4)]
         # kill -9 the victim while it runs a job (its lease is then only the message's visibility)
         job = victim.wait_for(lambda: in_flight_on(run_log, "w0", since), 30, interval=0.01, what="a job on w0")[0]
         victim.kill9()
@@ -85,7 +87,7 @@ def test_three_workers_share_one_queue_and_survive_kill9(start_sqs_worker, aws, 
         assert [(attempt, where != "w0") for _job, attempt, where, _t in runs] == [(1, False), (2, True)], runs
         assert workers[1].job(job_id)["attempts"] == 2
     # Every job was recorded done by exactly one attempt, in one worker's log.
-    assert [done_lines(workers, job_id) for job_id in job_ids] == [1] * 30
+    assert [done_lines(workers, job_id) for job_id in job_ids] == [1] * len(job_ids)
     assert sum(metric(w, "spot_drain_queue_received_total") for w in workers[1:]) >= 20
     assert sum(metric(w, "spot_drain_queue_heartbeats_total") for w in workers) > 0
     assert set(metric(workers[2], "spot_drain_queue_messages")) == {"kind=visible", "kind=in_flight", "kind=delayed"}
