@@ -11,6 +11,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .config import Config
+from .queues import PayloadTooLarge
 from .runtime import WorkerRuntime
 from .watcher import INTERRUPTION_ACTIONS, InterruptionNotice, parse_time
 
@@ -174,7 +175,11 @@ def submit_job():
     if error is not None:
         runtime.metrics.jobs_rejected.labels("bad_request").inc()
         return error
-    job, created = runtime.queue.enqueue(payload, key)
+    try:
+        job, created = runtime.queue.enqueue(payload, key)
+    except PayloadTooLarge as exc:
+        runtime.metrics.jobs_rejected.labels("too_large").inc()
+        return _error(413, str(exc))
     if not created and job.payload != payload:
         return _error(409, "Idempotency-Key was already used with a different payload")
     if created:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 # The retry backoff never exceeds the cap, so a larger base would silently mean the cap.
 from .queues import BACKOFF_CAP_SECONDS as MAX_RETRY_BACKOFF_SECONDS
+from .queues import SQS_MAX_PAYLOAD_BYTES
 
 
 class ConfigError(ValueError):
@@ -110,17 +111,15 @@ def _number(name: str, raw: str, *, minimum: float, maximum: float | None = None
 def _database_path(raw: str) -> str:
     """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, or a plain file path."""
     name = "DATABASE_URL"
-    if "://" in raw:
-        prefix = "sqlite:///"
-        if not raw.startswith(prefix):
-            raise ConfigError(f"{name} must be a sqlite:/// URL or a file path (got {raw!r})")
-        path = raw[len(prefix):]
-    else:
-        path = raw
+    prefix = "sqlite:///"
+    is_url = "://" in raw
+    if is_url and not raw.startswith(prefix):
+        raise ConfigError(f"{name} must be a sqlite:/// URL or a file path (got {raw!r})")
+    path = raw[len(prefix):] if is_url else raw
     if not path or path == ":memory:" or path.startswith("file:"):
         # The queue opens one connection per thread and must survive restarts: it needs a file.
         raise ConfigError(f"{name} must name a database file (got {raw!r})")
-    if raw.startswith(prefix) and ("?" in path or "#" in path):
+    if is_url and ("?" in path or "#" in path):
         # sqlite3.connect takes a plain file name: a URL query would become part of the name.
         raise ConfigError(f"{name} must not have a query string or fragment (got {raw!r}); "
                           f"SQLite options are set by the worker")
@@ -336,6 +335,10 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError(f"JOBS_TOKEN must be set in production mode when the worker listens on the network "
                           f"(HOST={config.host}): anyone who reaches the port could submit and read jobs. Set "
                           f"JOBS_TOKEN (16+ characters), or HOST=127.0.0.1 behind a proxy that authenticates")
+    if config.queue_url is not None and config.max_payload_bytes > SQS_MAX_PAYLOAD_BYTES:
+        raise ConfigError(f"MAX_PAYLOAD_BYTES must be at most {SQS_MAX_PAYLOAD_BYTES} with QUEUE_URL (a job's record "
+                          f"is one DynamoDB item (400 KB), which also holds its status and times), got "
+                          f"{config.max_payload_bytes}")
     if config.queue_url is not None and config.lease_seconds > 43200:
         raise ConfigError(f"LEASE_SECONDS must be at most 43200 with QUEUE_URL (SQS's longest visibility timeout), "
                           f"got {config.lease_seconds:g}")

@@ -14,6 +14,15 @@ from typing import Any
 
 STATUSES = ("queued", "processing", "done", "failed", "dead")
 BACKOFF_CAP_SECONDS = 300.0
+# The SQS backend keeps a job's record in one DynamoDB item: at most 400 KB, attribute names and values
+# together. The payload may take all of it but what the rest of the record needs (ids, status, times,
+# owner, an idempotency key, a last_error of up to 2000 characters): 16 KiB.
+DYNAMODB_ITEM_BYTES = 400 * 1024
+SQS_MAX_PAYLOAD_BYTES = DYNAMODB_ITEM_BYTES - 16 * 1024
+
+
+class PayloadTooLarge(ValueError):
+    """The job cannot be stored (HTTP 413): its record would exceed what the backend holds."""
 
 
 def backoff_seconds(base: float, attempts: int) -> float:

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     # botocore (SQS backend) says where it found credentials and endpoints at INFO: noise in the journal.
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    config = None
     try:
         config = load_config()
         # Open the queue here (SQLite: create the schema; SQS: check the queue and the table) so a
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spot-drain-worker: configuration error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - e.g. sqlite3.OperationalError: unable to open file
+        if config is None:
+            raise  # a fault in reading the settings, not a database that cannot be opened: its traceback says more
         print(f"spot-drain-worker: configuration error: DATABASE_URL: cannot open "
               f"{config.database_path}: {exc}", file=sys.stderr)
         return 2

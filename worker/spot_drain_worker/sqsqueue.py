@@ -7,7 +7,11 @@ the result and who runs it, so `GET /jobs/<id>` answers the same on every worker
   the item to `processing` with one conditional write that also increments `lease`, the fencing number:
   every later write of that attempt (heartbeat, done, failed, hand-back) is conditioned on it, so a worker
   whose lease was lost cannot record anything over a newer attempt.
-- The heartbeat extends both: the item's `lease_expires_at` (fenced) and the message's visibility.
+- The heartbeat extends both: the item's `lease_expires_at` (fenced) and the message's visibility. Only the
+  fenced write decides whether the lease is held: a receiver that finds the record's lease running leaves
+  the job alone, so a visibility change that fails (throttled) is logged and tried again at the next beat.
+  The heartbeat's calls are not retried by botocore (its backoff would hold the beat past the lease): the
+  beat, three times per lease, is their retry.
 - Done: the item is written first, then the message is deleted. A crash in between leaves a message whose
   job is `done`; the next receive deletes it without running the job.
 - Failed: the item goes to `failed` with the backoff, and the message's visibility becomes the backoff.
@@ -35,7 +39,7 @@ import uuid
 from typing import Any, Callable
 
 from .config import ConfigError
-from .queues import Job, JobQueueBase, backoff_seconds
+from .queues import SQS_MAX_PAYLOAD_BYTES, Job, JobQueueBase, PayloadTooLarge, backoff_seconds
 
 try:
     import boto3
@@ -65,6 +69,11 @@ TABLE_ACTIVE_TIMEOUT_SECONDS = 120.0
 # botocore's "standard" retry mode: exponential backoff with full jitter, capped at 20 s, for
 # throttling and transient errors.
 CLIENT_MAX_ATTEMPTS = 5
+# The heartbeat's clients: one attempt, answered within a beat (see the module's docstring).
+HEARTBEAT_MAX_ATTEMPTS = 1
+# A message is replaced by a fresh copy at its receive maxReceiveCount - 1 (`_near_redrive`): below 3 even a
+# first receive would be replaced, every receive would renew it, and no job would ever start.
+MIN_MAX_RECEIVE_COUNT = 3
 # Every job attribute the code names, spelled through placeholders (several are reserved words).
 _NAMES = {f"#{name}": name for name in (
     "id", "kind", "payload", "status", "attempts", "lease", "last_error", "result", "idempotency_key",
@@ -76,6 +85,32 @@ _FENCE = "#lease = :lease AND #status = :processing"
 def visibility(seconds: float) -> int:
     """SQS takes whole seconds, 0 to 12 hours; round up so a lease or backoff is never shortened."""
     return max(0, min(MAX_VISIBILITY_SECONDS, math.ceil(seconds)))
+
+
+def stored_payload(payload: Any) -> str:
+    """The payload as the record holds it: compact JSON, non-ASCII kept as UTF-8 (escaped it would take up
+    to 3 times the room of one item), escaped only when it cannot be UTF-8 (a lone surrogate)."""
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(payload, separators=(",", ":"))
+    return text
+
+
+def check_payload_size(text: str) -> None:
+    """PayloadTooLarge when the stored payload leaves its record no room in one DynamoDB item. The request
+    body was within MAX_PAYLOAD_BYTES, but its stored form can be longer (1e5 is stored as 100000.0)."""
+    size = len(text.encode())
+    if size > SQS_MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"the job's payload takes {size} bytes as stored (compact JSON), more than the "
+                              f"{SQS_MAX_PAYLOAD_BYTES} that one DynamoDB item (400 KB) leaves it beside the job's "
+                              f"record: send a smaller payload")
+
+
+def heartbeat_timeout(lease_seconds: float) -> float:
+    """How long one heartbeat call may take: a beat (a third of the lease), at least 1 s, at most 10 s."""
+    return min(10.0, max(1.0, lease_seconds / 3))
 
 
 def _attr(value: Any) -> dict:
@@ -160,12 +195,14 @@ class SqsQueue(JobQueueBase):
 
     def __init__(self, *, queue_url: str, table: str, sqs, dynamodb, max_attempts: int,
                  retry_backoff_seconds: float, wait_seconds: int = 5, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, metrics=None):
+                 monotonic: Callable[[], float] = time.monotonic, metrics=None, heartbeat_clients=None):
         super().__init__()
         self.queue_url = queue_url
         self.table = table
         self.sqs = sqs
         self.dynamodb = dynamodb
+        # (sqs, dynamodb) for the heartbeat's two calls; the same clients when none are given.
+        self.heartbeat_sqs, self.heartbeat_dynamodb = heartbeat_clients or (sqs, dynamodb)
         self.max_attempts = max_attempts
         self.retry_backoff_seconds = retry_backoff_seconds
         self.wait_seconds = wait_seconds
@@ -181,34 +218,45 @@ class SqsQueue(JobQueueBase):
     # ---- construction and the start-up check ----
 
     @staticmethod
-    def clients(config, *, max_attempts: int = CLIENT_MAX_ATTEMPTS):
+    def clients(config, *, max_attempts: int = CLIENT_MAX_ATTEMPTS, timeout_seconds: float | None = None):
+        """(sqs, dynamodb) clients; `timeout_seconds` bounds connecting and each answer (default: the long
+        poll's wait plus 15 s)."""
         if boto3 is None:
             raise ConfigError("QUEUE_URL needs boto3, which is not installed: "
                               "pip install 'spot-drain-worker[sqs]'")
         # Endpoints (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL_DYNAMODB) and credentials
         # (the instance profile) are botocore's own business; the region is passed because botocore
         # reads only AWS_DEFAULT_REGION, not AWS_REGION.
+        read_timeout = config.sqs_wait_seconds + 15 if timeout_seconds is None else timeout_seconds
         client_config = BotoConfig(
-            region_name=config.aws_region, retries={"mode": "standard", "max_attempts": max_attempts},
-            connect_timeout=5, read_timeout=config.sqs_wait_seconds + 15,
+            # total_max_attempts counts the first attempt; botocore's max_attempts would count retries only.
+            region_name=config.aws_region, retries={"mode": "standard", "total_max_attempts": max_attempts},
+            connect_timeout=min(5, read_timeout), read_timeout=read_timeout,
             max_pool_connections=config.server_threads + 4)
         session = boto3.session.Session()
         return (session.client("sqs", config=client_config),
                 session.client("dynamodb", config=client_config))
 
     @classmethod
-    def from_config(cls, config, *, clock=time.time, metrics=None, max_attempts: int = CLIENT_MAX_ATTEMPTS):
+    def from_config(cls, config, *, clock=time.time, metrics=None, max_attempts: int = CLIENT_MAX_ATTEMPTS,
+                    heartbeat: bool = True):
+        """The queue a worker runs on; `heartbeat=False` (the start-up check) leaves out the heartbeat's clients."""
         sqs, dynamodb = cls.clients(config, max_attempts=max_attempts)
+        heartbeat_clients = None
+        if heartbeat:
+            heartbeat_clients = cls.clients(config, max_attempts=HEARTBEAT_MAX_ATTEMPTS,
+                                            timeout_seconds=heartbeat_timeout(config.lease_seconds))
         return cls(queue_url=config.queue_url, table=config.jobs_table, sqs=sqs, dynamodb=dynamodb,
                    max_attempts=config.max_attempts, retry_backoff_seconds=config.retry_backoff_seconds,
-                   wait_seconds=config.sqs_wait_seconds, clock=clock, metrics=metrics)
+                   wait_seconds=config.sqs_wait_seconds, clock=clock, metrics=metrics,
+                   heartbeat_clients=heartbeat_clients)
 
     @classmethod
     def check(cls, config, *, sleep: Callable[[float], None] = time.sleep) -> None:
         """Start-up check: the queue (and its dead-letter queue) exists and answers, the table exists
         (or is created) with the worker's key. Raises ConfigError with one line naming the culprit."""
         # Two attempts only: an unreachable endpoint should stop the start soon, not after a minute.
-        queue = cls.from_config(config, max_attempts=2)
+        queue = cls.from_config(config, max_attempts=2, heartbeat=False)
         queue.verify(create_table=config.jobs_table_create, sleep=sleep)
 
     def _explain(self, what: str, exc: Exception) -> ConfigError:
@@ -246,6 +294,13 @@ class SqsQueue(JobQueueBase):
                 raise ConfigError(f"{what}: its redrive policy names a dead-letter queue that does not exist "
                                   f"({attributes.get('RedrivePolicy')})") from None
             raise self._explain(f"{what} (its dead-letter queue)", exc) from None
+        if self._redrive and self._redrive[1] < MIN_MAX_RECEIVE_COUNT:
+            count = self._redrive[1]
+            raise ConfigError(
+                f"{what}: its redrive policy's maxReceiveCount is {count}; the worker needs at least "
+                f"{MIN_MAX_RECEIVE_COUNT} (10 or more, above MAX_ATTEMPTS, is best): it replaces a message by a fresh "
+                f"copy at receive maxReceiveCount - 1 so that SQS never dead-letters a job it still counts, and "
+                f"with {count} even a first receive would be replaced and no job would ever start")
         self._verify_table(create_table, sleep)
         log.info("queue %s, table %s, dead-letter queue %s", self.queue_url, self.table,
                  self._redrive[0] if self._redrive else "none (dead jobs' messages are deleted)")
@@ -314,10 +369,11 @@ class SqsQueue(JobQueueBase):
                                       ConsistentRead=True).get("Item")
 
     def _update(self, job_id: str, update: str, condition: str, values: dict,
-                return_values: str = "NONE") -> dict | None:
-        """One conditional UpdateItem; None when the condition failed."""
+                return_values: str = "NONE", client=None) -> dict | None:
+        """One conditional UpdateItem (with `client`, else the queue's DynamoDB client); None when the
+        condition failed."""
         try:
-            answer = self.dynamodb.update_item(
+            answer = (client or self.dynamodb).update_item(
                 TableName=self.table, Key={"id": {"S": job_id}}, UpdateExpression=update,
                 ConditionExpression=condition, ExpressionAttributeNames=_names(update, condition),
                 ExpressionAttributeValues=values, ReturnValues=return_values)
@@ -337,10 +393,12 @@ class SqsQueue(JobQueueBase):
         return job_from_item(item)
 
     def enqueue(self, payload: Any, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        stored = stored_payload(payload)
+        check_payload_size(stored)  # before anything is written: a 413, never a 503 the client would retry
         now = self.clock()
         job_id = uuid.uuid4().hex
         item = {"id": {"S": job_id}, "kind": {"S": "job"},
-                "payload": {"S": json.dumps(payload, separators=(",", ":"))}, "status": {"S": "queued"},
+                "payload": {"S": stored}, "status": {"S": "queued"},
                 "attempts": {"N": "0"}, "lease": {"N": "0"}, "created_at": _attr(now),
                 "updated_at": _attr(now), "run_after": _attr(now)}
         key_id = None
@@ -410,12 +468,12 @@ class SqsQueue(JobQueueBase):
         if self.metrics is not None:
             getattr(self.metrics, counter).inc()
 
-    def _set_visibility(self, receipt: str, seconds: float) -> bool:
+    def _set_visibility(self, receipt: str, seconds: float, client=None) -> bool:
         try:
-            self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=receipt,
-                                               VisibilityTimeout=visibility(seconds))
+            (client or self.sqs).change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=receipt,
+                                                           VisibilityTimeout=visibility(seconds))
             return True
-        except ClientError as exc:
+        except AWS_ERRORS as exc:
             log.warning("changing a message's visibility failed: %s", exc)
             return False
 
@@ -515,15 +573,19 @@ class SqsQueue(JobQueueBase):
         return job_from_item(claimed, dataclasses.replace(handle, lease=lease_no + 1))
 
     def extend(self, job: Job, lease_seconds: float) -> bool:
+        """False only when the fenced record write fails: then another attempt holds the job. A visibility
+        change that fails is logged and made again at the next beat (the record's lease, renewed here, keeps
+        every other receiver off the job meanwhile)."""
         handle: SqsHandle = job.handle
         now = self.clock()
         if self._update(job.id, "SET #lease_expires_at = :expires, #updated_at = :now", _FENCE,
                         _values(expires=now + lease_seconds, now=now, lease=handle.lease,
-                                processing="processing")) is None:
-            return False
-        if not self._set_visibility(handle.receipt, lease_seconds):
+                                processing="processing"), client=self.heartbeat_dynamodb) is None:
             return False
         self._count("heartbeats")
+        if not self._set_visibility(handle.receipt, lease_seconds, client=self.heartbeat_sqs):
+            log.warning("job %s: its record's lease is renewed, its message's visibility not (tried again at the "
+                        "next heartbeat)", job.id)
         return True
 
     def complete(self, job: Job, result: Any = None) -> bool:

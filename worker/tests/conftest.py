@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This tree's worker package first (see worker_process.PACKAGE_ROOT), then the collection's root.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 # The repository root: the collection's tests/support (the moto server, the fault proxy) is shared.
-sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(2, str(Path(__file__).resolve().parents[2]))
 
 from fake_imds import FakeImds  # noqa: E402
 from worker_process import WorkerProcess, free_port  # noqa: E402

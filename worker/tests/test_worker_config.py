@@ -70,6 +70,17 @@ def test_database_url_query_would_be_part_of_the_file_name_so_it_is_refused(tmp_
         load_config({"DATABASE_URL": f"sqlite:///{tmp_path}/jobs.db?mode=ro"})
 
 
+@pytest.mark.parametrize("form", ["{tmp}/jobs.db", "sqlite:///{tmp}/jobs.db"])
+def test_database_url_takes_a_plain_path_and_the_url_form(tmp_path, form):
+    # Issue 17, item 4: the plain path (the README's third form, the seed's "path to SQLite file") crashed.
+    assert load_config({"DATABASE_URL": form.format(tmp=tmp_path)}).database_path == str(tmp_path / "jobs.db")
+
+
+def test_a_plain_path_may_hold_what_a_url_may_not(tmp_path):
+    # A file name with '?' is a file name: only the URL form has a query to refuse.
+    assert load_config({"DATABASE_URL": f"{tmp_path}/jobs?.db"}).database_path == f"{tmp_path}/jobs?.db"
+
+
 @pytest.mark.parametrize("host", ["[::1]", "127.0.0.1:8080", "bad host", "a/b"])
 def test_host_must_be_a_bare_address(host):
     with pytest.raises(ConfigError, match="^HOST "):
@@ -103,3 +114,16 @@ def test_jobs_token_rules():
 def test_tokens_stay_out_of_the_config_repr():
     config = load_config({"JOBS_TOKEN": JOBS, "CONTROL_TOKEN": CONTROL})
     assert JOBS not in repr(config) and CONTROL not in repr(config)
+
+
+def test_a_fault_in_reading_the_settings_is_not_hidden_behind_a_second_one(monkeypatch):
+    # Issue 17, item 4: main's handler for a database that cannot be opened named config.database_path
+    # while config was unset, so a fault in load_config surfaced as an UnboundLocalError in main.
+    from spot_drain_worker import server
+
+    def broken():
+        raise RuntimeError("the settings reader broke")
+
+    monkeypatch.setattr(server, "load_config", broken)
+    with pytest.raises(RuntimeError, match="the settings reader broke"):
+        server.main([])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from worker_process import TESTS_DIR
+from worker_process import child_pythonpath
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,13 +104,26 @@ def test_shutdown_in_development_mode_gives_the_job_back(start_worker, run_log):
 def test_bad_environment_stops_the_worker_naming_the_variable(worker_env, tmp_path, variable, value):
     env = dict(os.environ)
     env.update(worker_env)
-    env.update({variable: value, "PYTHONPATH": str(TESTS_DIR)})
+    env.update({variable: value, "PYTHONPATH": child_pythonpath()})
     result = subprocess.run([sys.executable, "-m", "spot_drain_worker"], env=env, capture_output=True,
                             text=True, timeout=30, check=False)
     assert result.returncode == 2, result.stderr
     assert variable in result.stderr and "configuration error" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "jobs.db").exists()  # stopped before the database was touched
+
+
+def test_database_url_as_a_plain_path_runs_jobs_in_that_file(start_worker, tmp_path):
+    # Issue 17, item 4: the form the README documents and the seed described ("path to SQLite file")
+    # stopped the worker at start with an UnboundLocalError.
+    path = tmp_path / "plain" / "queue.db"
+    path.parent.mkdir()
+    worker = start_worker(DATABASE_URL=str(path))
+    job_id = worker.request("POST", "/jobs", {"n": 1}).json()["id"]
+    assert worker.wait_job_status(job_id, "done")["attempts"] == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT id, status FROM jobs").fetchall() == [(job_id, "done")]
+    assert not (tmp_path / "jobs.db").exists()  # not the default file, nor the fixture's
 
 
 def test_console_script_and_module_share_the_entry_point():
@@ -258,7 +271,7 @@ def test_bad_setting_stops_the_worker_with_one_line_and_touches_nothing(
     env = dict(os.environ)
     env.update(worker_env)
     env.update({k: v.format(tmp=tmp_path) for k, v in overrides.items()})
-    env["PYTHONPATH"] = str(TESTS_DIR)
+    env["PYTHONPATH"] = child_pythonpath()
     result = subprocess.run([sys.executable, "-m", "spot_drain_worker"], env=env, capture_output=True,
                             text=True, timeout=30, check=False)
     assert result.returncode == 2, result.stderr

@@ -50,6 +50,8 @@ def test_region_in_a_queue_url(url, region):
     ({"QUEUE_URL": URL, "JOBS_TABLE": "t-1", "JOBS_TABLE_CREATE": "maybe"}, r"^JOBS_TABLE_CREATE must be true"),
     ({"QUEUE_URL": URL, "JOBS_TABLE": "t-1", "SQS_WAIT_SECONDS": "21"}, r"^SQS_WAIT_SECONDS must be at most 20"),
     ({"QUEUE_URL": URL, "JOBS_TABLE": "t-1", "LEASE_SECONDS": "50000"}, r"^LEASE_SECONDS must be at most 43200"),
+    ({"QUEUE_URL": URL, "JOBS_TABLE": "t-1", "MAX_PAYLOAD_BYTES": "393217"},
+     r"^MAX_PAYLOAD_BYTES must be at most 393216 with QUEUE_URL .*one DynamoDB item \(400 KB\)"),
 ])
 def test_bad_sqs_settings_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
@@ -61,3 +63,4 @@ def test_error_backoff_is_jittered_exponential_and_capped():
     assert [error_backoff(n, rand=lambda: 1.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert error_backoff(100, rand=lambda: 1.0) == ERROR_BACKOFF_CAP_SECONDS
     assert error_backoff(3, rand=lambda: 0.25) == 0.5  # full jitter: a fraction of the ceiling
+

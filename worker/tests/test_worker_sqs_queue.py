@@ -109,6 +109,23 @@ def test_enqueue_claim_complete_deletes_the_message_after_the_status(queue, aws,
     assert queue.metrics.messages_received._value.get() == 1 and queue.metrics.heartbeats._value.get() == 1
 
 
+def test_a_throttled_visibility_change_is_no_lost_lease_and_is_made_at_the_next_beat(queue, aws, clock):
+    # Issue 17, item 2: only the fenced record write says whether the lease is held. Each beat makes one
+    # attempt (botocore's backoff would hold the beat past the lease), so six throttled answers (what
+    # outlasted botocore's retries in the issue) take six beats, every one of which renews the record.
+    job_id = queue.enqueue({})[0].id
+    claimed = queue.claim("w1", 30)
+    aws.proxy.fail("ChangeMessageVisibility", "RequestThrottled", times=6)
+    for _beat in range(6):
+        clock.now += 10
+        assert queue.extend(claimed, 30)
+        assert float(aws.item(job_id)["lease_expires_at"]) == clock.now + 30
+    assert aws.proxy.count("ChangeMessageVisibility", outcome="injected") == 6
+    assert queue.extend(claimed, 30)  # the seventh beat's change goes through
+    assert aws.proxy.records("ChangeMessageVisibility")[-1].status == 200
+    assert queue.complete(claimed)
+
+
 def test_lost_lease_is_fenced_and_counts_as_an_attempt(queue, aws, clock):
     job_id = queue.enqueue({})[0].id
     first = queue.claim("w1", 10)

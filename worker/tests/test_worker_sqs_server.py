@@ -8,6 +8,7 @@ long poll notices a visibility change (a hand-back) only once a second."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import time
 import pytest
 
 from fake_imds import FakeImds
-from worker_process import TESTS_DIR, run_lines
+from worker_process import child_pythonpath, run_lines
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -63,6 +64,8 @@ def test_three_workers_share_one_queue_and_survive_kill9(start_sqs_worker, aws, 
     victim = workers[0]
     since = 0.0
     for _round in range(2):
+        # Work the victim can still take, whatever the others finished while it restarted (seconds under load).
+        job_ids += [post_job(victim, {"n": len(job_ids), "seconds": 1.5}) for _extra in range(4)]
         # kill -9 the victim while it runs a job (its lease is then only the message's visibility)
         job = victim.wait_for(lambda: in_flight_on(run_log, "w0", since), 30, interval=0.01, what="a job on w0")[0]
         victim.kill9()
@@ -84,7 +87,7 @@ def test_three_workers_share_one_queue_and_survive_kill9(start_sqs_worker, aws, 
         assert [(attempt, where != "w0") for _job, attempt, where, _t in runs] == [(1, False), (2, True)], runs
         assert workers[1].job(job_id)["attempts"] == 2
     # Every job was recorded done by exactly one attempt, in one worker's log.
-    assert [done_lines(workers, job_id) for job_id in job_ids] == [1] * 30
+    assert [done_lines(workers, job_id) for job_id in job_ids] == [1] * len(job_ids)
     assert sum(metric(w, "spot_drain_queue_received_total") for w in workers[1:]) >= 20
     assert sum(metric(w, "spot_drain_queue_heartbeats_total") for w in workers) > 0
     assert set(metric(workers[2], "spot_drain_queue_messages")) == {"kind=visible", "kind=in_flight", "kind=delayed"}
@@ -129,6 +132,27 @@ def test_spot_notice_hands_the_job_back_to_another_worker(start_sqs_worker, aws,
         assert "released at the drain deadline" in record["last_error"]
 
 
+def test_throttled_visibility_changes_never_let_a_second_worker_run_the_job(start_sqs_worker, aws, run_log):
+    """Issue 17, item 2: a heartbeat whose ChangeMessageVisibility fails (throttled past botocore's retries)
+    was taken as a lost lease although the fenced record write had just succeeded; the runner stopped
+    heartbeating, the record's lease ran out and the other worker ran the job at the same time."""
+    timings = dict(SQS_TIMINGS, LEASE_SECONDS="3")
+    workers = [start_sqs_worker(WORKER_NAME=f"w{i}", **timings) for i in range(2)]
+    job_id = post_job(workers[0], {"seconds": 12})
+    workers[0].wait_for(lambda: starts(run_log, job_id), 15, what="the job to start")
+    # Once the job's first heartbeat has changed the visibility, the next six changes are throttled.
+    aws.proxy.wait_for("ChangeMessageVisibility", done=True, timeout=10)
+    aws.proxy.fail("ChangeMessageVisibility", "RequestThrottled", times=6)
+    aws.proxy.wait_for("ChangeMessageVisibility", outcome="injected", count=6, timeout=30)
+
+    workers[1].wait_job_status(job_id, "done", timeout=40)
+    runs = starts(run_log, job_id)
+    assert len(runs) == 1, runs  # one worker ran it, once: never two at the same time
+    assert workers[1].job(job_id)["attempts"] == 1
+    assert done_lines(workers, job_id) == 1
+    assert not any("lost its lease" in worker.log_path.read_text() for worker in workers)
+
+
 def test_poison_job_ends_dead_in_the_dlq_and_requeue_runs_it_again(start_sqs_worker, aws, run_log):
     workers = [start_sqs_worker(WORKER_NAME=f"w{i}", **dict(SQS_TIMINGS, JOB_HANDLER="handlers_for_tests:always_fail"))
                for i in range(2)]
@@ -146,8 +170,32 @@ def test_poison_job_ends_dead_in_the_dlq_and_requeue_runs_it_again(start_sqs_wor
     assert workers[0].request("POST", "/jobs/nope/requeue").status == 404
 
 
+def test_a_job_whose_record_would_not_fit_one_item_is_413_never_503(start_sqs_worker, aws):
+    """Issue 17, item 6: a body within MAX_PAYLOAD_BYTES whose stored record exceeds one DynamoDB item got
+    ValidationException from PutItem, answered as "503, retry", every time."""
+    worker = start_sqs_worker(MAX_PAYLOAD_BYTES="393216", **SQS_TIMINGS)
+    # 1e5 is stored as 100000.0: a 380 kB body becomes an 855 kB payload.
+    body = b'{"n": [' + b",".join([b"1e5"] * 95000) + b"]}"
+    assert len(body) < 393216
+    refused = worker.request("POST", "/jobs", body, {"Content-Type": "application/json"})
+    assert refused.status == 413, refused
+    assert "Retry-After" not in refused.headers
+    assert "one DynamoDB item (400 KB)" in refused.json()["error"], refused
+    assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []
+    assert aws.proxy.count(["PutItem", "TransactWriteItems", "SendMessage"]) == 0
+    assert metric(worker, "spot_drain_jobs_rejected_total") == {"reason=too_large": 1.0}
+    # As large as the setting allows, in characters that JSON would escape: stored as UTF-8, it fits.
+    fits = json.dumps({"s": "\u00e9" * 190000}, ensure_ascii=False).encode()
+    assert len(fits) < 393216
+    accepted = worker.request("POST", "/jobs", fits, {"Content-Type": "application/json"})
+    assert accepted.status == 202, accepted
+    job_id = accepted.json()["id"]
+    done = worker.wait_job_status(job_id, "done", timeout=30)
+    assert done["payload"] == {"s": "\u00e9" * 190000}
+
+
 def run_worker(env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **env, PYTHONPATH=str(TESTS_DIR))
+    full_env = dict(os.environ, **env, PYTHONPATH=child_pythonpath())
     return subprocess.run([sys.executable, "-m", "spot_drain_worker"], env=full_env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
@@ -173,6 +221,10 @@ def test_bad_sqs_configuration_stops_the_start_with_exit_2(worker_env, aws):
         "AccessDenied on the table": ({}, ("DescribeTable", "AccessDeniedException"),
                                       f"JOBS_TABLE {aws.table}: access denied (AccessDeniedException"),
         "unreachable": ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, None, f"QUEUE_URL {aws.queue_url}: "),
+        # Issue 17, item 6: a job's record is one DynamoDB item; a larger body could never be stored.
+        "payload larger than one item": ({"MAX_PAYLOAD_BYTES": "512000"}, None,
+                                         "MAX_PAYLOAD_BYTES must be at most 393216 with QUEUE_URL (a job's record "
+                                         "is one DynamoDB item (400 KB)"),
     }
     for name, (changes, fault, message) in cases.items():
         aws.proxy.clear_rules()
@@ -186,3 +238,20 @@ def test_bad_sqs_configuration_stops_the_start_with_exit_2(worker_env, aws):
     # None of it created the table the worker would otherwise create.
     tables = aws.dynamodb.list_tables()["TableNames"]
     assert aws.table not in tables
+
+
+@pytest.mark.parametrize("max_receive_count", [1, 2])
+def test_a_redrive_policy_that_would_starve_every_job_stops_the_start(worker_env, aws, max_receive_count):
+    """Issue 17, item 5: with maxReceiveCount 1 or 2 every receive renewed the message (a fresh copy, sent
+    before the old one is deleted), no job ever started and the worker spun on SendMessage."""
+    from sqs_support import AwsFixture
+
+    tight = AwsFixture(aws.moto, aws.proxy, max_receive_count=max_receive_count)
+    result = run_worker(dict(worker_env, **tight.worker_env()), timeout=30)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert lines == [lines[0]], lines
+    assert lines[0].startswith(f"spot-drain-worker: configuration error: QUEUE_URL {tight.queue_url}: its "
+                               f"redrive policy's maxReceiveCount is {max_receive_count}; the worker needs at "
+                               f"least 3"), lines[0]
+    assert aws.proxy.count(["SendMessage", "ReceiveMessage"]) == 0

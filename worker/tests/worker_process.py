@@ -14,6 +14,14 @@ import time
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent
+# The worker package of this tree: the tests run the code beside them, not whichever copy a shared
+# virtualenv happens to have installed (an editable install points at one checkout only).
+PACKAGE_ROOT = TESTS_DIR.parent
+
+
+def child_pythonpath() -> str:
+    """PYTHONPATH for a worker started by a test: the test handlers, this tree's package, then the caller's."""
+    return os.pathsep.join(filter(None, [str(TESTS_DIR), str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def free_port() -> int:
@@ -63,7 +71,7 @@ class WorkerProcess:
     def start(self, timeout: float = 20.0) -> "WorkerProcess":
         full_env = dict(os.environ)
         full_env.update(self.env)
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+        full_env["PYTHONPATH"] = child_pythonpath()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "spot_drain_worker"], env=full_env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
