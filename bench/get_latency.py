@@ -86,7 +86,7 @@ class BenchFailure(Exception):
 def pool_modules():
     """The collection's own operations and state modules, as Ansible would load them."""
     try:
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo, operations, state
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo, operations, state
     except ImportError as exc:
         raise SystemExit("cannot import the collection from build/collections (%s): run `make setup` first" % exc)
     return types.SimpleNamespace(operations=operations, state=state, dynamo=dynamo)

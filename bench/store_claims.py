@@ -61,7 +61,7 @@ class BenchFailure(Exception):
 def pool_modules():
     try:
         # pylint: disable=import-outside-toplevel
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo, dynamoquery, state
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo, dynamoquery, state
     except ImportError as exc:
         raise SystemExit("cannot import the collection from build/collections (%s): run `make setup` first" % exc)
     return dynamo, dynamoquery, state
@@ -80,7 +80,7 @@ url, kind = sys.argv[1:3]
 query = dict(TableName="%s", ConsistentRead=True, KeyConditionExpression="#p = :p",
              ExpressionAttributeNames={"#p": "pool"}, ExpressionAttributeValues={":p": {"S": "none"}})
 if kind == "light":
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.dynamoquery import DynamoDBClient
     client = DynamoDBClient({"region": "%s", "endpoint_url": url, "access_key": "testing", "secret_key": "testing"})
 else:
     import boto3

@@ -106,12 +106,12 @@ from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin
 
 from ansible_collections.amazon.aws.plugins.plugin_utils.inventory import AWSInventoryBase
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import identity
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import identity
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import pool_file_path
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.localfiles import pool_file_path
 
 POOL_TAG = "ec2spot:pool"
 TYPE_TAG = "ec2spot:type"
@@ -216,7 +216,7 @@ class InventoryModule(AWSInventoryBase):
         self.require_aws_sdk()
         self._set_frozen_credentials()
         # Imported here: it needs botocore, which only this path requires.
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2  # pylint: disable=import-outside-toplevel
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import ec2  # pylint: disable=import-outside-toplevel
 
         try:
             instances = ec2.describe_pool_instances(self.client("ec2"), pool_name, states=("running",))

@@ -207,11 +207,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import child_environment
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import connection_argument_spec
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import InstanceStates
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import child_environment
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import connection_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import pool_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.ec2query import InstanceStates
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_LEASE_TTL
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import get_instance
 # Not used here: it makes Ansible ship the refill job's code, which this module starts (see refill_payload.py).

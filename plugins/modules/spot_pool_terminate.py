@@ -132,12 +132,12 @@ msg:
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import AnsibleAWSModule
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import ec2_client
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import fail
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import aws_pool_store
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import pool_argument_spec
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import pool_argument_spec
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import terminate_pool
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
 from tests.support.ansible import Run, run_module, run_playbook
 from tests.support.moto import REGION
 

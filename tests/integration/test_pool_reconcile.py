@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
 from tests.integration.conftest import AMI, POOL_ID_TAG, POOL_TAG, TYPE_TAG, tags_of, task_result, wait_until
 from tests.integration.healing import assert_consistent, instance_ids_in, wait_refill_done
 

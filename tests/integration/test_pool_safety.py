@@ -237,7 +237,7 @@ BAD_INPUT = [
 def leased_pool(pool):
     """Pool `default`: two instances, one leased. Made by module_utils directly (a second is faster than a play)."""
     from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
     from tests.support.moto import POOL_LAUNCH
 
     store = FileStore(str(pool.state_file), pool.pool_name)

@@ -6,7 +6,7 @@ EC2 has not reported running yet; every other field can be set by name.
 
 from __future__ import annotations
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import entries
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import entries
 
 LAUNCHED_AT = "2026-11-22T10:00:00Z"
 

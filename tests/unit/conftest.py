@@ -6,7 +6,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import BOTOCORE_CONFIG
 from tests.support.moto import REGION
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ansible_collections.amazon.aws.plugins.module_utils.modules import aws_argument_spec
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import connection
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import connection
 
 
 def test_connection_options_match_amazon_aws_exactly():

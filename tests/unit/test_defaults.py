@@ -1,5 +1,5 @@
 """Defaults stated once: each module's documented default is its argument spec's, and the argument specs take the
-pool's defaults from module_utils (_pool/defaults.py, launcher.DEFAULT_FALLBACK_ON), not from literals of their own."""
+pool's defaults from module_utils (_pool/domain/defaults.py, launcher.DEFAULT_FALLBACK_ON), not from literals of their own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import defaults
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import defaults
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import DEFAULT_FALLBACK_ON
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_INIT_WAIT_TIMEOUT
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_LEASE_TTL

@@ -20,18 +20,19 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import RefillLeaseLost
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StoreConflict
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.dynamoquery import DynamoDBClient
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import RefillLeaseLost
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import StoreConflict
 from tests.support.moto import REGION
 from tests.support.pool_entries import instance_id
 from tests.support.pool_entries import pool_entry
-from tests.unit.test_layers import PACKAGE
-from tests.unit.test_layers import imports_of
+from tests.support.pool_imports import POOL
+from tests.support.pool_imports import imports_of
+from tests.support.pool_imports import pool_modules
 from tests.unit.test_store import DYNAMODB_CLIENTS
 from tests.unit.test_store import dynamodb_client
 from tests.unit.test_store import seed
@@ -213,15 +214,15 @@ def test_more_claimers_in_threads_than_ready_entries_each_entry_is_leased_once(o
 
 CLAIMER = """
 import json, sys
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
 url, table, state_dir, kind = sys.argv[1:5]
 if kind == "light":
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.dynamoquery import DynamoDBClient
     client = DynamoDBClient({"region": "%s", "endpoint_url": url, "access_key": "testing", "secret_key": "testing"})
 else:
     import boto3
     from botocore.config import Config
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import BOTOCORE_CONFIG
     client = boto3.client("dynamodb", region_name="%s", endpoint_url=url, aws_access_key_id="testing",
                           aws_secret_access_key="testing", config=Config(**BOTOCORE_CONFIG))
 store = DynamoStore(client, table, "p", state_dir)
@@ -542,13 +543,14 @@ def test_no_credential_is_ever_written_to_the_table(url, table, tmp_path, kind):
 
 
 def test_the_store_imports_no_ec2_part_and_the_file_path_does_not_import_it():
-    assert imports_of(PACKAGE / "dynamo.py") & {"ec2", "ec2query", "launcher", "connection", "refill"} == set()
-    importers = {path.stem: path for path in PACKAGE.glob("*.py") if "dynamo" in imports_of(path)}
+    assert imports_of("stores.dynamodb") & {"_aws.ec2", "_aws.ec2query", "_aws.connection", "launcher", "refill"} == set()
+    importers = sorted(name for name in pool_modules() if "stores.dynamodb" in imports_of(name))
     # The glue that opens the store a module's options name, and the job's entry point: inside the function that
     # opens a DynamoDB store only, never at import time (test_wire.py runs the file path and looks).
-    assert sorted(importers) == ["common", "refill"]
-    for path in importers.values():
-        assert re.findall(r"^(\s*)from \.dynamo import", path.read_text(encoding="utf-8"), re.M) == ["    "]
+    assert importers == ["common", "refill"]
+    for name in importers:
+        text = (POOL / (name + ".py")).read_text(encoding="utf-8")
+        assert re.findall(r"^(\s*)from \.stores\.dynamodb import", text, re.M) == ["    "]
 
 
 # -- the rest of transaction() and claim_ready() ------------------------------------------------------------------

@@ -13,10 +13,10 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamoquery
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import dynamoquery
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.dynamoquery import DynamoDBClient
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
 from tests.support.moto import REGION
 from tests.support.moto import use_profile_only
 from tests.unit.test_store import dynamodb_client
@@ -182,7 +182,7 @@ if credentials == "chain":  # from the environment, through botocore's session: 
     load_data = botocore.loaders.Loader.load_data
     botocore.loaders.Loader.load_data = lambda self, name: loaded.append(name) or load_data(self, name)
 before = set(sys.modules)
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.dynamoquery import DynamoDBClient
 params = {"region": "us-east-1", "endpoint_url": sys.argv[1]}
 if credentials == "keys":
     params.update(access_key="testing", secret_key="testing")

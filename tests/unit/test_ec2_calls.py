@@ -11,7 +11,7 @@ import botocore.exceptions
 import pytest
 
 from ansible_collections.amazon.aws.plugins.module_utils import cloud
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import ec2
 
 # Functions that take a client but make no call of their own: they call a wrapped one.
 COMPOSED = {"describe_pool_instances"}

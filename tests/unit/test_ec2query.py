@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2query
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import InstanceStates
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import QueryError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import ec2query
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.ec2query import InstanceStates
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.ec2query import QueryError
 from tests.support.moto import AMI
 from tests.support.moto import REGION
 from tests.support.moto import use_profile_only

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ending
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import end_plan
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileLock
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.localfiles import FileLock
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
 from tests.support.moto import POOL_LAUNCH
 
 GONE = "i-0123456789abcdef0"  # an id EC2 does not know (never launched, or terminated long ago)
@@ -17,8 +18,8 @@ GONE = "i-0123456789abcdef0"  # an id EC2 does not know (never launched, or term
 # -- the decision: plain values ------------------------------------------------------------------------------------
 def test_spot_is_terminated_and_a_fallback_stopped_or_terminated_per_the_action():
     instances = [{"id": "i-s", "type": "spot"}, {"id": "i-f", "type": "fallback"}, {"id": "i-untyped"}]
-    assert ending.plan_end(instances, "stop") == ending.EndPlan(["i-s", "i-untyped"], ["i-f"])
-    assert ending.plan_end(instances, "terminate") == ending.EndPlan(["i-s", "i-f", "i-untyped"], [])
+    assert end_plan.plan_end(instances, "stop") == end_plan.EndPlan(["i-s", "i-untyped"], ["i-f"])
+    assert end_plan.plan_end(instances, "terminate") == end_plan.EndPlan(["i-s", "i-f", "i-untyped"], [])
 
 
 def test_what_ec2_already_ends_or_keeps_needs_nothing_and_an_unknown_state_counts_as_live():
@@ -29,19 +30,19 @@ def test_what_ec2_already_ends_or_keeps_needs_nothing_and_an_unknown_state_count
                  {"id": "i-5", "type": "fallback", "state": "running"},
                  {"id": "i-6", "type": "fallback", "state": None},
                  {"id": "i-7", "type": "spot", "state": "stopped"}]
-    assert ending.plan_end(instances, "stop") == ending.EndPlan(["i-7"], ["i-5", "i-6"])
+    assert end_plan.plan_end(instances, "stop") == end_plan.EndPlan(["i-7"], ["i-5", "i-6"])
     # Terminating a pool ends its stopped fallbacks too.
-    assert ending.plan_end(instances, "terminate") == ending.EndPlan(["i-3", "i-4", "i-5", "i-6", "i-7"], [])
+    assert end_plan.plan_end(instances, "terminate") == end_plan.EndPlan(["i-3", "i-4", "i-5", "i-6", "i-7"], [])
 
 
 def test_an_instance_named_twice_is_ended_once():
     twice = [{"id": "i-1", "type": "fallback"}, {"id": "i-1", "type": "fallback"}]
-    assert ending.plan_end(twice, "stop") == ending.EndPlan([], ["i-1"])
+    assert end_plan.plan_end(twice, "stop") == end_plan.EndPlan([], ["i-1"])
 
 
 def test_an_unknown_action_is_refused():
     with pytest.raises(ValueError, match="fallback_action must be one of stop, terminate, not 'keep'"):
-        ending.plan_end([{"id": "i-1"}], "keep")
+        end_plan.plan_end([{"id": "i-1"}], "keep")
 
 
 @pytest.mark.parametrize("launch, expected", [({"fallback_action": "terminate"}, "terminate"),
@@ -49,7 +50,7 @@ def test_an_unknown_action_is_refused():
                                               ({}, "stop"), (None, "stop")],
                          ids=["terminate", "stop", "pool-made-before-the-option", "no-launch"])
 def test_the_pool_s_own_fallback_action(launch, expected):
-    assert ending.fallback_action_of(launch) == expected
+    assert end_plan.fallback_action_of(launch) == expected
 
 
 # -- carried out, against the emulator -----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import entries
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import entries
 
 NOW = datetime.datetime(2026, 11, 22, 10, 0, 0, tzinfo=datetime.timezone.utc)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import identity
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import identity
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
 
 A = "aaaaaaaaaaaaaaaa"
 B = "bbbbbbbbbbbbbbbb"

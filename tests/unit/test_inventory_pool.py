@@ -254,8 +254,8 @@ def test_tags_empty_pool_and_unknown_pool(tmp_path, state_dir, ec2, aws_env):
 def dynamodb_pool(url, table, pool_name, instances=(), leases=()):
     """A pool written to `table` through the DynamoDB store's own atomic change (the table made as init makes it)."""
     # pylint: disable=import-outside-toplevel
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
     from tests.unit.test_store import dynamodb_client
 
     store = DynamoStore(dynamodb_client(url), table, pool_name)

@@ -16,9 +16,9 @@ import pytest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import StateFileError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
 from tests.support.moto import POOL_LAUNCH
 
 OTHER_UID = 65534

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import LaunchError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import ec2
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import LaunchError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Cooldowns
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Launcher
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ON_DEMAND_VCPU_QUOTA

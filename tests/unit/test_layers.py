@@ -1,63 +1,86 @@
-"""Imports run one way: modules -> operations -> the refill / the stores / the launcher -> the AWS calls -> the pure
-rules -> plain values. docs/architecture.md draws the same layers; this test keeps the code and the picture equal.
+"""The tree shows the architecture, and imports run one way (docs/architecture.md draws the same picture):
 
-Every import counts, also one inside a function (Ansible's payload builder reads those too)."""
+    modules -> _pool (operations, refill, jobcontrol, launcher, ending, common) -> stores/ -> _aws/ -> domain/
+
+- `domain/`: the pool's rules as plain values; imports nothing outside domain/.
+- `_aws/`: AWS access, private to the collection; imports domain/ only.
+- `stores/`: where a pool lives; imports domain/ and _aws/. The two stores are siblings: neither imports the other.
+- the top: the operations and the parts that act; may import everything below.
+
+No circle at any depth, counting every import (one inside a function or under TYPE_CHECKING too: Ansible's payload
+builder reads those as well)."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "_pool"
-MODULES_DIR = PACKAGE.parents[1] / "modules"
+from tests.support.pool_imports import POOL
+from tests.support.pool_imports import imports_of
+from tests.support.pool_imports import pool_modules
 
-# Lowest first. A module may import only modules of lower layers.
-LAYERS = [
-    ("values", {"defaults", "errors", "timefmt", "identity"}),
-    ("entries", {"entries"}),
-    ("rules", {"store", "refill_plan"}),  # pure: the claim rule, decide/settle
-    ("aws request", {"signing"}),  # one signed request without a service model (credentials, endpoint, SigV4)
-    ("aws", {"connection", "ec2", "ec2query", "dynamoquery"}),
-    ("parts", {"state", "ending", "launcher"}),  # the file store, ending instances, launching
-    ("shared store", {"dynamo"}),  # the DynamoDB store: reuses the file store's schema check and local-file rules
-    ("refill", {"refill", "jobcontrol"}),  # the pass and its job; starting and stopping the job
-    ("operations", {"operations"}),
-    ("module glue", {"common", "refill_payload"}),
-]
-LAYER_OF = {name: index for index, (_label, names) in enumerate(LAYERS) for name in names}
-IMPORT_RE = re.compile(r"^\s*from \.(?P<module>\w+) import|^\s*from \. import (?P<names>[\w, ]+)", re.M)
+MODULES_DIR = POOL.parents[1] / "modules"
+TOP = ""  # the folder name of the top layer's modules
+
+# Which folders a folder's modules may import (its own included).
+MAY_IMPORT = {
+    "domain": {"domain"},
+    "_aws": {"_aws", "domain"},
+    "stores": {"stores", "_aws", "domain"},
+    TOP: {TOP, "stores", "_aws", "domain"},
+}
 
 
-def imports_of(path):
-    found = set()
-    for match in IMPORT_RE.finditer(path.read_text(encoding="utf-8")):
-        if match.group("module"):
-            found.add(match.group("module"))
-        else:
-            found.update(name.strip() for name in match.group("names").split(","))
-    return found
+def folder_of(name):
+    return name.split(".")[0] if "." in name else (name if name in MAY_IMPORT else TOP)
 
 
-def package_modules():
-    return sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
+def test_every_module_sits_in_a_known_folder():
+    assert [name for name in pool_modules() if folder_of(name) not in MAY_IMPORT] == []
+    assert {folder_of(name) for name in pool_modules()} == set(MAY_IMPORT)
 
 
-def test_every_module_has_a_layer():
-    assert [name for name in package_modules() if name not in LAYER_OF] == []
+@pytest.mark.parametrize("name", pool_modules())
+def test_a_module_imports_only_what_its_folder_may(name):
+    wrong = sorted(dep for dep in imports_of(name) if folder_of(dep) not in MAY_IMPORT[folder_of(name)])
+    assert wrong == [], "%s (in %r) imports %s" % (name, folder_of(name) or "the top", wrong)
 
 
-@pytest.mark.parametrize("name", package_modules())
-def test_a_module_imports_only_lower_layers(name):
-    upward = sorted(dep for dep in imports_of(PACKAGE / (name + ".py"))
-                    if dep in LAYER_OF and LAYER_OF[dep] >= LAYER_OF[name])
-    assert upward == [], "%s (layer %s) imports %s" % (name, LAYERS[LAYER_OF[name]][0], upward)
+def test_the_stores_are_siblings():
+    """Neither store's module imports the other's: what both need lives in base.py, localfiles.py or the domain."""
+    assert "stores.filestore" not in imports_of("stores.dynamodb")
+    assert "stores.dynamodb" not in imports_of("stores.filestore")
 
 
-def test_the_import_reader_sees_function_level_imports():
-    """The check above would pass on a reader that saw nothing."""
-    assert {"ec2", "launcher", "refill", "identity"} <= imports_of(PACKAGE / "operations.py")
+def test_no_import_circle_at_any_depth():
+    graph = {name: imports_of(name) for name in pool_modules()}
+    done, path = set(), []
+
+    def visit(name):
+        assert name not in path, "import circle: %s" % " -> ".join(path[path.index(name):] + [name])
+        if name in done:
+            return
+        path.append(name)
+        for imported in sorted(graph.get(name, ())):
+            visit(imported)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+
+
+def test_the_import_reader_sees_what_is_there():
+    """The checks above would pass on a reader that saw nothing: function-level, relative at two levels, absolute."""
+    assert {"_aws.ec2", "launcher", "refill", "domain.identity"} <= imports_of("operations")
+    assert {"domain.errors", "stores.base", "stores.localfiles"} <= imports_of("stores.dynamodb")
+    assert imports_of("domain.claim") == {"domain.entries", "domain.timefmt"}
+
+
+def test_the_aws_files_say_they_are_private():
+    for path in sorted((POOL / "_aws").glob("*.py")):
+        assert "PRIVATE to the ec2spot.pool collection" in path.read_text(encoding="utf-8"), path.name
 
 
 @pytest.mark.parametrize("module", sorted(path.name for path in MODULES_DIR.glob("spot_pool_*.py")))
@@ -65,8 +88,12 @@ def test_the_modules_reach_the_pool_through_the_operations(module):
     """A module is thin: it calls the operations (and the glue that builds a store and a client), never a store,
     the launcher, the refill or an EC2 call directly."""
     text = (MODULES_DIR / module).read_text(encoding="utf-8")
-    used = set(re.findall(r"module_utils\._pool\.(\w+) import", text))
+    used = set()
+    for prefix, name in re.findall(r"module_utils\._pool((?:\.\w+)*) import (\w+)", text):
+        prefix = prefix.strip(".")
+        used.add(prefix if prefix and prefix not in MAY_IMPORT else ".".join(filter(None, (prefix, name))))
     # connection, ec2query and dynamoquery build the clients the operations are given (get's EC2 check is ec2query's
     # signed request; its DynamoDB client, with the DynamoDB store, dynamoquery's).
-    allowed = {"operations", "common", "connection", "ec2query", "dynamoquery", "defaults", "errors", "refill_payload"}
+    allowed = {"operations", "common", "_aws.connection", "_aws.ec2query", "_aws.dynamoquery", "domain.defaults",
+               "domain.errors", "refill_payload"}
     assert used and used <= allowed, sorted(used - allowed)

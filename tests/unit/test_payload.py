@@ -12,6 +12,8 @@ import functools
 import pytest
 
 from tests.support.payload import PACKAGE
+from tests.support.pool_imports import module_imports
+from tests.support.pool_imports import reachable
 from tests.support.payload import REPO
 from tests.support.payload import module_utils_file
 from tests.support.payload import payload_files
@@ -29,7 +31,8 @@ def job_code():
     """What the job needs: refill.py and every module_utils file it imports, as the finder follows them."""
     files = payload_files(_importing(JOB_ENTRY))
     assert module_utils_file(JOB_ENTRY) in files
-    for needed in ("_pool.launcher", "_pool.ec2", "_pool.connection", "_pool.state", "_pool.store"):
+    for needed in ("_pool.launcher", "_pool._aws.ec2", "_pool._aws.connection", "_pool.stores.filestore", "_pool.stores.base",
+                   "_pool.stores.dynamodb", "_pool.domain.pool"):
         assert module_utils_file(needed) in files, needed
     return files
 
@@ -63,35 +66,20 @@ def _amazon_aws_imports(path):
 def test_the_amazon_aws_code_ec2_uses_travels_with_every_module_that_runs_it(module):
     """ec2.py runs in init and terminate, and in the refill job that get and init start from a copy of their
     payload: what it takes from amazon.aws must be in those payloads, or the job dies on its first import."""
-    needed = _amazon_aws_imports(REPO / "plugins" / "module_utils" / "_pool" / "ec2.py")
+    needed = _amazon_aws_imports(REPO / "plugins" / "module_utils" / "_pool" / "_aws" / "ec2.py")
     assert {AMAZON_AWS_UTILS.replace(".", "/") + name for name in ("retries.py", "tagging.py")} <= needed
     files = module_payload(module)
     assert needed <= files, sorted(needed - files)
 
 
-def _relative_imports(path):
-    """The sibling modules a module_utils file imports, anywhere in it (as Ansible's finder reads them)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            found.update([node.module.split(".")[0]] if node.module else [alias.name for alias in node.names])
-    return found
-
-
-def test_the_pool_modules_import_one_way():
-    """No circle among _pool's modules, counting imports inside functions and under TYPE_CHECKING."""
-    graph = {path.stem: _relative_imports(path) for path in (REPO / "plugins" / "module_utils" / "_pool").glob("*.py")}
-    done, path = set(), []
-
-    def visit(name):
-        assert name not in path, "import circle: %s" % " -> ".join(path[path.index(name):] + [name])
-        if name in done:
-            return
-        path.append(name)
-        for imported in sorted(graph.get(name, ())):
-            visit(imported)
-        path.pop()
-        done.add(name)
-
-    for name in sorted(graph):
-        visit(name)
+@pytest.mark.parametrize("module", sorted(path.stem for path in (REPO / "plugins" / "modules").glob("spot_pool_*.py")))
+def test_every_module_payload_carries_what_it_imports(module):
+    """Ansible's finder follows the subpackages (domain/, stores/, _aws/): every _pool file a module's imports reach,
+    at any depth, with each package's __init__.py, is in its payload."""
+    needed = reachable(module_imports((REPO / "plugins" / "modules" / (module + ".py")).read_text()))
+    assert {"domain", "stores", "_aws"} & needed, needed  # the reader saw the subpackages
+    files = module_payload(module)
+    missing = sorted(name for name in needed
+                     if module_utils_file("_pool." + name) not in files
+                     and module_utils_file("_pool.%s.__init__" % name) not in files)
+    assert missing == []

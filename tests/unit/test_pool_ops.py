@@ -8,14 +8,14 @@ import os
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import state as ops_state
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import timefmt
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import NoReadyInstance
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import InstanceStates
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import filestore as ops_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import timefmt
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import NoReadyInstance
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import StateFileError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.ec2query import InstanceStates
 from tests.support.moto import POOL_LAUNCH
 from tests.support.moto import REGION
 

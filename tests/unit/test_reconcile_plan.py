@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import Observed
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import Policy
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import decide
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import plan_report
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import report_changes
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import Observed
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import Policy
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import decide
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import plan_report
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import report_changes
 
 NOW = datetime.datetime(2026, 11, 22, 10, 0, 0, tzinfo=datetime.timezone.utc)
 POOL, POOL_ID = "ci", "3f9c0a7b5e21d864"

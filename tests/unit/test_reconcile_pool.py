@@ -11,8 +11,8 @@ import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
 
 
 class FakeLock:

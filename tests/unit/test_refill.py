@@ -12,18 +12,18 @@ import time
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import ec2
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import ec2
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill_plan
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import refill_plan
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Cooldowns
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Offering
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import isoformat
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import utcnow
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.timefmt import isoformat
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.timefmt import utcnow
 from tests.support.moto import POOL_LAUNCH
 from tests.support.pool_entries import pool_entry
 
@@ -390,7 +390,7 @@ def test_an_unexpected_error_in_the_job_is_recorded_with_its_pid_cleared(store, 
 
 
 def test_a_job_that_cannot_make_its_client_records_why(store, monkeypatch):
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool import connection
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import connection
 
     def no_client(*args, **kwargs):
         raise TypeError("bad config")

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import entries
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill_plan
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import Observed
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import Outcome
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import Policy
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import decide
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import settle
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.refill_plan import surplus
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import isoformat
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import entries
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import refill_plan
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import Observed
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import Outcome
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import Policy
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import decide
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import settle
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.refill_plan import surplus
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.timefmt import isoformat
 from tests.support.pool_entries import instance_id
 from tests.support.pool_entries import pool_entry
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import signing
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import signing
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -194,7 +194,7 @@ GET_LIKE = """
 import json, sys
 before = set(sys.modules)
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.ec2query import InstanceStates
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.ec2query import InstanceStates
 params = {"store": "dynamodb", "dynamodb_table": sys.argv[2], "pool_name": "p", "endpoint_url": sys.argv[1]}
 store = pool_store(params)
 state = store.read()  # the hand-out's strongly consistent Query
@@ -210,7 +210,7 @@ def get_like(moto_server, tmp_path):
     """Runs GET_LIKE against the moto server with `environ` over a clean AWS environment: its report."""
     import boto3
 
-    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
     from tests.support.moto import REGION
     from tests.unit.test_store import dynamodb_client
 

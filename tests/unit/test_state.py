@@ -13,14 +13,14 @@ import time
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import counts
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StateFileError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileLock
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import default_state_dir
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import pool_file_path
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.entries import counts
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import StateFileError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.localfiles import FileLock
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.localfiles import default_state_dir
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.localfiles import pool_file_path
 from tests.support.pool_entries import pool_entry
 
 

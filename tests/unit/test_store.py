@@ -18,16 +18,16 @@ import pytest
 from botocore.config import Config
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.connection import BOTOCORE_CONFIG
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamoquery import DynamoDBClient
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import counts
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.entries import new_lease
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import PoolStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import choose_claim
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import needs_verify
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import BOTOCORE_CONFIG
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.dynamoquery import DynamoDBClient
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.entries import counts
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.entries import new_lease
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.claim import choose_claim
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.claim import needs_verify
 from tests.support.pool_entries import instance_id
 from tests.support.moto import FAKE_CREDENTIALS
 from tests.support.moto import REGION

@@ -20,21 +20,21 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import common
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool import dynamo
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import jobcontrol
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.defaults import DEFAULT_TABLE
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.dynamo import DynamoStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import InvalidRequest
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import RefillLeaseLost
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import StoreConflict
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import FileStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import Transaction
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.state import new_state
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import CONFLICT_ATTEMPTS
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.store import change_pool
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.defaults import DEFAULT_TABLE
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import RefillLeaseLost
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import StoreConflict
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import Transaction
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import CONFLICT_ATTEMPTS
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import change_pool
 from tests.support.moto import POOL_LAUNCH
 from tests.unit.test_store import dynamodb_client
 
@@ -89,7 +89,7 @@ def test_get_without_a_region_is_refused_by_its_own_client_maker(monkeypatch, tm
 
 
 def test_the_file_path_loads_neither_the_dynamodb_store_nor_boto3(tmp_path):
-    """get's hand-out path on the default store stays light: dynamo.py is imported only for store=dynamodb (the
+    """get's hand-out path on the default store stays light: stores/dynamodb.py is imported only for store=dynamodb (the
     check would pass on a path that loaded nothing: the DynamoDB path must load it), and boto3 never (get's
     DynamoDB client is dynamoquery's, which loads no service model); with the environment's keys not even botocore
     (signing.py's fast path; test_signing.py has the calls and the fallback with a profile)."""
@@ -486,7 +486,7 @@ def actions(policy, prefix):
 
 
 def test_the_readme_lists_the_dynamodb_actions_the_store_calls():
-    text = (ROOT / "plugins" / "module_utils" / "_pool" / "dynamo.py").read_text(encoding="utf-8")
+    text = (ROOT / "plugins" / "module_utils" / "_pool" / "stores" / "dynamodb.py").read_text(encoding="utf-8")
     calls = set(re.findall(r'_call\(\s*"(\w+)"', text))
     # TransactWriteItems is authorised per item by the action of each kind of write it carries.
     kinds = set(re.findall(r'\{"(Put|Update|Delete|ConditionCheck)": \{', text))
@@ -501,7 +501,8 @@ def test_the_readme_lists_the_dynamodb_actions_the_store_calls():
 
 def test_the_readme_lists_the_ec2_actions_the_code_calls():
     package = ROOT / "plugins" / "module_utils" / "_pool"
-    text = "".join((package / name).read_text(encoding="utf-8") for name in ("ec2.py", "launcher.py", "ec2query.py"))
+    text = "".join((package / name).read_text(encoding="utf-8")
+                   for name in ("_aws/ec2.py", "launcher.py", "_aws/ec2query.py"))
     methods = set(re.findall(r"\bclient\.(\w+)\(", text)) | set(re.findall(r'get_paginator\("(\w+)"\)', text))
     methods -= {"get_paginator"}
     needed = {"".join(part.capitalize() for part in method.split("_")) for method in methods}
@@ -653,7 +654,7 @@ def test_store_dynamodb_without_credentials_fails_before_any_call(tmp_path):
     is sent (the instance metadata service is switched off, so nothing outside loopback is asked)."""
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from ansible_collections.ec2spot.pool.plugins.module_utils._pool import common\n"
-            "from ansible_collections.ec2spot.pool.plugins.module_utils._pool.errors import PoolError\n"
+            "from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError\n"
             "params = {'pool_name': 'p', 'state_dir': %r, 'store': 'dynamodb', 'region': 'us-east-1',\n"
             "          'endpoint_url': 'http://127.0.0.1:9'}\n"
             "try:\n    common.pool_store(params)\nexcept PoolError as e:\n    print(e.message)\n"

@@ -5,14 +5,14 @@
 
 from __future__ import annotations
 
-from .connection import BOTOCORE_CONFIG
-from .connection import no_region
-from .defaults import DEFAULT_TABLE
-from .defaults import STORE
-from .errors import InvalidRequest
-from .errors import PoolError
-from .state import FileStore
-from .state import pool_file_path
+from ._aws.connection import BOTOCORE_CONFIG
+from ._aws.connection import no_region
+from .domain.defaults import DEFAULT_TABLE
+from .domain.defaults import STORE
+from .domain.errors import InvalidRequest
+from .domain.errors import PoolError
+from .stores.filestore import FileStore
+from .stores.localfiles import pool_file_path
 
 
 def pool_store(params, make_dynamodb_client=None, region=None):
@@ -24,7 +24,7 @@ def pool_store(params, make_dynamodb_client=None, region=None):
     if (params.get("store") or STORE) != "dynamodb":
         return FileStore(pool_file_path(name, params.get("state_dir"), params.get("pool_file")), name)
     # Imported only here: the file store's modules (get above all) never load the DynamoDB store.
-    from .dynamo import DynamoStore  # pylint: disable=import-outside-toplevel
+    from .stores.dynamodb import DynamoStore  # pylint: disable=import-outside-toplevel
 
     if params.get("pool_file"):
         raise InvalidRequest("pool_file %s names a JSON state file, and store=dynamodb keeps the pool in DynamoDB "
@@ -47,8 +47,8 @@ def dynamodb_client(params):
     region and endpoint are resolved here, so that a missing region or credentials fail before any call."""
     # pylint: disable=import-outside-toplevel
     import importlib.util
-    from . import signing
-    from .dynamoquery import DynamoDBClient
+    from ._aws import signing
+    from ._aws.dynamoquery import DynamoDBClient
 
     # Found, not imported: with keys from the options or the environment, a hand-out imports no botocore (signing).
     if importlib.util.find_spec("botocore") is None:

@@ -6,7 +6,7 @@ sweep: a Spot instance is terminated; an On-Demand fallback is stopped, tagged e
 reuse (fallback_action=stop), or terminated (fallback_action=terminate). An instance EC2 no longer knows
 (InvalidInstanceID.NotFound) is already gone: that is not an error, and the others named with it are still ended.
 
-`plan_end` decides (plain values in, plain values out); `end_instances` carries a plan out. Neither takes a lock:
+`plan_end` (domain/end_plan.py) decides; `end_instances` carries a plan out. Neither takes a lock:
 the callers read the state first, end what the plan names, then change the state.
 """
 
@@ -14,43 +14,14 @@ from __future__ import annotations
 
 import collections
 
-from . import ec2
-from .defaults import FALLBACK_ACTION
-from .defaults import FALLBACK_ACTIONS
-from .timefmt import isoformat
-from .timefmt import utcnow
+from ._aws import ec2
+from .domain.end_plan import plan_end
+from .domain.timefmt import isoformat
+from .domain.timefmt import utcnow
 
 NOT_FOUND = "InvalidInstanceID.NotFound"
 
-EndPlan = collections.namedtuple("EndPlan", ["terminate", "stop"])
 Ended = collections.namedtuple("Ended", ["terminated", "stopped", "gone"])
-
-
-def fallback_action_of(launch):
-    """The pool's own fallback_action, from its launch settings (the state's `launch`)."""
-    return (launch or {}).get("fallback_action") or FALLBACK_ACTION
-
-
-def plan_end(instances, fallback_action):
-    """Which of `instances` to terminate and which to stop: an EndPlan of id lists, in the order given, each id once.
-
-    `instances`: dicts with `id`, `type` (`spot` when absent) and, when the caller knows it, EC2's `state`. An
-    instance already shutting down or terminated needs nothing; with fallback_action=stop, a fallback already
-    stopping or stopped stays as it is; an unknown state counts as live."""
-    if fallback_action not in FALLBACK_ACTIONS:
-        raise ValueError("fallback_action must be one of %s, not %r" % (", ".join(FALLBACK_ACTIONS), fallback_action))
-    terminate, stop, seen = [], [], set()
-    for item in instances:
-        where = item.get("state")
-        if item["id"] in seen or where in ("shutting-down", "terminated"):
-            continue
-        seen.add(item["id"])
-        if item.get("type") == "fallback" and fallback_action == "stop":
-            if where not in ("stopping", "stopped"):
-                stop.append(item["id"])
-        else:
-            terminate.append(item["id"])
-    return EndPlan(terminate, stop)
 
 
 def _each(call, client, ids, gone):

@@ -5,7 +5,7 @@
 
 Kept apart from refill.py so that `spot_pool_get` can start the job without importing boto3 or the launcher:
 this module needs only the standard library and the pool store, which says where the job's lock, log and code copy
-live (store.py). Neither imports the other: the job takes its lock and log from the store too. What makes Ansible
+live (stores/). Neither imports the other: the job takes its lock and log from the store too. What makes Ansible
 ship the job's code with the modules that start the job is refill_payload.py.
 """
 
@@ -24,11 +24,11 @@ import sys
 import time
 import zipfile
 
-from .errors import PoolError
-from .errors import StateFileError
-from .state import check_code_directory
-from .state import open_private
-from .state import same_file
+from .domain.errors import PoolError
+from .domain.errors import StateFileError
+from .stores.localfiles import check_code_directory
+from .stores.localfiles import open_private
+from .stores.localfiles import same_file
 
 # The job's entry module, run with `python -m` (its code is in the payload through refill_payload.py).
 REFILL_MODULE = __name__.rsplit(".", 1)[0] + ".refill"

@@ -8,7 +8,7 @@ What to launch comes from the pool's launch settings, `launch` (the state file's
 
 The per-override `Errors` of a fleet answer say which offerings failed and why; the error's scope decides what
 is remembered (Cooldowns, kept in the state file): a capacity error cools down that (market, type, zone), a full
-subnet cools down the subnet, an account limit turns Spot off. Throttling of the call itself is retried by ec2.py
+subnet cools down the subnet, an account limit turns Spot off. Throttling of the call itself is retried by _aws/ec2.py
 (a capped, jittered backoff); once those attempts are used up it is raised, like anything else (authorisation,
 validation).
 
@@ -25,19 +25,19 @@ import hashlib
 import json
 import uuid
 
-from . import ec2
-from . import entries
-from . import identity
-from .defaults import ALLOCATION_STRATEGIES
-from .defaults import ALLOCATION_STRATEGY
-from .defaults import COOLDOWN_SECONDS
-from .entries import new_entry
-from .errors import InvalidRequest
-from .errors import LaunchError
-from .refill_plan import INTERRUPTED
-from .timefmt import isoformat
-from .timefmt import parse_time
-from .timefmt import utcnow
+from ._aws import ec2
+from .domain import entries
+from .domain import identity
+from .domain.defaults import ALLOCATION_STRATEGIES
+from .domain.defaults import ALLOCATION_STRATEGY
+from .domain.defaults import COOLDOWN_SECONDS
+from .domain.entries import new_entry
+from .domain.errors import InvalidRequest
+from .domain.errors import LaunchError
+from .domain.refill_plan import INTERRUPTED
+from .domain.timefmt import isoformat
+from .domain.timefmt import parse_time
+from .domain.timefmt import utcnow
 
 SPOT = "spot"
 ON_DEMAND = "on-demand"

@@ -13,23 +13,26 @@ from __future__ import annotations
 import time
 
 from . import jobcontrol
-from .defaults import ALLOCATION_STRATEGY
-from .defaults import COOLDOWN_SECONDS
-from .defaults import FALLBACK_ACTION
-from .defaults import ORPHAN_GRACE_SECONDS
-from .entries import address_of
-from .entries import counts
-from .entries import entry_from_instance
-from .entries import is_ready
-from .entries import is_whole
-from .errors import InvalidRequest
-from .errors import NoReadyInstance
-from .errors import PoolError
-from .errors import StateFileError
-from .state import new_state
-from .store import change_pool
-from .timefmt import parse_time
-from .timefmt import utcnow
+from .domain.defaults import ALLOCATION_STRATEGY
+from .domain.defaults import COOLDOWN_SECONDS
+from .domain.defaults import FALLBACK_ACTION
+from .domain.defaults import ORPHAN_GRACE_SECONDS
+from .domain.end_plan import EndPlan
+from .domain.end_plan import fallback_action_of
+from .domain.end_plan import plan_end
+from .domain.entries import address_of
+from .domain.entries import counts
+from .domain.entries import entry_from_instance
+from .domain.entries import is_ready
+from .domain.entries import is_whole
+from .domain.errors import InvalidRequest
+from .domain.errors import NoReadyInstance
+from .domain.errors import PoolError
+from .domain.errors import StateFileError
+from .domain.pool import new_state
+from .domain.timefmt import parse_time
+from .domain.timefmt import utcnow
+from .stores.base import change_pool
 
 
 def launch_settings(params, region):
@@ -104,8 +107,8 @@ def _pool_view(state):
 def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
     """A state made from what EC2 knows by the pool's id: idle instances, and leases (the refill tags leased
     instances with ec2spot:leased-at). Leases the old file still knows are kept as they were."""
-    from . import ec2  # pylint: disable=import-outside-toplevel
-    from . import identity  # pylint: disable=import-outside-toplevel
+    from ._aws import ec2  # pylint: disable=import-outside-toplevel
+    from .domain import identity  # pylint: disable=import-outside-toplevel
 
     state = new_state(store.pool_name, size, launch)
     state["pool_id"] = pool_id
@@ -127,7 +130,7 @@ def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
 def _pool_id_from_tags(pool_name, named, requested):
     """The id a rebuild adopts: the one asked for, else the only one tagged with the name (None: no pool of
     this name has instances; the rebuild then makes a new pool)."""
-    from . import identity  # pylint: disable=import-outside-toplevel
+    from .domain import identity  # pylint: disable=import-outside-toplevel
 
     if requested:
         return requested
@@ -151,8 +154,8 @@ def _identify(store, client, existing, rebuild, requested, region, size):
     What it finds is checked against the store read once more: another init may have made the pool there after
     `existing` was read and launched before EC2 was asked (_CreatedMeanwhile, as _apply_init says it for the
     other timing; `size` is this run's, for its message)."""
-    from . import ec2  # pylint: disable=import-outside-toplevel
-    from . import identity  # pylint: disable=import-outside-toplevel
+    from ._aws import ec2  # pylint: disable=import-outside-toplevel
+    from .domain import identity  # pylint: disable=import-outside-toplevel
 
     if requested and not identity.valid_pool_id(requested):
         raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
@@ -388,7 +391,7 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
     from .refill import PoolGone
     from .refill import preview
     from .refill import reconcile
-    from .refill_plan import report_changes
+    from .domain.refill_plan import report_changes
 
     require_non_negative(wait_timeout=wait_timeout)
     state = store.read()
@@ -623,7 +626,7 @@ def release_instance(store, client, instance_id=None, fallback_action=None, chec
     lease = _lease_to_release(store, state, instance_id, lease_id)
     if not isinstance(lease, dict):
         return _nothing_released(store, state, lease)
-    plan = ending.plan_end([lease], fallback_action or ending.fallback_action_of(state["launch"]))
+    plan = plan_end([lease], fallback_action or fallback_action_of(state["launch"]))
     action = "stop" if plan.stop else "terminate"
     result = {"changed": True, "instance_id": lease["id"], "type": lease.get("type"), "action": action}
     if check_mode:
@@ -646,8 +649,7 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
     With fallback_action=stop, fallbacks are stopped (kept ones stay stopped) instead of terminated.
     Returns (to_terminate, to_stop, orphans, kept) as sorted id lists."""
     # pylint: disable=import-outside-toplevel
-    from . import ending
-    from . import identity
+    from .domain import identity
 
     kinds = {}
     for entry in (state["instances"] + state["leases"]) if state else []:
@@ -666,7 +668,7 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
         else:
             continue
         kinds[item["id"]] = item["tags"].get(identity.TYPE_TAG, "spot")
-    plan = ending.plan_end([{"id": instance_id, "type": kind, "state": live.get(instance_id)}
+    plan = plan_end([{"id": instance_id, "type": kind, "state": live.get(instance_id)}
                             for instance_id, kind in sorted(kinds.items())], fallback_action)
     return plan.terminate, plan.stop, sorted(orphans), sorted(kept)
 
@@ -674,7 +676,7 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
 def _terminate_pool_id(store, state, named, requested, warnings):
     """The id whose instances terminate ends: the state's; without a readable state, `pool_id` or the only id
     tagged with the pool's name."""
-    from . import identity  # pylint: disable=import-outside-toplevel
+    from .domain import identity  # pylint: disable=import-outside-toplevel
 
     if requested and not identity.valid_pool_id(requested):
         raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
@@ -706,7 +708,7 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
     """End the pool: stop its refill job, terminate its instances (fallbacks stopped instead with
     fallback_action=stop), the stopped fallbacks it kept for reuse, and its own launch template; clear the state."""
     # pylint: disable=import-outside-toplevel
-    from . import ec2
+    from ._aws import ec2
     from . import ending
 
     warnings = []
@@ -739,7 +741,7 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
     try:
         state = store.read() if corrupt is None else None  # the job may have added instances before it stopped
         chosen, to_terminate, to_stop, orphans, kept = plan(state)
-        ending.end_instances(client, ending.EndPlan(to_terminate, to_stop))
+        ending.end_instances(client, EndPlan(to_terminate, to_stop))
         _delete_own_template(client, store.pool_name, chosen, state, warnings)
         if corrupt is None:
             # The pool and all the store keeps for it (the job lock, still held, and the log), then the code copy if
@@ -755,8 +757,8 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
 def _delete_own_template(client, pool_name, pool_id, state, warnings):
     """Delete the launch template the pool made: the one its state records, or the one named after its id. Never
     a template that carries another pool's id (a pool made before pool ids could have recorded another's)."""
-    from . import ec2  # pylint: disable=import-outside-toplevel
-    from . import identity  # pylint: disable=import-outside-toplevel
+    from ._aws import ec2  # pylint: disable=import-outside-toplevel
+    from .domain import identity  # pylint: disable=import-outside-toplevel
 
     template = ((state or {}).get("launch") or {}).get("template") or {}
     found = None
@@ -798,7 +800,7 @@ def pool_info(store, make_client=None, verify=False):
     for lease in result["leases"]:
         lease["expired"] = bool(lease.get("expires_at")) and parse_time(lease["expires_at"]) <= now
     if verify and state:
-        from . import ec2  # pylint: disable=import-outside-toplevel
+        from ._aws import ec2  # pylint: disable=import-outside-toplevel
 
         entries = result["pool"] + result["leases"]
         found = {item["InstanceId"]: item["State"]["Name"]

@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Keeping a pool whole: the reconcile pass, and the detached refill job that repeats it.
 
-One pass (`reconcile`) is observe -> decide -> act; the rules are pure functions in refill_plan.py:
+One pass (`reconcile`) is observe -> decide -> act; the rules are pure functions in domain/refill_plan.py:
 0. a pool made before pool ids adopts one (adopt_pool_id);
 1. replay: fleet requests whose answer never reached the state file (a crash between CreateFleet and the write)
    are sent again: same ClientToken, so EC2 answers with the instances it launched then instead of launching again;
@@ -41,15 +41,25 @@ import threading
 import time
 import traceback
 
-from . import ec2
 from . import ending
-from . import identity
-from .defaults import ORPHAN_GRACE_SECONDS
-from .entries import counts
-from .entries import is_whole  # ReconcileResult.whole; the job stops on it
-from .errors import LaunchError
-from .errors import PoolError
-from .errors import RefillLeaseLost
+from ._aws import ec2
+from .domain import identity
+from .domain.defaults import ORPHAN_GRACE_SECONDS
+from .domain.end_plan import fallback_action_of
+from .domain.entries import counts
+from .domain.entries import is_whole  # ReconcileResult.whole; the job stops on it
+from .domain.errors import LaunchError
+from .domain.errors import PoolError
+from .domain.errors import RefillLeaseLost
+from .domain.refill_plan import ABSENT_GRACE_SECONDS
+from .domain.refill_plan import Observed
+from .domain.refill_plan import Outcome
+from .domain.refill_plan import Policy
+from .domain.refill_plan import decide
+from .domain.refill_plan import plan_report
+from .domain.refill_plan import settle
+from .domain.timefmt import isoformat
+from .domain.timefmt import utcnow
 from .launcher import ACCOUNT_LIMIT_ERRORS
 from .launcher import CAPACITY_ERRORS
 from .launcher import Cooldowns
@@ -57,18 +67,9 @@ from .launcher import LaunchResult
 from .launcher import Launcher
 from .launcher import SUBNET_ERRORS
 from .launcher import ensure_template
-from .refill_plan import ABSENT_GRACE_SECONDS
-from .refill_plan import Observed
-from .refill_plan import Outcome
-from .refill_plan import Policy
-from .refill_plan import decide
-from .refill_plan import plan_report
-from .refill_plan import settle
-from .state import FileStore
-from .state import open_private
-from .store import change_pool
-from .timefmt import isoformat
-from .timefmt import utcnow
+from .stores.base import change_pool
+from .stores.filestore import FileStore
+from .stores.localfiles import open_private
 
 MAX_RUN_SECONDS = 900
 LOG_MAX_BYTES = 1 << 20
@@ -185,7 +186,7 @@ def reconcile(store, client, launch=True, heartbeat=None):
 def policy_of(launch_settings, may_launch=True):
     """The Policy of a pass over a pool with these launch settings (their defaults for keys an old file lacks)."""
     return Policy(orphan_grace_seconds=launch_settings.get("orphan_grace_seconds", ORPHAN_GRACE_SECONDS),
-                  fallback_action=ending.fallback_action_of(launch_settings), may_launch=may_launch,
+                  fallback_action=fallback_action_of(launch_settings), may_launch=may_launch,
                   absent_grace_seconds=ABSENT_GRACE_SECONDS)
 
 
@@ -216,7 +217,7 @@ def replay(launcher, pending_launches, result):
 
 
 def observe(client, pool_name, state, replayed):
-    """The pool as EC2 sees it, in one DescribeInstances by the pool tag: an Observed (refill_plan.py).
+    """The pool as EC2 sees it, in one DescribeInstances by the pool tag: an Observed (domain/refill_plan.py).
 
     Only what carries this pool's id, or is listed in its state or in a replayed fleet answer, is the pool's:
     another pool of the same name (another controller's) carries another id, and is never swept, reused or
@@ -543,7 +544,7 @@ def open_store(args, client_from_environment):
     if args.dynamodb_table is None:
         return FileStore(args.state_file, args.pool_name)
     # pylint: disable=import-outside-toplevel
-    from .dynamo import DynamoStore
+    from .stores.dynamodb import DynamoStore
 
     return DynamoStore(client_from_environment("dynamodb"), args.dynamodb_table, args.pool_name,
                        state_dir=args.state_dir)
@@ -551,7 +552,7 @@ def open_store(args, client_from_environment):
 
 def main(argv=None):
     args = parse_arguments(argv)
-    from .connection import client_from_environment  # pylint: disable=import-outside-toplevel
+    from ._aws.connection import client_from_environment  # pylint: disable=import-outside-toplevel
 
     try:
         store = open_store(args, client_from_environment)

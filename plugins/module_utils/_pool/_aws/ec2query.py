@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# This module_utils file is PRIVATE to the ec2spot.pool collection: its names and behaviour may change in any
+# release. Do not import it from other collections, playbooks or standalone modules; use amazon.aws instead.
 """The one EC2 call `spot_pool_get` makes: DescribeInstances of the instance it is about to hand out, as a signed
 EC2 Query API request.
 
@@ -22,8 +25,8 @@ import os
 import random
 import time
 
+from ..domain.errors import PoolError
 from . import signing
-from .errors import PoolError
 
 API_VERSION = "2016-11-15"
 # Answers worth asking again, after a jittered, capped pause: EC2's throttling and its passing server errors.

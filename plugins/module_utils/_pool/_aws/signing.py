@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# This module_utils file is PRIVATE to the ec2spot.pool collection: its names and behaviour may change in any
+# release. Do not import it from other collections, playbooks or standalone modules; use amazon.aws instead.
 """One signed AWS request without a service model: what the hand-out path's two light clients share.
 
 `ec2query.py` (get's DescribeInstances, EC2's Query protocol) and `dynamoquery.py` (the DynamoDB store's client,

@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# This module_utils file is PRIVATE to the ec2spot.pool collection: its names and behaviour may change in any
+# release. Do not import it from other collections, playbooks or standalone modules; use amazon.aws instead.
 """One thin function per EC2 call the pool makes. No pool logic here: shaping parameters, retrying throttled
 calls with jittered backoff (a capped number of times, so a throttled account never sees a retry storm from us),
 and turning botocore errors into Ec2Error, which carries the AWS error code the launcher decides on.
@@ -19,8 +22,8 @@ from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
 from ansible_collections.amazon.aws.plugins.module_utils.tagging import ansible_dict_to_boto3_tag_list
 from ansible_collections.amazon.aws.plugins.module_utils.tagging import boto3_tag_list_to_ansible_dict
 
-from . import identity
-from .errors import PoolError
+from ..domain import identity
+from ..domain.errors import PoolError
 
 # The tags are defined with the rules that read them (identity.py); named here too for the callers of this module.
 POOL_TAG = identity.POOL_TAG

@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# This module_utils file is PRIVATE to the ec2spot.pool collection: its names and behaviour may change in any
+# release. Do not import it from other collections, playbooks or standalone modules; use amazon.aws instead.
 """How the pool reaches EC2: module options, the detached refill's environment, and boto3 clients.
 
 `spot_pool_get` must hand out an instance in about the time Ansible needs to start a module, and importing
@@ -17,11 +20,11 @@ import os
 
 from ansible.module_utils.basic import env_fallback
 
-from .defaults import DEFAULT_TABLE
-from .defaults import STORE
-from .defaults import STORES
-from .errors import InvalidRequest
-from .errors import PoolError
+from ..domain.defaults import DEFAULT_TABLE
+from ..domain.defaults import STORE
+from ..domain.defaults import STORES
+from ..domain.errors import InvalidRequest
+from ..domain.errors import PoolError
 
 # Option name -> environment variable that boto3 reads, for the detached refill job. Credentials travel only
 # through the child's environment: never on a command line (visible in ps) and never in the state file.

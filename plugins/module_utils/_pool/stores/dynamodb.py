@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The DynamoDB store (DynamoStore, the PoolStore of store.py): one pool shared by any number of controllers.
+"""The DynamoDB store (DynamoStore, the PoolStore of base.py): one pool shared by any number of controllers.
 
 One table holds any number of pools: partition key `pool` (the pool's name), sort key `item`. So one strongly
 consistent, paginated Query reads a whole pool. The items of a pool (docs/architecture.md, "Store", has the table):
@@ -43,27 +43,27 @@ import re
 import socket
 import time
 
-from .defaults import DEFAULT_TABLE  # noqa: F401 pylint: disable=unused-import
-from .entries import counts
-from .entries import new_lease
-from .errors import InvalidRequest
-from .errors import PoolError
-from .errors import RefillLeaseLost
-from .errors import StoreConflict
-from .state import POOL_NAME_RE
-from .state import Transaction
-from .state import check_code_directory
-from .state import check_state_directory
-from .state import default_state_dir
-from .state import make_private_directory
-from .state import schema_problems
-from .store import Claim
-from .store import PoolStore
-from .store import choose_claim
-from .store import needs_verify
-from .timefmt import parse_time
-from .signing import exceptions as botocore_exceptions
-from .timefmt import utcnow
+from .._aws.signing import exceptions as botocore_exceptions
+from ..domain.claim import choose_claim
+from ..domain.claim import needs_verify
+from ..domain.defaults import DEFAULT_TABLE  # noqa: F401 pylint: disable=unused-import
+from ..domain.entries import counts
+from ..domain.entries import new_lease
+from ..domain.errors import InvalidRequest
+from ..domain.errors import PoolError
+from ..domain.errors import RefillLeaseLost
+from ..domain.errors import StoreConflict
+from ..domain.pool import POOL_NAME_RE
+from ..domain.pool import schema_problems
+from ..domain.timefmt import parse_time
+from ..domain.timefmt import utcnow
+from .base import Claim
+from .base import PoolStore
+from .base import Transaction
+from .localfiles import check_code_directory
+from .localfiles import check_state_directory
+from .localfiles import default_state_dir
+from .localfiles import make_private_directory
 
 # DynamoDB's rule for table names (fullmatch).
 TABLE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
@@ -294,7 +294,7 @@ class DynamoStore(PoolStore):
 
     # -- from items to a state and back ----------------------------------------------------------------------------
     def _assemble(self, items):
-        """The state (state.new_state()'s shape) of the pool's items, or None when there is no pool item."""
+        """The state (domain/pool.py new_state()'s shape) of the pool's items, or None when there is no pool item."""
         pool = items.get(POOL_ITEM)
         if pool is None:
             return None

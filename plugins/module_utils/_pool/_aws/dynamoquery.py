@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # Copyright: ec2spot.pool contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+#
+# This module_utils file is PRIVATE to the ec2spot.pool collection: its names and behaviour may change in any
+# release. Do not import it from other collections, playbooks or standalone modules; use amazon.aws instead.
 """A light DynamoDB client for the hand-out path: what DynamoStore calls, without boto3.
 
 Why: `spot_pool_get` with `store: dynamodb` must cost about what `ansible localhost -m ping` costs, and a boto3

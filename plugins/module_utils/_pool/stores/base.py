@@ -3,55 +3,24 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the operations (operations.py), the refill and its job control need from a pool store, and nothing more.
 
-A store keeps one pool's state (the document that entries.py and state.new_state() describe). The JSON file store
-(state.FileStore) is the default; the DynamoDB store (dynamo.DynamoStore: one item per instance, conditional writes)
+A store keeps one pool's state (the document that domain/pool.py and domain/entries.py describe). The JSON file
+store (filestore.FileStore) is the default; the DynamoDB store (dynamodb.DynamoStore: one item per instance,
+conditional writes)
 implements the same methods, so that nothing outside a store knows about files, flock, tables or paths.
 
 `PoolStore` below is the contract: a plain class whose methods raise NotImplementedError (no `typing`, no abc:
 this module is on the hand-out path of `spot_pool_get`, and `typing` alone costs ~3 ms there).
 
-Which entry a hand-out takes is decided by choose_claim() and needs_verify() below: pure functions of values (no
-store, no clock, no AWS call) that every store calls on the pool it read: the file store inside its transaction, a
-store whose claim is one conditional write on what it read before that write. So the rule is one, whatever the store.
-(They live here, not in a module of their own: each module on the hand-out path costs ~0.4 ms, as `spot_pool_get`
-imports its payload from a zip of sources, compiled on every run.)
+Which entry a hand-out takes is decided by domain/claim.py (choose_claim, needs_verify): pure functions of values
+that every store calls on the pool it read, so the rule is one, whatever the store.
 """
 
 from __future__ import annotations
 
-from .entries import is_ready
-from .errors import StoreConflict
-from .timefmt import parse_time
+from ..domain.errors import StoreConflict
 
 # How many times change_pool() tries a change that conflicts with another controller's write.
 CONFLICT_ATTEMPTS = 5
-
-
-# -- the claim rule -------------------------------------------------------------------------------------------------
-def needs_verify(state, verify, verify_max_age, now):
-    """Whether a get must ask EC2 about the instance it hands out: always, unless `verify` is off or the
-    caller accepts a pool that the refill checked less than `verify_max_age` seconds before `now` (0: always ask)."""
-    if not verify:
-        return False
-    if not verify_max_age or verify_max_age <= 0:
-        return True
-    verified_at = parse_time((state.get("refill") or {}).get("verified_at"))
-    return verified_at is None or (now - verified_at).total_seconds() > verify_max_age
-
-
-def choose_claim(state, dead, alive, trusted):
-    """What a claim does to the pool `state`: returns (dropped, entry, unchecked).
-
-    - `dropped`: ids of the idle entries in `dead` (EC2 reported them not running), in the pool's order;
-    - `entry`: the idle entry to lease: the first ready one not dropped, if `trusted` (no check with EC2 needed),
-      else the first whose id is in `alive` (EC2 has just reported it running); None when there is none;
-    - `unchecked`: when no entry is taken, the ids of the ready entries not in `alive` (the ones to ask EC2 about
-      before claiming again), in the pool's order; else empty."""
-    dropped = [entry["id"] for entry in state["instances"] if entry["id"] in dead]
-    ready = [entry for entry in state["instances"] if entry["id"] not in dead and is_ready(entry)]
-    entry = next((entry for entry in ready if trusted or entry["id"] in alive), None)
-    unchecked = [] if entry is not None else [item["id"] for item in ready if item["id"] not in alive]
-    return dropped, entry, unchecked
 
 
 def change_pool(store, change, attempts=CONFLICT_ATTEMPTS):
@@ -187,3 +156,20 @@ class PoolStore:
     def job_arguments(self):
         """The command-line arguments that name this store to the refill job (refill.main parses them)."""
         raise NotImplementedError
+
+
+class Transaction:
+    """What a caller of FileStore.transaction() sees: the state (None when there is no pool) to change."""
+
+    def __init__(self, state):
+        self.state = state
+        self.deleted = False
+        self.discarded = False
+
+    def delete(self):
+        self.state = None
+        self.deleted = True
+
+    def discard(self):
+        """Write nothing, whatever the state now is (check mode)."""
+        self.discarded = True
