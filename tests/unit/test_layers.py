@@ -17,7 +17,7 @@ MODULES_DIR = PACKAGE.parents[1] / "modules"
 LAYERS = [
     ("values", {"defaults", "errors", "timefmt", "identity"}),
     ("entries", {"entries"}),
-    ("rules", {"store", "refill_plan"}),  # pure: the claim rule, decide/settle
+    ("rules", {"store", "refill_plan", "quotas"}),  # pure: the claim rule, decide/settle, the vCPU quotas
     ("aws request", {"signing"}),  # one signed request without a service model (credentials, endpoint, SigV4)
     ("aws", {"connection", "ec2", "ec2query", "dynamoquery"}),
     ("parts", {"state", "ending", "launcher"}),  # the file store, ending instances, launching
