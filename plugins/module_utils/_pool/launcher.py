@@ -467,14 +467,15 @@ def _read_quotas(quotas_client, choices):
 def _vcpus_in_use(client, choices, codes):
     """({instance type: vCPUs}, {quota code: vCPUs of the running and pending instances counted against it}) for
     the quotas `codes`, over every instance of the region (the pool's and any other)."""
-    running = ec2.describe_instances(client, filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
     counted = []
-    for item in running:
+    for item in ec2.describe_instances(client, filters=live):
         quota = quotas.quota_for(item["InstanceType"], item.get("InstanceLifecycle") == "spot")
         if quota and quota.code in codes:
             counted.append((item["InstanceType"], quota.code))
     types = sorted({itype for itype, _spot in choices} | {itype for itype, _code in counted})
-    vcpus = {item["InstanceType"]: item["VCpuInfo"]["DefaultVCpus"] for item in ec2.describe_instance_types(client, types)}
+    vcpus = {item["InstanceType"]: item["VCpuInfo"]["DefaultVCpus"]
+             for item in ec2.describe_instance_types(client, types)}
     used = {}
     for itype, code in counted:
         used[code] = used.get(code, 0) + vcpus.get(itype, 0)
