@@ -54,10 +54,12 @@ options:
   size:
     description:
       - Number of idle instances the pool keeps ready. C(0) keeps an empty pool.
-      - At most O(max_size). Before launching, what is missing is checked against the account's limits (the
-        vCPU quotas for Spot and On-Demand standard instances in Service Quotas, or the account attribute
-        C(max-instances) where Service Quotas does not know them); a pool that cannot fit is refused. A limit
-        that cannot be read (no permission) gives a warning and does not block.
+      - At most O(max_size). Before launching, what is missing is checked against the account's EC2 vCPU quotas
+        in Service Quotas, the quota of each instance type's family (Standard, G and VT, P, X, F, Inf, DL, Trn, High
+        Memory, HPC) for Spot and, with O(fallback), On-Demand, less the vCPUs the region's running and pending
+        instances of those families use. A pool that surely cannot fit is refused, with the quotas and their
+        codes named. A quota that cannot be read (no permission, a partition or endpoint without it, a family
+        without a known quota) gives a warning and does not block.
     type: int
     default: 5
   max_size:

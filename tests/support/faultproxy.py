@@ -14,6 +14,9 @@ Three things go beyond plain forwarding, because moto alone would give dishonest
   reports each failed override in the answer's `errorSet`, as AWS does.
 - Offerings. `fail_offering()` fails one (market, instance type, zone, subnet) whichever API asks for it: a
   RunInstances for that offering gets the error as its answer, a CreateFleet gets it in `errorSet` for that override.
+- EC2 quotas. moto's Service Quotas knows only VPC quotas (GetServiceQuota for service code `ec2` is
+  NoSuchResourceException there). `set_service_quota()` makes the proxy answer GetServiceQuota for one EC2 quota
+  code itself, with the shape AWS answers in; other codes go on to moto.
 - Idempotency. moto ignores `ClientToken`; AWS returns the first answer again for a repeated token (and
   `IdempotentParameterMismatch` for a different request with the same token). The proxy does that for RunInstances
   and instant CreateFleet, so a caller that retries after a crash sees what it would see on AWS.
@@ -618,6 +621,7 @@ class FaultProxy:
         # ClientToken -> (fingerprint of the request, first successful answer); per-token locks serialise retries.
         self._tokens: dict[tuple[str, str], tuple[str, _Answer, RequestRecord]] = {}
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._service_quotas: dict[str, tuple[str, float]] = {}  # EC2 quota code -> (name, value)
         self._subnet_zones: dict[str, str] = {}  # subnet ids are unique even across moto resets
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -699,6 +703,11 @@ class FaultProxy:
                             capacity=int(capacity))
         return self._add(rule)
 
+    def set_service_quota(self, code: str, value: float, name: str = "") -> None:
+        """Answer GetServiceQuota for EC2 quota `code` with `value` (what AWS gives once the quota was read)."""
+        with self._lock:
+            self._service_quotas[code] = (name or code, float(value))
+
     def _add(self, rule):
         with self._lock:
             rule.id = next(self._ids)
@@ -727,6 +736,7 @@ class FaultProxy:
             self._records.clear()
             self._tokens.clear()
             self._token_locks.clear()
+            self._service_quotas.clear()
 
     # -- records -------------------------------------------------------------------------------------------------
 
@@ -849,7 +859,20 @@ class FaultProxy:
             return answer
         if action == "CreateFleet" and params.get("Type") == "instant":
             return self._instant_fleet(params, headers, record)
+        if action == "GetServiceQuota" and record.document and record.document.get("ServiceCode") == "ec2":
+            with self._lock:
+                quota = self._service_quotas.get(record.document.get("QuotaCode"))
+            if quota is not None:
+                return self._service_quota(record.document["QuotaCode"], *quota)
         return self._forward(method, path, headers, body)
+
+    @staticmethod
+    def _service_quota(code: str, name: str, value: float) -> _Answer:
+        """GetServiceQuota's answer as AWS shapes it (JSON 1.1)."""
+        quota = {"ServiceCode": "ec2", "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+                 "QuotaArn": f"arn:aws:servicequotas:us-east-1:123456789012:ec2/{code}", "QuotaCode": code,
+                 "QuotaName": name, "Value": value, "Unit": "None", "Adjustable": True, "GlobalQuota": False}
+        return _Answer(200, json.dumps({"Quota": quota}).encode(), [("Content-Type", "application/x-amz-json-1.1")])
 
     def _idempotent(self, method, path, headers, body, action, params, record) -> _Answer:
         key = (action, params["ClientToken"])

@@ -663,3 +663,19 @@ def test_a_dynamodb_request_is_recorded_with_its_json_document(fault_proxy, via_
                             "ConsistentRead": True}
     assert get.as_dict()["document"] == get.document
     assert fault_proxy.records("DescribeInstances")[0].document is None
+
+
+def test_the_proxy_answers_an_ec2_quota_it_was_given_and_moto_the_rest(fault_proxy):
+    """moto's Service Quotas knows no EC2 quota: a quota set on the proxy is answered as AWS answers it, another
+    code still gets moto's NoSuchResourceException, and reset() forgets the quota."""
+    quotas = boto3.client("service-quotas", region_name=REGION, endpoint_url=fault_proxy.url, config=NO_RETRIES,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    fault_proxy.set_service_quota("L-34B43A08", 4, "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests")
+    quota = quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-34B43A08")["Quota"]
+    assert (quota["QuotaCode"], quota["Value"], quota["QuotaName"]) == (
+        "L-34B43A08", 4.0, "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests")
+    with pytest.raises(ClientError, match="NoSuchResourceException"):
+        quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-1216C47A")
+    fault_proxy.reset()
+    with pytest.raises(ClientError, match="NoSuchResourceException"):
+        quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-34B43A08")

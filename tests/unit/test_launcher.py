@@ -12,8 +12,6 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors i
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import LaunchError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Cooldowns
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import Launcher
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ON_DEMAND_VCPU_QUOTA
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import SPOT_VCPU_QUOTA
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import account_limit_problem
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import ensure_template
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import offerings
@@ -21,6 +19,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.launcher import
 from tests.support.moto import AMI
 
 POOL_ID = "0123456789abcdef"
+SPOT_VCPU_QUOTA, ON_DEMAND_VCPU_QUOTA = "L-34B43A08", "L-1216C47A"  # the standard families' (see test_quotas.py)
 
 
 @pytest.fixture
@@ -236,32 +235,53 @@ def test_vcpu_quotas_refuse_only_what_cannot_fit_spot_and_on_demand_together(cli
     quotas = FakeQuotas({SPOT_VCPU_QUOTA: 4, ON_DEMAND_VCPU_QUOTA: 6})
     assert limit_problem(client, quotas, 5) == (None, [])
     problem = limit_problem(client, quotas, 6)[0]
-    assert problem.startswith("6 more instance(s) need at least 12 vCPUs; the account's vCPU quotas "
-                              "(on-demand 6, spot 4) leave 10"), problem
+    assert problem.startswith("6 more instance(s) do not fit the account's vCPU quotas: 'Running On-Demand Standard "
+                              "(A, C, D, H, I, M, R, T, Z) instances' (L-1216C47A) 6 vCPUs, 0 in use: room for 3 "
+                              "t3.micro (2 vCPUs); 'All Standard"), problem
     assert "quota increase" in problem
-    # Without fallback only the Spot quota counts; running instances use it up.
-    assert limit_problem(client, quotas, 3, fallback=False)[0].startswith("3 more instance(s) need at least 6 vCPUs")
+    # Without fallback only the Spot quota counts; running instances use it up, unrelated ones too.
+    assert limit_problem(client, quotas, 3, fallback=False)[0].startswith("3 more instance(s) do not fit")
     client.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro",
                          InstanceMarketOptions={"MarketType": "spot"})
-    assert limit_problem(client, quotas, 2, fallback=False)[0].endswith("(spot 4) leave 2. Ask for a quota increase "
-                                                                        "in Service Quotas, or choose a smaller size")
+    assert limit_problem(client, quotas, 1, fallback=False) == (None, [])
+    assert limit_problem(client, quotas, 2, fallback=False)[0].endswith(
+        "(L-34B43A08) 4 vCPUs, 2 in use: room for 1 t3.micro (2 vCPUs). Ask for a quota increase in Service Quotas, "
+        "or choose a smaller size")
+    # On-Demand instances and other families do not use the Spot standard quota.
+    client.run_instances(ImageId=AMI, MinCount=3, MaxCount=3, InstanceType="t3.micro")
+    client.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge",
+                         InstanceMarketOptions={"MarketType": "spot"})
+    assert limit_problem(client, quotas, 1, fallback=False) == (None, [])
+    assert set(quotas.asked) == {("ec2", SPOT_VCPU_QUOTA), ("ec2", ON_DEMAND_VCPU_QUOTA)}
 
 
 def test_a_limit_that_cannot_be_read_warns_and_does_not_block(client):
     problem, warnings = limit_problem(client, FakeQuotas(error="AccessDeniedException"), 25)
     assert problem is None
-    assert warnings == ["the account's vCPU quotas could not be read (AccessDeniedException for L-34B43A08); "
-                        "launching without checking them"]
+    assert warnings == [
+        "the account's vCPU quotas could not all be read ('All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance "
+        "Requests' (L-34B43A08) could not be read (AccessDeniedException); 'Running On-Demand Standard (A, C, D, H, "
+        "I, M, R, T, Z) instances' (L-1216C47A) could not be read (AccessDeniedException)); launching without "
+        "checking them"]
 
 
-def test_without_service_quotas_the_max_instances_attribute_decides(client):
-    # moto knows no EC2 quotas (NoSuchResourceException) and says max-instances 20.
+def test_without_a_quota_nothing_blocks_and_the_max_instances_attribute_is_not_asked(client, fault_proxy):
+    # moto knows no EC2 quotas (NoSuchResourceException) and says max-instances 20: 21 are not refused.
     quotas = FakeQuotas(error="NoSuchResourceException")
-    assert limit_problem(client, quotas, 20) == (None, [])
-    problem = limit_problem(client, quotas, 21)[0]
-    assert problem.startswith("21 more instance(s) do not fit the account's limit of 20 instances (max-instances)")
-    # Instance types with quotas of their own are not judged by the standard quota.
-    other = FakeQuotas({SPOT_VCPU_QUOTA: 0, ON_DEMAND_VCPU_QUOTA: 0})
-    assert limit_problem(client, other, 2, instance_types=["inf1.xlarge"]) == (None, [])
-    assert other.asked == []
+    problem, warnings = limit_problem(client, quotas, 21)
+    assert problem is None and "(L-34B43A08) could not be read (NoSuchResourceException)" in warnings[0], warnings
+    assert fault_proxy.count("DescribeAccountAttributes") == 0
+    # A family with a quota of its own is judged by that quota, not by the standard one.
+    other = FakeQuotas({SPOT_VCPU_QUOTA: 0, ON_DEMAND_VCPU_QUOTA: 0, "L-B5D1601B": 0, "L-1945791B": 8})
+    assert limit_problem(client, other, 2, instance_types=["inf1.xlarge"]) == (None, [])  # 4 vCPUs each
+    assert limit_problem(client, other, 3, instance_types=["inf1.xlarge"])[0].startswith(
+        "3 more instance(s) do not fit the account's vCPU quotas: 'Running On-Demand Inf instances' (L-1945791B)")
+    assert {code for service, code in other.asked} == {"L-B5D1601B", "L-1945791B"}
+    # A family without a known quota warns, and asks Service Quotas only for the others.
+    problem, warnings = limit_problem(client, other, 50, instance_types=["t3.micro", "mac1.metal"])
+    assert problem is None
+    assert warnings == ["the account's vCPU quotas could not all be read (mac1.metal Spot: no vCPU quota known for "
+                        "this instance family; mac1.metal On-Demand: no vCPU quota known for this instance family); "
+                        "launching without checking them"]
     assert limit_problem(client, quotas, 0) == (None, [])
+    assert limit_problem(client, None, 50) == (None, [])

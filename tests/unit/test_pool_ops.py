@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
+import boto3
 import pytest
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
@@ -311,13 +312,18 @@ def test_init_request_checks_accept_what_is_sane():
     ops.check_init_request(500, dict(LAUNCH), wait_timeout=0, max_size=500)
 
 
-def test_init_refuses_what_the_account_cannot_hold_before_writing_or_launching(store, client):
-    # moto reports max-instances 20 (and no Service Quotas for EC2): 25 cannot fit, whatever max_size allows.
-    with pytest.raises(InvalidRequest, match=r"pool 'p': 25 more instance\(s\) do not fit the account's limit of 20"):
-        ops.init_pool(store, client, 25, dict(LAUNCH), max_size=200)
+def test_init_refuses_what_the_account_cannot_hold_before_writing_or_launching(store, proxy_client, fault_proxy):
+    # Spot and On-Demand standard quotas of 20 vCPUs each hold 20 t3.micro (2 vCPUs), whatever max_size allows.
+    fault_proxy.set_service_quota("L-34B43A08", 20)
+    fault_proxy.set_service_quota("L-1216C47A", 20)
+    quotas = boto3.client("service-quotas", region_name=REGION, endpoint_url=fault_proxy.url,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    with pytest.raises(InvalidRequest, match=r"pool 'p': 25 more instance\(s\) do not fit the account's vCPU "
+                                             r"quotas: .*\(L-1216C47A\) 20 vCPUs, 0 in use: room for 10 t3.micro"):
+        ops.init_pool(store, proxy_client, 25, dict(LAUNCH), max_size=200, quotas_client=quotas)
     assert not store.exists()
-    assert client.describe_instances()["Reservations"] == []
-    assert client.describe_launch_templates()["LaunchTemplates"] == []
+    assert proxy_client.describe_instances()["Reservations"] == []
+    assert proxy_client.describe_launch_templates()["LaunchTemplates"] == []
 
 
 @pytest.mark.parametrize("template", [{"LaunchTemplateName": "no-such-template"},

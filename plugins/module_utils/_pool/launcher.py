@@ -28,6 +28,7 @@ import uuid
 from ._aws import ec2
 from .domain import entries
 from .domain import identity
+from .domain import quotas
 from .domain.defaults import ALLOCATION_STRATEGIES
 from .domain.defaults import ALLOCATION_STRATEGY
 from .domain.defaults import COOLDOWN_SECONDS
@@ -428,78 +429,54 @@ def validate_launch(client, launch):
             raise InvalidRequest("instance_types: unknown instance type(s) %s" % ", ".join(missing))
 
 
-# Service Quotas codes of the vCPU quotas for the standard instance families (A, C, D, H, I, M, R, T, Z).
-SPOT_VCPU_QUOTA = "L-34B43A08"  # All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests
-ON_DEMAND_VCPU_QUOTA = "L-1216C47A"  # Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances
-STANDARD_FAMILIES = "acdhimrtz"
-# Families that start with one of those letters but have quotas of their own.
-OTHER_QUOTA_FAMILIES = ("dl", "hpc", "inf", "mac", "trn")
-_NOT_ALLOWED = ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException")
-
-
-def _is_standard(instance_type):
-    family = instance_type.split(".", 1)[0].lower()
-    return family[:1] in STANDARD_FAMILIES and not family.startswith(OTHER_QUOTA_FAMILIES)
-
-
 def account_limit_problem(client, quotas_client, launch, count, warn):
-    """Why `count` more instances of `launch` cannot fit the account's limits, or None when they may.
+    """Why `count` more instances of `launch` surely cannot fit the account's vCPU quotas, or None when they may.
 
-    Only a certain misfit is refused: the smallest instance type is assumed, Spot and (with fallback) On-Demand
-    quotas are added up, and a limit that cannot be read (no permission, an endpoint that does not know it) is
-    passed to `warn` and does not block. The vCPU quotas (Service Quotas) are asked for standard instance
-    types; otherwise (no Service Quotas client, another family, or quotas it does not know) the account attribute
-    max-instances is used."""
-    if count <= 0:
+    Each instance type counts against the quota of its family and market (quotas.quota_for): Spot, and with
+    fallback On-Demand too. A quota that cannot be read (no permission, a partition or endpoint without it, a family
+    without a known quota) is passed to `warn` and does not block. No Service Quotas client: no check."""
+    if count <= 0 or quotas_client is None:
         return None
-    running = ec2.describe_instances(client, filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
-    types = list(launch["instance_types"])
-    quotas = None
-    if quotas_client is not None and all(_is_standard(itype) for itype in types):
-        quotas = _vcpu_quotas(quotas_client, launch, warn)
-        if quotas is False:
-            return None  # said so through warn(): do not block on a limit we cannot read
-    if quotas:
-        in_use = [(item.get("InstanceLifecycle") == "spot", item["InstanceType"]) for item in running
-                  if _is_standard(item["InstanceType"])]
-        vcpus = {item["InstanceType"]: item["VCpuInfo"]["DefaultVCpus"] for item in
-                 ec2.describe_instance_types(client, sorted(set(types) | {itype for _spot, itype in in_use}))}
-        free = 0
-        for market, quota in quotas.items():
-            used = sum(vcpus.get(itype, 0) for spot, itype in in_use if spot == (market == SPOT))
-            free += max(0, int(quota) - used)
-        need = count * min(vcpus.get(itype, 1) for itype in types)
-        if need > free:
-            return ("%d more instance(s) need at least %d vCPUs; the account's vCPU quotas (%s) leave %d. Ask for "
-                    "a quota increase in Service Quotas, or choose a smaller size"
-                    % (count, need, ", ".join("%s %s" % (market, int(quota)) for market, quota in sorted(quotas.items())),
-                       free))
-        return None
-    try:
-        limit = ec2.describe_account_attribute(client, "max-instances")
-    except ec2.Ec2Error as exc:
-        if exc.code not in _NOT_ALLOWED:
-            raise
-        warn("the account's instance limit could not be read (%s); launching without checking it" % exc.code)
-        return None
-    if limit and limit[0].isdigit() and count > int(limit[0]) - len(running):
-        return ("%d more instance(s) do not fit the account's limit of %s instances (max-instances), %d of them "
-                "running; ask for a limit increase, or choose a smaller size" % (count, limit[0], len(running)))
-    return None
+    choices = [(itype, spot) for itype in launch["instance_types"]
+               for spot in ((True, False) if launch.get("fallback", True) else (True,))]
+    limits, errors = _read_quotas(quotas_client, choices)
+    verdict = quotas.Fit(None, quotas.unknown(choices, limits, errors))
+    if not verdict.unknown:
+        vcpus, used = _vcpus_in_use(client, choices, set(limits))
+        verdict = quotas.fit(count, choices, limits, vcpus, used)
+    if verdict.unknown:
+        warn("the account's vCPU quotas could not all be read (%s); launching without checking them"
+             % "; ".join(verdict.unknown))
+    return verdict.problem
 
 
-def _vcpu_quotas(quotas_client, launch, warn):
-    """{market: vCPU quota} for Spot and (with fallback) On-Demand; None when Service Quotas does not know them
-    (an emulator, a partition without them); False, after a warning, when they cannot be read."""
-    quotas = {}
-    codes = [(SPOT, SPOT_VCPU_QUOTA)] + ([(ON_DEMAND, ON_DEMAND_VCPU_QUOTA)] if launch.get("fallback", True) else [])
-    for market, code in codes:
+def _read_quotas(quotas_client, choices):
+    """({code: vCPUs} of the quotas of `choices` that could be read, {code: error code} of those that could not).
+    Any failure leaves the quota unknown (AccessDenied; NoSuchResource in a partition or an emulator without it):
+    the check is advisory. The default quota (GetAWSDefaultServiceQuota) is no stand-in: the account's applied
+    quota can be higher, and a refusal must be sure."""
+    limits, errors = {}, {}
+    for code in sorted({quota.code for quota in (quotas.quota_for(*choice) for choice in choices) if quota}):
         try:
-            quotas[market] = ec2.get_service_quota(quotas_client, code)
+            limits[code] = ec2.get_service_quota(quotas_client, code)
         except ec2.Ec2Error as exc:
-            if exc.code == "NoSuchResourceException":
-                return None
-            warn("the account's vCPU quotas could not be read (%s for %s); launching without checking them"
-                 % (exc.code, code))
-            return False
-    return quotas
+            errors[code] = exc.code
+    return limits, errors
+
+
+def _vcpus_in_use(client, choices, codes):
+    """({instance type: vCPUs}, {quota code: vCPUs of the running and pending instances counted against it}) for
+    the quotas `codes`, over every instance of the region (the pool's and any other)."""
+    live = [{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    counted = []
+    for item in ec2.describe_instances(client, filters=live):
+        quota = quotas.quota_for(item["InstanceType"], item.get("InstanceLifecycle") == "spot")
+        if quota and quota.code in codes:
+            counted.append((item["InstanceType"], quota.code))
+    types = sorted({itype for itype, _spot in choices} | {itype for itype, _code in counted})
+    vcpus = {item["InstanceType"]: item["VCpuInfo"]["DefaultVCpus"]
+             for item in ec2.describe_instance_types(client, types)}
+    used = {}
+    for itype, code in counted:
+        used[code] = used.get(code, 0) + vcpus.get(itype, 0)
+    return vcpus, used

@@ -150,14 +150,6 @@ def find_launch_template_by_id(client, template_id):
     return templates[0] if templates else None
 
 
-@_ec2_call("DescribeAccountAttributes")
-def describe_account_attribute(client, name):
-    """The values of one account attribute (e.g. max-instances), as strings."""
-    attributes = client.describe_account_attributes(AttributeNames=[name])["AccountAttributes"]
-    return [value["AttributeValue"] for item in attributes if item["AttributeName"] == name
-            for value in item.get("AttributeValues", [])]
-
-
 @_ec2_call("GetServiceQuota")
 def get_service_quota(quotas_client, quota_code, service_code="ec2"):
     """The value of a Service Quotas quota (a Service Quotas client, not an EC2 one)."""
@@ -256,7 +248,12 @@ def describe_subnets(client, subnet_ids):
 
 @_ec2_call("DescribeInstanceTypes")
 def describe_instance_types(client, instance_types):
-    return client.describe_instance_types(InstanceTypes=list(instance_types))["InstanceTypes"]
+    """The DescribeInstanceTypes items of `instance_types`, asked 100 at a time (the most one request takes)."""
+    instance_types = list(instance_types)
+    paginator = client.get_paginator("describe_instance_types")
+    return [item for start in range(0, len(instance_types), 100)
+            for page in paginator.paginate(InstanceTypes=instance_types[start:start + 100])
+            for item in page["InstanceTypes"]]
 
 
 def instance_summary(instance):
