@@ -746,18 +746,43 @@ class _DynamoLease:
                 "asked_at": float(request["at"]["N"]),
                 "answered": float(item["expires"]["N"]) > float(request["expires"]["N"])}
 
-    def release(self):
+    def release(self, exit_error=None):
+        """Give the lease up, recording on its item how the holder's run ended (`exit`: who, when, and
+        `exit_error`, the reason a job could not record in the pool itself: see last_exit()). A lease of a pool
+        that no longer exists (a job that started after a terminate, an init that failed before it made the pool)
+        is deleted instead of kept: nothing of a terminated pool stays in the table."""
         if not self.held:
             return
         store = self.store
         mine = self._mine()
+        fencing = self.fencing
+        record = {"by": _s(self.holder.rsplit(":", 1)[0]), "at": _n(int(store.clock()))}
+        if exit_error:
+            record["error"] = _s(exit_error)
+        released = False
         with _unless_client_error():  # lost meanwhile: nothing of ours to release
             store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
-                        UpdateExpression="REMOVE #h, #s SET #e = :zero",
+                        UpdateExpression="REMOVE #h, #s SET #e = :zero, #x = :exit",
                         ConditionExpression=mine["ConditionExpression"],
-                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires", "#s": "stop"},
-                        ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"], **{":zero": _n(0)}))
+                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires", "#s": "stop",
+                                                  "#x": "exit"},
+                        ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"],
+                                                       **{":zero": _n(0), ":exit": {"M": record}}))
+            released = True
         self._forget()
+        if released and not store.exists():
+            self._delete_unused(fencing)
+
+    def _delete_unused(self, fencing):
+        """Delete the lease item we released (number `fencing`) of a pool that does not exist. Whoever made or
+        makes the pool holds the lease meanwhile (init, rebuild): an item taken since (a holder, another number)
+        is theirs and stays."""
+        store = self.store
+        with _unless_client_error():
+            store._call("DeleteItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                        ConditionExpression="attribute_not_exists(#h) AND #f = :f",
+                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing"},
+                        ExpressionAttributeValues={":f": _n(fencing)})
 
     def remove(self):
         if self.held:
