@@ -569,8 +569,8 @@ def _refill_note(refill, check_mode, refill_started):
         return "refill=false: the refill job was not started"
     started, pid, problem, exited = refill_started
     if exited:
-        problem = "%s; %s" % (exited, problem or ("a new one was started (pid %s)" % pid if started else
-                                                    "the next get starts a new one"))
+        then = "a new one was started (pid %s)" % pid if started else "the next get starts a new one"
+        problem = "%s; %s" % (exited, problem or then)
     if problem:
         return problem
     if started:
