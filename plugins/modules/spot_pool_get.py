@@ -198,6 +198,8 @@ refill:
   description:
     - Whether this run started the refill job (C(started=false) when one was already running).
     - C(error) says why the job could not be started, when it could not; the lease stands all the same.
+    - C(last_error) (store=dynamodb) says how the previous job ended when it could not record that in the pool
+      itself (no permission to write the table, killed), naming the host and its log there; also in C(warnings).
   returned: success
   type: dict
   sample: {started: true, pid: 12345}

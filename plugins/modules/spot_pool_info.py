@@ -110,7 +110,9 @@ refill:
       would meet again (authorisation, a deleted launch template, invalid launch options, a crash). C(fix) then
       says what to do, and to run M(ec2spot.pool.spot_pool_init) afterwards to start the job again.
     - A job that was killed before it could record why it stopped is reported with C(pid=null) and a
-      C(last_error) that says so.
+      C(last_error) that says so. With store=dynamodb, a job that may not write the table records why it stopped
+      on its refill lease instead, and C(last_error) gives that reason, the host the job ran on and its log there;
+      a job that died holding the lease (killed, its controller gone) is reported as ended without recording why.
   returned: always
   type: dict
   sample: {running: false, pid: null, started_at: "2026-11-22T10:00:01Z", finished_at: "2026-11-22T10:00:02Z",

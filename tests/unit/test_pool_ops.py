@@ -553,7 +553,7 @@ def test_a_get_whose_lease_write_fails_leaves_no_lease(pool, monkeypatch):
 
 def test_a_refill_that_cannot_start_after_the_lease_is_a_warning_not_a_failed_get(pool, monkeypatch):
     """Item 4: the lease was written; starting the job then hit a full disk (its code copy): the get stands."""
-    def disk_full(store, env):
+    def disk_full(store, env, lock=None):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ops.jobcontrol, "start_refill", disk_full)
@@ -587,7 +587,7 @@ def test_a_get_that_finds_nothing_ready_restarts_a_stopped_refill_and_says_so(po
         tx.state["refill"].update(last_error="DescribeInstances failed: AWS was not able to validate (AuthFailure)",
                                   last_error_code="AuthFailure", last_error_permanent=True, pid=None)
     started = []
-    monkeypatch.setattr(ops.jobcontrol, "start_refill", lambda store, env: started.append(store.path) or (True, 4242))
+    monkeypatch.setattr(ops.jobcontrol, "start_refill", lambda store, env, lock=None: started.append(store.path) or (True, 4242))
     with pytest.raises(NoReadyInstance) as failure:
         ops.get_instance(pool, no_client, verify=False, refill_env={})
     assert started == [pool.path]
@@ -600,7 +600,7 @@ def test_dead_instances_found_by_a_get_stay_dropped_when_the_get_fails(pool, cli
     ids = [entry["id"] for entry in pool.read()["instances"]]
     client.terminate_instances(InstanceIds=ids)
     started = []
-    monkeypatch.setattr(ops.jobcontrol, "start_refill", lambda store, env: started.append(1) or (True, 4242))
+    monkeypatch.setattr(ops.jobcontrol, "start_refill", lambda store, env, lock=None: started.append(1) or (True, 4242))
     with pytest.raises(NoReadyInstance, match=r"has 0 ready of 3; 0 pending; 0 leased; dropped i-"):
         ops.get_instance(pool, ec2_states, refill_env={})
     assert pool.read()["instances"] == [] and started == [1]
@@ -665,7 +665,7 @@ def test_a_successful_init_clears_the_error_that_stopped_the_refill(pool, client
 def test_a_waiting_get_starts_the_refill_once_and_takes_what_it_makes_ready(pool, monkeypatch):
     taken = [ops.get_instance(pool, no_client, refill=False, verify=False)["instance_id"] for _lease in range(3)]
     started = []
-    monkeypatch.setattr(ops.jobcontrol, "start_refill", lambda store, env: started.append(1) or (True, 4242))
+    monkeypatch.setattr(ops.jobcontrol, "start_refill", lambda store, env, lock=None: started.append(1) or (True, 4242))
     now = [0.0]
 
     def sleep(seconds):  # the "refill" makes one instance ready during the wait

@@ -233,9 +233,10 @@ def remove_unused_code(store):
         os.rmdir(code_dir)  # only if empty: a running job's copy stays
 
 
-def start_refill(store, env):
-    """Start the detached job unless one runs. Returns (started, pid)."""
-    if store.refill_lock().is_held_elsewhere():
+def start_refill(store, env, lock=None):
+    """Start the detached job unless one runs (`lock`: the store's refill lock, to look at again after).
+    Returns (started, pid)."""
+    if (lock or store.refill_lock()).is_held_elsewhere():
         return False, None
     code_dir = store.code_directory()
     if code_dir is None:
@@ -351,7 +352,8 @@ _INIT_FIX = "run ec2spot.pool.spot_pool_init with the pool's options (it re-crea
 # Error code of a job that stopped for good -> what the user has to do before it can succeed.
 _FIXES = (
     (("AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
-      "RequestExpired", "NoCredentials", "NoCredentialsError", "PartialCredentialsError", "Blocked"), _CREDENTIALS_FIX),
+      "RequestExpired", "NoCredentials", "NoCredentialsError", "PartialCredentialsError", "Blocked",
+      "AccessDeniedException", "AccessDenied", "UnrecognizedClientException"), _CREDENTIALS_FIX),
     (("OptInRequired", "PendingVerification"), "finish the account's set-up for EC2 in this region"),
     (("InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException",
       "InvalidLaunchTemplateId.VersionNotFound"), _INIT_FIX),
@@ -371,15 +373,46 @@ def refill_fix(code, log):
             "job again" % what)
 
 
+def exit_note(last_exit):
+    """What info and get say about a refill job whose own record in the pool cannot say why it ended (pure):
+    `last_exit` as the lease's last_exit() returns it (None: nothing to say). The job's log is named with the host
+    it is on: a shared store's job may have run on another controller."""
+    if not last_exit:
+        return None
+    host, _sep, pid = last_exit["by"].rpartition(":")
+    where = "its log %s on %s" % (last_exit.get("log") or "(unknown)", host)
+    if last_exit["released"]:
+        return ("the refill job (pid %s on %s) stopped and could not record why in the pool: %s; see %s"
+                % (pid, host, last_exit["error"], where))
+    return ("the refill job (pid %s on %s) ended without recording why (killed, or its controller went down: it "
+            "stopped renewing the refill lease); see %s" % (pid, host, where))
+
+
+def lease_exit_note(lock, cached=False):
+    """exit_note() of the refill lease `lock` (of a store whose lease records how runs end), or None. With
+    `cached`, from what the lock read last (start_refill's look), without another request."""
+    last_exit = getattr(lock, "last_exit", None)
+    return exit_note(last_exit(cached=cached)) if last_exit else None
+
+
 def refill_status(store, state):
     """The refill job as info reports it: whether it runs, its last error, whether it recovers by itself
-    (`will_restart`: the next get or init starts it and nothing stands in its way) and, when not, the `fix`."""
+    (`will_restart`: the next get or init starts it and nothing stands in its way) and, when not, the `fix`.
+
+    A job that could not write its end to the pool (no permission, killed) is reported from what its lease says
+    (lease_exit_note), or, without that, from the pid it left in the pool: either way the error says it ended and
+    names its log."""
     refill = dict((state or {}).get("refill") or {})
-    refill["running"] = store.refill_lock().is_held_elsewhere()
+    lock = store.refill_lock()
     refill["log"] = store.refill_log_path()
-    if not refill["running"] and refill.get("pid"):
+    last_exit = getattr(lock, "last_exit", lambda: None)()
+    refill["running"] = last_exit is None and lock.is_held_elsewhere()
+    if last_exit and last_exit["error"]:
+        refill.update(last_error=exit_note(last_exit), last_error_code=last_exit["error_code"],
+                      last_error_permanent=True, pid=None)
+    elif not refill["running"] and (refill.get("pid") or last_exit):
         # Killed (SIGKILL, a reboot) before it could write anything: its pid means nothing now.
-        refill["last_error"] = refill.get("last_error") or (
+        refill["last_error"] = refill.get("last_error") or exit_note(last_exit) or (
             "the refill job (pid %s) ended without recording why; see %s" % (refill["pid"], refill["log"]))
         refill["pid"] = None
     permanent = bool(refill.get("last_error")) and bool(refill.get("last_error_permanent"))

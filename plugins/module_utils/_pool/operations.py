@@ -475,12 +475,14 @@ def _no_ready(store, pool_counts, refill_error, refill_note, dropped):
 
 
 def _start_refill_quietly(store, refill_env):
-    """Start the refill job; a failure to start it is reported, never raised: it must not undo or fail a get."""
+    """Start the refill job; a failure to start it is reported, never raised: it must not undo or fail a get.
+    Returns (started, pid, problem, what the refill lease says of the last job's end: jobcontrol.exit_note)."""
+    lock = store.refill_lock()
     try:
-        started, pid = jobcontrol.start_refill(store, refill_env)
+        started, pid = jobcontrol.start_refill(store, refill_env, lock=lock)
     except (PoolError, OSError) as exc:
-        return False, None, "the refill job could not be started: %s" % (getattr(exc, "message", None) or exc)
-    return started, pid, None
+        return False, None, "the refill job could not be started: %s" % (getattr(exc, "message", None) or exc), None
+    return started, pid, None, jobcontrol.lease_exit_note(lock, cached=True)
 
 
 def get_instance(store, instance_states, address="public", verify=True, verify_max_age=0,
@@ -534,8 +536,11 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
         warnings.append("the pool's refill job failed: %s" % claim.refill_error)
     refill_result = {"started": False, "pid": None}
     if refill and not check_mode:
-        started, pid, problem = _start_refill_quietly(store, refill_env)
+        started, pid, problem, exited = _start_refill_quietly(store, refill_env)
         refill_result = {"started": started, "pid": pid}
+        if exited and not claim.refill_error:
+            refill_result["last_error"] = exited
+            warnings.append("the pool's refill job failed: %s" % exited)
         if problem:
             refill_result["error"] = problem
             warnings.append("%s; the lease stands, and the next get or spot_pool_init starts the job" % problem)
@@ -565,7 +570,10 @@ def _refill_note(refill, check_mode, refill_started):
         return "check mode: the refill job was not started"
     if not refill:
         return "refill=false: the refill job was not started"
-    started, pid, problem = refill_started
+    started, pid, problem, exited = refill_started
+    if exited:
+        then = "a new one was started (pid %s)" % pid if started else "the next get starts a new one"
+        problem = "%s; %s" % (exited, problem or then)
     if problem:
         return problem
     if started:

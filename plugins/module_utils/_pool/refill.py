@@ -365,6 +365,9 @@ class RefillJob:
         self.lock = store.refill_lock()
         self.keeper = LeaseKeeper.of(store, self.lock, clock, on_stop=self._asked_to_stop)
         self.stop_requested = threading.Event()
+        # (message, code) of an end this job could not write to the pool (a store that refuses its writes): its
+        # lease records it when released (release()), where info and get read it.
+        self.unrecorded = None
 
     def _asked_to_stop(self, request):
         """Another controller asked this job to stop (a stop request on the lease: its terminate or init, where no
@@ -380,8 +383,18 @@ class RefillJob:
             change_pool(self.store, record)
         except RefillLeaseLost:
             raise  # the job stops: see RefillJob
-        except (PoolError, OSError, ValueError) as exc:  # a full disk, a file that went bad meanwhile
+        except (PoolError, OSError, ValueError) as exc:  # a full disk, a file gone bad, no permission
             self.log("state_write_failed", error=getattr(exc, "message", None) or str(exc))
+            if fields.get("last_error"):
+                self.unrecorded = (fields["last_error"], fields.get("last_error_code"))
+
+    def release(self):
+        """Release the refill lease, with the end this job could not write to the pool when its lease can record
+        it (DynamoDB's: jobcontrol.exit_note says it)."""
+        if self.unrecorded and hasattr(self.lock, "last_exit"):
+            self.lock.release(exit_error=self.unrecorded[0], exit_code=self.unrecorded[1])
+        else:
+            self.lock.release()
 
     def _stopped_on(self, message, code, permanent):
         """The job ends on an error: record it where info and get read it, with the pid cleared."""
@@ -412,7 +425,7 @@ class RefillJob:
             return 1
         finally:
             if not lost:
-                self.lock.release()
+                self.release()
 
     def _run_locked(self):
         self._record(pid=os.getpid(), started_at=isoformat(utcnow()), finished_at=None)
@@ -441,7 +454,7 @@ class RefillJob:
             except PoolError as exc:
                 # Authentication, validation, a corrupt file: retrying at once would not help. Record it for
                 # info/get; a passing one (throttled for good, EC2 unreachable) lets the next get start the job.
-                code = getattr(exc, "code", None) or type(exc).__name__
+                code = getattr(exc, "code", None) or exc.details.get("error_code") or type(exc).__name__
                 self._stopped_on(exc.message, code, code not in TRANSIENT_LAUNCH_ERRORS | CONNECTION_ERRORS)
                 self.log("failed", message=exc.message)
                 return 1
@@ -577,7 +590,7 @@ def main(argv=None):
             try:
                 job._stopped_on(message, getattr(exc, "code", None) or type(exc).__name__, True)
             finally:
-                job.lock.release()
+                job.release()
         return 1
     job = RefillJob(store, client, log, max_seconds=args.max_seconds)
     signal.signal(signal.SIGTERM, lambda *_: job.stop_requested.set())

@@ -610,6 +610,7 @@ class _DynamoLease:
         self.store = store
         self.holder = "%s:%d:%s" % (socket.gethostname(), os.getpid(), os.urandom(8).hex())
         self.fencing = None
+        self.seen = None  # the item as last read (last_exit(cached=True) reuses it: get's start already read it)
 
     @property
     def held(self):
@@ -617,8 +618,9 @@ class _DynamoLease:
 
     def _item(self):
         store = self.store
-        return store._call("GetItem", TableName=store.table, Key=store._key(LEASE_ITEM),
-                           ConsistentRead=True).get("Item")
+        self.seen = store._call("GetItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                                ConsistentRead=True).get("Item")
+        return self.seen
 
     def exists(self):
         return self._item() is not None
@@ -657,12 +659,14 @@ class _DynamoLease:
             # REMOVE #s: a stop request was meant for the holder before this one.
             answer = store._call(
                 "UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
-                UpdateExpression="SET #h = :me, #e = :exp, #f = if_not_exists(#f, :zero) + :one REMOVE #s",
+                UpdateExpression="SET #h = :me, #e = :exp, #f = if_not_exists(#f, :zero) + :one, #l = :log "
+                                 "REMOVE #s",
                 ConditionExpression=condition, ReturnValues="ALL_NEW",
                 ExpressionAttributeNames={"#h": "holder", "#e": "expires", "#f": "fencing", "#i": "item",
-                                          "#s": "stop"},
+                                          "#s": "stop", "#l": "log"},
                 ExpressionAttributeValues={":me": _s(self.holder), ":exp": _n(now + store.lease_seconds),
-                                           ":now": _n(now), ":zero": _n(0), ":one": _n(1)})
+                                           ":now": _n(now), ":zero": _n(0), ":one": _n(1),
+                                           ":log": _s(store.refill_log_path())})
         except botocore_exceptions().ClientError:
             return False
         self.fencing = int(answer["Attributes"]["fencing"]["N"])
@@ -746,18 +750,51 @@ class _DynamoLease:
                 "asked_at": float(request["at"]["N"]),
                 "answered": float(item["expires"]["N"]) > float(request["expires"]["N"])}
 
-    def release(self):
+    def last_exit(self, cached=False):
+        """How the last holder's run ended, when it says more than the pool's own record can (see exit_of()):
+        {"by": "host:pid", "at": epoch s, "log": its log on that host, "error": why it stopped, or None, and
+        "error_code", "released": False when it died holding the lease}, or None (running, or ended cleanly).
+        With `cached`, from the item as last read, if it was read (no request)."""
+        item = self.seen if cached and self.seen is not None else None if self.held else self._item()
+        return exit_of(item, self.store.clock(), socket.gethostname(), _pid_alive)
+
+    def release(self, exit_error=None, exit_code=None):
+        """Give the lease up, recording on its item how the holder's run ended (`exit`: who, when, and
+        `exit_error` with its `exit_code`, the reason a job could not record in the pool itself: see last_exit()). A lease of a pool
+        that no longer exists (a job that started after a terminate, an init that failed before it made the pool)
+        is deleted instead of kept: nothing of a terminated pool stays in the table."""
         if not self.held:
             return
         store = self.store
         mine = self._mine()
+        fencing = self.fencing
+        record = {"by": _s(self.holder.rsplit(":", 1)[0]), "at": _n(int(store.clock()))}
+        if exit_error:
+            record.update(error=_s(exit_error), code=_s(exit_code or "Unknown"), log=_s(store.refill_log_path()))
+        released = False
         with _unless_client_error():  # lost meanwhile: nothing of ours to release
             store._call("UpdateItem", TableName=store.table, Key=store._key(LEASE_ITEM),
-                        UpdateExpression="REMOVE #h, #s SET #e = :zero",
+                        UpdateExpression="REMOVE #h, #s SET #e = :zero, #x = :exit",
                         ConditionExpression=mine["ConditionExpression"],
-                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires", "#s": "stop"},
-                        ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"], **{":zero": _n(0)}))
+                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing", "#e": "expires", "#s": "stop",
+                                                  "#x": "exit"},
+                        ExpressionAttributeValues=dict(mine["ExpressionAttributeValues"],
+                                                       **{":zero": _n(0), ":exit": {"M": record}}))
+            released = True
         self._forget()
+        if released and not store.exists():
+            self._delete_unused(fencing)
+
+    def _delete_unused(self, fencing):
+        """Delete the lease item we released (number `fencing`) of a pool that does not exist. Whoever made or
+        makes the pool holds the lease meanwhile (init, rebuild): an item taken since (a holder, another number)
+        is theirs and stays."""
+        store = self.store
+        with _unless_client_error():
+            store._call("DeleteItem", TableName=store.table, Key=store._key(LEASE_ITEM),
+                        ConditionExpression="attribute_not_exists(#h) AND #f = :f",
+                        ExpressionAttributeNames={"#h": "holder", "#f": "fencing"},
+                        ExpressionAttributeValues={":f": _n(fencing)})
 
     def remove(self):
         if self.held:
@@ -788,3 +825,39 @@ def _stop_request(attribute):
         return None
     request = attribute["M"]
     return {"by": request["by"]["S"], "at": float(request["at"]["N"])}
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def exit_of(item, now, here, alive):
+    """How the last holder of the lease item `item` ended its run, as last_exit() returns it (pure: `now` in
+    epoch seconds, `here` this host's name, `alive(pid)` whether a process of this host runs).
+
+    A holder that released the lease with an `error` (a job that could not write its reason to the pool: the
+    permission is missing) left it in the item's `exit`; one that still holds it but is dead (its lease expired
+    unrenewed, or it ran on this host and its process is gone: killed) recorded nothing. None otherwise: a live
+    holder, a clean release, no item."""
+    if not item:
+        return None
+    if "holder" in item:
+        by = item["holder"]["S"].rsplit(":", 1)[0]
+        host, _sep, pid = by.rpartition(":")
+        expired = float(item["expires"]["N"]) <= now
+        if not expired and not (host == here and pid.isdigit() and not alive(int(pid))):
+            return None
+        log = item.get("log", {}).get("S")
+        return {"by": by, "at": float(item["expires"]["N"]), "log": log, "error": None, "error_code": None,
+                "released": False}
+    record = (item.get("exit") or {}).get("M") or {}
+    if "error" not in record:
+        return None
+    return {"by": record["by"]["S"], "at": float(record["at"]["N"]), "log": record.get("log", {}).get("S"),
+            "error": record["error"]["S"], "error_code": record.get("code", {}).get("S"), "released": True}
