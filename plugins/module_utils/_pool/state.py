@@ -35,6 +35,7 @@ from .entries import counts
 from .entries import new_lease
 from .errors import InvalidRequest
 from .errors import PoolError
+from .errors import DamagedPool
 from .errors import StateFileError
 from .store import Claim
 from .store import PoolStore
@@ -366,6 +367,16 @@ def _check_launch(problems, launch):
             problems.append("launch.template.owned is %s, expected true or false" % _shown(template.get("owned")))
 
 
+def entry_problems(where, entry, lease=False):
+    """What is wrong with one instance entry (a lease with `lease`), as schema_problems says it (`where` names it):
+    for a store that keeps each entry apart (the DynamoDB store's items)."""
+    problems = []
+    if not isinstance(entry, dict):
+        return ["%s is %s, expected an object" % (where, _shown(entry))]
+    (_check_lease if lease else _check_instance)(problems, where, entry)
+    return problems
+
+
 def schema_problems(state):
     """What is wrong with the fields of a pool state (a dict that claims to be one), as `field is x, expected y`.
 
@@ -519,12 +530,12 @@ class FileStore(PoolStore):
         problems = schema_problems(state)
         if problems:
             shown = problems[:5] + (["and %d more" % (len(problems) - 5)] if len(problems) > 5 else [])
-            raise StateFileError(
+            raise DamagedPool(
                 "pool file %s is damaged: %s. The file is left as it is. ec2spot.pool.spot_pool_init with rebuild: "
                 "true moves it aside (to %s.corrupt-<time>) and rebuilds the pool from EC2 (%s; "
                 "ec2spot.pool.spot_pool_terminate finds them by it too)."
                 % (self.path, "; ".join(shown), self.path, tags),
-                kind="damaged", path=self.path,
+                path=self.path,
             )
         state.setdefault("refill", {})
         state.setdefault("cooldowns", [])
