@@ -178,6 +178,11 @@ options:
       - A link, or a file or directory that another user owns or may write to, is never moved.
       - With O(store=dynamodb), the table's pool is built from the tags in the same way, leases kept. That is
         the way to move a pool from its file into a table (the README says how).
+      - With O(store=dynamodb), items of the pool that the store does not understand (the error names them) are
+        handled as a damaged file is. The pool's items are first copied, as they are, to
+        C(<state_dir>/dynamodb-<table>-<pool>.corrupt-<time>.json). Damaged items that said C(idle) are deleted;
+        any other damaged instance item becomes a lease (it may be a job's), never handed out until released.
+        Leases whose items are intact are kept as they were.
     type: bool
     default: false
   create_table:
@@ -311,8 +316,10 @@ pool_id:
   type: str
   sample: 3f9c0a7b5e21d864
 moved_aside:
-  description: Where a damaged state file was moved by O(rebuild=true) or O(force_rebuild=true).
-  returned: when a damaged file was moved aside
+  description:
+    - Where a damaged state file was moved by O(rebuild=true) or O(force_rebuild=true).
+    - With O(store=dynamodb), the file the pool's items were copied to before the damaged ones were replaced.
+  returned: when a damaged file was moved aside, or damaged items were replaced
   type: str
   sample: /home/ci/.local/state/ec2spot/ci.json.corrupt-20261122T100000Z
 """

@@ -7,6 +7,7 @@ region, pool_file with store=dynamodb): each a clear error, and nothing changed 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import boto3
@@ -173,6 +174,34 @@ def test_a_table_of_another_key_schema_is_refused(dynamo_pool):
     assert pool.dynamodb.scan(TableName=pool.table)["Items"] == [theirs]
     assert pool.tagged_instances(any_pool=True) == []
     pool.table = None  # nothing of a pool to end in it
+
+
+def test_a_damaged_pool_is_refused_naming_rebuild_and_init_rebuild_makes_it_again_from_ec2s_tags(dynamo_pool):
+    """An instance item whose body is not JSON: every module refuses it by table and item, naming rebuild: true;
+    init with rebuild: true then makes the pool of the instances EC2 tags as its own, launching none twice."""
+    pool = dynamo_pool
+    assert pool.init(size=2).rc == 0
+    members = sorted(instance["InstanceId"] for instance in pool.tagged_instances())
+    assert len(members) == 2
+    key = "inst#" + members[0]
+    item = pool.dynamodb.get_item(TableName=pool.table, Key={"pool": {"S": pool.pool_name}, "item": {"S": key}})
+    pool.dynamodb.put_item(TableName=pool.table, Item=dict(item["Item"], body={"S": "{not json"}))
+    damaged = pool.table_items()
+
+    assert_refused(*pool.module("spot_pool_info"), pool.table, key, "body is not JSON", "rebuild: true")
+    assert_refused(*pool.module("spot_pool_get"), pool.table, key, "rebuild: true")
+    run = pool.init(size=2)
+    assert_refused(run.rc, task_result(run, "spot_pool_init"), pool.table, key, "rebuild: true")
+    assert pool.table_items() == damaged, "refused: nothing changed"
+
+    run = pool.init(size=2, spot_pool_rebuild=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    rebuilt = task_result(run, "spot_pool_init")
+    assert rebuilt["launched"] == [] and rebuilt["counts"]["ready"] == 2, rebuilt
+    assert sorted(instance["InstanceId"] for instance in pool.tagged_instances()) == members, "none launched twice"
+    assert sorted(entry["id"] for entry in pool.info()["pool"]) == members
+    copy = json.loads(open(rebuilt["moved_aside"], encoding="utf-8").read())
+    assert {"S": "{not json"} in [entry["body"] for entry in copy["items"]], "the damaged item is kept in the copy"
 
 
 def test_access_denied_names_the_table_and_the_permission(faulty_dynamo_pool):

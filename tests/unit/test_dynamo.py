@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -21,12 +22,16 @@ import pytest
 from botocore.config import Config
 
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.dynamoquery import DynamoDBClient
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import DamagedPool
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import RefillLeaseLost
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import StoreConflict
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import change_pool
+from tests.support.moto import POOL_LAUNCH
 from tests.support.moto import REGION
 from tests.support.pool_entries import instance_id
 from tests.support.pool_entries import pool_entry
@@ -35,6 +40,7 @@ from tests.support.pool_imports import imports_of
 from tests.support.pool_imports import pool_modules
 from tests.unit.test_store import DYNAMODB_CLIENTS
 from tests.unit.test_store import dynamodb_client
+from tests.unit.test_store import ids
 from tests.unit.test_store import seed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -698,3 +704,114 @@ def test_a_transaction_whose_condition_failed_is_not_tried_again(open_store, url
         with store.transaction() as tx:
             tx.state["target_size"] = 4
     assert client.attempts == 1
+
+
+# -- items the store does not understand: damage, named, never read past or deleted; rebuild and terminate ----------
+def put_over(url, table, key, **attributes):
+    """Replace attributes of item `key` of pool p as a hand edit would (None removes one)."""
+    client = dynamodb_client(url)
+    item = client.get_item(TableName=table, Key={"pool": {"S": "p"}, "item": {"S": key}})["Item"]
+    item.update(attributes)
+    client.put_item(TableName=table, Item={name: value for name, value in item.items() if value is not None})
+
+
+DAMAGES = {
+    "a lease's status not understood": ("lease", {"status": {"S": "LEASED"}}, "status is"),
+    "an instance item without rev": ("idle", {"rev": None}, "rev is missing"),
+    "a pos of another type": ("idle", {"pos": {"S": "1"}}, "pos is"),
+    "a body that is not JSON": ("idle", {"body": {"S": "{not json"}}, "body is not JSON"),
+    "a pool item without version": ("pool", {"version": None}, "version is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_an_item_the_store_does_not_understand_is_refused_by_name_and_left_as_it_is(open_store, url, table, damage):
+    which, attributes, words = DAMAGES[damage]
+    store = seed(open_store(), [pool_entry(1), pool_entry(2), pool_entry(3)])
+    lease = store.claim_ready(set(), set(), HOUR, verify=False).lease
+    idle = store.read()["instances"][0]["id"]
+    key = {"lease": "inst#" + lease["id"], "idle": "inst#" + idle, "pool": "pool"}[which]
+    put_over(url, table, key, **attributes)
+    before = items_of(url, table)
+
+    def change(tx):
+        tx.state["target_size"] = 9
+
+    for refused in (store.read, lambda: change_pool(store, change), lambda: store.end_lease(lease["id"], "other"),
+                    lambda: store.claim_ready(set(), set(), HOUR, verify=False)):
+        with pytest.raises(DamagedPool) as err:
+            refused()
+        message = err.value.message
+        assert "item %s" % key in message and words in message and table in message, message
+        assert "rebuild: true" in message and err.value.details["items"] == [key]
+    assert items_of(url, table) == before, "nothing changed, nothing deleted"
+
+
+def test_items_of_another_tool_are_read_past_and_never_deleted(open_store, url, table):
+    store = seed(open_store(), [pool_entry(1)])
+    foreign = {"pool": {"S": "p"}, "item": {"S": "notes"}, "pos": {"S": "x"}, "text": {"S": "mine"}}
+    dynamodb_client(url).put_item(TableName=table, Item=foreign)
+    assert ids(store.read()["instances"]) == [instance_id(1)]
+    assert store.claim_ready(set(), set(), HOUR, verify=False).lease["id"] == instance_id(1)
+    warnings = store.delete()
+    assert items_of(url, table) == [foreign]
+    assert len(warnings) == 1 and "notes" in warnings[0] and table in warnings[0], warnings
+
+
+def live_instances(ec2):
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag:ec2spot:pool", "Values": ["p"]},
+                 {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+    return sorted(inst["InstanceId"] for page in pages for res in page["Reservations"] for inst in res["Instances"])
+
+
+@pytest.mark.parametrize("key", ["notes", "inst#"])
+def test_terminate_ends_the_instances_and_names_the_items_it_leaves(open_store, url, table, proxy_client, key):
+    """Another tool's item (or a typo) without rev: terminate used to end the instances and then crash on it,
+    leaving the pool's items, and every later terminate crashed the same way."""
+    store = open_store()
+    ops.init_pool(store, proxy_client, 2, dict(POOL_LAUNCH), wait_timeout=60)
+    assert len(live_instances(proxy_client)) == 2
+    if key == "inst#":
+        key = "inst#" + store.read()["instances"][0]["id"]
+        put_over(url, table, key, rev=None)
+    else:
+        dynamodb_client(url).put_item(TableName=table, Item={"pool": {"S": "p"}, "item": {"S": key}})
+    left = [item for item in items_of(url, table) if item["item"]["S"] == key]
+    for attempt in (1, 2):
+        ended = ops.terminate_pool(open_store(), proxy_client)
+        assert live_instances(proxy_client) == []
+        warning = " ".join(ended["warnings"])
+        assert key in warning and table in warning, (attempt, ended["warnings"])
+        if key == "notes":
+            assert items_of(url, table) == left, "the pool's own items deleted, the other tool's left"
+        else:
+            assert left[0] in items_of(url, table) and "rebuild: true" in warning
+
+
+def test_a_rebuild_keeps_leases_and_never_hands_out_an_instance_whose_lease_item_is_damaged(
+        open_store, url, table, proxy_client, tmp_path):
+    store = open_store()
+    ops.init_pool(store, proxy_client, 3, dict(POOL_LAUNCH), wait_timeout=60)
+    kept = ops.get_instance(store, None, verify=False, refill=False)
+    confused = ops.get_instance(store, None, verify=False, refill=False)
+    idle = store.read()["instances"][0]["id"]
+    put_over(url, table, "inst#" + confused["instance_id"], status={"S": "LEASED"})
+    put_over(url, table, "inst#" + idle, body={"S": "{torn"})
+    before = items_of(url, table)
+    members = live_instances(proxy_client)
+
+    rebuilt = ops.init_pool(open_store(), proxy_client, 1, dict(POOL_LAUNCH), rebuild=True, wait_timeout=60)
+    assert rebuilt["launched"] == [] and live_instances(proxy_client) == members
+    state = open_store().read()
+    leases = {lease["id"]: lease for lease in state["leases"]}
+    assert sorted(leases) == sorted([kept["instance_id"], confused["instance_id"]])
+    assert leases[kept["instance_id"]]["lease_id"] == kept["lease_id"], "an intact lease is kept as it was"
+    assert leases[confused["instance_id"]]["lease_id"] == confused["lease_id"], "what of the body could be read"
+    assert ids(state["instances"]) == [idle]
+    with open(rebuilt["moved_aside"], encoding="utf-8") as handle:
+        copy = json.load(handle)
+    assert copy["items"] == [item for item in before if item["item"]["S"] != "refill-lease"]
+    assert stat.S_IMODE(os.stat(rebuilt["moved_aside"]).st_mode) == 0o600
+    handed = ops.get_instance(open_store(), None, verify=False, refill=False)
+    assert handed["instance_id"] == idle

@@ -22,6 +22,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.dynamodb import DynamoStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.dynamoquery import DynamoDBClient
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.entries import counts
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import DamagedPool
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.entries import new_lease
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
@@ -30,6 +31,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.claim im
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.claim import needs_verify
 from tests.support.pool_entries import instance_id
 from tests.support.moto import FAKE_CREDENTIALS
+from tests.support.moto import POOL_LAUNCH
 from tests.support.moto import REGION
 from tests.support.pool_entries import pool_entry
 
@@ -64,6 +66,12 @@ class FileStoreKit:
     def snapshot(self):
         """Every file the store keeps (path relative to the state directory -> bytes); {} when there is none."""
         return local_files(self.directory)
+
+    def damage(self, store):
+        """Break the pool as a torn or hand-edited file would: this pool's, its fields wrong."""
+        with open(self.path, "w", encoding="utf-8") as handle:
+            handle.write('{"version": 1, "pool_name": "p", "instances": "lost", "leases": null}')
+        return self.path
 
 
 def dynamodb_client(url):
@@ -114,6 +122,13 @@ class DynamoStoreKit:
                 found[(item["pool"]["S"], item["item"]["S"])] = item
         found.update(local_files(self.directory))
         return found
+
+    def damage(self, store):
+        """Break the pool as a hand edit would: the body of its first instance item is no longer JSON."""
+        key = "inst#" + store.read()["instances"][0]["id"]
+        item = self.client.get_item(TableName=self.table, Key={"pool": {"S": "p"}, "item": {"S": key}})["Item"]
+        self.client.put_item(TableName=self.table, Item=dict(item, body={"S": "{not json"}))
+        return key
 
 
 class LightDynamoStoreKit(DynamoStoreKit):
@@ -307,6 +322,38 @@ def test_delete_leaves_the_refill_lock_of_a_job_that_still_runs(kit):
         assert store.refill_lock().is_held_elsewhere()
     finally:
         job.release()
+
+
+# -- damage: refused by name, the same error in every store, and init with rebuild: true recovers from EC2's tags -----
+def tagged_members(ec2):
+    """The ids of the live instances EC2 tags as members of pool p."""
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag:ec2spot:pool", "Values": ["p"]},
+                 {"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    return sorted(inst["InstanceId"] for page in pages for res in page["Reservations"] for inst in res["Instances"])
+
+
+def test_a_damaged_pool_is_refused_by_name_and_rebuilt_from_ec2s_tags(kit, proxy_client):
+    store = kit.open()
+    ops.init_pool(store, proxy_client, 2, dict(POOL_LAUNCH), wait=True, wait_timeout=60)
+    members = tagged_members(proxy_client)
+    assert len(members) == 2
+    broken = kit.damage(store)
+    damaged = kit.snapshot()
+    for refused in (kit.open().read, lambda: ops.init_pool(kit.open(), proxy_client, 2, dict(POOL_LAUNCH)),
+                    lambda: ops.get_instance(kit.open(), None, verify=False, refill=False)):
+        with pytest.raises(DamagedPool) as err:
+            refused()
+        assert broken in err.value.message and "rebuild: true" in err.value.message, err.value.message
+        assert err.value.kind == "damaged"
+    assert kit.snapshot() == damaged, "a refusal changes nothing"
+
+    rebuilt = ops.init_pool(kit.open(), proxy_client, 2, dict(POOL_LAUNCH), rebuild=True, wait_timeout=60)
+    assert rebuilt["launched"] == [] and tagged_members(proxy_client) == members, "nothing launched twice"
+    state = kit.open().read()
+    assert sorted(ids(state["instances"] + state["leases"])) == members
+    assert state["pool_id"] and rebuilt["counts"]["ready"] == 2
+    assert os.path.dirname(rebuilt["moved_aside"]) == kit.directory, "the damaged copy is kept beside the pool"
 
 
 # -- the operations use the interface: one claim per get, one end_lease per release -------------------------------

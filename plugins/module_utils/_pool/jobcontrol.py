@@ -358,7 +358,8 @@ _FIXES = (
     (("InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException",
       "InvalidLaunchTemplateId.VersionNotFound"), _INIT_FIX),
     (("NoRegion", "NoRegionError"), "set the region option when you run ec2spot.pool.spot_pool_init"),
-    (("StateFileError",), "repair the pool file, or run ec2spot.pool.spot_pool_init with rebuild: true"),
+    (("StateFileError", "DamagedPool"), "repair the pool file (or the items the error names), or run "
+     "ec2spot.pool.spot_pool_init with rebuild: true"),
 )
 
 

@@ -105,8 +105,9 @@ def _pool_view(state):
 
 # -- init -------------------------------------------------------------------------------------------------
 def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
-    """A state made from what EC2 knows by the pool's id: idle instances, and leases (the refill tags leased
-    instances with ec2spot:leased-at). Leases the old file still knows are kept as they were."""
+    """A state made from what EC2 knows by the pool's id: idle instances, and leases (an instance tagged
+    ec2spot:leased-at). Leases the store still knows (`previous`: what it holds after move_aside) are kept as they
+    were."""
     from ._aws import ec2  # pylint: disable=import-outside-toplevel
     from .domain import identity  # pylint: disable=import-outside-toplevel
 
@@ -119,7 +120,8 @@ def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
             continue
         entry = entry_from_instance(dict(info, subnet_id=None), info["tags"].get(ec2.TYPE_TAG), utcnow())
         if info["id"] in old_leases:
-            state["leases"].append(old_leases[info["id"]])
+            # What the store kept of it wins; the tags fill in what a lease salvaged from damage lacks.
+            state["leases"].append(dict(entry, **old_leases[info["id"]]))
         elif ec2.LEASED_TAG in info["tags"]:
             state["leases"].append(dict(entry, leased_at=info["tags"][ec2.LEASED_TAG]))
         else:
@@ -725,7 +727,8 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
         state = store.read()
     except StateFileError as exc:
         state, corrupt = None, exc
-        warnings.append("%s The instances were found by their tag instead; the file was left in place." % exc.message)
+        warnings.append("%s The instances were found by their tag instead; %s was left in place."
+                        % (exc.message, "the file" if exc.details.get("path") else "what the store holds"))
 
     def plan(current):
         named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
@@ -754,7 +757,7 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
         if corrupt is None:
             # The pool and all the store keeps for it (the job lock, still held, and the log), then the code copy if
             # no other pool here needs it. A damaged file and its sidecars stay for inspection.
-            store.delete(lock)
+            warnings.extend(store.delete(lock) or [])  # what the store would not delete, named
             jobcontrol.remove_unused_code(store)
     finally:
         if lock is not None:

@@ -16,7 +16,8 @@ class PoolError(Exception):
 
 
 class StateFileError(PoolError):
-    """The pool file is unreadable, corrupt or belongs to something else; it is never overwritten.
+    """The pool file is unreadable, corrupt or belongs to something else; it is never overwritten. (DamagedPool,
+    below, is one of these for every store: the name is the file store's, the first store.)
 
     `kind` says what `spot_pool_init` may do about it: "damaged" (a file of this pool, broken: `rebuild` moves
     it aside), "foreign" (not recognisably this pool's file: only `force_rebuild` moves it aside) or "unsafe"
@@ -25,6 +26,17 @@ class StateFileError(PoolError):
     def __init__(self, message, kind="unsafe", **details):
         super().__init__(message, **details)
         self.kind = kind
+
+
+class DamagedPool(StateFileError):
+    """This pool's own stored state is damaged, in any store: a pool file whose fields are wrong, DynamoDB items of
+    the pool the store does not understand (a body that is not JSON, a status that is neither idle nor leased, no
+    rev...). Nothing reads past it and nothing overwrites or deletes it; the message names where (the file, the
+    table and the items) and that spot_pool_init with rebuild: true rebuilds the pool from EC2's tags, keeping a
+    copy of what was damaged (the store's move_aside). `kind` is always "damaged"."""
+
+    def __init__(self, message, **details):
+        super().__init__(message, kind="damaged", **details)
 
 
 class NoReadyInstance(PoolError):

@@ -140,6 +140,16 @@ def _check_launch(problems, launch):
             problems.append("launch.template.owned is %s, expected true or false" % shown_value(template.get("owned")))
 
 
+def entry_problems(where, entry, lease=False):
+    """What is wrong with one instance entry (a lease with `lease`), as schema_problems says it (`where` names it):
+    for a store that keeps each entry apart (the DynamoDB store's items)."""
+    problems = []
+    if not isinstance(entry, dict):
+        return ["%s is %s, expected an object" % (where, shown_value(entry))]
+    (_check_lease if lease else _check_instance)(problems, where, entry)
+    return problems
+
+
 def schema_problems(state):
     """What is wrong with the fields of a pool state (a dict that claims to be one), as `field is x, expected y`.
 

@@ -117,7 +117,9 @@ class PoolStore:
     def delete(self, refill_lock=None):
         """Delete the pool and everything the store keeps for it (the refill job's lock and log included); the
         refill lock `refill_lock`, when the caller holds it (terminate does, so that no job runs meanwhile), is
-        removed while held. Creates nothing when there is no pool."""
+        removed while held. Creates nothing when there is no pool. Returns warnings that name what it left in
+        place (the DynamoDB store: items of the pool's partition that are not its own, or are damaged); [] or None
+        when it left nothing."""
         raise NotImplementedError
 
     # -- the refill job's lease and files -------------------------------------------------------------------------

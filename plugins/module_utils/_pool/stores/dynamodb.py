@@ -49,12 +49,15 @@ from ..domain.claim import needs_verify
 from ..domain.defaults import DEFAULT_TABLE  # noqa: F401 pylint: disable=unused-import
 from ..domain.entries import counts
 from ..domain.entries import new_lease
+from ..domain.errors import DamagedPool
 from ..domain.errors import InvalidRequest
 from ..domain.errors import PoolError
 from ..domain.errors import RefillLeaseLost
 from ..domain.errors import StoreConflict
 from ..domain.pool import POOL_NAME_RE
+from ..domain.pool import entry_problems
 from ..domain.pool import schema_problems
+from ..domain.timefmt import isoformat
 from ..domain.timefmt import parse_time
 from ..domain.timefmt import utcnow
 from .base import Claim
@@ -64,6 +67,7 @@ from .localfiles import check_code_directory
 from .localfiles import check_state_directory
 from .localfiles import default_state_dir
 from .localfiles import make_private_directory
+from .localfiles import open_private
 
 # DynamoDB's rule for table names (fullmatch).
 TABLE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
@@ -71,6 +75,7 @@ POOL_ITEM = "pool"
 LEASE_ITEM = "refill-lease"
 INSTANCE_PREFIX = "inst#"
 EXTRA_LEASE_PREFIX = "lease#"
+ENTRY_PREFIXES = (INSTANCE_PREFIX, EXTRA_LEASE_PREFIX)
 IDLE = "idle"
 LEASED = "leased"
 # Seconds a refill lease lasts unless renewed: long enough for one refill pass, short enough that a job torn down
@@ -129,6 +134,99 @@ def _instance_key(entry, lease=False):
 def _epoch(text):
     moment = parse_time(text) if text else None
     return None if moment is None else int(moment.timestamp())
+
+
+def _is_own(key):
+    """Whether an item key of the pool's partition is one the store writes for the pool's state (the refill lease
+    is the job's; any other key is another tool's, which the store reads past and never deletes)."""
+    return key == POOL_ITEM or key.startswith(ENTRY_PREFIXES)
+
+
+def _number(item, name):
+    """The integer of an item's N attribute `name`, or None when it has none (or another type)."""
+    try:
+        return int(item[name]["N"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _string(item, name):
+    value = item.get(name)
+    return value.get("S") if isinstance(value, dict) and isinstance(value.get("S"), str) else None
+
+
+def _shown(attribute):
+    text = _dump(attribute) if attribute is not None else "missing"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _entry_id(key):
+    """The instance id an entry item's key names (inst#<id>, lease#<id>#<lease id>)."""
+    if key.startswith(INSTANCE_PREFIX):
+        return key[len(INSTANCE_PREFIX):]
+    return key[len(EXTRA_LEASE_PREFIX):].split("#", 1)[0]
+
+
+def item_problems(key, item, pool_name):
+    """(body, problems) of one of the pool's own items (`key`, as the Query returned it): its body's JSON, and what
+    is wrong with the item ([] when the store understands it). Pure: no call, no clock."""
+    problems = []
+    body = None
+    text = _string(item, "body")
+    if text is None:
+        problems.append("body is %s, expected a string of JSON" % _shown(item.get("body")))
+    else:
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            problems.append("body is not JSON (%s)" % exc)
+    if key == POOL_ITEM:
+        if _number(item, "version") is None:
+            problems.append("version is %s, expected a number" % _shown(item.get("version")))
+        if body is not None and not (isinstance(body, dict) and body.get("pool_name") == pool_name):
+            problems.append("its body is not a pool of %r" % pool_name)
+        elif body is not None:
+            problems += schema_problems(dict(body, instances=[], leases=[]))
+        return body, problems
+    status = _string(item, "status")
+    if status not in (IDLE, LEASED):
+        problems.append("status is %s, expected \"%s\" or \"%s\"" % (_shown(item.get("status")), IDLE, LEASED))
+    problems += ["%s is %s, expected a number" % (name, _shown(item.get(name)))
+                 for name in ("rev", "pos") if _number(item, name) is None]
+    if body is not None:
+        problems += entry_problems("body", body, lease=status == LEASED)
+        if isinstance(body, dict) and isinstance(body.get("id"), str) and body["id"] != _entry_id(key):
+            problems.append("its body is of instance %s" % body["id"])
+    return body, problems
+
+
+def read_items(items, pool_name):
+    """({key: body} of the pool's own items, {key: problems} of those the store does not understand)."""
+    bodies, damage = {}, {}
+    for key, item in items.items():
+        if _is_own(key):
+            bodies[key], problems = item_problems(key, item, pool_name)
+            if problems:
+                damage[key] = problems
+    return bodies, damage
+
+
+def _salvaged_lease(key, item, now):
+    """The lease a rebuild keeps for a damaged entry item that may be a job's lease (its status is not "idle"), or
+    None for one that says it is idle: what of its body is an object is kept, its id is the key's, and it is
+    leased (at `now` unless the body says when) so that no get hands its instance out."""
+    if _string(item, "status") == IDLE:
+        return None
+    try:
+        body = json.loads(_string(item, "body") or "")
+    except ValueError:
+        body = None
+    lease = body if isinstance(body, dict) else {}
+    lease = dict(lease, id=_entry_id(key))
+    if entry_problems("lease", lease, lease=True):
+        lease = {"id": lease["id"]}
+    lease.setdefault("leased_at", isoformat(now))
+    return lease
 
 
 class DynamoStore(PoolStore):
@@ -294,31 +392,34 @@ class DynamoStore(PoolStore):
 
     # -- from items to a state and back ----------------------------------------------------------------------------
     def _assemble(self, items):
-        """The state (domain/pool.py new_state()'s shape) of the pool's items, or None when there is no pool item."""
-        pool = items.get(POOL_ITEM)
-        if pool is None:
+        """The state (domain/pool.py new_state()'s shape) of the pool's items, or None when there is no pool item. Raises
+        DamagedPool (naming the table and the items) when any of the pool's own items is one the store does not
+        understand, with or without a pool item: it is never read past, overwritten or deleted."""
+        bodies, damage = read_items(items, self.pool_name)
+        if damage:
+            raise self._damaged(damage)
+        if POOL_ITEM not in bodies:
             return None
-        try:
-            state = json.loads(pool["body"]["S"])
-            listed = sorted((int(item["pos"]["N"]), key, item) for key, item in items.items()
-                            if key.startswith((INSTANCE_PREFIX, EXTRA_LEASE_PREFIX)))
-            state["instances"] = [json.loads(item["body"]["S"]) for _pos, _key, item in listed
-                                  if item["status"]["S"] == IDLE]
-            state["leases"] = [json.loads(item["body"]["S"]) for _pos, _key, item in listed
-                               if item["status"]["S"] == LEASED]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise PoolError("the pool's items in %s are damaged (%s: %s); spot_pool_init with rebuild: true rebuilds "
-                            "the pool from EC2" % (self.location, type(exc).__name__, exc), table=self.table)
-        problems = [] if isinstance(state, dict) and state.get("pool_name") == self.pool_name else [
-            "its pool item belongs to another pool"]
-        problems += schema_problems(state) if not problems else []
-        if problems:
-            raise PoolError("the pool's items in %s are damaged: %s; spot_pool_init with rebuild: true rebuilds the "
-                            "pool from EC2" % (self.location, "; ".join(problems[:5])), table=self.table)
+        state = bodies[POOL_ITEM]
+        listed = sorted((int(items[key]["pos"]["N"]), key) for key in bodies if key != POOL_ITEM)
+        state["instances"] = [bodies[key] for _pos, key in listed if items[key]["status"]["S"] == IDLE]
+        state["leases"] = [bodies[key] for _pos, key in listed if items[key]["status"]["S"] == LEASED]
         state.setdefault("refill", {})
         state.setdefault("cooldowns", [])
         state.setdefault("pending_launches", [])
         return state
+
+    def _damaged(self, damage):
+        shown = ["item %s: %s" % (key, "; ".join(problems[:3])) for key, problems in sorted(damage.items())[:5]]
+        if len(damage) > 5:
+            shown.append("and %d more" % (len(damage) - 5))
+        return DamagedPool(
+            "the pool's items in %s are damaged, so nothing reads past, changes or deletes them: %s. Nothing was "
+            "changed. Repair the items by hand, or ec2spot.pool.spot_pool_init with rebuild: true rebuilds the pool "
+            "from EC2 (every pool instance carries the tag ec2spot:pool=%s): it copies the pool's items to a file in "
+            "the state directory first, and keeps leases, and any instance whose damaged item may be a lease, as "
+            "leases." % (self.location, " | ".join(shown), self.pool_name),
+            table=self.table, items=sorted(damage))
 
     @staticmethod
     def _wanted(state):
@@ -376,18 +477,26 @@ class DynamoStore(PoolStore):
         self._write(self._changes(items, tx.state))
 
     def _deletions(self, items):
-        writes = []
-        for key, item in items.items():
-            if key == LEASE_ITEM:
-                continue
-            if key == POOL_ITEM:
-                condition, values = "#v = :v", {":v": item["version"]}
+        """Deletes of the pool's own items among `items`, each conditioned on being as read (_unchanged)."""
+        return [{"Delete": dict(self._unchanged(key, item), TableName=self.table, Key=self._key(key))}
+                for key, item in items.items() if _is_own(key)]
+
+    @staticmethod
+    def _unchanged(key, item):
+        """The condition that an item is as it was read: its version (the pool item) or rev, and its body, each
+        equal to what was read, or still missing (a damaged item may lack them)."""
+        names, values, parts = {}, {}, []
+        for index, name in enumerate(("version" if key == POOL_ITEM else "rev", "body")):
+            names["#u%d" % index] = name
+            if name in item:
+                values[":u%d" % index] = item[name]
+                parts.append("#u%d = :u%d" % (index, index))
             else:
-                condition, values = "#r = :r", {":r": item["rev"]}
-            names = {"#v": "version"} if key == POOL_ITEM else {"#r": "rev"}
-            writes.append({"Delete": {"TableName": self.table, "Key": self._key(key), "ConditionExpression": condition,
-                                      "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}})
-        return writes
+                parts.append("attribute_not_exists(#u%d)" % index)
+        condition = {"ConditionExpression": " AND ".join(parts), "ExpressionAttributeNames": names}
+        if values:
+            condition["ExpressionAttributeValues"] = values
+        return condition
 
     def _changes(self, items, state):
         """The TransactWriteItems entries that turn `items` into `state`, the pool item's first."""
@@ -403,7 +512,7 @@ class DynamoStore(PoolStore):
                                   "ExpressionAttributeNames": {"#b": "body", "#v": "version"},
                                   "ExpressionAttributeValues": {":b": _s(_dump(body)), ":v": pool["version"],
                                                                 ":next": _n(int(pool["version"]["N"]) + 1)}}}]
-        old = {key: item for key, item in items.items() if key.startswith((INSTANCE_PREFIX, EXTRA_LEASE_PREFIX))}
+        old = {key: item for key, item in items.items() if key.startswith(ENTRY_PREFIXES)}
         top = max([int(item["pos"]["N"]) for item in old.values()] or [0])
         for key, (status, entry) in self._wanted(state).items():
             item = old.pop(key, None)
@@ -503,7 +612,7 @@ class DynamoStore(PoolStore):
         state["instances"] = [entry for entry in state["instances"] if entry["id"] not in dead]
         order = list(state["instances"])
         random.shuffle(order)  # choose_claim takes the first eligible: of a shuffled list, any eligible one
-        top = max([int(item["pos"]["N"]) for item in items.values() if "pos" in item] or [0])
+        top = max([int(item["pos"]["N"]) for key, item in items.items() if key.startswith(ENTRY_PREFIXES)] or [0])
         lost = 0
         while True:
             entry = choose_claim(dict(state, instances=order), set(), alive, trusted)[1]
@@ -552,18 +661,76 @@ class DynamoStore(PoolStore):
         return None if state is None else counts(state)
 
     def delete(self, refill_lock=None):
-        """Delete every item of the pool (the refill lease too, unless another job holds it) and the local log."""
+        """Delete every item of the pool (the refill lease too, unless another job holds it) and the local log.
+        Items of the pool's partition that are not the pool's own, or that it does not understand, are never
+        deleted: returned are the warnings that name them."""
         for _attempt in range(5):
             items = self._query()
-            items.pop(LEASE_ITEM, None)
-            if not items:
+            damage = read_items(items, self.pool_name)[1]
+            doomed = {key: item for key, item in items.items() if _is_own(key) and key not in damage}
+            if not doomed:
                 break
             with contextlib.suppress(StoreConflict):
-                self._write(self._deletions(items))
+                self._write(self._deletions(doomed))
         self.remove_refill_lock(refill_lock)
         for path in (self.refill_log_path(), self.refill_log_path() + ".1"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        left = sorted(key for key in items if key != LEASE_ITEM and key not in doomed)
+        if not left:
+            return []
+        return ["items left in %s, as they are %s (the store never deletes those): %s. Delete them by hand once "
+                "nothing needs them (aws dynamodb delete-item --table-name %s --key '{\"pool\": {\"S\": \"%s\"}, "
+                "\"item\": {\"S\": \"<item>\"}}')"
+                % (self.location, "damaged or not the pool's own" if damage else "not the pool's own",
+                   ", ".join(left), self.table, self.pool_name)]
+
+    def move_aside(self, allow_foreign=False):  # pylint: disable=unused-argument
+        """For a rebuild (FileStore.move_aside's counterpart; every item here is the pool's: `allow_foreign` changes
+        nothing): copy the pool's own items, as they are, to a private file in the state directory (returned; None
+        when nothing is damaged, by now), then take the damaged ones out of the pool's way, each on condition that
+        it is as read and copied (StoreConflict otherwise: run again). A damaged instance item that says it is
+        idle is deleted (the rebuild finds its instance by its tags); any other (leased, or a status not
+        understood) may be a job's lease, so it becomes a lease of its instance (what of its body can be read is
+        kept), never handed out until released: the rebuild keeps it while EC2 says the instance runs."""
+        items = self._query()
+        damage = read_items(items, self.pool_name)[1]
+        if not damage:
+            return None
+        path = self._copy_aside({key: item for key, item in items.items() if _is_own(key)})
+        top = max([_number(item, "pos") or 0 for key, item in items.items() if key.startswith(ENTRY_PREFIXES)] or [0])
+        writes = []
+        for key in sorted(damage):
+            item = items[key]
+            lease = None if key == POOL_ITEM else _salvaged_lease(key, item, utcnow())
+            if lease is None:
+                writes.append({"Delete": dict(self._unchanged(key, item), TableName=self.table, Key=self._key(key))})
+                continue
+            top += 1
+            attributes = self._item_attributes(LEASED, lease, (_number(item, "rev") or 0) + 1,
+                                               _number(item, "pos") or top)
+            writes.append({"Put": dict(self._unchanged(key, item), TableName=self.table,
+                                       Item=dict(self._key(key), **attributes))})
+        self._write(writes)
+        return path
+
+    def _copy_aside(self, items):
+        """Write `items` (DynamoDB JSON, as read) to a new private file in the state directory; its path."""
+        make_private_directory(self.directory)
+        check_state_directory(self.directory)
+        base = os.path.join(self.directory, "dynamodb-%s-%s.corrupt-%s" % (
+            self.table, self.pool_name, utcnow().strftime("%Y%m%dT%H%M%SZ")))
+        path, number = base + ".json", 1
+        while os.path.lexists(path):  # never over an earlier one
+            number += 1
+            path = "%s-%d.json" % (base, number)
+        fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"table": self.table, "pool": self.pool_name, "items": [items[key] for key in sorted(items)]},
+                      handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return path
 
     # -- the refill job's lease and local files --------------------------------------------------------------------
     def refill_lock(self):

@@ -26,6 +26,7 @@ from ..domain.claim import choose_claim
 from ..domain.claim import needs_verify
 from ..domain.entries import counts
 from ..domain.entries import new_lease
+from ..domain.errors import DamagedPool
 from ..domain.errors import PoolError
 from ..domain.errors import StateFileError
 from ..domain.pool import STATE_VERSION
@@ -137,12 +138,12 @@ class FileStore(PoolStore):
         problems = schema_problems(state)
         if problems:
             shown = problems[:5] + (["and %d more" % (len(problems) - 5)] if len(problems) > 5 else [])
-            raise StateFileError(
+            raise DamagedPool(
                 "pool file %s is damaged: %s. The file is left as it is. ec2spot.pool.spot_pool_init with rebuild: "
                 "true moves it aside (to %s.corrupt-<time>) and rebuilds the pool from EC2 (%s; "
                 "ec2spot.pool.spot_pool_terminate finds them by it too)."
                 % (self.path, "; ".join(shown), self.path, tags),
-                kind="damaged", path=self.path,
+                path=self.path,
             )
         state.setdefault("refill", {})
         state.setdefault("cooldowns", [])
