@@ -84,11 +84,19 @@ class BenchFailure(Exception):
 
 
 def pool_modules():
-    """The collection's own operations and state modules, as Ansible would load them."""
+    """The collection's own operations and store modules, as Ansible would load them (`state`: the file store's
+    names, wherever they live in the tree)."""
+    # pylint: disable=import-outside-toplevel
     try:
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo, operations, state
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import pool
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import filestore, localfiles
     except ImportError as exc:
         raise SystemExit("cannot import the collection from build/collections (%s): run `make setup` first" % exc)
+    state = types.SimpleNamespace(FileStore=filestore.FileStore, new_state=pool.new_state,
+                                  pool_file_path=localfiles.pool_file_path,
+                                  default_state_dir=localfiles.default_state_dir)
     return types.SimpleNamespace(operations=operations, state=state, dynamo=dynamo)
 
 

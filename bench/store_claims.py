@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -59,12 +60,16 @@ class BenchFailure(Exception):
 
 
 def pool_modules():
+    """The DynamoDB store, its light client and the file store's names (`state`), as Ansible would load them."""
+    # pylint: disable=import-outside-toplevel
     try:
-        # pylint: disable=import-outside-toplevel
-        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo, dynamoquery, state
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws import dynamoquery
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import pool
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb as dynamo
+        from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import filestore
     except ImportError as exc:
         raise SystemExit("cannot import the collection from build/collections (%s): run `make setup` first" % exc)
-    return dynamo, dynamoquery, state
+    return dynamo, dynamoquery, types.SimpleNamespace(FileStore=filestore.FileStore, new_state=pool.new_state)
 
 
 def light_params(url):
