@@ -38,7 +38,7 @@ description:
     C(ec2spot:leased-at), which the refill sets, shows it). Another controller's pool of the same name is never
     ended unless you name its id.
   - To end a pool whose state file was lost, name its O(pool_id) (shown by M(ec2spot.pool.spot_pool_info) and by
-    this module's failure): exactly that pool id's instances, idle and leased, and its launch template are ended.
+    this module's failure). Exactly that pool id's instances, idle and leased, and its launch template are ended.
   - A damaged state file of this pool (recognisably its own) is left in place for inspection; its instances are
     found by their tags, those of O(pool_id), or of the only pool id tagged with O(pool_name) (with several, the
     module fails and lists them). A file that is not recognisably this pool's counts as no pool.

@@ -269,7 +269,9 @@ def test_an_init_whose_write_fails_removes_the_template_it_made(faulty_dynamo_po
     assert_refused(run.rc, task_result(run, "spot_pool_init"), pool.table)
     proxy.clear_rules()
     assert pool.ec2.describe_launch_templates()["LaunchTemplates"] == []
-    assert pool.table_items() == [] and pool.tagged_instances(any_pool=True) == []
+    # No pool written (the refill lease that init took and released to write it may stay, expired: it is no pool).
+    assert [item["item"]["S"] for item in pool.table_items()] in ([], ["refill-lease"]) and pool.state() is None
+    assert pool.tagged_instances(any_pool=True) == []
     run = pool.init(size=1)
     assert run.rc == 0, run.stdout[-3000:]
     assert len(task_result(run, "spot_pool_init")["launched"]) == 1
