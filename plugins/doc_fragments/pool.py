@@ -31,8 +31,8 @@ options:
       - Every controller that uses a pool must name the same store (and table). A team sets O(store) and
         O(dynamodb_table) once, in C(module_defaults) for the action group C(group/ec2spot.pool.spot) (playbook
         variables C(spot_pool_store) and C(spot_pool_dynamodb_table) in the collection's playbooks).
-      - To move a file pool into a table, run M(ec2spot.pool.spot_pool_init) with O(store=dynamodb) and
-        C(rebuild=true) (see the README).
+      - To move a file pool into a table, run M(ec2spot.pool.spot_pool_init) with O(store=dynamodb),
+        C(rebuild=true) and the pool's C(pool_id) (see the README).
     type: str
     choices: [file, dynamodb]
     default: file
@@ -41,14 +41,16 @@ options:
       - The DynamoDB table of O(store=dynamodb); one table holds any number of pools (partition key C(pool), sort
         key C(item), both strings). M(ec2spot.pool.spot_pool_init) creates it when it is missing (see its
         C(create_table)).
-      - Has no effect with O(store=file).
+      - Has no effect with O(store=file). An empty value is an error (never the default table), so that an unset
+        variable cannot select, or end, a pool in another table; leave the option out for the default.
     type: str
     default: ec2spot-pool
   state_dir:
     description:
       - Directory of the pool state files. With O(store=dynamodb) the pool lives in the table, and this directory
         holds only this controller's refill job log and its code copy. Created private to its owner (mode C(0700), whatever the umask).
-      - Defaults to C($XDG_STATE_HOME/ec2spot), or C(~/.local/state/ec2spot) when C(XDG_STATE_HOME) is unset.
+      - Defaults to C($XDG_STATE_HOME/ec2spot), or C(~/.local/state/ec2spot) when C(XDG_STATE_HOME) is unset. An
+        empty value is an error (never the default); leave the option out for the default.
       - Refused, with the fix in the message, when it (or its C(code) subdirectory, or a file in it) is not yours
         or can be written by other users, or when a parent directory can be written by other users and is not
         sticky. A shared directory such as C(/tmp) is not a state directory; a private directory inside it is.
@@ -57,6 +59,7 @@ options:
     description:
       - Full path of this pool's state file; overrides O(state_dir). Its directory is the state directory, with
         the same rules.
+      - An empty value is an error; leave the option out to use O(state_dir).
       - Only with O(store=file). Given with O(store=dynamodb) it is an error (it would otherwise silently not be
         used), and nothing is changed.
       - The file holds no secret. It is written with mode C(0600) by an atomic replace, under a lock on the

@@ -107,6 +107,8 @@ from ansible.plugins.inventory import BaseInventoryPlugin
 
 from ansible_collections.amazon.aws.plugins.plugin_utils.inventory import AWSInventoryBase
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import identity
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import LOCATION_OPTIONS
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import check_location_options
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
@@ -167,10 +169,12 @@ class InventoryModule(AWSInventoryBase):
         # Not AWSInventoryBase.parse: that one demands boto3 and credentials, which reading the local state file
         # does not need. They are required only when EC2 is asked (use_tags).
         BaseInventoryPlugin.parse(self, inventory, loader, path, cache=cache)
-        self._read_config_data(path)
+        config = self._read_config_data(path)
 
         pool_name = self.get_option("pool_name")
         try:
+            # As written in the source: get_option() has already made an empty `path` option a directory.
+            check_location_options({option[0]: config.get(option[0]) for option in LOCATION_OPTIONS})
             if self.get_option("store") == "dynamodb":
                 store = self._dynamodb_store(pool_name)
                 state_path = store.location

@@ -25,6 +25,9 @@ description:
     C(ec2spot:type=spot|fallback), so the pool can always be found from EC2, and with O(tags). The pool's own launch
     template is named C(ec2spot-<pool_name>-<pool id>) and carries the same tags. The refill's orphan sweep,
     M(ec2spot.pool.spot_pool_terminate) and O(rebuild) only ever touch instances of the pool's id.
+  - The state directory (or, for a new pool, the directories above where it will be made) is checked before
+    anything is made in EC2. A launch template a new pool's init made is deleted again when the run fails before
+    the pool is written.
   - Creating a pool (no state file yet) fails, before anything is written or launched, when another live pool in the
     region already uses O(pool_name) (instances or a launch template tagged with the name and another pool id, or
     running instances of a pool made before pool ids). The message names the other pool's id and instance count.
@@ -169,8 +172,12 @@ options:
     description:
       - Rebuild a lost or damaged state file from the pool's tags. Leased instances are recognised by the tag
         C(ec2spot:leased-at) that the refill job sets.
-      - The instances adopted are those of the pool id the old file gives, else O(pool_id), else the only pool id
-        found on instances tagged with O(pool_name); when there are several, the module fails and lists them.
+      - The instances adopted are those of O(pool_id). Without it, a damaged file of this pool adopts the only pool
+        id found on instances tagged with O(pool_name) (with several, the module fails and lists them). A lost file
+        (no pool in the store) or a file that is not recognisably this pool's (O(force_rebuild)) adopts nothing
+        unless O(pool_id) names the pool; nothing says which pool of that name was this store's (it may be another
+        controller's). The module then fails, changing nothing, and lists the pool ids tagged with the name, with
+        their instance and lease counts.
       - Only a file that is recognisably this pool's (a JSON object with the pool's C(pool_name) and the state
         C(version)) whose fields are damaged is moved aside, to C(<pool_file>.corrupt-<time>), never overwritten.
         Any other file at the path (not JSON, another pool's, a newer version's, perhaps a file of yours that
@@ -204,7 +211,8 @@ options:
     description:
       - The pool's id (16 lower-case hex digits, as RV(pool_id) and M(ec2spot.pool.spot_pool_info) show it).
       - Leave it out normally; a new pool gets a random one.
-      - With O(rebuild=true), picks the pool to rebuild when instances of several pools carry O(pool_name).
+      - With O(rebuild=true), names the pool to rebuild; needed when the store has no pool (a lost file, or a file
+        pool moved into a table), and when instances of several pools carry O(pool_name).
       - Must match the id in an existing state file.
     type: str
   wait:

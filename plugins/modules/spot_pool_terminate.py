@@ -31,9 +31,17 @@ description:
   - A pool that does not exist gets nothing created (no state directory, no lock file).
   - With O(include_orphans=true) it also finds, by the pool's tags, instances that are missing from the state file
     (for example launched by a refill job that was killed), so nothing is left running unseen.
-  - Works even when the state file is corrupt or lost. The instances are then found by their tags, those of
-    O(pool_id), or of the only pool id tagged with O(pool_name) (with several, the module fails and lists them).
-    A corrupt file is left in place for inspection.
+  - When the store has no pool of O(pool_name) (a lost state file, a job on another controller, a O(dynamodb_table)
+    that is not the pool's), nothing says which pool of that name is this one's, so nothing is ended unless
+    O(pool_id) names it. Without O(pool_id) the module fails, changing nothing (check mode too), and lists the pool
+    ids tagged with the name, with how many instances each has and how many of them are leased (as the tag
+    C(ec2spot:leased-at), which the refill sets, shows it). Another controller's pool of the same name is never
+    ended unless you name its id.
+  - To end a pool whose state file was lost, name its O(pool_id) (shown by M(ec2spot.pool.spot_pool_info) and by
+    this module's failure). Exactly that pool id's instances, idle and leased, and its launch template are ended.
+  - A damaged state file of this pool (recognisably its own) is left in place for inspection; its instances are
+    found by their tags, those of O(pool_id), or of the only pool id tagged with O(pool_name) (with several, the
+    module fails and lists them). A file that is not recognisably this pool's counts as no pool.
 author:
   - ec2spot.pool contributors (!UNKNOWN)
 options:
@@ -58,7 +66,9 @@ options:
     default: true
   pool_id:
     description:
-      - The pool's id, when no readable state file says it (see RV(pool_id)); must match the state file's.
+      - The id of the pool to end (16 lower-case hex digits, see RV(pool_id)), when the store has no readable pool
+        to say it. Required then, whenever instances tagged with O(pool_name) carry a pool id.
+      - Must match the id of the pool in the store when there is one.
     type: str
 extends_documentation_fragment:
   - ec2spot.pool.pool
@@ -84,7 +94,7 @@ EXAMPLES = r"""
     pool_name: ci
   delegate_to: localhost
 
-- name: Tear down a pool whose state file was lost, when two pools of that name exist
+- name: Tear down a pool whose state file was lost (its id is in the failure of a run without it)
   ec2spot.pool.spot_pool_terminate:
     pool_name: ci
     pool_id: 3f9c0a7b5e21d864

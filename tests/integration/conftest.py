@@ -192,9 +192,13 @@ def end_pool(harness: PoolHarness) -> list[str]:
     harness.pool_id  # pylint: disable=pointless-statement  # remember the id before terminate removes the file
     if harness.state_file.exists() or harness.table_items() or harness.tagged_instances(states=("pending", "running")):
         # Fallbacks are terminated too: a test must leave nothing running in the emulator for the next one.
-        rc, result = harness.module("spot_pool_terminate", fallback_action="terminate")
-        if rc != 0:
-            problems.append(f"spot_pool_terminate failed: {result.get('msg')}")
+        runs = [harness.module("spot_pool_terminate", fallback_action="terminate")]
+        if runs[0][0] != 0 and runs[0][1].get("pool_ids"):
+            # No pool id in the store (the test lost or replaced its file): terminate ends only a pool it is told.
+            # The harness's own id if it saw one, else every pool of the name (the test's pools all end anyway).
+            runs = [harness.module("spot_pool_terminate", fallback_action="terminate", pool_id=pool_id)
+                    for pool_id in ([harness.pool_id] if harness.pool_id else runs[0][1]["pool_ids"])]
+        problems += [f"spot_pool_terminate failed: {result.get('msg')}" for rc, result in runs if rc != 0]
         left = [inst["InstanceId"] for inst in harness.tagged_instances(states=("pending", "running"))]
         if left:
             problems.append(f"instances with the pool tag still running: {left}")

@@ -133,7 +133,11 @@ def test_a_file_pool_moves_into_a_table_with_its_lease(make_pool, ec2, aws_env):
 
     table = "pool-" + uuid.uuid4().hex[:12]
     shared = make_pool(ec2, aws_env, pool_name="moving", table=table, dynamodb=dynamodb_client(aws_env["AWS_URL"]))
+    # The table has no pool 'moving': the rebuild takes the file pool's instances only when it is named.
     run = shared.init(size=2, spot_pool_rebuild=True)
+    assert run.rc != 0 and "rebuild it with pool_id=<id>" in task_result(run, "spot_pool_init")["msg"]
+    assert shared.table_items() == []
+    run = shared.init(size=2, spot_pool_rebuild=True, spot_pool_id=before["pool_id"])
     assert run.rc == 0, run.stdout[-3000:]
     moved = shared.state()
     assert moved["pool_id"] == before["pool_id"]
@@ -270,3 +274,33 @@ def test_check_mode_and_info_change_nothing_in_the_table(dynamo_pool):
     rc, other = pool.module("spot_pool_info", pool_name="not-there")
     assert rc == 0 and other["exists"] is False and other["counts"]["target"] == 0, other
     assert pool.table_items(any_pool=True) == before
+
+
+def test_an_empty_dynamodb_table_is_refused_not_the_default_table(make_pool, ec2, aws_env):
+    """`-e spot_pool_dynamodb_table=` (an unset CI variable) ended the pool of that name in the default table."""
+    pool = make_pool(ec2, aws_env, pool_name="empty-" + uuid.uuid4().hex[:8], table="ec2spot-pool",
+                     dynamodb=dynamodb_client(aws_env["AWS_URL"]))
+    assert pool.init(size=1).rc == 0
+    before, instances = pool.table_items(), pool.tagged_instances()
+    for check in (True, False):
+        run = pool.playbook("terminate_all.yml", check=check, spot_pool_dynamodb_table="")
+        assert_refused(run.rc, task_result(run, "spot_pool_terminate"), "dynamodb_table is empty")
+    assert_refused(*pool.module("spot_pool_get", dynamodb_table=""), "dynamodb_table is empty")
+    assert pool.table_items() == before and pool.tagged_instances() == instances
+
+
+def test_an_init_whose_write_fails_removes_the_template_it_made(faulty_dynamo_pool):
+    """The template a new pool's init makes is removed again when the pool is not written: left behind, it made
+    every later init of the name fail as "already used by another pool (0 instances)"."""
+    pool, proxy = faulty_dynamo_pool, faulty_dynamo_pool.proxy
+    proxy.fail("TransactWriteItems", "AccessDeniedException")
+    run = pool.init(size=1)
+    assert_refused(run.rc, task_result(run, "spot_pool_init"), pool.table)
+    proxy.clear_rules()
+    assert pool.ec2.describe_launch_templates()["LaunchTemplates"] == []
+    # No pool written (the refill lease that init took and released to write it may stay, expired: it is no pool).
+    assert [item["item"]["S"] for item in pool.table_items()] in ([], ["refill-lease"]) and pool.state() is None
+    assert pool.tagged_instances(any_pool=True) == []
+    run = pool.init(size=1)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert len(task_result(run, "spot_pool_init")["launched"]) == 1

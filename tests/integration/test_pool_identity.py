@@ -8,8 +8,12 @@ Each controller is a PoolHarness with its own state directory, both on one moto 
 from __future__ import annotations
 
 import time
+import uuid
+
+import boto3
 
 from tests.integration.conftest import AMI, tags_of, task_result, wait_until
+from tests.support.moto import REGION
 
 ORPHAN_TAG = "ec2spot:orphan-since"
 NAME = "ci2"
@@ -82,3 +86,48 @@ def test_two_pools_of_one_name_never_end_each_others_instances_or_template(make_
     assert len(task_result(run, "spot_pool_init")["launched"]) == 1
     assert a.state()["leases"][0]["id"] == leased["instance_id"]
     assert a_id and b_id and a_id != b_id and ended["pool_id"] == b_id
+
+
+def test_a_controller_without_the_pool_ends_nothing_of_another_controllers_pool_of_that_name(make_pool, ec2,
+                                                                                              aws_env):
+    """A cleanup job on the wrong runner, or store=dynamodb with a table that is not the pool's: the store has no pool
+    of the name, so nothing says that the pool EC2 shows by that name is this controller's. It ends nothing unless
+    the pool's id is named (the recovery of a lost pool file), and says which ids carry the name."""
+    a = make_pool(ec2, aws_env, NAME)
+    assert a.init(size=2).rc == 0
+    rc, leased = a.module("spot_pool_get", refill=False)
+    assert rc == 0, leased
+    rc, passed = a.module("spot_pool_reconcile")  # a refill pass tags the lease (ec2spot:leased-at)
+    assert rc == 0 and passed["leases_tagged"] == [leased["instance_id"]], passed
+    ids = sorted(i["InstanceId"] for i in a.tagged_instances(any_pool=True))
+    templates, state = _templates(ec2), a.state_bytes()
+    table = "pool-" + uuid.uuid4().hex[:12]
+    dynamodb = boto3.client("dynamodb", region_name=REGION, endpoint_url=aws_env["AWS_URL"])
+    dynamodb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
+                          KeySchema=[{"AttributeName": "pool", "KeyType": "HASH"},
+                                     {"AttributeName": "item", "KeyType": "RANGE"}],
+                          AttributeDefinitions=[{"AttributeName": "pool", "AttributeType": "S"},
+                                                {"AttributeName": "item", "AttributeType": "S"}])
+    wrong_runner = make_pool(ec2, aws_env, NAME)
+    other_table = make_pool(ec2, aws_env, NAME, table=table, dynamodb=dynamodb)
+
+    for b in (wrong_runner, other_table):
+        for check in (True, False):
+            run = b.playbook("terminate_all.yml", check=check)
+            assert run.rc != 0, run.stdout[-3000:]
+            result = task_result(run, "spot_pool_terminate")
+            for part in (f"there is no pool '{NAME}'", f"pool id {a.pool_id} ({len(ids)} instances, 1 leased)",
+                         "nothing was changed", "pool_id=<id>"):
+                assert part in result["msg"], (part, result["msg"])
+            assert result["pool_ids"] == [a.pool_id], result
+        assert not b.state_dir.exists() and b.table_items() == []
+    assert sorted(i["InstanceId"] for i in a.tagged_instances(any_pool=True, states=("running",))) == ids
+    assert _templates(ec2) == templates and a.state_bytes() == state
+
+    # The recovery of a lost pool file: the pool named by its id ends, leased instance and template included.
+    run = wrong_runner.playbook("terminate_all.yml", spot_pool_id=a.pool_id)
+    assert run.rc == 0, run.stdout[-3000:]
+    ended = task_result(run, "spot_pool_terminate")
+    assert sorted(ended["terminated"]) == ids and ended["pool_id"] == a.pool_id
+    assert a.tagged_instances(any_pool=True, states=("pending", "running")) == []
+    assert _templates(ec2) == [t for t in templates if t != f"ec2spot-{NAME}-{a.pool_id}"] != templates

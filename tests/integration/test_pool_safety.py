@@ -229,6 +229,17 @@ BAD_INPUT = [
     ("spot_pool_reconcile", {"pool_name": "default\n"}, 2, ["is not valid"]),
     ("spot_pool_reconcile", {"wait_timeout": -1}, 2, ["wait_timeout must be 0 or more, got -1"]),
     ("spot_pool_reconcile", {"pool_name": "nosuch"}, 2, ["pool 'nosuch' does not exist", "spot_pool_init"]),
+    # An empty option that says where the pool lives (an unset CI variable) is never its default: with the default
+    # state directory or table, terminate would end a pool of that name there (or another controller's).
+    ("spot_pool_terminate", {"state_dir": ""}, 2, ["state_dir is empty", "leave the option out"]),
+    ("spot_pool_terminate", {"pool_file": ""}, 2, ["pool_file is empty"]),
+    ("spot_pool_terminate", {"dynamodb_table": ""}, 2, ["dynamodb_table is empty", "ec2spot-pool"]),
+    ("spot_pool_terminate", {"dynamodb_table": " ", "store": "dynamodb"}, 2, ["dynamodb_table is empty"]),
+    ("spot_pool_init", {"size": 2, "state_dir": ""}, 2, ["state_dir is empty"]),
+    ("spot_pool_get", {"pool_file": ""}, 2, ["pool_file is empty"]),
+    ("spot_pool_release", {"state_dir": "", "instance_id": "latest"}, 2, ["state_dir is empty"]),
+    ("spot_pool_info", {"dynamodb_table": ""}, 2, ["dynamodb_table is empty"]),
+    ("spot_pool_reconcile", {"pool_file": ""}, 2, ["pool_file is empty"]),
 ]
 
 
@@ -287,6 +298,10 @@ BAD_PLAYBOOK_INPUT = [
      "spot_pool_init", ["tags: ec2spot:type is in the collection's own namespace"]),
     ("init_pool.yml", {"spot_pool_size": 2, "spot_pool_image_id": AMI, "spot_pool_cooldown": -5}, "spot_pool_init",
      ["cooldown must be 0 or more, got -5"]),
+    ("terminate_all.yml", {"spot_pool_state_dir": ""}, "spot_pool_terminate", ["state_dir is empty"]),
+    ("terminate_all.yml", {"spot_pool_dynamodb_table": ""}, "spot_pool_terminate", ["dynamodb_table is empty"]),
+    ("release_instance.yml", {"spot_pool_state_dir": "", "spot_pool_instance_id": "latest"}, "spot_pool_release",
+     ["state_dir is empty"]),
 ]
 
 
@@ -378,3 +393,27 @@ def test_a_full_disk_during_get_leaves_no_lease_nobody_holds(make_pool, ec2, aws
             filler.unlink()
         problems = end_pool(pool)  # before the unmount: nothing of the pool may keep the file system busy
     assert not problems, problems
+
+
+# -- init checks where the pool will live before it makes anything in EC2 ----------------------------------------
+def test_an_init_refused_for_its_state_directory_makes_nothing_in_ec2(make_pool, ec2, aws_env, tmp_path):
+    """A state directory still to be made under a parent others may write to is refused before the pool's launch
+    template is made: a template left behind would make every later init of the name fail as another pool's."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    pool = make_pool(ec2, aws_env, "gw")
+    private = pool.state_dir
+    pool.state_dir = shared / "state"
+    for check in (True, False):
+        run = pool.init(size=1, check=check)
+        assert run.rc != 0, run.stdout[-3000:]
+        msg = task_result(run, "spot_pool_init")["msg"]
+        assert f"the parent {shared} of state directory {pool.state_dir} can be written by other users" in msg, msg
+    assert ec2.describe_launch_templates()["LaunchTemplates"] == [] and pool.tagged_instances(any_pool=True) == []
+    assert sorted(shared.iterdir()) == []
+
+    pool.state_dir = private
+    run = pool.init(size=1)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert len(task_result(run, "spot_pool_init")["launched"]) == 1

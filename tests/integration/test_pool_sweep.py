@@ -127,6 +127,7 @@ def test_rebuild_from_tags_after_the_pool_file_is_corrupted(faulty_pool):
     assert LEASED_TAG in tags_of(pool.instance(leased))
     idle = sorted(e["id"] for e in before["instances"])
 
+    pool_id = pool.pool_id
     garbage = b'{"version": 1, "instances": [{"id": "i-0'
     pool.state_file.write_bytes(garbage)
     fleets_before = proxy.count("CreateFleet")
@@ -134,7 +135,11 @@ def test_rebuild_from_tags_after_the_pool_file_is_corrupted(faulty_pool):
     run = pool.init(size=2, spot_pool_rebuild=True)
     assert run.rc != 0 and "force_rebuild" in task_result(run, "spot_pool_init")["msg"]
     assert pool.state_bytes() == garbage
+    # Nor does it say which pool of the name was its own: force_rebuild names the pool by its id.
     run = pool.init(size=2, spot_pool_force_rebuild=True)
+    assert run.rc != 0 and f"pool id {pool_id} (3 instances, 1 leased)" in task_result(run, "spot_pool_init")["msg"]
+    assert pool.state_bytes() == garbage
+    run = pool.init(size=2, spot_pool_force_rebuild=True, spot_pool_id=pool_id)
     assert run.rc == 0, run.stdout[-3000:]
     rebuilt = task_result(run, "spot_pool_init")
     aside = rebuilt["moved_aside"]

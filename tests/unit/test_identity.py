@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import identity
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
 
 A = "aaaaaaaaaaaaaaaa"
 B = "bbbbbbbbbbbbbbbb"
@@ -65,17 +62,42 @@ def test_other_pools_of_the_name_are_counted_by_id_with_their_templates():
         assert part in message, (part, message)
 
 
-def test_a_rebuild_adopts_the_only_id_of_the_name_and_refuses_to_guess_between_several():
-    one = [inst("i-a1"), inst("i-a2"), inst("i-old", pool_id=None)]
-    assert ops._pool_id_from_tags("ci", one, None) == A  # pylint: disable=protected-access
-    assert ops._pool_id_from_tags("ci", [inst("i-old", pool_id=None)], None) is None  # pylint: disable=protected-access
-    two = one + [inst("i-b1", pool_id=B)]
-    with pytest.raises(InvalidRequest) as caught:
-        ops._pool_id_from_tags("ci", two, None)  # pylint: disable=protected-access
-    assert "pool id %s (2 instances)" % A in caught.value.message and "pool id %s (1 instance)" % B in \
-        caught.value.message and "pool_id=" in caught.value.message
-    assert caught.value.details["pool_ids"] == [A, B]
-    assert ops._pool_id_from_tags("ci", two, B) == B  # pylint: disable=protected-access
+def test_pools_of_a_name_count_instances_and_the_leases_their_tags_show():
+    leased = {"ec2spot:leased-at": "2026-01-01T00:00:00Z"}
+    named = [inst("i-a1"), inst("i-a2"), inst("i-b1", pool_id=B), inst("i-old", pool_id=None),
+             inst("i-gone", state="terminated"), inst("i-kept", state="stopped", kind="fallback",
+                                                      released="2026-01-02T00:00:00Z"),
+             inst("i-other", pool="cd")]
+    # i-a2 and i-b1 are leased; the released fallback i-kept keeps its old leased-at tag and is not.
+    for item in (named[1], named[2], named[5]):
+        item["tags"].update(leased)
+    found = identity.pools_of_name(named, "ci")
+    assert found == {A: {"instances": 3, "leased": 1}, B: {"instances": 1, "leased": 1},
+                     None: {"instances": 1, "leased": 0}}
+    words = identity.describe_pools_of_name(found)
+    assert words == ("a pool made before pool ids (no ec2spot:pool-id tag) (1 instance, 0 leased); pool id %s "
+                     "(3 instances, 1 leased); pool id %s (1 instance, 1 leased)" % (A, B))
+
+
+def test_without_a_pool_in_the_store_only_the_named_pool_id_is_acted_on():
+    one = {A: {"instances": 2, "leased": 1}, None: {"instances": 1, "leased": 0}}
+    two = dict(one, **{B: {"instances": 1, "leased": 0}})
+    decide = identity.pool_id_without_store
+    # No pool in the store (lost, or never this controller's): nothing is adopted, whatever EC2 shows.
+    pool_id, refusal = decide(one, None, damaged=False)
+    assert pool_id is None and "pool id %s (2 instances, 1 leased)" % A in refusal and "before pool ids" not in refusal
+    pool_id, refusal = decide(two, None, damaged=False)
+    assert pool_id is None and A in refusal and B in refusal
+    # Named: exactly that one (even one EC2 does not show), with or without a store.
+    assert decide(two, B, damaged=False) == (B, None)
+    assert decide({}, B, damaged=True) == (B, None)
+    # Nothing of the name carries an id: nothing to act on, nothing to refuse.
+    assert decide({None: {"instances": 1, "leased": 0}}, None, damaged=False) == (None, None)
+    assert decide({}, None, damaged=False) == (None, None)
+    # A damaged pool of this store was its own: the only id of the name is its; between several it does not guess.
+    assert decide(one, None, damaged=True) == (A, None)
+    pool_id, refusal = decide(two, None, damaged=True)
+    assert pool_id is None and "several pools" in refusal and A in refusal and B in refusal
 
 
 def test_terminate_selects_only_its_own_pool_and_ends_the_kept_fallbacks():

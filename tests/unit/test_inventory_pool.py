@@ -295,3 +295,11 @@ def test_store_dynamodb_refuses_a_missing_table_no_region_and_a_pool_file(tmp_pa
     proc = inventory(tmp_path, {"pool_name": "ci", "store": "dynamodb"},
                      env={"AWS_CONFIG_FILE": str(tmp_path / "none")})
     assert proc.returncode != 0 and "needs a region" in proc.stderr and "AWS_REGION" in proc.stderr
+
+
+@pytest.mark.parametrize("option", ["state_dir", "pool_file", "dynamodb_table"])
+def test_an_empty_option_that_names_where_the_pool_lives_is_an_error(tmp_path, option):
+    """An empty value (an unset variable in the inventory source) never means the default directory or table."""
+    write_pool(tmp_path / "xdg" / "ec2spot", "default", instances=[entry("i-a", "198.51.100.1", "10.0.0.1")])
+    proc = inventory(tmp_path, {option: ""}, env={"XDG_STATE_HOME": str(tmp_path / "xdg")})
+    assert proc.returncode != 0 and f"{option} is empty" in proc.stderr, proc.stderr

@@ -144,12 +144,29 @@ def test_terminate_ends_everything_including_orphans_and_is_idempotent(pool, cli
 
 def test_terminate_with_a_corrupt_file_finds_instances_by_tag_and_keeps_the_file(pool, client):
     ids = [e["id"] for e in pool.read()["instances"]]
+    pool_id = pool.read()["pool_id"]
     with open(pool.path, "w") as handle:
         handle.write("{garbage")
-    done = ops.terminate_pool(pool, client)
+    # Not recognisably this pool's file: it says nothing about which pool of the name is its own.
+    with pytest.raises(InvalidRequest, match="is not this pool's readable state.*pool id %s .*end it with pool_id="
+                                             % pool_id):
+        ops.terminate_pool(pool, client)
+    assert sorted(states(client, ids).values()) == ["running"] * 3
+    done = ops.terminate_pool(pool, client, pool_id=pool_id)
     assert sorted(done["terminated"]) == sorted(ids)
     assert "not valid JSON" in done["warnings"][0]
     assert open(pool.path).read() == "{garbage"
+
+
+def test_terminate_with_a_damaged_file_of_the_pool_ends_the_only_pool_of_its_name(pool, client):
+    ids = [e["id"] for e in pool.read()["instances"]]
+    damaged = '{"version": 1, "pool_name": "p", "instances": "lost", "leases": null}'
+    with open(pool.path, "w") as handle:
+        handle.write(damaged)
+    done = ops.terminate_pool(pool, client)
+    assert sorted(done["terminated"]) == sorted(ids)
+    assert any("damaged state that cannot say its pool id" in warning for warning in done["warnings"])
+    assert open(pool.path).read() == damaged
 
 
 def test_info_reads_and_verifies_without_changing(pool, client):
@@ -188,18 +205,25 @@ def test_rebuild_from_tags_moves_a_corrupt_file_aside_and_knows_leases(pool, cli
 ])
 def test_rebuild_moves_aside_only_this_pools_file_unless_forced(pool, client, content):
     directory = os.path.dirname(pool.path)
+    pool_id = pool.read()["pool_id"]
     with open(pool.path, "w") as handle:
         handle.write(content)
     before = sorted(os.listdir(directory))
-    instances = sorted(ops.terminate_pool(pool, client, check_mode=True)["terminated"])
+    # A file that is not recognisably this pool's says nothing about which pool of the name is its own.
+    with pytest.raises(InvalidRequest, match="pool id %s \\(3 instances, 0 leased\\).*pool_id=" % pool_id):
+        ops.terminate_pool(pool, client, check_mode=True)
+    instances = sorted(ops.terminate_pool(pool, client, check_mode=True, pool_id=pool_id)["terminated"])
     assert len(instances) == 3
     with pytest.raises(StateFileError) as err:
         ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
     assert pool.path in err.value.message and "force_rebuild" in err.value.message, err.value.message
     assert open(pool.path).read() == content and sorted(os.listdir(directory)) == before  # nothing moved or written
-    assert sorted(ops.terminate_pool(pool, client, check_mode=True)["terminated"]) == instances
+    assert sorted(ops.terminate_pool(pool, client, check_mode=True, pool_id=pool_id)["terminated"]) == instances
+    with pytest.raises(InvalidRequest, match="pool id %s .*rebuild it with pool_id=" % pool_id):
+        ops.init_pool(pool, client, 3, dict(LAUNCH), force_rebuild=True)
+    assert open(pool.path).read() == content and sorted(os.listdir(directory)) == before
 
-    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), force_rebuild=True)
+    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), force_rebuild=True, pool_id=pool_id)
     assert open(rebuilt["moved_aside"]).read() == content
     assert pool.read()["pool_name"] == "p" and len(pool.read()["instances"]) == 3
 
@@ -432,17 +456,24 @@ def test_a_pool_made_before_pool_ids_adopts_one_for_what_its_state_lists_only(po
     client.terminate_instances(InstanceIds=[stray])
 
 
-def test_rebuild_of_a_lost_file_adopts_the_pool_id_from_the_tags_and_asks_when_there_are_several(pool, client):
+def test_rebuild_of_a_lost_file_takes_only_the_pool_id_it_is_given(pool, client):
+    """No pool in the store cannot tell a lost file from another controller's pool of the name: the rebuild names it."""
     old = pool.read()
     os.unlink(pool.path)
-    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+    templates = client.describe_launch_templates()["LaunchTemplates"]
+    with pytest.raises(InvalidRequest, match="no pool 'p' in .*pool id %s \\(3 instances, 0 leased\\).*rebuild it "
+                                             "with pool_id=" % old["pool_id"]) as err:
+        ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+    assert err.value.details["pool_ids"] == [old["pool_id"]]
+    assert not pool.exists() and client.describe_launch_templates()["LaunchTemplates"] == templates, "nothing made"
+    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True, pool_id=old["pool_id"])
     assert rebuilt["pool_id"] == old["pool_id"] and rebuilt["launched"] == []
     assert sorted(e["id"] for e in pool.read()["instances"]) == sorted(e["id"] for e in old["instances"])
 
     theirs = named_stray(client, "f" * 16)
     os.unlink(pool.path)
-    with pytest.raises(InvalidRequest, match="several pools.*pool id %s \\(3 instances\\).*pool id f{16} \\(1 "
-                                             "instance\\).*pool_id=" % old["pool_id"]):
+    with pytest.raises(InvalidRequest, match="pool id %s \\(3 instances, 0 leased\\); pool id f{16} \\(1 "
+                                             "instance, 0 leased\\).*pool_id=" % old["pool_id"]):
         ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
     assert not pool.exists()
     ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True, pool_id=old["pool_id"])

@@ -433,3 +433,24 @@ def test_the_schema_check_knows_damaged_from_foreign(tmp_path):
         with pytest.raises(StateFileError) as err:
             store.read()
         assert err.value.kind == kind, text
+
+
+def test_prepare_refuses_a_state_directory_to_be_made_under_a_parent_others_may_write(tmp_path):
+    """init calls prepare before it makes anything in EC2: a directory it could not use later is refused now."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    store = FileStore(str(shared / "deep" / "state" / "ci.json"), "ci")
+    with pytest.raises(StateFileError, match="the parent %s of state directory %s can be written by other users"
+                                             % (shared, shared / "deep" / "state")):
+        store.prepare(dry_run=True)
+    assert sorted(shared.iterdir()) == [], "nothing created"
+    shared.chmod(0o1777)  # sticky, like /tmp: a private directory inside it is fine
+    assert store.prepare(dry_run=True) is True
+    shared.chmod(0o755)
+    assert store.prepare(dry_run=True) is True and sorted(shared.iterdir()) == []
+    (shared / "deep").mkdir(mode=0o700)
+    (shared / "deep" / "state").mkdir()
+    (shared / "deep" / "state").chmod(0o770)
+    with pytest.raises(StateFileError, match="can be written by other users"):  # an existing one: checked as it is
+        FileStore(str(shared / "deep" / "state" / "ci.json"), "ci").prepare(dry_run=True)

@@ -171,13 +171,14 @@ def user_template_exists(client, template):
     return ec2.find_launch_template(client, template.get("LaunchTemplateName")) is not None
 
 
-def ensure_template(client, pool_name, pool_id, launch):
+def ensure_template(client, pool_name, pool_id, launch, made=None):
     """The launch template fleets launch from: {"LaunchTemplateId"|"LaunchTemplateName", "Version", "owned"}.
 
     A user's launch template is used as given, once EC2 confirms it exists. From `image_id` and the other
     options, the pool makes its own template `ec2spot-<pool>-<pool id>` (tagged with the pool's name and id),
     and a new version of it when those options change (`launch["template"]` holds what was used last); if that
-    template was deleted outside the pool, it is made again. terminate_pool deletes it."""
+    template was deleted outside the pool, it is made again. terminate_pool deletes it. The id of a template made
+    here is appended to `made` (a list), for a caller that must remove it again when it fails before recording it."""
     if launch.get("launch_template") and not launch.get("image_id"):
         template = dict(launch["launch_template"])
         template.setdefault("Version", "$Default")
@@ -207,6 +208,8 @@ def ensure_template(client, pool_name, pool_id, launch):
         created = ec2.create_launch_template(client, identity.template_name(pool_name, pool_id), data,
                                              {ec2.POOL_TAG: pool_name, ec2.POOL_ID_TAG: pool_id,
                                               "ec2spot:spec": digest})
+        if made is not None:
+            made.append(created["LaunchTemplateId"])
         return {"LaunchTemplateId": created["LaunchTemplateId"], "Version": str(created["LatestVersionNumber"]),
                 "owned": True, "spec": digest}
     if previous.get("LaunchTemplateId") == existing["LaunchTemplateId"] and previous.get("spec") == digest:

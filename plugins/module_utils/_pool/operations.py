@@ -129,25 +129,33 @@ def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
     return state
 
 
-def _pool_id_from_tags(pool_name, named, requested):
-    """The id a rebuild adopts: the one asked for, else the only one tagged with the name (None: no pool of
-    this name has instances; the rebuild then makes a new pool)."""
+def _pool_id_from_tags(store, named, requested, corrupt, doing):
+    """The pool id to act on when the store gives none (identity.pool_id_without_store): the one asked for; with a
+    damaged pool in the store (`corrupt`, the StateFileError of the read, of kind "damaged"), the only one tagged
+    with the name; None when no instance of the name has an id. Anything else is refused, naming the ids found,
+    with `doing` (what pool_id=<id> would do) as the way out."""
     from .domain import identity  # pylint: disable=import-outside-toplevel
 
-    if requested:
-        return requested
-    found = {key: number for key, number in identity.pool_ids_in_tags(named, pool_name).items() if key}
-    if len(found) > 1:
-        raise InvalidRequest(
-            "instances of several pools are tagged with the name '%s': %s. Say which pool to rebuild with "
-            "pool_id=<id> (spot_pool_info of each controller's pool shows its pool_id)"
-            % (pool_name, ", ".join("pool id %s (%d instance%s)" % (key, number, "" if number == 1 else "s")
-                                    for key, number in sorted(found.items()))),
-            pool_ids=sorted(found))
-    return next(iter(found), None)
+    damaged = corrupt is not None and corrupt.kind == "damaged"
+    found = identity.pools_of_name(named, store.pool_name)
+    pool_id, refusal = identity.pool_id_without_store(found, requested, damaged)
+    if refusal is None:
+        return pool_id
+    if damaged:
+        why = "its pool in %s is damaged" % store.location
+    else:
+        why = "%s, so nothing says which instances of that name are its own (they may be another controller's pool " \
+              "of the same name)" % ("there is no pool '%s' in %s" % (store.pool_name, store.location)
+                                     if corrupt is None else "%s is not this pool's readable state" % store.location)
+    raise InvalidRequest(
+        "pool '%s': %s; nothing was changed. EC2 has %s. If one of them is this pool (its state was lost), %s with "
+        "pool_id=<id> (spot_pool_info where the pool lives shows its pool_id); leave another controller's pool to "
+        "that controller" % (store.pool_name, why, refusal, doing),
+        pool_ids=sorted(key for key in found if key),
+        pools_of_name={key or "none": value for key, value in found.items()})
 
 
-def _identify(store, client, existing, rebuild, requested, region, size):
+def _identify(store, client, existing, rebuild, requested, region, size, corrupt=None):
     """The pool id init works with, and what EC2 knows by the pool's name (None unless it was asked).
 
     A new pool (no state file, or a rebuild that finds no pool of its name) gets a new id, once EC2 shows no
@@ -155,7 +163,8 @@ def _identify(store, client, existing, rebuild, requested, region, size):
     controller ended the other's instances. The check reads only; it runs before anything is written.
     What it finds is checked against the store read once more: another init may have made the pool there after
     `existing` was read and launched before EC2 was asked (_CreatedMeanwhile, as _apply_init says it for the
-    other timing; `size` is this run's, for its message)."""
+    other timing; `size` is this run's, for its message). `corrupt`: the read's StateFileError, if any (a rebuild
+    of a damaged pool of this store may take the only pool id of its name; without one, only `requested`)."""
     from ._aws import ec2  # pylint: disable=import-outside-toplevel
     from .domain import identity  # pylint: disable=import-outside-toplevel
 
@@ -171,7 +180,7 @@ def _identify(store, client, existing, rebuild, requested, region, size):
     named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
     pool_id = requested
     if rebuild:
-        pool_id = known or _pool_id_from_tags(store.pool_name, named, requested)
+        pool_id = known or _pool_id_from_tags(store, named, requested, corrupt, "rebuild it")
     if pool_id is None or not any(identity.is_member(item["tags"], store.pool_name, pool_id) for item in named):
         # A pool that EC2 does not know yet: its name must be free.
         pool_id = pool_id or identity.new_pool_id()
@@ -215,8 +224,8 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
 
     With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first
-    moved aside to `<file>.corrupt-<time>`, never overwritten): the instances of its pool id, which the old
-    file, `pool_id`, or the only pool id tagged with the pool's name gives. `force_rebuild` does the same for a
+    moved aside to `<file>.corrupt-<time>`, never overwritten): the instances of its pool id, which `pool_id`
+    gives, or for a damaged file the only pool id tagged with the name (_pool_id_from_tags). `force_rebuild`: for a
     file that is not recognisably this pool's. Anything else unreadable is an error, and nothing is moved or
     written. Before anything is written or launched, the options are checked, and what would be launched
     against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas). The store's place
@@ -248,7 +257,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     problem = account_limit_problem(client, quotas_client, launch, size - have, warnings.append)
     if problem:
         raise InvalidRequest("pool '%s': %s" % (store.pool_name, problem), warnings=warnings)
-    pool_id, named = _identify(store, client, existing, rebuild, pool_id, launch.get("region"), size)
+    pool_id, named = _identify(store, client, existing, rebuild, pool_id, launch.get("region"), size, corrupt)
     old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
     spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
     if check_mode:
@@ -262,20 +271,19 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
         # A pool made before pool ids: it adopts one now (see adopt_pool_id), before its template is named.
         existing = adopt_pool_id(store, client, existing, pool_id)
         pool_id = existing["pool_id"]
+    made = []  # the template this run makes, if any: nothing refers to it until the pool is written
     launch = dict(launch, template=ensure_template(client, store.pool_name, pool_id,
                                                    dict(launch, template=(existing or {}).get("launch", {})
-                                                        .get("template"))))
-    lock = jobcontrol.stop_refill(store) if corrupt is None else None
+                                                        .get("template")), made=made))
     try:
-        if corrupt is not None:
-            # Under the pool's lock, after checking once more that it is the kind of file we may move.
-            aside = store.move_aside(allow_foreign=force_rebuild)
-            lock = jobcontrol.stop_refill(store)
-        try:
-            change_pool(store, lambda tx: _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id))
-        except _CreatedMeanwhile:
-            _delete_own_template(client, store.pool_name, pool_id, None, warnings)  # made for the pool id it lost
-            raise
+        lock, aside = _write_pool(store, corrupt, force_rebuild,
+                                  lambda tx: _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id))
+    except Exception as exc:
+        # Not written (another init created the pool meanwhile, a state directory refused, a failed write): what
+        # this run made in EC2 goes, or it would block the pool's name for every later init.
+        _remove_made_templates(client, made, exc)
+        raise
+    try:
         launched, dropped, retired = [], [], []
         deadline = clock() + wait_timeout
         keeper = LeaseKeeper.of(store, lock)  # a wait may outlast the lease: renewed while it lasts
@@ -308,6 +316,38 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     if corrupt is not None and aside:
         result["moved_aside"] = aside
     return result
+
+
+def _write_pool(store, corrupt, force_rebuild, change):
+    """init's write: stop the refill job (taking its lock), move a damaged file aside first if there is one, then
+    change_pool(store, change). Returns (the refill lock or None, where the file was moved or None); on failure
+    the lock is released and the error raised."""
+    lock = jobcontrol.stop_refill(store) if corrupt is None else None
+    aside = None
+    try:
+        if corrupt is not None:
+            # Under the pool's lock, after checking once more that it is the kind of file we may move.
+            aside = store.move_aside(allow_foreign=force_rebuild)
+            lock = jobcontrol.stop_refill(store)
+        change_pool(store, change)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock, aside
+
+
+def _remove_made_templates(client, made, error):
+    """Delete the launch templates an init made before it failed; one that cannot be deleted is named in the
+    error's details (`templates_left`), which is raised anyway."""
+    from ._aws import ec2  # pylint: disable=import-outside-toplevel
+
+    for template_id in made:
+        try:
+            ec2.delete_launch_template(client, template_id)
+        except PoolError:
+            if isinstance(error, PoolError):
+                error.details.setdefault("templates_left", []).append(template_id)
 
 
 class _CreatedMeanwhile(PoolError):
@@ -683,9 +723,9 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
     return plan.terminate, plan.stop, sorted(orphans), sorted(kept)
 
 
-def _terminate_pool_id(store, state, named, requested, warnings):
-    """The id whose instances terminate ends: the state's; without a readable state, `pool_id` or the only id
-    tagged with the pool's name."""
+def _terminate_pool_id(store, state, named, requested, warnings, corrupt=None):
+    """The id whose instances terminate ends: the state's; without a readable state, `pool_id` (or, for a damaged
+    pool of this store, the only id tagged with the pool's name: _pool_id_from_tags)."""
     from .domain import identity  # pylint: disable=import-outside-toplevel
 
     if requested and not identity.valid_pool_id(requested):
@@ -706,10 +746,10 @@ def _terminate_pool_id(store, state, named, requested, warnings):
                             "(made before pool ids) does not list them and they may be another controller's: %s"
                             % (store.pool_name, ", ".join(unknown)))
         return requested
-    pool_id = _pool_id_from_tags(store.pool_name, named, requested)
+    pool_id = _pool_id_from_tags(store, named, requested, corrupt, "end it")
     if pool_id and not requested:
-        warnings.append("pool '%s' has no state file to say its pool id; ended the instances of pool id %s, the only "
-                        "pool of this name in EC2" % (store.pool_name, pool_id))
+        warnings.append("pool '%s' has a damaged state that cannot say its pool id; ended the instances of pool id "
+                        "%s, the only pool of this name in EC2" % (store.pool_name, pool_id))
     return pool_id
 
 
@@ -730,9 +770,9 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
         warnings.append("%s The instances were found by their tag instead; %s was left in place."
                         % (exc.message, "the file" if exc.details.get("path") else "what the store holds"))
 
-    def plan(current):
+    def plan(current, notes=warnings):
         named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
-        chosen = _terminate_pool_id(store, current, named, pool_id, warnings)
+        chosen = _terminate_pool_id(store, current, named, pool_id, notes, corrupt)
         return (chosen,) + select_for_terminate(current, named, store.pool_name, chosen, fallback_action,
                                                 include_orphans)
 
@@ -747,6 +787,8 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
 
     if check_mode:
         return result(*plan(state))
+    if state is None:
+        plan(None, [])  # without a pool, its id is checked before anything is done (the refill job stopped)
     # A pool without a file gets no lock file made just to be removed again (nothing is created for it).
     lock = jobcontrol.stop_refill(store, create=state is not None) if corrupt is None else None
     try:

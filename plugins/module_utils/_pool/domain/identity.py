@@ -116,14 +116,52 @@ def collision_message(pool_name, region, found):
     )
 
 
-def pool_ids_in_tags(summaries, pool_name):
-    """{pool id: number of live or kept instances} among instances tagged with the name (None: no id tag)."""
+def pools_of_name(summaries, pool_name):
+    """{pool id (None: no id tag): {"instances": n, "leased": n}} over the live or kept instances tagged with the
+    name. `leased` counts the running ones tagged ec2spot:leased-at: the refill tags a lease at its next pass, so a
+    lease no pass has seen yet is counted as an instance only."""
     found = {}
     for item in summaries:
-        if item["tags"].get(POOL_TAG) == pool_name and item["state"] in LIVE_OR_KEPT:
-            other = item["tags"].get(POOL_ID_TAG)
-            found[other] = found.get(other, 0) + 1
+        if item["tags"].get(POOL_TAG) != pool_name or item["state"] not in LIVE_OR_KEPT:
+            continue
+        what = found.setdefault(item["tags"].get(POOL_ID_TAG), {"instances": 0, "leased": 0})
+        what["instances"] += 1
+        if LEASED_TAG in item["tags"] and RELEASED_TAG not in item["tags"] and item["state"] in LIVE_STATES:
+            what["leased"] += 1
     return found
+
+
+def describe_pools_of_name(found):
+    """pools_of_name() in words: "pool id <id> (3 instances, 1 leased); ..."."""
+    parts = []
+    for other, what in sorted(found.items(), key=lambda item: item[0] or ""):
+        name = "pool id %s" % other if other else "a pool made before pool ids (no ec2spot:pool-id tag)"
+        parts.append("%s (%d instance%s, %d leased)" % (name, what["instances"], "" if what["instances"] == 1 else "s",
+                                                        what["leased"]))
+    return "; ".join(parts)
+
+
+def pool_id_without_store(found, requested, damaged):
+    """The pool id an operation may act on when the store says none (terminate; init with rebuild): a pure rule.
+
+    `found`: pools_of_name() of the pool's name; `requested`: the user's pool_id; `damaged`: the store holds a
+    damaged pool of this name (its own file, unreadable), rather than no pool or a file that is not this pool's.
+    No pool in the store cannot tell "my pool file was lost" from "this pool was never mine" (a job on the wrong
+    runner, a dynamodb_table that names another table), so then only the id the user names is acted on. A
+    damaged pool was this store's: the only id tagged with its name is its own.
+
+    Returns (pool id or None, refusal or None); the id is None, with no refusal, when no instance of the name
+    carries a pool id (nothing to act on)."""
+    if requested:
+        return requested, None
+    ids = {key: what for key, what in found.items() if key}
+    if not ids:
+        return None, None
+    if damaged and len(ids) == 1:
+        return next(iter(ids)), None
+    if damaged:
+        return None, "instances of several pools are tagged with the name: %s" % describe_pools_of_name(ids)
+    return None, "instances tagged with the name: %s" % describe_pools_of_name(ids)
 
 
 def reusable_fallbacks(summaries, launch, pool_name, pool_id):

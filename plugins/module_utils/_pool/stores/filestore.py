@@ -39,6 +39,7 @@ from .base import Transaction
 from .localfiles import CODE_DIR_NAME
 from .localfiles import FileLock
 from .localfiles import check_code_directory
+from .localfiles import check_future_state_directory
 from .localfiles import check_state_directory
 from .localfiles import make_private_directory
 from .localfiles import open_private
@@ -88,6 +89,13 @@ class FileStore(PoolStore):
         if os.path.lexists(self.code_dir):
             check_code_directory(self.code_dir)
         self._directory_checked = True
+        return True
+
+    def prepare(self, create=True, dry_run=False):
+        """See PoolStore.prepare. The state directory is made when the pool is first written; it is checked here,
+        so that init refuses one it could not use before it makes anything in EC2. Creates nothing."""
+        if not self.check_directory():
+            check_future_state_directory(self.directory)
         return True
 
     def ensure_directory(self):

@@ -75,10 +75,31 @@ def check_state_directory(directory):
     real = os.path.realpath(directory)
     check_own_directory(real, "state directory", "run 'chmod 700 %s' if it is yours, or choose a state_dir of "
                         "your own (the default is private: ~/.local/state/ec2spot)" % real)
+    if real != os.path.dirname(real):
+        _check_parents(real, os.path.dirname(real))
+
+
+def check_future_state_directory(directory):
+    """check_state_directory() for a state directory that may not exist yet, before anything is made for the pool
+    (init checks it before it makes anything in EC2): an existing one is checked as it is; for a missing one, the
+    directories made for it will be ours and private (make_private_directory), so the existing directories above
+    it must pass the rules for its parents. Creates nothing."""
+    real = os.path.realpath(directory)
+    existing = real
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if existing == real:
+        check_state_directory(real)
+    else:
+        _check_parents(real, existing)
+
+
+def _check_parents(real, first):
+    """Refuse the state directory `real` when `first` or a directory above it belongs to another user, or can be
+    written by others without being sticky (they could replace the state directory)."""
     uid = os.geteuid()
-    parent = real
-    while parent != os.path.dirname(parent):
-        parent = os.path.dirname(parent)
+    parent = first
+    while True:
         info = os.stat(parent)
         if info.st_uid not in (0, uid):
             _refuse("the parent %s of state directory %s belongs to another user (uid %d), who could replace the "
@@ -88,6 +109,9 @@ def check_state_directory(directory):
             _refuse("the parent %s of state directory %s can be written by other users (mode %s), who could "
                     "replace the state directory; run 'chmod go-w %s' or choose a state_dir under a directory of "
                     "yours" % (parent, real, _mode(info), parent), parent)
+        if parent == os.path.dirname(parent):
+            return
+        parent = os.path.dirname(parent)
 
 
 def check_code_directory(path):
