@@ -97,3 +97,35 @@ def test_the_modules_reach_the_pool_through_the_operations(module):
     allowed = {"operations", "common", "_aws.connection", "_aws.ec2query", "_aws.dynamoquery", "domain.defaults",
                "domain.errors", "refill_payload"}
     assert used and used <= allowed, sorted(used - allowed)
+
+
+def test_no_caller_reaches_around_the_store_interface():
+    """Stores and leases are asked through their interface (stores/base.py), never probed for what kind they are."""
+    probes = re.compile(r"\b(?:getattr|hasattr)\((?:self\.)?(?:store|lock|lease|self\.lock|self\.store)\b")
+    found = ["%s:%d" % (path.relative_to(POOL), number)
+             for path in sorted(POOL.rglob("*.py"))
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if probes.search(line)]
+    assert found == []
+
+
+def test_every_store_and_lease_implements_the_whole_interface():
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import base  # pylint: disable=import-outside-toplevel
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import dynamodb  # pylint: disable=import-outside-toplevel
+    from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores import filestore  # pylint: disable=import-outside-toplevel
+
+    def abstract(cls):
+        return {name for name, value in vars(cls).items()
+                if callable(value) and "raise NotImplementedError" in (value.__doc__ or "") + _source(value)}
+
+    for interface, implementations in ((base.PoolStore, (filestore.FileStore, dynamodb.DynamoStore)),
+                                       (base.RefillLease, (filestore._RefillLock, dynamodb._DynamoLease))):
+        for cls in implementations:
+            assert issubclass(cls, interface)
+            missing = sorted(name for name in abstract(interface) if getattr(cls, name) is getattr(interface, name))
+            assert missing == [], "%s does not implement %s" % (cls.__name__, missing)
+
+
+def _source(function):
+    import inspect  # pylint: disable=import-outside-toplevel
+
+    return inspect.getsource(function)

@@ -13,9 +13,11 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operatio
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import RefillLease
 
 
-class FakeLock:
+class FakeLock(RefillLease):
     """A refill lock that another process (the job) holds for the first `held_for` acquire attempts."""
 
     def __init__(self, held_for=0):
@@ -32,7 +34,7 @@ class FakeLock:
         self.held = True
         return True
 
-    def release(self):
+    def release(self, exit_error=None, exit_code=None):
         self.held = False
 
     def renew(self):
@@ -46,7 +48,7 @@ class FakeLock:
         return self.held_for > 0
 
 
-class FakeStore:
+class FakeStore(PoolStore):
     pool_name = "ci"
     location = "/state/ci.json"
 

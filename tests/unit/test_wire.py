@@ -35,6 +35,8 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base imp
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.pool import new_state
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import CONFLICT_ATTEMPTS
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import change_pool
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import PoolStore
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.base import RefillLease
 from tests.support.moto import POOL_LAUNCH
 from tests.unit.test_store import dynamodb_client
 
@@ -148,7 +150,7 @@ class Clock:
         return self.now
 
 
-class FakeLease:
+class FakeLease(RefillLease):
     def __init__(self, lost_at=None, stop_at=None):
         self.renewals = 0
         self.lost_at = lost_at  # the renewal that finds the lease taken (1: the first)
@@ -160,7 +162,7 @@ class FakeLease:
         self.held = True
         return True
 
-    def release(self):
+    def release(self, exit_error=None, exit_code=None):
         self.released += 1
         self.held = False
 
@@ -230,7 +232,7 @@ def test_a_keeper_without_a_stop_listener_renews_as_the_lease_needs(tmp_path):
                                  on_stop=print).interval is None, "a flock: nothing to renew, no request to see"
 
 
-class FakeStore:
+class FakeStore(PoolStore):
     """A pool in memory with a lease that expires (lease_seconds), counting the writes made."""
 
     pool_name = "p"

@@ -304,21 +304,19 @@ def stop_refill(store, timeout=20.0, create=True):
     pid = (state or {}).get("refill", {}).get("pid")
     if pid and _is_refill_process(pid, store):
         os.kill(pid, signal.SIGTERM)
-    stopping = getattr(lock, "acquire_stopping", None)  # a lease other controllers share: asked through the store
-
     def take(seconds):
-        return stopping(seconds, create=create) if stopping else lock.acquire(timeout=seconds)
+        return lock.acquire_stopping(seconds, create=create)
     if take(timeout):
         return lock
     if pid and _is_refill_process(pid, store):
         os.kill(pid, signal.SIGKILL)
     if take(5.0):
         return lock
-    report = getattr(lock, "stop_report", lambda: None)()
+    report = lock.stop_report()
     if report:
         raise PoolError(_unanswered(store, report), holder=report["holder"],
                         lease_expires=_utc(report["until"]), stop_answered=report["answered"])
-    holder = getattr(lock, "holder_elsewhere", lambda: None)()
+    holder = lock.holder_elsewhere()
     if holder:
         # A shared store's lease: the job may run on another controller, where no signal of ours reaches it.
         raise PoolError("the refill job of pool '%s' did not stop: the refill lease in %s is held by %s; that job "
@@ -392,8 +390,7 @@ def exit_note(last_exit):
 def lease_exit_note(lock, cached=False):
     """exit_note() of the refill lease `lock` (of a store whose lease records how runs end), or None. With
     `cached`, from what the lock read last (start_refill's look), without another request."""
-    last_exit = getattr(lock, "last_exit", None)
-    return exit_note(last_exit(cached=cached)) if last_exit else None
+    return exit_note(lock.last_exit(cached=cached))
 
 
 def refill_status(store, state):
@@ -406,7 +403,7 @@ def refill_status(store, state):
     refill = dict((state or {}).get("refill") or {})
     lock = store.refill_lock()
     refill["log"] = store.refill_log_path()
-    last_exit = getattr(lock, "last_exit", lambda: None)()
+    last_exit = lock.last_exit()
     refill["running"] = last_exit is None and lock.is_held_elsewhere()
     if last_exit and last_exit["error"]:
         refill.update(last_error=exit_note(last_exit), last_error_code=last_exit["error_code"],

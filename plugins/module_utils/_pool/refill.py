@@ -330,7 +330,7 @@ class LeaseKeeper:
     def of(cls, store, lock, clock=time.monotonic, on_stop=None):
         """A keeper that renews three times per lease length (the store's `lease_seconds`, if its lease expires),
         and with `on_stop` every STOP_CHECK_SECONDS."""
-        seconds = getattr(store, "lease_seconds", None)
+        seconds = store.lease_seconds
         return cls(lock, seconds / 3.0 if seconds else None, clock, on_stop, STOP_CHECK_SECONDS)
 
     def taken(self):
@@ -391,7 +391,7 @@ class RefillJob:
     def release(self):
         """Release the refill lease, with the end this job could not write to the pool when its lease can record
         it (DynamoDB's: jobcontrol.exit_note says it)."""
-        if self.unrecorded and hasattr(self.lock, "last_exit"):
+        if self.unrecorded:
             self.lock.release(exit_error=self.unrecorded[0], exit_code=self.unrecorded[1])
         else:
             self.lock.release()

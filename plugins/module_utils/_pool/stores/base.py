@@ -70,6 +70,9 @@ class PoolStore:
     pool_name = None
     #: Where the pool lives, as error messages show it to users (the file store: the JSON file's path).
     location = None
+    #: How long the refill lease lasts unless renewed, in seconds; None when it lasts as long as its holder runs
+    #: (the file store's flock). The refill job renews it three times per length (refill.LeaseKeeper).
+    lease_seconds = None
 
     # -- the pool ------------------------------------------------------------------------------------------------
     def read(self):
@@ -122,13 +125,18 @@ class PoolStore:
         when it left nothing."""
         raise NotImplementedError
 
+    def move_aside(self, allow_foreign=False):
+        """Set a damaged pool aside for a rebuild (spot_pool_init rebuild: true): what read() refused as damaged
+        (DamagedPool) is kept where the user can look at it (the file store: the file moved to
+        `<file>.corrupt-<time>`; the DynamoDB store: the pool's items copied to a private file, the damaged ones
+        taken out of the pool's way) and returned as that place; None when nothing is damaged (by now). With
+        `allow_foreign`, a file store also sets aside a file that is not recognisably this pool's."""
+        raise NotImplementedError
+
     # -- the refill job's lease and files -------------------------------------------------------------------------
     def refill_lock(self):
-        """The pool's refill lease: held by the running refill job for as long as it runs (and by init and
-        terminate while they work). Making the object takes and creates nothing. The object has
-        `acquire(blocking=True, timeout=None, create=True)` (False when someone else holds it and `blocking` is off
-        or `timeout` runs out; with `create` off, also False when no refill lock was ever made: nothing is made),
-        `release()`, `remove()` (delete it while holding it), `held` and `exists()`, and `is_held_elsewhere()`."""
+        """The pool's refill lease, a RefillLease: held by the running refill job for as long as it runs (and by
+        init and terminate while they work). Making the object takes and creates nothing."""
         raise NotImplementedError
 
     def remove_refill_lock(self, refill_lock=None):
@@ -158,6 +166,64 @@ class PoolStore:
     def job_arguments(self):
         """The command-line arguments that name this store to the refill job (refill.main parses them)."""
         raise NotImplementedError
+
+
+class RefillLease:
+    """The interface of a pool's refill lease (PoolStore.refill_lock()). A lease that only one machine sees (the
+    file store's flock) has nothing more to say than acquire/release; a lease that several controllers share (the
+    DynamoDB store's item) also carries stop requests and how the last run ended: the defaults below are what a
+    lease without them answers, so that callers never ask a lease what kind it is."""
+
+    #: Whether this process holds the lease.
+    held = False
+
+    def acquire(self, blocking=True, timeout=None, create=True):
+        """Take the lease: True once held; False when someone else holds it and `blocking` is off or `timeout` runs
+        out; with `create` off, also False when no lease was ever made here (nothing is made)."""
+        raise NotImplementedError
+
+    def release(self, exit_error=None, exit_code=None):
+        """Give the lease up. `exit_error`/`exit_code`: how the run ended, when the job could not write it to the
+        pool itself; a lease that can keep it does (see last_exit), another drops it (the job's log has it)."""
+        raise NotImplementedError
+
+    def remove(self):
+        """Delete the lease while holding it (the pool is being deleted)."""
+        raise NotImplementedError
+
+    def exists(self):
+        """Whether a lease was ever made for the pool here."""
+        raise NotImplementedError
+
+    def is_held_elsewhere(self):
+        """Whether another process (or controller) holds the lease now."""
+        raise NotImplementedError
+
+    def renew(self):
+        """Extend a held lease; returns a stop request another controller made, or None. A lease that never
+        expires has nothing to extend."""
+        return None
+
+    def acquire_stopping(self, timeout, create=True):  # pylint: disable=unused-argument
+        """Take the lease within `timeout` seconds, asking its holder to stop first where a request can reach it
+        (a shared lease; a local job is stopped by signal, jobcontrol.stop_refill). `create` matters only to a
+        lease that records requests on an item: a local lease is made as any acquire makes it."""
+        return self.acquire(timeout=timeout)
+
+    def stop_report(self):
+        """After acquire_stopping() failed: the unanswered stop request ({"holder", "until", "asked_at",
+        "answered"}), or None when no request was made."""
+        return None
+
+    def holder_elsewhere(self):
+        """Who holds the lease on another controller ("host:pid:..."), or None (nobody, or this machine)."""
+        return None
+
+    def last_exit(self, cached=False):  # pylint: disable=unused-argument
+        """How the last run that held the lease ended, as the lease recorded it ({"by", "released", "error",
+        "error_code", "log", ...}), or None when the lease records no ends (the file store: the job writes its end
+        to the pool file) or has nothing to say."""
+        return None
 
 
 class Transaction:

@@ -62,6 +62,7 @@ from ..domain.timefmt import parse_time
 from ..domain.timefmt import utcnow
 from .base import Claim
 from .base import PoolStore
+from .base import RefillLease
 from .base import Transaction
 from .localfiles import check_code_directory
 from .localfiles import check_state_directory
@@ -757,7 +758,7 @@ class DynamoStore(PoolStore):
         return ["--dynamodb-table", self.table, "--pool-name", self.pool_name, "--state-dir", self.directory]
 
 
-class _DynamoLease:
+class _DynamoLease(RefillLease):
     """The refill lease: the pool's `refill-lease` item (holder, expires, fencing, stop), with FileLock's API.
 
     Held while `holder` is ours and `expires` (epoch seconds, the caller's clock) is ahead; once it has passed,

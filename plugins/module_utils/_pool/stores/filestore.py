@@ -35,6 +35,7 @@ from ..domain.pool import shown_value
 from ..domain.timefmt import utcnow
 from .base import Claim
 from .base import PoolStore
+from .base import RefillLease
 from .base import Transaction
 from .localfiles import CODE_DIR_NAME
 from .localfiles import FileLock
@@ -46,9 +47,10 @@ from .localfiles import open_private
 from .localfiles import remove_own_file
 
 
-class _RefillLock(FileLock):
-    """The refill lock beside a pool file: acquiring it with `create` first makes the state directory (private),
-    like any first write of the pool would."""
+class _RefillLock(FileLock, RefillLease):
+    """The refill lock beside a pool file (a RefillLease that one machine sees: no stop requests, no recorded
+    ends): acquiring it with `create` first makes the state directory (private), like any first write of the pool
+    would."""
 
     def __init__(self, path, store):
         super().__init__(path)
@@ -58,6 +60,11 @@ class _RefillLock(FileLock):
         if create:
             self._store.ensure_directory()
         return super().acquire(blocking, timeout, create)
+
+    def release(self, exit_error=None, exit_code=None):  # pylint: disable=unused-argument
+        """Give the flock up. A run's end goes to the pool file (the job records it there); when that write failed,
+        the job's log is the only place that has it."""
+        super().release()
 
 
 class FileStore(PoolStore):
