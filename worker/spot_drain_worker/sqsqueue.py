@@ -38,8 +38,8 @@ import time
 import uuid
 from typing import Any, Callable
 
-from .config import ConfigError
-from .queues import SQS_MAX_PAYLOAD_BYTES, Job, JobQueueBase, PayloadTooLarge, backoff_seconds
+from .errors import ConfigError, PayloadTooLarge
+from .queues import SQS_MAX_PAYLOAD_BYTES, Job, JobQueueBase, backoff_seconds
 
 try:
     import boto3
