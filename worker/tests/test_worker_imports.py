@@ -1,6 +1,7 @@
-"""The worker package's import graph, read from the source (ast): every import, relative or absolute, at the
+"""The worker package's shape, read from the source (ast). Its import graph: every import, relative or absolute, at the
 top or inside a function, counts. No module may reach itself again, and the two queue backends know nothing of
-each other (the factory picks one; the runner, the drain and the HTTP layer see only the interface)."""
+each other (the factory picks one; the runner, the drain and the HTTP layer see only the interface). No
+function is over 60 lines."""
 
 from __future__ import annotations
 
@@ -81,3 +82,21 @@ def test_the_backends_do_not_import_each_other_and_only_the_factory_names_them()
         assert not graph[backend] & others, backend
     naming = sorted(name for name, deps in graph.items() if deps & set(BACKENDS))
     assert naming == ["factory"]
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(package_dir: Path = PACKAGE_DIR) -> list[str]:
+    found = []
+    for path in sorted(package_dir.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.name}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_in_the_worker_package_is_over_60_lines():
+    assert long_functions() == []
