@@ -11,7 +11,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .config import Config
-from .queues import PayloadTooLarge
+from .errors import PayloadTooLarge
 from .runtime import WorkerRuntime
 from .watcher import INTERRUPTION_ACTIONS, InterruptionNotice, parse_time
 

@@ -18,12 +18,9 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 # The retry backoff never exceeds the cap, so a larger base would silently mean the cap.
+from .errors import ConfigError
 from .queues import BACKOFF_CAP_SECONDS as MAX_RETRY_BACKOFF_SECONDS
 from .queues import SQS_MAX_PAYLOAD_BYTES
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message starts with the variable's name."""
 
 
 _TRUE = {"1", "true", "yes", "on"}

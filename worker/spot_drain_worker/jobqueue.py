@@ -1,8 +1,9 @@
 """The persistent job queue: one SQLite table in WAL mode, leases instead of locks.
 
-Every state change is one SQL statement below, and every statement that ends an attempt is fenced on
-the lease token handed out by `claim`: a worker that lost its lease (it was reclaimed after expiry, or
-released at the drain deadline) can no longer mark the job done or failed. That is what keeps an
+Every state change is one SQL statement below (a claim and a reclaim read their candidates first, in the
+same write transaction, and let the claim rule in claimrule.py decide), and every statement that ends an
+attempt is fenced on the lease token handed out by `claim`: a worker that lost its lease (it was reclaimed
+after expiry, or released at the drain deadline) can no longer mark the job done or failed. That is what keeps an
 interrupted job from being recorded as done and a job from being done twice.
 
 Each thread gets its own connection (sqlite3 connections must not be shared between threads).
@@ -20,8 +21,8 @@ import time
 import uuid
 from typing import Any, Callable
 
-# Job, STATUSES and BACKOFF_CAP_SECONDS live with the interface; imported here for existing callers.
-from .queues import BACKOFF_CAP_SECONDS, STATUSES, Job, JobQueueBase, ReclaimResult, backoff_seconds
+from .claimrule import CLAIMABLE, EXPIRE, RUN, Seen, after_failure, decide_claim
+from .queues import STATUSES, Job, JobQueueBase, ReclaimResult, backoff_seconds
 
 log = logging.getLogger("spot_drain_worker.queue")
 
@@ -59,16 +60,18 @@ _SQL = {
         RETURNING *""",
     "by_key": "SELECT * FROM jobs WHERE idempotency_key = :key",
     "get": "SELECT * FROM jobs WHERE id = :id",
-    # The sub-select and the update run under the write lock taken by BEGIN IMMEDIATE, so two
-    # workers can never claim the same row.
+    # The candidate: the oldest job the claim rule (claimrule.CLAIMABLE) may start and that is due. The select
+    # and the update run under the write lock taken by BEGIN IMMEDIATE, so two workers never claim one row.
+    "candidate": f"""
+        SELECT * FROM jobs WHERE status IN ({", ".join(repr(status) for status in CLAIMABLE)})
+                             AND run_after <= :now
+         ORDER BY run_after, rowid LIMIT 1""",
     "claim": """
         UPDATE jobs
-           SET status = 'processing', attempts = attempts + 1, lease_owner = :owner,
-               lease_token = :token, lease_expires_at = :now + :lease, started_at = :now,
-               updated_at = :now
-         WHERE rowid = (SELECT rowid FROM jobs
-                         WHERE status IN ('queued', 'failed') AND run_after <= :now
-                         ORDER BY run_after, rowid LIMIT 1)
+           SET status = 'processing', attempts = :attempt, last_error = COALESCE(:error, last_error),
+               lease_owner = :owner, lease_token = :token, lease_expires_at = :now + :lease,
+               started_at = :now, updated_at = :now
+         WHERE id = :id AND status = :seen
         RETURNING *""",
     "extend": """
         UPDATE jobs SET lease_expires_at = :now + :lease, updated_at = :now
@@ -80,12 +83,10 @@ _SQL = {
          WHERE id = :id AND lease_token = :token AND status = 'processing'""",
     "fail": """
         UPDATE jobs
-           SET status = CASE WHEN attempts >= :max_attempts THEN 'dead' ELSE 'failed' END,
-               last_error = :error, run_after = :now + :delay, lease_owner = NULL,
+           SET status = :status, last_error = :error, run_after = :now + :delay, lease_owner = NULL,
                lease_token = NULL, lease_expires_at = NULL, updated_at = :now,
-               finished_at = CASE WHEN attempts >= :max_attempts THEN :now ELSE NULL END
-         WHERE id = :id AND lease_token = :token AND status = 'processing'
-        RETURNING status""",
+               finished_at = CASE WHEN :status = 'dead' THEN :now ELSE NULL END
+         WHERE id = :id AND lease_token = :token AND status = 'processing'""",
     # The worker stopped the attempt (drain deadline), not the job: the attempt is given back.
     "release": """
         UPDATE jobs
@@ -93,18 +94,14 @@ _SQL = {
                run_after = :now, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL,
                updated_at = :now
          WHERE id = :id AND lease_token = :token AND status = 'processing'""",
-    # A lease that ran out means the worker died or hung: the attempt counts, so a job that keeps
-    # killing its worker ends dead instead of looping forever.
+    # A lease that ran out means the worker died or hung: the claim rule decides (the attempt counts, so a
+    # job that keeps killing its worker ends dead instead of looping forever).
+    "expired": "SELECT * FROM jobs WHERE status = 'processing' AND lease_expires_at <= :now",
     "reclaim": """
         UPDATE jobs
-           SET status = CASE WHEN attempts >= :max_attempts THEN 'dead' ELSE 'queued' END,
-               last_error = 'lease expired during attempt ' || attempts || ' (worker '
-                            || COALESCE(lease_owner, '?') || ' stopped or hung)',
-               run_after = :now + MIN(:backoff * (1 << MAX(attempts - 1, 0)), :cap),
-               finished_at = CASE WHEN attempts >= :max_attempts THEN :now ELSE NULL END,
+           SET status = :status, last_error = :error, run_after = :run_after, finished_at = :finished,
                lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, updated_at = :now
-         WHERE status = 'processing' AND lease_expires_at < :now
-        RETURNING id, status""",
+         WHERE id = :id AND status = 'processing' AND lease_token IS :token""",
     "requeue": """
         UPDATE jobs
            SET status = 'queued', attempts = 0, run_after = :now, finished_at = NULL,
@@ -212,17 +209,39 @@ class JobQueue(JobQueueBase):
         row = _first(self._conn().execute(_SQL["get"], {"id": job_id}))
         return None if row is None else _job_from_row(row)
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the oldest runnable job and lease it to `owner`; None when nothing is runnable."""
+    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """`work(conn)` under the write lock (BEGIN IMMEDIATE): what it reads, nobody changes before it writes."""
         conn = self._conn()
-        params = {"owner": owner, "token": uuid.uuid4().hex, "lease": lease_seconds, "now": self.clock()}
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = _first(conn.execute(_SQL["claim"], params))
+            answer = work(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return answer
+
+    def _seen(self, row: sqlite3.Row) -> Seen:
+        return Seen(status=row["status"], attempts=row["attempts"], run_after=row["run_after"],
+                    lease_expires_at=row["lease_expires_at"], owner=row["lease_owner"])
+
+    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        """Take the oldest runnable job and lease it to `owner`; None when nothing is runnable."""
+        now = self.clock()
+
+        def take(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            candidate = _first(conn.execute(_SQL["candidate"], {"now": now}))
+            if candidate is None:
+                return None
+            decision = decide_claim(self._seen(candidate), now=now, max_attempts=self.max_attempts)
+            if decision.action != RUN:  # the candidate's select excludes every other outcome
+                return None
+            return _first(conn.execute(_SQL["claim"], {
+                "id": candidate["id"], "seen": candidate["status"], "attempt": decision.attempt,
+                "error": decision.error, "owner": owner, "token": uuid.uuid4().hex, "lease": lease_seconds,
+                "now": now}))
+
+        row = self._transaction(take)
         return None if row is None else _job_from_row(row)
 
     def _fenced(self, statement: str, **params) -> bool:
@@ -239,13 +258,14 @@ class JobQueue(JobQueueBase):
 
     def fail(self, job: Job, error: str) -> str | None:
         """Record a failed attempt: 'failed' (retried after backoff) or 'dead'; None if fenced off."""
-        row = _first(self._conn().execute(_SQL["fail"], {
-            "id": job.id, "token": job.lease_token, "error": error[:2000],
-            "delay": self.backoff(job.attempts), "max_attempts": self.max_attempts,
-            "now": self.clock()}))
-        if row is not None and row["status"] == "failed":
+        outcome = after_failure(job.attempts, max_attempts=self.max_attempts,
+                                backoff_base=self.retry_backoff_seconds)
+        if not self._fenced("fail", id=job.id, token=job.lease_token, error=error[:2000], status=outcome.status,
+                            delay=outcome.delay):
+            return None
+        if outcome.status == "failed":
             self.work_available.set()
-        return None if row is None else row["status"]
+        return outcome.status
 
     def release(self, job: Job, reason: str) -> bool:
         """Give the job back without counting the attempt (the worker is going away)."""
@@ -255,14 +275,27 @@ class JobQueue(JobQueueBase):
         return released
 
     def reclaim(self) -> ReclaimResult:
-        """Return every job whose lease ran out to the queue (or to dead after MAX_ATTEMPTS)."""
-        rows = self._conn().execute(_SQL["reclaim"], {
-            "max_attempts": self.max_attempts, "backoff": self.retry_backoff_seconds,
-            "cap": BACKOFF_CAP_SECONDS, "now": self.clock()}).fetchall()
-        requeued = [r["id"] for r in rows if r["status"] == "queued"]
-        if requeued:
+        """Return every job whose lease ran out to the queue, after its backoff (or to dead after MAX_ATTEMPTS)."""
+        now = self.clock()
+
+        def expire(conn: sqlite3.Connection) -> ReclaimResult:
+            result = ReclaimResult(requeued=[], dead=[])
+            for row in conn.execute(_SQL["expired"], {"now": now}).fetchall():
+                decision = decide_claim(self._seen(row), now=now, max_attempts=self.max_attempts)
+                if decision.action not in (RUN, EXPIRE):
+                    continue
+                dead = decision.action == EXPIRE
+                conn.execute(_SQL["reclaim"], {
+                    "id": row["id"], "token": row["lease_token"], "status": "dead" if dead else "queued",
+                    "error": decision.error, "run_after": now + self.backoff(row["attempts"]),
+                    "finished": now if dead else None, "now": now})
+                (result.dead if dead else result.requeued).append(row["id"])
+            return result
+
+        result = self._transaction(expire)
+        if result.requeued:
             self.work_available.set()
-        return ReclaimResult(requeued=requeued, dead=[r["id"] for r in rows if r["status"] == "dead"])
+        return result
 
     def requeue(self, job_id: str) -> Job | None:
         """Put a dead (or failed) job back with a fresh attempt count; None if not dead/failed."""

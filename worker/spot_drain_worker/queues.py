@@ -1,7 +1,8 @@
 """The queue interface the HTTP layer, the runner and the drain controller use, and the job record they
 share. Two backends implement it: `jobqueue.JobQueue` (SQLite on the instance, the default) and
 `sqsqueue.SqsQueue` (an SQS queue for the line, a DynamoDB table for the record, shared by a fleet).
-`make_queue` picks one from the configuration; nothing else names a backend.
+`factory.make_queue` picks one from the configuration; nothing else names a backend, and this module names
+neither (no import circle: the backends import this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ BACKOFF_CAP_SECONDS = 300.0
 # owner, an idempotency key, a last_error of up to 2000 characters): 16 KiB.
 DYNAMODB_ITEM_BYTES = 400 * 1024
 SQS_MAX_PAYLOAD_BYTES = DYNAMODB_ITEM_BYTES - 16 * 1024
-
-
-class PayloadTooLarge(ValueError):
-    """The job cannot be stored (HTTP 413): its record would exceed what the backend holds."""
 
 
 def backoff_seconds(base: float, attempts: int) -> float:
@@ -139,25 +136,3 @@ class JobQueueBase(abc.ABC):
 
     def close(self) -> None:
         """Release this thread's resources."""
-
-
-def make_queue(config, *, clock, metrics=None) -> JobQueueBase:
-    """The backend the configuration names: SQS with QUEUE_URL, else the SQLite file."""
-    if getattr(config, "queue_url", None):
-        from .sqsqueue import SqsQueue  # boto3 only when asked for
-        return SqsQueue.from_config(config, clock=clock, metrics=metrics)
-    from .jobqueue import JobQueue
-    return JobQueue(config.database_path, max_attempts=config.max_attempts,
-                    retry_backoff_seconds=config.retry_backoff_seconds, clock=clock)
-
-
-def check_queue(config) -> None:
-    """At start, before any worker process: open the backend once. Raises ConfigError naming the
-    queue or table that cannot be used (SQS), or the database's own error (SQLite)."""
-    if getattr(config, "queue_url", None):
-        from .sqsqueue import SqsQueue
-        SqsQueue.check(config)
-        return
-    from .jobqueue import JobQueue
-    JobQueue(config.database_path, max_attempts=config.max_attempts,
-             retry_backoff_seconds=config.retry_backoff_seconds).close()

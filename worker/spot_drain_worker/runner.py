@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import random
 import socket
@@ -60,8 +61,11 @@ def default_owner() -> str:
 class JobRunner:
     def __init__(self, queue: JobQueueBase, handler: Callable[[Any, JobContext], Any], *,
                  lease_seconds: float, metrics: WorkerMetrics, settings: Any = None,
-                 owner: str | None = None, idle_poll_seconds: float = 0.5):
+                 owner: str | None = None, idle_poll_seconds: float = 0.5,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.queue = queue
+        # Measures durations and paces the reclaim; every wait is on an event or a thread, never a sleep.
+        self.monotonic = monotonic
         self.handler = handler
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = lease_seconds / 3
@@ -77,7 +81,7 @@ class JobRunner:
         self._current_context: JobContext | None = None
         self._released: set[str] = set()
         self._thread: threading.Thread | None = None
-        self._last_reclaim = 0.0
+        self._last_reclaim = -math.inf
         self._claim_errors = 0
 
     # ---- control (called from other threads) ----
@@ -179,7 +183,7 @@ class JobRunner:
             log.error("handing back job %s failed (its lease will expire): %s", job.id, exc)
 
     def _maybe_reclaim(self) -> None:
-        now = time.monotonic()
+        now = self.monotonic()
         if now - self._last_reclaim < self.reclaim_every_seconds:
             return
         self._last_reclaim = now
@@ -205,7 +209,7 @@ class JobRunner:
                 outcome["error"] = f"{type(exc).__name__}: {exc}"
                 outcome["traceback"] = traceback.format_exc()
 
-        started = time.monotonic()
+        started = self.monotonic()
         handler_thread = threading.Thread(target=call_handler, name=f"job-{job.id}", daemon=True)
         handler_thread.start()
         lease_lost = False
@@ -217,7 +221,7 @@ class JobRunner:
                 if job.id in self._released:
                     # The drain gave the job back; the process is about to exit. Nothing to record.
                     self._released.discard(job.id)
-                    self.metrics.job_duration.labels("released").observe(time.monotonic() - started)
+                    self.metrics.job_duration.labels("released").observe(self.monotonic() - started)
                     return
             if not lease_lost:
                 try:
@@ -227,7 +231,7 @@ class JobRunner:
                 if lease_lost:
                     # Keep waiting: running a second job beside this one would only add load.
                     log.error("job %s lost its lease; its outcome will not be recorded", job.id)
-        duration = time.monotonic() - started
+        duration = self.monotonic() - started
         with self._cond:
             released = job.id in self._released
             self._released.discard(job.id)

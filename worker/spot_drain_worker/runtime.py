@@ -10,7 +10,7 @@ from typing import Callable
 from .config import Config, load_job_handler
 from .drain import DRAIN_STATES, DrainController, DrainSignal, DrainSnapshot
 from .metrics import WorkerMetrics
-from .queues import make_queue
+from .factory import make_queue
 from .runner import JobRunner
 from .watcher import ImdsClient, InterruptionWatcher
 

@@ -23,7 +23,7 @@ from prometheus_client import disable_created_metrics
 from .app import create_app
 from .config import Config, ConfigError, load_config
 from .drain import DrainSnapshot
-from .queues import check_queue
+from .factory import check_queue
 from .runtime import WorkerRuntime
 
 log = logging.getLogger("spot_drain_worker")

@@ -38,8 +38,9 @@ import time
 import uuid
 from typing import Any, Callable
 
-from .config import ConfigError
-from .queues import SQS_MAX_PAYLOAD_BYTES, Job, JobQueueBase, PayloadTooLarge, backoff_seconds
+from .claimrule import BURY, DROP, EXPIRE, HELD, NOT_YET, RENEW, RUN, ClaimDecision, Seen, after_failure, decide_claim
+from .errors import ConfigError, PayloadTooLarge
+from .queues import SQS_MAX_PAYLOAD_BYTES, Job, JobQueueBase
 
 try:
     import boto3
@@ -71,7 +72,9 @@ TABLE_ACTIVE_TIMEOUT_SECONDS = 120.0
 CLIENT_MAX_ATTEMPTS = 5
 # The heartbeat's clients: one attempt, answered within a beat (see the module's docstring).
 HEARTBEAT_MAX_ATTEMPTS = 1
-# A message is replaced by a fresh copy at its receive maxReceiveCount - 1 (`_near_redrive`): below 3 even a
+# A job whose backoff ends within this much is run: the workers' clocks may differ a little.
+CLOCK_SLACK_SECONDS = 0.5
+# A message is replaced by a fresh copy at its receive maxReceiveCount - 1 (claimrule.RENEW): below 3 even a
 # first receive would be replaced, every receive would renew it, and no job would ever start.
 MIN_MAX_RECEIVE_COUNT = 3
 # Every job attribute the code names, spelled through placeholders (several are reserved words).
@@ -489,9 +492,9 @@ class SqsQueue(JobQueueBase):
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=handle.body)
         self._delete(handle.receipt)
 
-    def _near_redrive(self, receive_count: int) -> bool:
+    def _max_receive_count(self) -> int | None:
         redrive = self._read_redrive()
-        return bool(redrive) and redrive[1] > 0 and receive_count >= redrive[1] - 1
+        return redrive[1] if redrive else None
 
     def _bury(self, handle: SqsHandle, job_id: str) -> None:
         """A dead job's message: to the dead-letter queue when the queue has one, else deleted."""
@@ -501,7 +504,9 @@ class SqsQueue(JobQueueBase):
             log.warning("job %s is dead; its message is in the dead-letter queue %s", job_id, redrive[0])
         self._delete(handle.receipt)
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+    def _receive(self, lease_seconds: float) -> tuple[SqsHandle, str] | None:
+        """One message and the job id it names; None when none came (or it names no job: left alone, it comes
+        back after the lease, and the redrive policy ends it)."""
         answer = self.sqs.receive_message(
             QueueUrl=self.queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=self.wait_seconds,
             VisibilityTimeout=visibility(lease_seconds), AttributeNames=["ApproximateReceiveCount"])
@@ -517,60 +522,74 @@ class SqsQueue(JobQueueBase):
             if not isinstance(job_id, str):
                 raise TypeError(job_id)
         except (ValueError, KeyError, TypeError):
-            # Not ours: left alone (it comes back after the lease, and the redrive policy ends it).
             log.error("a message in %s is not a job (%r); left to the redrive policy", self.queue_url, body[:100])
             return None
-        handle = SqsHandle(receipt, 0, receive_count, body)
+        return SqsHandle(receipt, 0, receive_count, body), job_id
+
+    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        """Receive one message; the claim rule (claimrule.decide_claim) says what to do with its job."""
+        received = self._receive(lease_seconds)
+        if received is None:
+            return None
+        handle, job_id = received
         item = self._get_item(job_id)
         if item is None or item.get("kind", {}).get("S") != "job":
             log.error("message for unknown job %s deleted", job_id)
-            self._delete(receipt)
+            self._delete(handle.receipt)
             return None
         seen = job_from_item(item)
         now = self.clock()
-        lease_no = int(_plain(item.get("lease", {"N": "0"})))
-        if seen.status == "done":
+        handle = dataclasses.replace(handle, lease=int(_plain(item.get("lease", {"N": "0"}))))
+        decision = decide_claim(
+            Seen(status=seen.status, attempts=seen.attempts, run_after=seen.run_after,
+                 lease_expires_at=seen.lease_expires_at, owner=_plain(item["owner"]) if "owner" in item else None),
+            now=now, max_attempts=self.max_attempts, receive_count=handle.receive_count,
+            max_receive_count=self._max_receive_count(), slack=CLOCK_SLACK_SECONDS)
+        if decision.action == RUN:
+            return self._take(job_id, seen, handle, decision, owner, now, now + lease_seconds)
+        self._leave(job_id, seen.status, handle, decision, now, lease_seconds)
+        return None
+
+    def _leave(self, job_id: str, status: str, handle: SqsHandle, decision: ClaimDecision, now: float,
+               lease_seconds: float) -> None:
+        """Every outcome of the claim rule but RUN: the job does not run here now."""
+        wait = max(0.0, (decision.retry_at or now) - now)
+        if decision.action == DROP:
             log.info("job %s is already done: duplicate message dropped", job_id)
-            self._delete(receipt)
-            return None
-        if seen.status == "dead":
-            # Recorded dead, but the message is still here (moving it failed, or a duplicate): finish that.
-            self._bury(handle, job_id)
-            return None
-        if seen.status == "processing" and (seen.lease_expires_at or 0) > now:
+            self._delete(handle.receipt)
+        elif decision.action == BURY:
+            self._bury(handle, job_id)  # recorded dead, but moving its message failed (or a duplicate)
+        elif decision.action == HELD:
             # Another worker holds it (SQS delivers at least once): look again when its lease would end.
-            self._set_visibility(receipt, max(lease_seconds, seen.lease_expires_at - now))
-            return None
-        if seen.status == "failed" and seen.run_after > now + 0.5:
-            self._set_visibility(receipt, seen.run_after - now)  # not before its backoff
-            return None
-        if self._near_redrive(receive_count):
-            # One more receive and SQS would dead-letter it whatever this worker counts.
-            self._renew(handle)
-            return None
-        values = _values(lease=lease_no, seen=seen.status, owner=owner, expires=now + lease_seconds,
-                         now=now, one=1)
-        update = ("SET #status = :processing, #attempts = #attempts + :one, #lease = #lease + :one, "
+            self._set_visibility(handle.receipt, max(lease_seconds, wait))
+        elif decision.action == NOT_YET:
+            self._set_visibility(handle.receipt, wait)  # not before its backoff
+        elif decision.action == RENEW:
+            self._renew(handle)  # one more receive and SQS would dead-letter it whatever this worker counts
+        elif decision.action == EXPIRE:
+            if self._update(job_id, "SET #status = :dead, #last_error = :error, #finished_at = :now, "
+                            "#updated_at = :now REMOVE #owner, #lease_expires_at",
+                            "#lease = :lease AND #status = :seen",
+                            _values(dead="dead", error=decision.error, now=now, lease=handle.lease,
+                                    seen=status)) is not None:
+                self._bury(handle, job_id)
+
+    def _take(self, job_id: str, seen: Job, handle: SqsHandle, decision: ClaimDecision, owner: str,
+              now: float, expires: float) -> Job | None:
+        """RUN: the record becomes this attempt's, fenced on the lease number, the status and the attempts the
+        claim saw."""
+        update = ("SET #status = :processing, #attempts = :attempt, #lease = #lease + :one, "
                   "#owner = :owner, #lease_expires_at = :expires, #started_at = :now, #updated_at = :now")
-        values.update(_values(processing="processing"))
-        if seen.status == "processing":
-            # The holder's lease ran out (killed, hung): that attempt counts, as with SQLite.
-            lost = (f"lease expired during attempt {seen.attempts} (worker "
-                    f"{_plain(item['owner']) if 'owner' in item else '?'} stopped or hung)")
-            if seen.attempts >= self.max_attempts:
-                done = self._update(job_id, "SET #status = :dead, #last_error = :error, #finished_at = :now, "
-                                    "#updated_at = :now REMOVE #owner, #lease_expires_at",
-                                    "#lease = :lease AND #status = :seen",
-                                    _values(dead="dead", error=lost, now=now, lease=lease_no, seen="processing"))
-                if done is not None:
-                    self._bury(handle, job_id)
-                return None
+        values = _values(lease=handle.lease, seen=seen.status, attempts=seen.attempts, owner=owner,
+                         expires=expires, now=now, one=1, attempt=decision.attempt, processing="processing")
+        if decision.error is not None:  # the holder's lease ran out (killed, hung): that attempt counted
             update += ", #last_error = :error"
-            values.update(_values(error=lost))
-        claimed = self._update(job_id, update, "#lease = :lease AND #status = :seen", values, "ALL_NEW")
+            values.update(_values(error=decision.error))
+        claimed = self._update(job_id, update, "#lease = :lease AND #status = :seen AND #attempts = :attempts",
+                               values, "ALL_NEW")
         if claimed is None:
             return None  # changed meanwhile (another copy of the message): it comes back after the lease
-        return job_from_item(claimed, dataclasses.replace(handle, lease=lease_no + 1))
+        return job_from_item(claimed, dataclasses.replace(handle, lease=handle.lease + 1))
 
     def extend(self, job: Job, lease_seconds: float) -> bool:
         """False only when the fenced record write fails: then another attempt holds the job. A visibility
@@ -604,20 +623,20 @@ class SqsQueue(JobQueueBase):
     def fail(self, job: Job, error: str) -> str | None:
         handle: SqsHandle = job.handle
         now = self.clock()
-        dead = job.attempts >= self.max_attempts
-        delay = backoff_seconds(self.retry_backoff_seconds, job.attempts)
-        status = "dead" if dead else "failed"
+        outcome = after_failure(job.attempts, max_attempts=self.max_attempts,
+                                backoff_base=self.retry_backoff_seconds)
+        dead = outcome.status == "dead"
         update = ("SET #status = :status, #last_error = :error, #run_after = :after, #updated_at = :now"
                   + (", #finished_at = :now" if dead else "") + " REMOVE #owner, #lease_expires_at")
         if self._update(job.id, update, _FENCE,
-                        _values(status=status, error=error[:2000], after=now + delay, now=now,
+                        _values(status=outcome.status, error=error[:2000], after=now + outcome.delay, now=now,
                                 lease=handle.lease, processing="processing")) is None:
             return None
         if dead:
             self._bury(handle, job.id)
         else:
-            self._set_visibility(handle.receipt, delay)
-        return status
+            self._set_visibility(handle.receipt, outcome.delay)
+        return outcome.status
 
     def release(self, job: Job, reason: str) -> bool:
         handle: SqsHandle = job.handle
@@ -628,7 +647,8 @@ class SqsQueue(JobQueueBase):
                         _values(queued="queued", one=1, zero=0, reason=reason, now=now, lease=handle.lease,
                                 processing="processing")) is None:
             return False
-        if self._near_redrive(handle.receive_count):
+        max_receive_count = self._max_receive_count()
+        if max_receive_count and handle.receive_count >= max_receive_count - 1:
             self._renew(handle)
         else:
             self._set_visibility(handle.receipt, 0)  # another worker receives it at once

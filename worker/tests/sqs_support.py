@@ -3,12 +3,21 @@ the session's moto server; the workers reach it through a fault proxy."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 
 import boto3
 
+from spot_drain_worker.config import Config
 from tests.support.moto import FAKE_CREDENTIALS, REGION
+
+
+def config_for(aws, **changes) -> Config:
+    """An in-process SqsQueue's configuration on the test's queue and table (no long polling)."""
+    values = dict(queue_url=aws.queue_url, jobs_table=aws.table, aws_region=REGION, sqs_wait_seconds=0,
+                  max_attempts=3, retry_backoff_seconds=2.0)
+    return dataclasses.replace(Config(), **dict(values, **changes))
 
 
 class AwsFixture:
