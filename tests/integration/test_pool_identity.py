@@ -88,8 +88,8 @@ def test_two_pools_of_one_name_never_end_each_others_instances_or_template(make_
     assert a_id and b_id and a_id != b_id and ended["pool_id"] == b_id
 
 
-def test_a_controller_without_the_pool_ends_nothing_of_another_controllers_pool_of_that_name(make_pool, ec2,
-                                                                                              aws_env):
+def test_a_controller_without_the_pool_ends_nothing_of_another_controllers_pool_of_that_name(
+        make_pool, ec2, aws_env):
     """A cleanup job on the wrong runner, or store=dynamodb with a table that is not the pool's: the store has no pool
     of the name, so nothing says that the pool EC2 shows by that name is this controller's. It ends nothing unless
     the pool's id is named (the recovery of a lost pool file), and says which ids carry the name."""

@@ -770,9 +770,9 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
         warnings.append("%s The instances were found by their tag instead; %s was left in place."
                         % (exc.message, "the file" if exc.details.get("path") else "what the store holds"))
 
-    def plan(current, notes=warnings):
+    def plan(current, notes=None):
         named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
-        chosen = _terminate_pool_id(store, current, named, pool_id, notes, corrupt)
+        chosen = _terminate_pool_id(store, current, named, pool_id, warnings if notes is None else notes, corrupt)
         return (chosen,) + select_for_terminate(current, named, store.pool_name, chosen, fallback_action,
                                                 include_orphans)
 
