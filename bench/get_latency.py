@@ -334,8 +334,11 @@ def report_payloads(payloads, baseline, out):
                                                                      baseline.source)):
         out("  %s: %d bytes, %d files (%d of them this collection's, each identical to %s)"
             % (label, payload["bytes"], payload["files"], len(payload["ours"]), source))
-    out("  after/before: %.3f in bytes, %+d files" % (after["bytes"] / before["bytes"],
-                                                         after["files"] - before["files"]))
+    out("  after/before: %.3f in bytes, %+d files; the collection's files %d bytes after, %d before"
+        % (after["bytes"] / before["bytes"], after["files"] - before["files"],
+           sum(map(len, after["ours"].values())), sum(map(len, before["ours"].values()))))
+    out("  only after: %s" % (", ".join(sorted(set(after["ours"]) - set(before["ours"]))) or "-"))
+    out("  only before: %s" % (", ".join(sorted(set(before["ours"]) - set(after["ours"]))) or "-"))
 
 
 def ansible_json(cmd, env, timeout=300):
