@@ -19,6 +19,15 @@ Part 1 (Ansible): a moto server on 127.0.0.1 and a private state directory of ou
 Every run uses the same ansible.cfg, inventory, interpreter and stdout callback (ansible.posix.json, which
 the script needs to read `verified` from the results).
 
+With `--baseline REV` (e.g. a commit before a change), the script also checks REV out in a temporary detached git
+worktree inside its temp dir, links it as <dir>/ansible_collections/ec2spot/pool, and adds the cases get@REV,
+get-trust@REV and ddb-get@REV: the same commands with ANSIBLE_COLLECTIONS_PATH=<dir> (which Ansible reads before
+ansible.cfg's collections_path), on the same moto and pools, in the same rotated rounds. It reports
+"get median after/before" as the median over rounds of get / get@REV (paired per round), and the payload of
+spot_pool_get for both: the bytes and files of the module's zip as Ansible built it for an untimed warm-up get
+(ANSIBLE_KEEP_REMOTE_FILES, a private remote tmp). Every collection file in each zip is compared with the
+checkout it must come from, so a get@REV that ran HEAD's code fails the bench. The worktree is removed at the end.
+
 Part 2 (hand-out core): the real `get_instance` (verify=False, refill=False) from the collection's module_utils,
 called by 32 concurrent processes against one big pool file: latency per hand-out (lock wait included), the
 time the lock is held, throughput, and what a hand-out's time is made of on this disk (parse, serialize, fsync).
@@ -30,7 +39,9 @@ Performance is reported, not asserted: the exit status is 0 unless a run fails o
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import io
 import json
 import math
 import multiprocessing
@@ -44,6 +55,7 @@ import sys
 import tempfile
 import time
 import types
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +79,12 @@ DDB_ARGS = {"store": "dynamodb", "dynamodb_table": DDB_TABLE, "pool_name": DDB_P
 CORE_P99_TARGET_MS = 2.0
 MIN_ROUNDS = 5  # fewer would make a median of noise, whatever the time budget says
 JSON_CALLBACK = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
+
+# The cases --baseline runs again from the baseline's checkout, as "<case>@<rev>".
+BASELINE_CASES = ("get", "get-trust", "ddb-get")
+# What each get case must report as `verified` (by the case's name before any "@<rev>").
+EXPECT_VERIFIED = {"get": True, "get-trust": False, "pb-get": True, "ddb-get": True, "ddb-trust": False}
+COLLECTION_PREFIX = "ansible_collections/ec2spot/pool/"
 
 ONE_TASK_PLAYBOOK = """\
 - name: One-task baseline
@@ -124,6 +142,78 @@ def mount_of(path):
     return best
 
 
+# == The baseline: the same gets from another revision's checkout ===================================
+def git(*args):
+    proc = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchFailure("git %s failed: %s" % (" ".join(args), proc.stderr.strip()))
+    return proc.stdout.strip()
+
+
+class Baseline:
+    """REV checked out in a detached git worktree under the bench's temp dir, linked into a collections path of
+    its own (`collections`), so that ANSIBLE_COLLECTIONS_PATH=collections runs the collection as it was at REV."""
+
+    def __init__(self, rev, workdir):
+        self.rev = rev
+        self.commit = git("rev-parse", "--verify", "--quiet", rev + "^{commit}")
+        self.source = workdir / "baseline-checkout"
+        self.collections = workdir / "baseline-collections"
+
+    def __enter__(self):
+        git("worktree", "add", "--detach", str(self.source), self.commit)
+        link = self.collections / COLLECTION_PREFIX.rstrip("/")
+        link.parent.mkdir(parents=True)
+        link.symlink_to(self.source, target_is_directory=True)
+        return self
+
+    def __exit__(self, *exc_info):
+        with contextlib.suppress(BenchFailure):  # then remove the directory ourselves, and let git forget it
+            git("worktree", "remove", "--force", str(self.source))
+        shutil.rmtree(self.source, ignore_errors=True)
+        git("worktree", "prune")
+
+    def case(self, name):
+        return "%s@%s" % (name, self.rev)
+
+
+def base_case(name):
+    """The case a name stands for: "get@b5288e1" is the get."""
+    return name.split("@", 1)[0]
+
+
+def module_zip(remote_tmp, module="spot_pool_get"):
+    """The zip inside the AnsiballZ wrapper that ANSIBLE_KEEP_REMOTE_FILES left in `remote_tmp`: the payload
+    exactly as the controller built it."""
+    wrappers = sorted(Path(remote_tmp).glob("*/AnsiballZ_%s.py" % module))
+    if len(wrappers) != 1:
+        raise BenchFailure("expected one AnsiballZ_%s.py in %s, found %s" % (module, remote_tmp, wrappers))
+    found = re.search(r"^\s*zip_data='([^']*)'", wrappers[0].read_text(encoding="utf-8"), re.M)
+    if not found:
+        raise BenchFailure("no zip_data in %s" % wrappers[0])
+    return base64.b64decode(found.group(1))
+
+
+def payload_summary(data, source):
+    """Bytes and files of a module zip, after checking that every file of this collection in it is the same as in
+    `source` (the checkout the run had to use): which code ran is checked, not assumed."""
+    with zipfile.ZipFile(io.BytesIO(data)) as payload:
+        members = {info.filename: payload.read(info) for info in payload.infolist() if not info.is_dir()}
+    ours = {name[len(COLLECTION_PREFIX):]: body for name, body in members.items()
+            if name.startswith(COLLECTION_PREFIX)}
+    differ = []
+    for rel, body in sorted(ours.items()):
+        path = Path(source) / rel
+        if path.is_file() and path.read_bytes() == body:
+            continue
+        if not path.exists() and rel.endswith("__init__.py") and not body.strip():
+            continue  # Ansible adds an empty __init__.py for each package that has none in the tree
+        differ.append(rel)
+    if not ours or differ:
+        raise BenchFailure("the payload's collection files are not %s's: %s" % (source, differ or "none in it"))
+    return {"bytes": len(data), "files": len(members), "ours": ours}
+
+
 # == Part 1: through Ansible ============================================================================
 def shape_playbook():
     """playbooks/get_instance.yml with its get replaced by ping: what the playbook costs without the module."""
@@ -147,8 +237,9 @@ def shape_playbook():
 class AnsibleCases:
     """The commands we time, the environment they share, and what each result must say."""
 
-    def __init__(self, workdir, env):
+    def __init__(self, workdir, env, baseline=None):
         self.env = env
+        self.envs = {}  # the cases that run with another environment than `env`: the baseline's
         pb_one = workdir / "one_task.yml"
         pb_one.write_text(ONE_TASK_PLAYBOOK, encoding="utf-8")
         pb_shape = workdir / "get_instance_shape.yml"
@@ -175,15 +266,23 @@ class AnsibleCases:
             "ddb-get": "`... spot_pool_get -a store=dynamodb` (defaults: asks EC2 about the instance)",
             "ddb-trust": "`... spot_pool_get -a store=dynamodb verify_max_age=60` (no EC2 call)",
         }
+        if baseline is not None:
+            for name in BASELINE_CASES:
+                self.commands[baseline.case(name)] = self.commands[name]
+                self.labels[baseline.case(name)] = "%s, collection from %s's checkout" % (
+                    self.labels[name].split(" (", 1)[0], baseline.rev)
+                self.envs[baseline.case(name)] = dict(env, ANSIBLE_COLLECTIONS_PATH=str(baseline.collections))
 
-    def run(self, name, timeout=120):
-        """Run one case; return (wall seconds, CPU seconds, the get's result or None).
+    def run(self, name, timeout=120, extra_env=None):
+        """Run one case (`extra_env` on top of its environment); return (wall seconds, CPU seconds, the get's
+        result or None).
 
         CPU is user + system time of `ansible` and every process it waited for (its workers, the module); the
         detached refill job is not among them. On a shared machine it moves much less than wall time."""
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        proc = subprocess.run(self.commands[name], cwd=REPO, env=self.env, capture_output=True, text=True,
+        env = dict(self.envs.get(name, self.env), **(extra_env or {}))
+        proc = subprocess.run(self.commands[name], cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL, check=False)
         elapsed = time.perf_counter() - started
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -194,10 +293,52 @@ class AnsibleCases:
         results = [task["hosts"]["localhost"] for play in json.loads(proc.stdout)["plays"]
                    for task in play["tasks"] if "localhost" in task["hosts"]]
         get_result = next((result for result in results if "instance_id" in result), None)
-        if name.startswith("get") or name in ("pb-get", "ddb-get", "ddb-trust"):
+        if base_case(name) in EXPECT_VERIFIED:
             if get_result is None:
                 raise BenchFailure("%s returned no instance: %s" % (name, proc.stdout[-2000:]))
         return elapsed, cpu, get_result
+
+
+def warm_up(cases, stores, workdir, out, baseline):
+    """Each case once, not counted: first runs pay for cold caches and .pyc writes. With a baseline, the two gets
+    keep their payload (ANSIBLE_KEEP_REMOTE_FILES in a remote tmp of their own): its size is reported, and its
+    collection files are checked against the checkout each get had to run from. Returns the instances handed out."""
+    kept = {}
+    if baseline is not None:
+        kept = {"get": REPO, baseline.case("get"): baseline.source}
+    handed_out, payloads = [], {}
+    for name in cases.commands:
+        settle(stores)
+        extra = None
+        if name in kept:
+            remote_tmp = workdir / ("remote-tmp-" + name.replace("@", "-"))
+            extra = {"ANSIBLE_KEEP_REMOTE_FILES": "1", "ANSIBLE_REMOTE_TMP": str(remote_tmp)}
+        result = cases.run(name, extra_env=extra)[2]
+        if result is not None:
+            handed_out.append(result["instance_id"])
+        if name in kept:
+            payloads[name] = payload_summary(module_zip(remote_tmp), kept[name])
+            shutil.rmtree(remote_tmp)
+    if payloads:
+        report_payloads(payloads, baseline, out)
+    return handed_out
+
+
+def report_payloads(payloads, baseline, out):
+    after, before = payloads["get"], payloads[baseline.case("get")]
+    if after["ours"] == before["ours"]:
+        raise BenchFailure("the payloads of get and %s hold the same collection files: nothing to compare"
+                           % baseline.case("get"))
+    out("Payload of spot_pool_get (the module's zip in the AnsiballZ wrapper, as the controller built it):")
+    for label, payload, source in (("after  (HEAD)", after, REPO), ("before (%s)" % baseline.rev, before,
+                                                                     baseline.source)):
+        out("  %s: %d bytes, %d files (%d of them this collection's, each identical to %s)"
+            % (label, payload["bytes"], payload["files"], len(payload["ours"]), source))
+    out("  after/before: %.3f in bytes, %+d files; the collection's files %d bytes after, %d before"
+        % (after["bytes"] / before["bytes"], after["files"] - before["files"],
+           sum(map(len, after["ours"].values())), sum(map(len, before["ours"].values()))))
+    out("  only after: %s" % (", ".join(sorted(set(after["ours"]) - set(before["ours"]))) or "-"))
+    out("  only before: %s" % (", ".join(sorted(set(before["ours"]) - set(after["ours"]))) or "-"))
 
 
 def ansible_json(cmd, env, timeout=300):
@@ -257,7 +398,7 @@ def processes_mentioning(text):
     return pids
 
 
-def bench_ansible(args, workdir, out):
+def bench_ansible(args, workdir, out, baseline=None):
     modules = pool_modules()
     state = modules.state
     state_home = workdir / "state"
@@ -267,7 +408,7 @@ def bench_ansible(args, workdir, out):
     store = state.FileStore(state.pool_file_path(POOL_NAME, state.default_state_dir(env)), POOL_NAME)
     shared = dynamodb_store(modules, moto, state.default_state_dir(env))
     stores = (store, shared)
-    cases = AnsibleCases(workdir, env)
+    cases = AnsibleCases(workdir, env, baseline)
     terminated = False
     try:
         out("## Ansible: moto server %s, state in %s (%s on %s)" % (moto.url, state_home, *mount_of(workdir)[::-1]))
@@ -296,15 +437,10 @@ def bench_ansible(args, workdir, out):
         out("spot_pool_init store=dynamodb (table %s made by it) size=%d: %.2f s, counts %s"
             % (DDB_TABLE, args.pool_size, time.perf_counter() - started, init["counts"]))
         names = list(cases.commands)
-        handed_out = []
-        for name in names:  # warm-up, not counted: first runs pay for cold caches and .pyc writes
-            settle(stores)
-            result = cases.run(name)[2]
-            if result is not None:
-                handed_out.append(result["instance_id"])
+        handed_out = warm_up(cases, stores, workdir, out, baseline)
         times = {name: [] for name in names}
         cpu_times = {name: [] for name in names}
-        verified = {name: [] for name in ("get", "get-trust", "pb-get", "ddb-get", "ddb-trust")}
+        verified = {name: [] for name in names if base_case(name) in EXPECT_VERIFIED}
         refill_started = 0
         settle_seconds = 0.0
         bench_started = time.monotonic()
@@ -329,13 +465,14 @@ def bench_ansible(args, workdir, out):
             % (rounds, len(names), time.monotonic() - bench_started, settle_seconds, load_note()))
         if len(set(handed_out)) != len(handed_out):
             raise BenchFailure("an instance was handed out twice: %s" % sorted(handed_out))
-        if (verified["get"].count(False) or verified["pb-get"].count(False) or verified["get-trust"].count(True)
-                or verified["ddb-get"].count(False) or verified["ddb-trust"].count(True)):
+        if any(values.count(not EXPECT_VERIFIED[base_case(name)]) for name, values in verified.items()):
             raise BenchFailure("verified is not what the case means: %s" % verified)
-        seen = ["%d x %s" % (len(values), sorted(set(values))) for values in verified.values()]
-        out("verified: get %s, get-trust %s, pb-get %s, ddb-get %s, ddb-trust %s; %d distinct instances handed out,"
-            " refill started by %d of them" % (*seen, len(handed_out), refill_started))
+        seen = ["%s %d x %s" % (name, len(values), sorted(set(values))) for name, values in verified.items()]
+        out("verified: %s; %d distinct instances handed out, refill started by %d of them"
+            % (", ".join(seen), len(handed_out), refill_started))
         rows = report_ansible(times, cpu_times, cases.labels, out)
+        if baseline is not None:
+            report_baseline(times, baseline, out)
         terminated = teardown_pool(env, store, moto, out) and teardown_pool(env, shared, moto, out, DDB_ARGS)
         return rows
     finally:
@@ -385,18 +522,20 @@ def report_ansible(times, cpu_times, labels, out):
     out("the best-of-runs ratio and the CPU time (user + system of ansible and all it waited for, the detached")
     out("refill job excluded) show how much of a miss is the load of other processes on this machine.")
     out("")
-    out("%-9s %9s %7s %7s %7s %11s %7s %7s %7s  %s"
-        % ("case", "median s", "p90 s", "best s", "x ping", "vs target", "best x", "CPU s", "CPU x", "command"))
+    width = max(len(name) for name in times)
+    out("%-*s %9s %7s %7s %7s %11s %7s %7s %7s  %s"
+        % (width, "case", "median s", "p90 s", "best s", "x ping", "vs target", "best x", "CPU s", "CPU x", "command"))
     rows = []
     for name, values in times.items():
         median = statistics.median(values)
         ratio = median / ping
         cpu = statistics.median(cpu_times[name])
         verdict = ""
-        if name in TARGETS:
-            verdict = "%s <=%.2f" % ("PASS" if ratio <= TARGETS[name] else "MISS", TARGETS[name])
-        out("%-9s %9.3f %7.3f %7.3f %7.2f %11s %7.2f %7.3f %7.2f  %s"
-            % (name, median, percentile(values, 0.9), min(values), ratio, verdict, min(values) / ping_best, cpu,
+        if base_case(name) in TARGETS:
+            target = TARGETS[base_case(name)]
+            verdict = "%s <=%.2f" % ("PASS" if ratio <= target else "MISS", target)
+        out("%-*s %9.3f %7.3f %7.3f %7.2f %11s %7.2f %7.3f %7.2f  %s"
+            % (width, name, median, percentile(values, 0.9), min(values), ratio, verdict, min(values) / ping_best, cpu,
                cpu / ping_cpu, labels[name]))
         rows.append((labels[name], median, percentile(values, 0.9), ratio, verdict, min(values) / ping_best,
                      cpu / ping_cpu))
@@ -408,6 +547,17 @@ def report_ansible(times, cpu_times, labels, out):
                 name, ref, 1000 * (statistics.median(times[name]) - statistics.median(times[ref])),
                 1000 * statistics.median(a - b for a, b in zip(times[name], times[ref]))))
     return rows
+
+
+def report_baseline(times, baseline, out):
+    """Each get against itself at the baseline: the median over rounds of the ratio within each round."""
+    out("")
+    for name in BASELINE_CASES:
+        after, before = times[name], times[baseline.case(name)]
+        out("%s median after/before = %.2f (paired per round; medians %.3f s after, %.3f s before at %s; median"
+            " difference within a round %+.0f ms)"
+            % (name, statistics.median(a / b for a, b in zip(after, before)), statistics.median(after),
+               statistics.median(before), baseline.rev, 1000 * statistics.median(a - b for a, b in zip(after, before))))
 
 
 # == Part 2: the hand-out core =========================================================================
@@ -614,9 +764,9 @@ def markdown(ansible_rows, core_rows, command):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs of each Ansible case (default 15)")
-    parser.add_argument("--max-seconds", type=float, default=180,
-                        help="stop starting new rounds after this many seconds (default 180; at least %d rounds run)"
-                             % MIN_ROUNDS)
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop starting new rounds after this many seconds (default 180, or 900 with --baseline,"
+                             " whose 11 cases make longer rounds; at least %d rounds run)" % MIN_ROUNDS)
     parser.add_argument("--pool-size", type=int, default=5, help="pool size for the Ansible part (default 5)")
     parser.add_argument("--processes", type=int, default=32, help="concurrent callers of the core (default 32)")
     parser.add_argument("--per-process", type=int, nargs="+", default=[50, 10],
@@ -624,9 +774,14 @@ def main(argv=None):
                              " and 320 entries)")
     parser.add_argument("--solo-handouts", type=int, default=100,
                         help="hand-outs of the uncontended single-process run (default 100)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run get, get-trust and ddb-get from a checkout of REV (a temporary git worktree)"
+                             " and compare them, and their payload, with this checkout's")
     parser.add_argument("--skip-ansible", action="store_true", help="only the hand-out core")
     parser.add_argument("--skip-core", action="store_true", help="only the Ansible part")
     args = parser.parse_args(argv)
+    if args.max_seconds is None:
+        args.max_seconds = 900 if args.baseline else 180
     command = " ".join([".venv/bin/python", "bench/get_latency.py"] + (argv if argv is not None else sys.argv[1:]))
 
     def out(line=""):
@@ -637,7 +792,11 @@ def main(argv=None):
     workdir = Path(tempfile.mkdtemp(prefix="ec2spot-bench-"))
     ansible_rows, core_rows = [], []
     try:
-        if not args.skip_ansible:
+        if not args.skip_ansible and args.baseline:
+            with Baseline(args.baseline, workdir) as baseline:
+                out("Baseline %s = %s, checked out in %s" % (args.baseline, baseline.commit, baseline.source))
+                ansible_rows = bench_ansible(args, workdir, out, baseline)
+        elif not args.skip_ansible:
             ansible_rows = bench_ansible(args, workdir, out)
         if not args.skip_core:
             core_rows = bench_core(args, workdir, out)
