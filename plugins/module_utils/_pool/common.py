@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ._aws import retry
 from ._aws.connection import BOTOCORE_CONFIG
 from ._aws.connection import no_region
 from .domain.defaults import DEFAULT_TABLE
@@ -82,7 +83,7 @@ def dynamodb_client(params):
         raise no_region()
     except signing.exceptions().NoCredentialsError:
         raise PoolError("store=dynamodb found no AWS credentials: set access_key/secret_key, profile, or the AWS_* "
-                        "environment variables", error_code="NoCredentials")
+                        "environment variables", error_code=retry.NO_CREDENTIALS)
     except signing.exceptions().BotoCoreError as exc:
         raise PoolError("cannot connect to DynamoDB: %s" % exc, error_code=type(exc).__name__)
     return client

@@ -24,6 +24,7 @@ import sys
 import time
 import zipfile
 
+from ._aws import retry
 from .domain.errors import PoolError
 from .domain.errors import StateFileError
 from .stores.localfiles import check_code_directory
@@ -349,10 +350,9 @@ _CREDENTIALS_FIX = ("give the credentials the pool runs with (the modules' conne
 _INIT_FIX = "run ec2spot.pool.spot_pool_init with the pool's options (it re-creates the launch template the pool owns)"
 # Error code of a job that stopped for good -> what the user has to do before it can succeed.
 _FIXES = (
-    (("AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
-      "RequestExpired", "NoCredentials", "NoCredentialsError", "PartialCredentialsError", "Blocked",
-      "AccessDeniedException", "AccessDenied", "UnrecognizedClientException"), _CREDENTIALS_FIX),
-    (("OptInRequired", "PendingVerification"), "finish the account's set-up for EC2 in this region"),
+    (retry.EC2_DENIED_CODES | retry.DYNAMODB_DENIED_CODES | retry.NO_CREDENTIALS_CODES | retry.ACCOUNT_BLOCKED_CODES,
+     _CREDENTIALS_FIX),
+    (retry.OPT_IN_CODES | retry.PENDING_VERIFICATION_CODES, "finish the account's set-up for EC2 in this region"),
     (("InvalidLaunchTemplateId.NotFound", "InvalidLaunchTemplateName.NotFoundException",
       "InvalidLaunchTemplateId.VersionNotFound"), _INIT_FIX),
     (("NoRegion", "NoRegionError"), "set the region option when you run ec2spot.pool.spot_pool_init"),

@@ -43,6 +43,7 @@ import traceback
 
 from . import ending
 from ._aws import ec2
+from ._aws import retry
 from .domain import identity
 from .domain.defaults import ORPHAN_GRACE_SECONDS
 from .domain.end_plan import fallback_action_of
@@ -75,12 +76,8 @@ MAX_RUN_SECONDS = 900
 LOG_MAX_BYTES = 1 << 20
 # Fleet errors that a later pass may not meet again (a cool-down ends, EC2 recovers). A fleet whose offerings all
 # failed with other codes (authorisation, validation) fails the same way on every pass: the job stops instead.
-TRANSIENT_LAUNCH_ERRORS = CAPACITY_ERRORS | SUBNET_ERRORS | ACCOUNT_LIMIT_ERRORS | frozenset((
-    "RequestLimitExceeded", "Throttling", "InternalError", "InternalFailure", "Unavailable", "ServiceUnavailable",
-))
-# botocore's names for a call that got no answer (Ec2Error.code): EC2 may well answer the next job.
-CONNECTION_ERRORS = frozenset(("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-                               "ConnectionClosedError"))
+# Throttling and passing server errors that outlasted the call's retries (retry.py) pass too.
+TRANSIENT_LAUNCH_ERRORS = CAPACITY_ERRORS | SUBNET_ERRORS | ACCOUNT_LIMIT_ERRORS | retry.EC2_RETRYABLE_CODES
 
 
 class PoolGone(PoolError):
@@ -455,7 +452,7 @@ class RefillJob:
                 # Authentication, validation, a corrupt file: retrying at once would not help. Record it for
                 # info/get; a passing one (throttled for good, EC2 unreachable) lets the next get start the job.
                 code = getattr(exc, "code", None) or exc.details.get("error_code") or type(exc).__name__
-                self._stopped_on(exc.message, code, code not in TRANSIENT_LAUNCH_ERRORS | CONNECTION_ERRORS)
+                self._stopped_on(exc.message, code, code not in TRANSIENT_LAUNCH_ERRORS | retry.CONNECTION_ERRORS)
                 self.log("failed", message=exc.message)
                 return 1
             else:

@@ -7,5 +7,6 @@
 """AWS access, private to this collection: the light SigV4 client and its EC2 and DynamoDB query clients,
 the connection options, and the boto3 calls of EC2.
 
-Why get's path has clients of its own instead of botocore is written once, in signing.py. Everything here may
-import the domain (errors, tags); nothing here knows a store or an operation."""
+Why get's path has clients of its own instead of botocore is written once, in retry.py (with the retry rule that
+they share with the boto3 calls). Everything here may import the domain (errors, tags); nothing here knows a store
+or an operation."""

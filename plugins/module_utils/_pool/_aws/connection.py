@@ -6,11 +6,11 @@
 # release. Do not import it from other collections, playbooks or standalone modules; use amazon.aws instead.
 """How the pool reaches EC2: module options, the detached refill's environment, and boto3 clients.
 
-`spot_pool_get` must hand out an instance in about the time Ansible needs to start a module, and importing
-boto3 (which amazon.aws's AnsibleAWSModule does at import time) costs ~0.25 s on a ~1 s module run. So `get`
-declares the same connection options with a plain AnsibleModule and makes its one EC2 call as a signed request
-without a boto3 client (ec2query.py). `connection_argument_spec()` mirrors amazon.aws's `aws_argument_spec()`; a unit test
-compares the two so they cannot drift apart. Every other module uses AnsibleAWSModule directly.
+`spot_pool_get` must hand out an instance in about the time Ansible needs to start a module, and importing boto3
+(which amazon.aws's AnsibleAWSModule does at import time) costs too much of that (retry.py says how much, once). So
+`get` declares the same connection options with a plain AnsibleModule and makes its one EC2 call as a signed request
+without a boto3 client (ec2query.py). `connection_argument_spec()` mirrors amazon.aws's `aws_argument_spec()`; a
+unit test compares the two so they cannot drift apart. Every other module uses AnsibleAWSModule directly.
 (`debug_botocore_endpoint_logs` is accepted by `get` for module_defaults' sake, and has no effect there.)
 """
 
@@ -38,9 +38,9 @@ _ENV_FOR_OPTION = (
 # Environment variables of the controller that must not leak into the child as a second, conflicting source.
 _CLEARED_FOR_CHILD = ("AWS_ACCESS_KEY", "AWS_SECRET_KEY", "AWS_DEFAULT_PROFILE", "EC2_URL", "AWS_URL")
 
-# One retry layer, ours (ec2.py: AWSRetry.jittered_backoff, capped): botocore would otherwise retry every HTTP 500
-# on its own, and EC2 answers InsufficientInstanceCapacity with a 500, so a dry offering would be asked up to five
-# times before the launcher could move on, and throttling would be retried by two layers at once.
+# One retry layer, ours (retry.py's rule; ec2.py: AWSRetry.jittered_backoff, capped): botocore would otherwise retry
+# every HTTP 500 on its own, and EC2 answers InsufficientInstanceCapacity with a 500, so a dry offering would be
+# asked up to five times before the launcher could move on, and throttling would be retried by two layers at once.
 BOTOCORE_CONFIG = {"retries": {"mode": "standard", "total_max_attempts": 1}, "connect_timeout": 5, "read_timeout": 30}
 
 ENDPOINT_ENV = "EC2SPOT_ENDPOINT_URL"

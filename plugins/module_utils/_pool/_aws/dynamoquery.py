@@ -7,19 +7,20 @@
 """A light DynamoDB client for the hand-out path: what DynamoStore calls, without boto3.
 
 Why: `spot_pool_get` with `store: dynamodb` must cost about what `ansible localhost -m ping` costs, and a boto3
-DynamoDB client costs `import boto3` plus loading and parsing DynamoDB's service model when it is made. DynamoDB's
-API is JSON over HTTP (protocol json 1.0): each call is a POST of the request's JSON with `X-Amz-Target:
-DynamoDB_20120810.<Operation>`, signed with SigV4, answered with JSON. So this client sends the keyword arguments
-as they are and returns the answer as it comes, signed and sent by signing.py (shared with ec2query.py: its own
-SigV4 and http.client when the keys are the options' or the environment's, else botocore's signer, credential
-chain and HTTP session): no service model is loaded, boto3 is not imported, and on the fast path no botocore.
+DynamoDB client costs `import boto3` plus loading and parsing DynamoDB's service model when it is made (retry.py has
+the reason and its measured costs, once). DynamoDB's API is JSON over HTTP (protocol json 1.0): each call is a POST
+of the request's JSON with `X-Amz-Target: DynamoDB_20120810.<Operation>`, signed with SigV4, answered with JSON. So
+this client sends the keyword arguments as they are and returns the answer as it comes, signed and sent by
+signing.py (shared with ec2query.py: its own SigV4 and http.client when the keys are the options' or the
+environment's, else botocore's signer, credential chain and HTTP session): no service model is loaded, boto3 is not
+imported, and on the fast path no botocore.
 
 It is a stand-in for the boto3 client for DynamoStore's calls: the same method names, keyword arguments and return
 shapes (plus boto3's `ResponseMetadata`); errors are `botocore.exceptions.ClientError` with the `response` boto3
 gives (`Error.Code` from `__type` after the '#', `Error.Message`, and the error's other fields beside them, e.g.
 `CancellationReasons` of a TransactionCanceledException, `Item` of a ConditionalCheckFailedException), so
-DynamoStore's handling and its AWSRetry throttling retry apply unchanged. Like the collection's boto3 clients
-(connection.BOTOCORE_CONFIG) it makes one attempt per call: DynamoStore's retry is the only retry layer.
+DynamoStore's handling and its throttling retry (retry.py's rule) apply unchanged. Like the collection's boto3
+clients (connection.BOTOCORE_CONFIG) it makes one attempt per call: DynamoStore's retry is the only retry layer.
 No connection, timeout or unreachable endpoint fails as botocore does (EndpointConnectionError, ReadTimeoutError,
 ... all BotoCoreError); no credentials: NoCredentialsError; no region: NoRegionError.
 

@@ -24,6 +24,7 @@ from ansible_collections.amazon.aws.plugins.module_utils.tagging import boto3_ta
 
 from ..domain import identity
 from ..domain.errors import PoolError
+from . import retry
 
 # The tags are defined with the rules that read them (identity.py); named here too for the callers of this module.
 POOL_TAG = identity.POOL_TAG
@@ -34,11 +35,10 @@ RELEASED_TAG = identity.RELEASED_TAG  # a stopped fallback kept on purpose for r
 LEASED_TAG = identity.LEASED_TAG
 ORPHAN_TAG = identity.ORPHAN_TAG
 LIVE_STATES = identity.LIVE_STATES
-# At most 4 attempts in all (amazon.aws counts `retries` as attempts), with random pauses of up to 1, 2 and 4 s
-# between them (the 15 s cap is never reached), for throttling and the passing server errors AWSRetry knows
-# (RequestLimitExceeded, InternalError, Unavailable, ...). botocore retries nothing below this: BOTOCORE_CONFIG
-# allows it one attempt.
-_retry = AWSRetry.jittered_backoff(retries=4, delay=1, backoff=2.0, max_delay=15)
+# retry.py's rule for the boto3 calls (CALLS: at most 4 attempts in all, random pauses under 1, 2 and 4 s), for the
+# codes AWSRetry knows (retry.AWSRETRY_CODES: throttling, the passing server errors). botocore retries nothing below
+# this: BOTOCORE_CONFIG allows it one attempt.
+_retry = AWSRetry.jittered_backoff(**retry.backoff_args(retry.CALLS))
 
 
 class Ec2Error(PoolError):
@@ -55,7 +55,7 @@ class Ec2Error(PoolError):
             self.code = error.get("Code", "Unknown")
             text = error.get("Message", str(exception))
         elif isinstance(exception, botocore.exceptions.NoCredentialsError):
-            self.code = "NoCredentials"
+            self.code = retry.NO_CREDENTIALS
             text = ("no AWS credentials found: set access_key/secret_key or profile, or the AWS_ACCESS_KEY_ID/"
                     "AWS_SECRET_ACCESS_KEY or AWS_PROFILE environment variables")
         elif isinstance(exception, botocore.exceptions.NoRegionError):

@@ -7,43 +7,32 @@
 """The one EC2 call `spot_pool_get` makes: DescribeInstances of the instance it is about to hand out, as a signed
 EC2 Query API request.
 
-Why not boto3: a boto3 EC2 client loads and parses the EC2 service model (several MB of JSON) when it is created,
-0.2-0.3 s on every get, which made a checking get 1.5 x `ansible localhost -m ping`. botocore's SigV4 signer, its
-credential resolution and its HTTP session load no service model: this module builds the form body itself, signs
+Why not boto3 (nor botocore, where it can): retry.py says, once. This module builds the form body itself, signs
 it, sends it with the same connection options the module takes (region, endpoint_url, profile, keys, CA bundle /
 validate_certs, proxies from the environment), and reads the few fields it needs from the XML answer.
 
 The credentials, region, endpoint, HTTP session and signature are signing.py's, shared with dynamoquery.py: with
 keys of the options or the environment, a region and no proxy, its own SigV4 and http.client, no botocore at all.
 Everything botocore is imported inside the functions that need it, so that importing this module costs nothing;
-the pure parts (body, endpoint, XML answer, retry delays) are plain functions with plain-value tests.
+the pure parts (body, endpoint, XML answer) are plain functions with plain-value tests, and which answers are asked
+again after which pauses is retry.py's rule (its HAND_OUT policy).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import time
 
 from ..domain.errors import PoolError
+from . import retry
 from . import signing
 
 API_VERSION = "2016-11-15"
-# Answers worth asking again, after a jittered, capped pause: EC2's throttling and its passing server errors.
-# AWSRetry's EC2 codes (amazon.aws) + ThrottlingException, not imported: its retries.py loads botocore, get does not.
-RETRYABLE_CODES = frozenset(("RequestLimitExceeded", "Throttling", "ThrottlingException", "InternalError",
-                             "InternalFailure", "Unavailable", "ServiceUnavailable"))
-MAX_ATTEMPTS = 3
-BASE_DELAY = 0.5
-MAX_DELAY = 4.0
 # What to do about an error code, for the message: the get has changed nothing, the user must act.
 _AUTH_HINT = ("check the credentials the module uses (access_key/secret_key/session_token, profile, or the "
               "AWS_* environment variables) and that they allow ec2:DescribeInstances")
-_HINTS = {
-    "AuthFailure": _AUTH_HINT, "UnauthorizedOperation": _AUTH_HINT, "InvalidClientTokenId": _AUTH_HINT,
-    "SignatureDoesNotMatch": _AUTH_HINT, "ExpiredToken": _AUTH_HINT, "RequestExpired": _AUTH_HINT,
-    "NoCredentials": _AUTH_HINT, "OptInRequired": "enable EC2 in this region for the account",
-}
+_HINTS = dict(dict.fromkeys(retry.EC2_DENIED_CODES | {retry.NO_CREDENTIALS}, _AUTH_HINT),
+              **dict.fromkeys(retry.OPT_IN_CODES, "enable EC2 in this region for the account"))
 
 
 class QueryError(PoolError):
@@ -121,11 +110,6 @@ def parse_error(body):
     return (code.text if code is not None else None), (message.text if message is not None else None)
 
 
-def retry_delay(attempt, rand=random.random):
-    """Pause before attempt `attempt + 1` (attempt counts from 1): full jitter under a capped exponential."""
-    return rand() * min(MAX_DELAY, BASE_DELAY * 2 ** (attempt - 1))
-
-
 # -- the call --------------------------------------------------------------------------------------------------------
 def _credentials(params, environ=None):
     """Frozen credentials as a boto3 client with these options would find them (signing.credentials), and the
@@ -135,8 +119,9 @@ def _credentials(params, environ=None):
     except signing.exceptions().BotoCoreError as exc:  # evaluated (imported) only when something was raised
         raise QueryError(type(exc).__name__, str(exc))
     if credentials is None:
-        raise QueryError("NoCredentials", "no AWS credentials found: set access_key/secret_key or profile, or the "
-                                          "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE environment variables")
+        raise QueryError(retry.NO_CREDENTIALS,
+                         "no AWS credentials found: set access_key/secret_key or profile, or the "
+                         "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE environment variables")
     return credentials.get_frozen_credentials(), session
 
 
@@ -174,11 +159,11 @@ class InstanceStates:
                 if response.status_code == 200:
                     return parse_states(response.content)
                 code, message = parse_error(response.content)
-                retryable = code in RETRYABLE_CODES or (code is None and response.status_code >= 500)
-                if not retryable or attempt >= MAX_ATTEMPTS:
+                retryable = code in retry.QUERY_RETRYABLE_CODES or (code is None and response.status_code >= 500)
+                if not retryable or attempt >= retry.HAND_OUT.attempts:
                     raise QueryError(code or "HTTP%d" % response.status_code,
                                      message or "HTTP %d from %s" % (response.status_code, url),
                                      status=response.status_code)
-                self.sleep(retry_delay(attempt))
+                self.sleep(retry.pause(attempt, policy=retry.HAND_OUT))
         finally:
             http.close()

@@ -10,22 +10,20 @@
 DynamoDB's JSON protocol) each build their own body and read their own answer; the rest is here, once: the
 credentials, region and endpoint a boto3 client made from the module's connection options would use, the HTTP
 session (CA bundle / validate_certs, proxies, timeouts) and the SigV4 signature. botocore's signer, credential
-chain and HTTP session load no service model (a boto3 client loads and parses its service's JSON model when it is
-created: 0.2-0.3 s for EC2).
+chain and HTTP session load no service model (why that matters, with the measured costs: retry.py, written once).
 
 Everything botocore is imported inside the functions, so that importing this module costs nothing. Failures are
 botocore's own exceptions (ProfileNotFound, EndpointConnectionError, ...): each caller words them its way.
 
-The fast path: importing botocore's credential chain and HTTP session costs a get 0.1-0.3 s (botocore.compat,
-urllib3, http.client and many regexes). So when the keys are the options' or the environment's (AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; the first two places of botocore's chain, in its order) and no profile is
-named, credentials() returns them as Keys without botocore; when the region is the option's or the environment's,
-region() needs no botocore session; signed_request() then signs with SigV4 as AWS publishes it (sigv4_headers:
-hashlib and hmac), and when no proxy applies to the endpoint http_session() sends with the standard library
-(HTTPSession). A named profile, keys from anywhere else (config files, SSO, container and instance roles), a region
-from a config file or a proxy take today's botocore path. Either way a request that gets no answer raises
-botocore's exception for it (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, SSLError, ...),
-imported only then (exceptions()).
+The fast path, for what importing botocore's credential chain and HTTP session costs (retry.py): when the keys are
+the options' or the environment's (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; the first two places
+of botocore's chain, in its order) and no profile is named, credentials() returns them as Keys without botocore;
+when the region is the option's or the environment's, region() needs no botocore session; signed_request() then
+signs with SigV4 as AWS publishes it (sigv4_headers: hashlib and hmac), and when no proxy applies to the endpoint
+http_session() sends with the standard library (HTTPSession). A named profile, keys from anywhere else (config
+files, SSO, container and instance roles), a region from a config file or a proxy take today's botocore path. Either
+way a request that gets no answer raises botocore's exception for it (EndpointConnectionError, ConnectTimeoutError,
+ReadTimeoutError, SSLError, ...), imported only then (exceptions()).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ import re
 import socket
 import time
 
+from .._aws import retry
 from .._aws.signing import exceptions as botocore_exceptions
 from ..domain.claim import choose_claim
 from ..domain.claim import needs_verify
@@ -85,14 +86,10 @@ REFILL_LEASE_SECONDS = 300
 # A claim that loses this many races in a row reads the pool again (its read is stale), up to MAX_READS reads.
 LOSSES_BEFORE_REREAD = 2
 MAX_READS = 3
-# A TransactWriteItems cancelled only for these reasons is tried again, up to TRANSACTION_ATTEMPTS in all.
-PASSING_REASONS = {"ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict"}
-TRANSACTION_ATTEMPTS = 4
+# A TransactWriteItems cancelled only for passing reasons (retry.TRANSACTION_PASSING_REASONS) is tried again, up to
+# retry.CALLS.attempts in all.
 # TransactWriteItems takes at most 100 items.
 TRANSACTION_LIMIT = 100
-# Throttling codes of DynamoDB, retried besides the ones AWSRetry knows (Throttling, RequestLimitExceeded, ...).
-THROTTLING_CODES = ["ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
-                    "LimitExceededException"]
 # The IAM action each call needs, for the AccessDenied message.
 _ACTIONS = {"Query": "Query", "GetItem": "GetItem", "UpdateItem": "UpdateItem", "DeleteItem": "DeleteItem",
             "PutItem": "PutItem", "TransactWriteItems": "UpdateItem, PutItem, DeleteItem and ConditionCheckItem",
@@ -272,23 +269,24 @@ class DynamoStore(PoolStore):
                             error_code=type(exc).__name__) from exc
 
     def _attempts(self, method, params):
-        """method(**params) as AWSRetry.jittered_backoff(retries=4, delay=retry_delay, backoff=2.0,
-        max_delay=15 * retry_delay, catch_extra_error_codes=THROTTLING_CODES) calls it: up to 4 attempts, random
-        pauses of up to 1, 2 and 4 retry_delays between them (as ec2.py). The first attempt is made before amazon.aws's
-        retries module is imported (it imports botocore): a call that succeeds loads neither, and one that is
-        throttled goes on with AWSRetry's remaining 3 attempts after the pause AWSRetry would have made."""
+        """method(**params) as AWSRetry.jittered_backoff(**retry.backoff_args(retry.CALLS, scale=retry_delay),
+        catch_extra_error_codes=retry.DYNAMODB_THROTTLING_CODES) calls it: up to 4 attempts, random pauses of up to
+        1, 2 and 4 retry_delays between them (as ec2.py). The first attempt is made before amazon.aws's retries module
+        is imported (it imports botocore; retry.py says why the hand-out path avoids it): a call that succeeds loads
+        neither, and one that is throttled goes on with AWSRetry's remaining 3 attempts after the pause AWSRetry
+        would have made."""
         try:
             return method(**params)
         except botocore_exceptions().ClientError as exc:
             # pylint: disable=import-outside-toplevel
             from ansible_collections.amazon.aws.plugins.module_utils.retries import AWSRetry
 
-            if not AWSRetry.found(_code(exc), THROTTLING_CODES):
+            if not AWSRetry.found(_code(exc), retry.DYNAMODB_THROTTLING_CODES):
                 raise
-        time.sleep(random.uniform(0.0, min(self.retry_delay, 15 * self.retry_delay)))
-        retry = AWSRetry.jittered_backoff(retries=3, delay=2 * self.retry_delay, backoff=2.0,
-                                          max_delay=15 * self.retry_delay, catch_extra_error_codes=THROTTLING_CODES)
-        return retry(method)(**params)
+        time.sleep(retry.pause(1, random.random, retry.CALLS, scale=self.retry_delay))
+        retried = AWSRetry.jittered_backoff(catch_extra_error_codes=retry.DYNAMODB_THROTTLING_CODES,
+                                            **retry.backoff_args(retry.CALLS, scale=self.retry_delay, done=1))
+        return retried(method)(**params)
 
     def _error(self, operation, exc, code):
         message = exc.response.get("Error", {}).get("Message", str(exc))
@@ -296,7 +294,7 @@ class DynamoStore(PoolStore):
             return PoolError("DynamoDB table %s does not exist (%s: %s); ec2spot.pool.spot_pool_init creates it, or "
                              "create it with partition key pool (S) and sort key item (S)"
                              % (self.table, operation, message), error_code=code, table=self.table)
-        if code in ("AccessDeniedException", "UnrecognizedClientException", "AccessDenied"):
+        if code in retry.DYNAMODB_DENIED_CODES:
             return PoolError("not allowed to use DynamoDB table %s: %s needs the IAM permission dynamodb:%s on it "
                              "(%s: %s)" % (self.table, operation, _ACTIONS.get(operation, operation), code, message),
                              error_code=code, table=self.table, permission="dynamodb:%s" % operation)
@@ -554,21 +552,21 @@ class DynamoStore(PoolStore):
         """One TransactWriteItems. A cancellation only for passing reasons (throttled, or another transaction on
         one of the items at that moment) is retried as throttled calls are (the conditions still guard every
         item); a failed condition never is."""
-        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+        for attempt in range(1, retry.CALLS.attempts + 1):
             try:
                 self._call("TransactWriteItems", TransactItems=chunk)
                 return
             except botocore_exceptions().ClientError as exc:
                 reasons = [reason.get("Code") for reason in exc.response.get("CancellationReasons", [])]
                 failed = set(reason for reason in reasons if reason and reason != "None")
-                if failed and failed <= PASSING_REASONS and attempt < TRANSACTION_ATTEMPTS:
-                    time.sleep(random.uniform(0, min(15, 2 ** (attempt - 1)) * self.retry_delay))
+                if failed and failed <= retry.TRANSACTION_PASSING_REASONS and attempt < retry.CALLS.attempts:
+                    time.sleep(retry.pause(attempt, random.random, retry.CALLS, scale=self.retry_delay))
                     continue
                 if fence and len(reasons) == len(chunk) and reasons[-1] == "ConditionalCheckFailed":
                     raise RefillLeaseLost("the refill lease of %s was taken over by another controller (fencing "
                                           "number above %d): nothing was written"
                                           % (self.location, self.held_lease.fencing), table=self.table) from exc
-                if failed - {"ConditionalCheckFailed", "TransactionConflict"}:
+                if failed - {"ConditionalCheckFailed", retry.TRANSACTION_CONFLICT}:
                     raise self._error("TransactWriteItems", exc, ",".join(sorted(failed))) from exc
                 raise StoreConflict("%s changed while this change was made (another controller wrote meanwhile): "
                                     "nothing was written; run again" % self.location, table=self.table) from exc
