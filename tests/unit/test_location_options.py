@@ -23,5 +23,5 @@ def test_an_empty_or_blank_location_option_is_refused(option, value):
 def test_options_not_given_take_their_defaults():
     check_location_options({"pool_name": "ci", "state_dir": None, "pool_file": None, "dynamodb_table": None})
     check_location_options({})
-    store = pool_store({"pool_name": "ci", "store": "dynamodb", "dynamodb_table": None}, lambda: object(), "us-east-1")
+    store = pool_store({"pool_name": "ci", "store": "dynamodb", "dynamodb_table": None}, object, "us-east-1")
     assert store.table == "ec2spot-pool"

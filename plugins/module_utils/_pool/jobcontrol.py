@@ -304,6 +304,7 @@ def stop_refill(store, timeout=20.0, create=True):
     pid = (state or {}).get("refill", {}).get("pid")
     if pid and _is_refill_process(pid, store):
         os.kill(pid, signal.SIGTERM)
+
     def take(seconds):
         return lock.acquire_stopping(seconds, create=create)
     if take(timeout):
