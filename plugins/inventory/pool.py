@@ -107,13 +107,11 @@ from ansible.plugins.inventory import BaseInventoryPlugin
 
 from ansible_collections.amazon.aws.plugins.plugin_utils.inventory import AWSInventoryBase
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import identity
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import LOCATION_OPTIONS
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import check_location_options
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool._aws.connection import BOTOCORE_CONFIG
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import PoolError
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.filestore import FileStore
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.localfiles import pool_file_path
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.spec import LOCATION_OPTIONS
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.spec import check_location_options
 
 POOL_TAG = "ec2spot:pool"
 TYPE_TAG = "ec2spot:type"
@@ -175,13 +173,11 @@ class InventoryModule(AWSInventoryBase):
         try:
             # As written in the source: get_option() has already made an empty `path` option a directory.
             check_location_options({option[0]: config.get(option[0]) for option in LOCATION_OPTIONS})
+            store = self._store(pool_name)
+            state_path = store.location
             if self.get_option("store") == "dynamodb":
-                store = self._dynamodb_store(pool_name)
-                state_path = store.location
                 state = store.read()
             else:
-                state_path = pool_file_path(pool_name, self.get_option("state_dir"), self.get_option("pool_file"))
-                store = FileStore(state_path, pool_name)
                 # Checked before reading: reading takes the lock, which would create the directory and a lock file
                 # for a pool that does not exist.
                 state = store.read() if store.exists() else None
@@ -207,13 +203,17 @@ class InventoryModule(AWSInventoryBase):
 
         self._populate(pool_name, pool_hosts(state, tagged))
 
-    def _dynamodb_store(self, pool_name):
-        """The pool's DynamoDB store, with a client made from the plugin's connection options (as amazon.aws
-        inventory plugins make theirs). The options are checked (common.pool_store) before the client is made."""
+    def _store(self, pool_name):
+        """The pool's store, opened as the modules open theirs (common.pool_store, from the same options); with
+        store=dynamodb on a client made from the plugin's connection options (as amazon.aws inventory plugins make
+        theirs), once the options are checked."""
+        params = {"pool_name": pool_name, "store": self.get_option("store"),
+                  "dynamodb_table": self.get_option("dynamodb_table"), "state_dir": self.get_option("state_dir"),
+                  "pool_file": self.get_option("pool_file")}
+        if self.get_option("store") != "dynamodb":
+            return pool_store(params)
         self.require_aws_sdk()
         self._set_frozen_credentials()
-        params = {"pool_name": pool_name, "store": "dynamodb", "dynamodb_table": self.get_option("dynamodb_table"),
-                  "state_dir": self.get_option("state_dir"), "pool_file": self.get_option("pool_file")}
         return pool_store(params, lambda: self.client("dynamodb", config=BOTOCORE_CONFIG), self.region)
 
     def _tagged_instances(self, pool_name, state):

@@ -551,12 +551,12 @@ def test_no_credential_is_ever_written_to_the_table(url, table, tmp_path, kind):
 def test_the_store_imports_no_ec2_part_and_the_file_path_does_not_import_it():
     assert imports_of("stores.dynamodb") & {"_aws.ec2", "_aws.ec2query", "_aws.connection", "launcher", "refill"} == set()
     importers = sorted(name for name in pool_modules() if "stores.dynamodb" in imports_of(name))
-    # The glue that opens the store a module's options name, and the job's entry point: inside the function that
-    # opens a DynamoDB store only, never at import time (test_wire.py runs the file path and looks).
-    assert importers == ["common", "refill"]
-    for name in importers:
-        text = (POOL / (name + ".py")).read_text(encoding="utf-8")
-        assert re.findall(r"^(\s*)from \.stores\.dynamodb import", text, re.M) == ["    "]
+    # The one place that opens a store from its spec (the modules, the inventory and the job all go through it):
+    # inside the function that opens a DynamoDB store only, never at import time (test_wire.py runs the file path
+    # and looks).
+    assert importers == ["stores.opening"]
+    text = (POOL / "stores" / "opening.py").read_text(encoding="utf-8")
+    assert re.findall(r"^(\s*)from \.dynamodb import", text, re.M) == ["    "]
 
 
 # -- the rest of transaction() and claim_ready() ------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """An empty option that names where a pool lives is an error, never the option's default
-(common.check_location_options)."""
+(stores/spec.py check_location_options, which StoreSpec.from_options and so common.pool_store apply)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import check_location_options
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.common import pool_store
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.stores.spec import check_location_options
 
 
 @pytest.mark.parametrize("option", ["pool_name", "state_dir", "pool_file", "dynamodb_table"])

@@ -1,5 +1,5 @@
 """The DynamoDB store wired in: which store a module's options make (common.pool_store), the refill job's command
-line (refill.parse_arguments / open_store), the lease the job keeps (LeaseKeeper: renewed with an injected clock,
+line (refill.parse_arguments / job_store), the lease the job keeps (LeaseKeeper: renewed with an injected clock,
 lost -> the job stops and writes nothing more), change_pool's re-read on a conflict, init's rule for a pool another
 init created meanwhile, the ClientToken recorded in the table before CreateFleet, and jobcontrol taking over an
 expired lease."""
@@ -110,7 +110,7 @@ def test_the_file_path_loads_neither_the_dynamodb_store_nor_boto3(tmp_path):
 # -- the job's command line ---------------------------------------------------------------------------------------
 def test_a_file_stores_job_arguments_open_the_same_store(tmp_path):
     store = FileStore(str(tmp_path / "p.json"), "p")
-    opened = refill.open_store(refill.parse_arguments(store.job_arguments()), Unused())
+    opened = refill.job_store(refill.parse_arguments(store.spec.job_arguments()), Unused())
     assert isinstance(opened, FileStore) and (opened.path, opened.pool_name) == (store.path, "p")
 
 
@@ -122,8 +122,8 @@ def test_a_dynamodb_stores_job_arguments_open_the_same_table_pool_and_log(tmp_pa
         made.append(service)
         return object()
 
-    args = refill.parse_arguments(store.job_arguments() + ["--max-seconds", "5"])
-    opened = refill.open_store(args, factory)
+    args = refill.parse_arguments(store.spec.job_arguments() + ["--max-seconds", "5"])
+    opened = refill.job_store(args, factory)
     assert made == ["dynamodb"] and args.max_seconds == 5
     assert isinstance(opened, DynamoStore)
     assert (opened.table, opened.pool_name, opened.refill_log_path()) == ("my-table", "p", store.refill_log_path())
@@ -465,7 +465,7 @@ def test_start_refill_takes_over_a_lease_that_expired_elsewhere(table_store, mon
     assert jobcontrol.start_refill(here, {}) == (False, None), "still held: the job there carries on"
     clock.now += 2
     assert jobcontrol.start_refill(here, {}) == (True, 4242)
-    assert started and started[0][-len(here.job_arguments()):] == here.job_arguments()
+    assert started and started[0][-len(here.spec.job_arguments()):] == here.spec.job_arguments()
     # The job it starts takes the lease over (the next fencing number), and the old holder's writes are refused.
     job_lease = table_store(clock=clock).refill_lock()
     assert job_lease.acquire(blocking=False) and job_lease.fencing == elsewhere.fencing + 1
@@ -643,7 +643,7 @@ def test_the_job_on_a_table_without_a_region_says_why_and_ends(monkeypatch, tmp_
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    argv = DynamoStore(object(), "my-table", "p", str(tmp_path)).job_arguments()
+    argv = DynamoStore(object(), "my-table", "p", str(tmp_path)).spec.job_arguments()
     assert refill.main(argv) == 1
     record = json.loads(capsys.readouterr().out)
     assert record["event"] == "failed" and "could not start" in record["message"]

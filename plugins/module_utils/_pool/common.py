@@ -8,59 +8,25 @@ from __future__ import annotations
 from ._aws import retry
 from ._aws.connection import BOTOCORE_CONFIG
 from ._aws.connection import no_region
-from .domain.defaults import DEFAULT_TABLE
-from .domain.defaults import STORE
-from .domain.errors import InvalidRequest
 from .domain.errors import PoolError
-from .stores.filestore import FileStore
-from .stores.localfiles import pool_file_path
-
-
-# The options that say where a pool lives, with what to write instead of an empty value. Empty (an unset CI variable,
-# `-e spot_pool_dynamodb_table=`) never means the default: it would select, and let terminate end, another pool.
-LOCATION_OPTIONS = (
-    ("pool_name", "name the pool explicitly (for the default pool, pool_name: default)"),
-    ("dynamodb_table", "name the table explicitly, or leave the option out for the default table %s" % DEFAULT_TABLE),
-    ("state_dir", "name the directory, or leave the option out for the default (~/.local/state/ec2spot)"),
-    ("pool_file", "name the file, or leave the option out (the file is then <state_dir>/<pool_name>.json)"),
-)
-
-
-def check_location_options(params):
-    """Refuse (InvalidRequest) an option naming where the pool lives that is given but empty or blank; None is
-    "not given" (the option's default applies). Changes nothing."""
-    for name, fix in LOCATION_OPTIONS:
-        value = params.get(name)
-        if value is not None and not str(value).strip():
-            raise InvalidRequest("%s is empty: %s" % (name, fix))
+from .stores.opening import open_store
+from .stores.spec import StoreSpec
 
 
 def pool_store(params, make_dynamodb_client=None, region=None):
-    """The pool's store, as the module's options (pool_argument_spec) say: a FileStore, or with store=dynamodb a
-    DynamoStore on the client `make_dynamodb_client()` makes (default: dynamodb_client(params), for
-    spot_pool_get; an AnsibleAWSModule passes its own, see aws_pool_store). Bad options raise InvalidRequest
-    before any client is made or any call is sent; an empty option that names where the pool lives among them."""
-    check_location_options(params)
-    name = params.get("pool_name")  # validated by the store; an empty name is an error, not `default`
-    if (params.get("store") or STORE) != "dynamodb":
-        return FileStore(pool_file_path(name, params.get("state_dir"), params.get("pool_file")), name)
-    # Imported only here: the file store's modules (get above all) never load the DynamoDB store.
-    from .stores.dynamodb import DynamoStore  # pylint: disable=import-outside-toplevel
-
-    if params.get("pool_file"):
-        raise InvalidRequest("pool_file %s names a JSON state file, and store=dynamodb keeps the pool in DynamoDB "
-                             "table %s: remove pool_file (state_dir still says where the refill job's log and code "
-                             "copy go), or use store=file" % (params["pool_file"], params.get("dynamodb_table")))
-    # The store checks the table and pool names first; its client is made only for valid options.
-    table = DEFAULT_TABLE if params.get("dynamodb_table") is None else params["dynamodb_table"]
-    store = DynamoStore(None, table, name, state_dir=params.get("state_dir"))
+    """The pool's store, as the module's options (pool_argument_spec) say (stores/spec.py StoreSpec.from_options):
+    a FileStore, or with store=dynamodb a DynamoStore on the client `make_dynamodb_client()` makes (default:
+    dynamodb_client(params), for spot_pool_get; an AnsibleAWSModule passes its own, see aws_pool_store). Bad
+    options raise InvalidRequest before any client is made or any call is sent; an empty option that names where
+    the pool lives among them."""
+    spec = StoreSpec.from_options(params)
+    if spec.kind == "file":
+        return open_store(spec)
     if make_dynamodb_client is None:
-        store.client = dynamodb_client(params)
-    else:
-        if not (region or params.get("region")):
-            raise no_region()
-        store.client = make_dynamodb_client()
-    return store
+        return open_store(spec, dynamodb_client(params))
+    if not (region or params.get("region")):
+        raise no_region()
+    return open_store(spec, make_dynamodb_client())
 
 
 def dynamodb_client(params):

@@ -262,7 +262,7 @@ def start_refill(store, env, lock=None):
             # copy as in use for as long as it runs.
             proc = subprocess.Popen(  # pylint: disable=consider-using-with
                 ([nice, "-n", "10"] if nice else [])
-                + [sys.executable, "-m", REFILL_MODULE] + store.job_arguments(),
+                + [sys.executable, "-m", REFILL_MODULE] + store.spec.job_arguments(),
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, cwd="/", env=env,
                 close_fds=True, pass_fds=() if code_fd is None else (code_fd,), start_new_session=True,
             )
@@ -280,7 +280,7 @@ def _is_refill_process(pid, store):
             argv = handle.read().split(b"\0")
     except OSError:
         return False
-    return REFILL_MODULE.encode() in argv and all(arg.encode() in argv for arg in store.job_arguments())
+    return REFILL_MODULE.encode() in argv and all(arg.encode() in argv for arg in store.spec.job_arguments())
 
 
 def stop_refill(store, timeout=20.0, create=True):
@@ -305,6 +305,7 @@ def stop_refill(store, timeout=20.0, create=True):
     pid = (state or {}).get("refill", {}).get("pid")
     if pid and _is_refill_process(pid, store):
         os.kill(pid, signal.SIGTERM)
+
     def take(seconds):
         return lock.acquire_stopping(seconds, create=create)
     if take(timeout):

@@ -69,8 +69,10 @@ from .launcher import Launcher
 from .launcher import SUBNET_ERRORS
 from .launcher import ensure_template
 from .stores.base import change_pool
-from .stores.filestore import FileStore
 from .stores.localfiles import open_private
+from .stores.opening import open_store
+from .stores.spec import StoreSpec
+from .stores.spec import add_job_arguments
 
 MAX_RUN_SECONDS = 900
 LOG_MAX_BYTES = 1 << 20
@@ -533,14 +535,10 @@ def _json_logger(path):
 
 
 def parse_arguments(argv=None):
-    """The job's command line: the store (store.job_arguments(): a state file, or a DynamoDB table and the state
+    """The job's command line: the store (StoreSpec.job_arguments(): a state file, or a DynamoDB table and the state
     directory that keeps this controller's log), the pool, and how long the job may run."""
     parser = argparse.ArgumentParser(description="ec2spot.pool refill job (started by spot_pool_get)")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--state-file")
-    where.add_argument("--dynamodb-table")
-    parser.add_argument("--pool-name", required=True)
-    parser.add_argument("--state-dir", help="with --dynamodb-table: where the job's log goes")
+    add_job_arguments(parser)
     parser.add_argument("--max-seconds", type=float, default=MAX_RUN_SECONDS)
     args = parser.parse_args(argv)
     if args.state_dir and not args.dynamodb_table:
@@ -548,16 +546,11 @@ def parse_arguments(argv=None):
     return args
 
 
-def open_store(args, client_from_environment):
-    """The store the arguments name. A DynamoDB store gets a client made from the job's environment only (its
-    region, endpoint and credentials: connection.child_environment)."""
-    if args.dynamodb_table is None:
-        return FileStore(args.state_file, args.pool_name)
-    # pylint: disable=import-outside-toplevel
-    from .stores.dynamodb import DynamoStore
-
-    return DynamoStore(client_from_environment("dynamodb"), args.dynamodb_table, args.pool_name,
-                       state_dir=args.state_dir)
+def job_store(args, client_from_environment):
+    """The store the job's arguments name (StoreSpec.from_job_arguments). A DynamoDB store gets a client made from
+    the job's environment only (its region, endpoint and credentials: connection.child_environment)."""
+    spec = StoreSpec.from_job_arguments(args)
+    return open_store(spec, client_from_environment("dynamodb") if spec.kind == "dynamodb" else None)
 
 
 def main(argv=None):
@@ -565,7 +558,7 @@ def main(argv=None):
     from ._aws.connection import client_from_environment  # pylint: disable=import-outside-toplevel
 
     try:
-        store = open_store(args, client_from_environment)
+        store = job_store(args, client_from_environment)
     except PoolError as exc:  # no client (no region): nothing to record it in; the log is the job's stdout
         sys.stdout.write(json.dumps({"time": isoformat(utcnow()), "event": "failed", "pid": os.getpid(),
                                      "message": "the refill job could not start: %s" % exc.message}) + "\n")

@@ -13,6 +13,7 @@ import json
 import re
 
 from .defaults import FALLBACK_ACTIONS
+from .errors import InvalidRequest
 from .timefmt import TIME_RE
 
 
@@ -21,6 +22,14 @@ STATE_VERSION = 1
 
 # Matched with fullmatch(): `$` would also accept a name followed by a newline ("ci\n" is not pool "ci").
 POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_pool_name(pool_name):
+    """Refuse (InvalidRequest) a pool name that is not POOL_NAME_RE's: one rule for every store, so that a pool can
+    move between the stores under its name (and a name never leaves the state directory)."""
+    if not isinstance(pool_name, str) or not POOL_NAME_RE.fullmatch(pool_name):
+        raise InvalidRequest("pool_name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+                             "letter or digit" % (pool_name,))
 
 
 def new_state(pool_name, target_size, launch):

@@ -66,6 +66,9 @@ class PoolStore:
     The refill job's own things (its lock, its log, its code copy) live on the machine that runs the job; the store
     says where, since it knows where the pool lives."""
 
+    #: Where the pool lives, as one value (spec.StoreSpec): opening.open_store(store.spec, client) opens this store
+    #: again; the refill job's command line is store.spec.job_arguments().
+    spec = None
     #: The pool's name (validated by the store's maker).
     pool_name = None
     #: Where the pool lives, as error messages show it to users (the file store: the JSON file's path).
@@ -161,10 +164,6 @@ class PoolStore:
 
     def code_directory_shared(self):
         """Whether another pool may still use the code directory (so a terminate leaves the code copy there)."""
-        raise NotImplementedError
-
-    def job_arguments(self):
-        """The command-line arguments that name this store to the refill job (refill.main parses them)."""
         raise NotImplementedError
 
 

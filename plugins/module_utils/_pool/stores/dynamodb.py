@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import socket
 import time
 
@@ -51,11 +50,9 @@ from ..domain.defaults import DEFAULT_TABLE  # noqa: F401 pylint: disable=unused
 from ..domain.entries import counts
 from ..domain.entries import new_lease
 from ..domain.errors import DamagedPool
-from ..domain.errors import InvalidRequest
 from ..domain.errors import PoolError
 from ..domain.errors import RefillLeaseLost
 from ..domain.errors import StoreConflict
-from ..domain.pool import POOL_NAME_RE
 from ..domain.pool import entry_problems
 from ..domain.pool import schema_problems
 from ..domain.timefmt import isoformat
@@ -67,12 +64,10 @@ from .base import RefillLease
 from .base import Transaction
 from .localfiles import check_code_directory
 from .localfiles import check_state_directory
-from .localfiles import default_state_dir
 from .localfiles import make_private_directory
 from .localfiles import open_private
+from .spec import StoreSpec
 
-# DynamoDB's rule for table names (fullmatch).
-TABLE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 POOL_ITEM = "pool"
 LEASE_ITEM = "refill-lease"
 INSTANCE_PREFIX = "inst#"
@@ -235,18 +230,12 @@ class DynamoStore(PoolStore):
 
     def __init__(self, client, table, pool_name, state_dir=None, clock=time.time, retry_delay=1.0,
                  lease_seconds=REFILL_LEASE_SECONDS):
-        if not isinstance(table, str) or not TABLE_NAME_RE.fullmatch(table):
-            raise InvalidRequest("dynamodb_table %r is not a DynamoDB table name: use 3-255 letters, digits, '_', "
-                                 "'-' or '.'" % (table,))
-        if not pool_name or not POOL_NAME_RE.fullmatch(pool_name):
-            # The file store's rule, so that a pool can move between the stores under its name.
-            raise InvalidRequest("pool_name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with "
-                                 "a letter or digit" % (pool_name,))
+        self.spec = StoreSpec.dynamodb(table, pool_name, state_dir)  # refuses a bad table or pool name first
         self.client = client
         self.table = table
         self.pool_name = pool_name
         self.location = "dynamodb table %s, pool %s" % (table, pool_name)
-        self.directory = os.path.abspath(os.path.expanduser(state_dir or default_state_dir()))
+        self.directory = self.spec.state_dir
         self.clock = clock
         self.retry_delay = retry_delay
         self.lease_seconds = lease_seconds
@@ -750,10 +739,6 @@ class DynamoStore(PoolStore):
 
     def code_directory_shared(self):
         return True  # other pools of the table may run a job from this controller: the code copy stays
-
-    def job_arguments(self):
-        # refill.main opens the same store: the table, the pool, and where this controller keeps the job's log.
-        return ["--dynamodb-table", self.table, "--pool-name", self.pool_name, "--state-dir", self.directory]
 
 
 class _DynamoLease(RefillLease):

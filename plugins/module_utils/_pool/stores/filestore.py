@@ -45,6 +45,7 @@ from .localfiles import check_state_directory
 from .localfiles import make_private_directory
 from .localfiles import open_private
 from .localfiles import remove_own_file
+from .spec import StoreSpec
 
 
 class _RefillLock(FileLock, RefillLease):
@@ -74,6 +75,7 @@ class FileStore(PoolStore):
     and `<state dir>/code` (the job's code copy, shared by the pools of the directory)."""
 
     def __init__(self, path, pool_name):
+        self.spec = StoreSpec.file(path, pool_name)
         self.path = path
         self.location = path
         self.pool_name = pool_name
@@ -336,9 +338,6 @@ class FileStore(PoolStore):
             if name.endswith(".json") or name.endswith(".lock"):
                 return True
         return False
-
-    def job_arguments(self):
-        return ["--state-file", self.path, "--pool-name", self.pool_name]
 
     def move_aside(self, allow_foreign=False):
         """Move a damaged pool file (any unreadable one with `allow_foreign`) to `<file>.corrupt-<time>` under the

@@ -20,7 +20,7 @@ import time
 
 from ..domain.errors import InvalidRequest
 from ..domain.errors import StateFileError
-from ..domain.pool import POOL_NAME_RE
+from ..domain.pool import check_pool_name
 
 
 def default_state_dir(environ=None):
@@ -29,19 +29,20 @@ def default_state_dir(environ=None):
     return os.path.join(base, "ec2spot")
 
 
+def state_directory(state_dir=None):
+    """The absolute state directory that the option `state_dir` names (the user's default when not given)."""
+    return os.path.abspath(os.path.expanduser(state_dir or default_state_dir()))
+
+
 def pool_file_path(pool_name, state_dir=None, pool_file=None):
     if not pool_name:
         # Never a fallback to the pool `default`: an unset variable (`pool_name: "{{ name }}"`, `-e name=`) must not
         # select, and end, another pool.
         raise InvalidRequest("pool_name is empty: name the pool explicitly (for the default pool, pool_name: default)")
-    if not POOL_NAME_RE.fullmatch(pool_name):
-        raise InvalidRequest(
-            "pool_name %r is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-            % (pool_name,)
-        )
+    check_pool_name(pool_name)
     if pool_file:
         return os.path.abspath(os.path.expanduser(pool_file))
-    return os.path.join(os.path.abspath(os.path.expanduser(state_dir or default_state_dir())), pool_name + ".json")
+    return os.path.join(state_directory(state_dir), pool_name + ".json")
 
 
 # -- trust: directories and files ---------------------------------------------------------------------------------
