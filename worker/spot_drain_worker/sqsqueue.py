@@ -476,7 +476,7 @@ class SqsQueue(JobQueueBase):
             (client or self.sqs).change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=receipt,
                                                            VisibilityTimeout=visibility(seconds))
             return True
-        except AWS_ERRORS as exc:
+        except (BotoCoreError, ClientError) as exc:
             log.warning("changing a message's visibility failed: %s", exc)
             return False
 

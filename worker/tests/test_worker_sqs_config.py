@@ -63,4 +63,3 @@ def test_error_backoff_is_jittered_exponential_and_capped():
     assert [error_backoff(n, rand=lambda: 1.0) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
     assert error_backoff(100, rand=lambda: 1.0) == ERROR_BACKOFF_CAP_SECONDS
     assert error_backoff(3, rand=lambda: 0.25) == 0.5  # full jitter: a fraction of the ceiling
-
