@@ -119,3 +119,9 @@ def test_fill_in_takes_the_zone_ec2_reports():
     """fill_in (mutation run: reading the zone under another key lived)."""
     entry = entries.new_entry("i-0123456789abcdef0", availability_zone="us-east-1a")
     assert entries.fill_in(entry, described())["availability_zone"] == "us-east-1b"
+
+
+def test_an_entry_without_a_launch_time_or_now_has_no_launched_at():
+    """entry_from_instance (mutation run: formatting a missing time lived)."""
+    info = dict(described(state="pending"), launch_time=None)
+    assert entries.entry_from_instance(info)["launched_at"] is None
