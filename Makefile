@@ -19,7 +19,8 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(PYTEST_WORKERS)
 # What `make pytest` runs; tests/unit/test_make.py points it at an empty folder.
 TEST_PATHS ?= tests worker/tests
 
-.PHONY: setup demo demo-shared test pytest unit integration sanity lint bench bench-store clean molecule unit-security nspawn-tools
+.PHONY: setup demo demo-shared test pytest unit integration sanity lint bench bench-store clean molecule unit-security nspawn-tools \
+	mutation
 
 setup: $(VENV)/.installed $(COLLECTION_LINK)
 
@@ -81,6 +82,21 @@ molecule: setup nspawn-tools
 	extensions/molecule/nspawn/machine.sh down
 	$(BIN)/molecule test -s drain_worker_sqs || { $(BIN)/python extensions/molecule/drain_worker_sqs/emulator.py cleanup; exit 1; }
 	$(BIN)/python extensions/molecule/drain_worker_sqs/emulator.py cleanup
+
+# Mutation testing of the pure rules (not part of `make test`; docs/mutation.md): mutmut changes one operator or
+# constant at a time in module_utils/_pool's pure modules and runs their plain-value unit tests ([tool.mutmut] in
+# pyproject.toml) against each change; scripts/mutation_score.py then fails when a module's tests let more than 5 %
+# of its mutants live. It runs in build/mutation, where ansible_collections/ec2spot/pool links to this checkout,
+# so that the mutated copies keep the module names the tests import. Each run starts from fresh copies.
+MUTATION_DIR := build/mutation
+mutation: setup
+	rm -rf $(MUTATION_DIR)/mutants
+	mkdir -p $(MUTATION_DIR)/ansible_collections/ec2spot
+	ln -sfn ../../../.. $(MUTATION_DIR)/ansible_collections/ec2spot/pool
+	ln -sfn ../../tests $(MUTATION_DIR)/tests
+	ln -sfn ../../pyproject.toml $(MUTATION_DIR)/pyproject.toml
+	cd $(MUTATION_DIR) && $(BIN)/mutmut run --max-children $$(nproc)
+	cd $(MUTATION_DIR) && $(BIN)/python $(abspath scripts/mutation_score.py)
 
 bench: setup
 	$(BIN)/python bench/get_latency.py

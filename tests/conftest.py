@@ -15,7 +15,8 @@ from tests.support.moto import REGION, MotoServer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "build" / "collections"))
 
 # fault_proxy / fault_env: the same emulator behind an HTTP proxy that injects genuine EC2 errors.
-pytest_plugins = ["tests.support.faultproxy"]
+# ciskip: under CI=true a skipped test fails the run (worker/tests/conftest.py loads it too).
+pytest_plugins = ["tests.support.faultproxy", "tests.support.ciskip"]
 
 
 @pytest.fixture(scope="session")

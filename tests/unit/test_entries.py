@@ -84,3 +84,44 @@ def test_readiness_is_read_through_is_ready_only():
                      if path.name != "entries.py" and ('.get("ip")' in path.read_text(encoding="utf-8")
                                                        or '["ip"]' in path.read_text(encoding="utf-8")))
     assert readers == []
+
+
+def test_a_pool_is_whole_when_every_slot_holds_a_ready_instance():
+    """is_whole (mutation run: its every mutant lived, no test called it)."""
+    assert entries.is_whole({"target": 2, "ready": 2, "pending": 0}) is True
+    assert entries.is_whole({"target": 2, "ready": 3, "pending": 0}) is True  # a surplus still is whole
+    assert entries.is_whole({"target": 2, "ready": 1, "pending": 0}) is False
+    assert entries.is_whole({"target": 2, "ready": 2, "pending": 1}) is False  # a pending one is a slot not whole
+    assert entries.is_whole({"target": 1}) is False  # absent counts are 0
+    assert entries.is_whole({"ready": 1}) is True
+    assert entries.is_whole({}) is True
+
+
+def test_the_address_asked_for_is_the_public_one_unless_private_is_asked():
+    """address_of (mutation run: `== "private"` turned `!=` and the keys renamed lived)."""
+    lease = {"ip": "198.51.100.7", "public_ip": "198.51.100.7", "private_ip": "10.0.0.7"}
+    assert entries.address_of(lease) == "198.51.100.7"
+    assert entries.address_of(lease, "public") == "198.51.100.7"
+    assert entries.address_of(lease, "private") == "10.0.0.7"
+    private_only = {"ip": "10.0.0.8", "public_ip": None, "private_ip": "10.0.0.8"}
+    assert entries.address_of(private_only) == "10.0.0.8"
+
+
+def test_an_entry_from_an_instance_keeps_its_id_type_zone_and_subnet():
+    """entry_from_instance (mutation run: dropping the id, type, zone or subnet lived)."""
+    pending = entries.entry_from_instance(described(state="pending"))
+    assert (pending["id"], pending["instance_type"], pending["availability_zone"], pending["subnet_id"]) == \
+        ("i-0123456789abcdef0", "t3.micro", "us-east-1b", "subnet-1")
+    assert pending["launched_at"] == "2026-11-22T09:55:00Z"
+
+
+def test_fill_in_takes_the_zone_ec2_reports():
+    """fill_in (mutation run: reading the zone under another key lived)."""
+    entry = entries.new_entry("i-0123456789abcdef0", availability_zone="us-east-1a")
+    assert entries.fill_in(entry, described())["availability_zone"] == "us-east-1b"
+
+
+def test_an_entry_without_a_launch_time_or_now_has_no_launched_at():
+    """entry_from_instance (mutation run: formatting a missing time lived)."""
+    info = dict(described(state="pending"), launch_time=None)
+    assert entries.entry_from_instance(info)["launched_at"] is None

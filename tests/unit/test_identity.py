@@ -155,3 +155,37 @@ def test_what_another_init_made_in_the_same_store_meanwhile_is_no_collision():
     # Only the stored pool's part is left out: another store's pool of the name still collides.
     both = dict(found, **{B: {"instances": 1, "templates": []}})
     assert identity.colliding(both, {"pool_id": A}) == {B: {"instances": 1, "templates": []}}
+
+
+def test_other_pools_skip_what_is_not_another_pool_and_go_on_past_it():
+    """other_pools (mutation run: each `continue` turned `break`, the live states of a pool without ids renamed,
+    and the record of a pool seen by its template alone lived)."""
+    named = [inst("i-listed", pool_id=B), inst("i-elsewhere", pool="other", pool_id=B), inst("i-mine"),
+             inst("i-old-stopped", state="stopped", pool_id=None), inst("i-b", pool_id=B)]
+    assert identity.other_pools(named, [], "ci", A, listed=["i-listed"]) == {B: {"instances": 1, "templates": []}}
+    assert identity.other_pools([inst("i-old", state="pending", pool_id=None)], [], "ci", A) == \
+        {None: {"instances": 1, "templates": []}}
+    templates = [{"name": "lt-other", "id": "lt-1", "tags": {"ec2spot:pool": "other", "ec2spot:pool-id": B}},
+                 {"name": "lt-mine", "id": "lt-2", "tags": {"ec2spot:pool": "ci", "ec2spot:pool-id": A}},
+                 {"name": "lt-b", "id": "lt-3", "tags": {"ec2spot:pool": "ci", "ec2spot:pool-id": B}}]
+    assert identity.other_pools([], templates, "ci", A) == {B: {"instances": 0, "templates": ["lt-b"]}}
+
+
+def test_pool_ids_in_tags_count_only_live_or_kept_instances_of_the_name():
+    """pool_ids_in_tags (mutation run: `and` turned `or` lived)."""
+    found = [inst("i-1", pool="other"), inst("i-2", state="terminated"), inst("i-3", pool_id=B)]
+    assert identity.pool_ids_in_tags(found, "ci") == {B: 1}
+
+
+def test_reusable_fallbacks_go_on_past_one_of_another_subnet_or_zone():
+    """reusable_fallbacks (mutation run: the subnet and zone filters' `continue` turned `break` lived)."""
+    def stopped(instance_id, **where):
+        return inst(instance_id, state="stopped", kind="fallback", released="2026-11-22T10:00:00Z", **where)
+
+    launch = {"instance_types": ["t3.micro"], "subnet_ids": ["subnet-1"]}
+    found = identity.reusable_fallbacks([stopped("i-x", subnet="subnet-9"), stopped("i-s", subnet="subnet-1")],
+                                        launch, "ci", A)
+    assert [item["id"] for item in found] == ["i-s"]
+    launch = {"instance_types": ["t3.micro"], "availability_zones": ["us-east-1a"]}
+    found = identity.reusable_fallbacks([stopped("i-x", zone="us-east-1f"), stopped("i-z")], launch, "ci", A)
+    assert [item["id"] for item in found] == ["i-z"]

@@ -92,3 +92,16 @@ def test_reuse_is_reported_only_when_something_is_launched():
     kept = seen("i-kept", state="stopped", kind="fallback", **{"ec2spot:released-at": at(600)})
     planned = report(pool, [seen("i-1"), kept])
     assert planned["reuse"] == [] and report_changes(planned) is False
+
+
+def test_reuse_is_reported_when_slots_are_missing_and_no_fallback_is_replaced():
+    """plan_report (mutation run: `launch or extra_spot` turned `and` lived)."""
+    pool = state([entry("i-1")], target=2)
+    kept = seen("i-kept", state="stopped", kind="fallback", **{"ec2spot:released-at": at(600)})
+    planned = report(pool, [seen("i-1"), kept])
+    assert (planned["launch"], planned["replace_fallbacks"], planned["reuse"]) == (1, 0, ["i-kept"])
+
+
+def test_stopped_fallbacks_to_reuse_alone_are_no_change():
+    """report_changes leaves `reuse` out (mutation run: renaming that key lived)."""
+    assert report_changes({"fallback_action": "stop", "reuse": ["i-kept"], "launch": 0, "drop": []}) is False

@@ -351,3 +351,46 @@ def test_the_rules_import_no_aws_code():
                                             if isinstance(node, ast.ImportFrom) and not node.level}
     assert siblings <= {"identity", "entries", "timefmt", "defaults"}, siblings
     assert absolute <= {"__future__", "collections"}, absolute
+
+
+# -- rules the mutation run found untested (docs/mutation.md) -------------------------------------------------------
+def test_the_kept_fallbacks_are_described_by_id_type_zone_and_release_time():
+    """decide's `kept` (mutation run: renaming any of its keys or reading another lived)."""
+    released = isoformat(ago(60))
+    kept = described(7, state="stopped", tags={"ec2spot:released-at": released, "ec2spot:type": "fallback"})
+    plan = decide(pool(), seen(kept), NOW, POLICY)
+    assert plan.kept == {kept["id"]: {"id": kept["id"], "instance_type": kept["instance_type"],
+                                      "availability_zone": kept["availability_zone"], "released_at": released}}
+
+
+def test_an_orphan_sorted_after_an_instance_the_pool_knows_is_still_found():
+    """decide's orphan loop goes on past a known instance (mutation run: `continue` turned `break` lived)."""
+    known = pool_entry(1)
+    plan = decide(pool(instances=[known]), seen(described(known), orphan(2)), NOW, POLICY)
+    assert plan.mark_orphans == [instance_id(2)]
+
+
+def test_the_absent_grace_is_the_policy_s():
+    """decide passes policy.absent_grace_seconds to is_alive (mutation run: dropping it lived: the default is 120)."""
+    young = pool_entry(1, launched_at=isoformat(ago(200)))
+    policy = POLICY._replace(absent_grace_seconds=300)
+    assert decide(pool(instances=[young]), seen(), NOW, policy).dead == frozenset()
+
+
+def test_a_surplus_never_takes_the_ready_count_under_the_target():
+    """surplus counts the ready entries it retires (mutation run: `ready -= 1` turned `+=` lived)."""
+    first, second = pool_entry(1, kind=entries.FALLBACK), pool_entry(2, kind=entries.FALLBACK)
+    pending = pool_entry(3, ready=False)
+    assert ids(surplus([first, second, pending], 1)) == [first["id"]]
+
+
+def test_settle_records_a_new_template_and_keeps_the_rest_of_launch_and_refill():
+    """settle (mutation run: a template None rewriting launch, and launch or refill losing their other keys lived)."""
+    state = pool(launch=dict(LAUNCH, template="lt-old"))
+    state["refill"] = dict(state["refill"], pid=4242)
+    plan = decide(state, seen(), NOW, POLICY)
+    renewed = settle(state, seen(), plan, nothing_launched()._replace(template="lt-new"), NOW).state
+    assert renewed["launch"] == dict(LAUNCH, template="lt-new")
+    assert renewed["refill"]["pid"] == 4242 and renewed["refill"]["verified_at"] == isoformat(NOW)
+    unchanged = settle(state, seen(), plan, nothing_launched(), NOW).state
+    assert unchanged["launch"]["template"] == "lt-old"

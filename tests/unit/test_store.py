@@ -434,3 +434,11 @@ def test_needs_verify():
     assert needs_verify(at(61), verify=True, verify_max_age=60, now=NOW) is True
     assert needs_verify({"refill": {}}, verify=True, verify_max_age=60, now=NOW) is True  # never verified
     assert needs_verify({}, verify=True, verify_max_age=60, now=NOW) is True
+
+
+def test_needs_verify_treats_no_or_a_negative_max_age_as_always_and_1_as_one_second():
+    """needs_verify's guard (mutation run: `or` turned `and`, `<= 0` turned `<= 1` lived)."""
+    recent = {"refill": {"verified_at": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    assert needs_verify(recent, verify=True, verify_max_age=None, now=NOW) is True
+    assert needs_verify(recent, verify=True, verify_max_age=-5, now=NOW) is True
+    assert needs_verify(recent, verify=True, verify_max_age=1, now=NOW) is False

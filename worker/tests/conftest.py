@@ -17,6 +17,9 @@ sys.path.insert(2, str(Path(__file__).resolve().parents[2]))
 from fake_imds import FakeImds  # noqa: E402
 from worker_process import WorkerProcess, free_port  # noqa: E402
 
+# Under CI=true a skipped test fails the run, as in the collection's tests (tests/conftest.py).
+pytest_plugins = ["tests.support.ciskip"]
+
 
 @pytest.fixture
 def fake_imds():
