@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import isoformat
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.timefmt import parse_time
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.timefmt import isoformat
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.timefmt import parse_time
 
 TOKYO = datetime.timezone(datetime.timedelta(hours=9))
 
