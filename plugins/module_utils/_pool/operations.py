@@ -114,8 +114,7 @@ def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
     state = new_state(store.pool_name, size, launch)
     state["pool_id"] = pool_id
     old_leases = {lease["id"]: lease for lease in (previous or {}).get("leases", [])}
-    listed = [entry["id"] for entry in (previous or {}).get("instances", [])] + list(old_leases)
-    for info in identity.mine(named, store.pool_name, pool_id, listed):
+    for info in identity.mine(named, store.pool_name, pool_id, identity.listed_ids(previous)):
         if ec2.RELEASED_TAG in info["tags"] or info["state"] not in ("pending", "running"):
             continue
         entry = entry_from_instance(dict(info, subnet_id=None), info["tags"].get(ec2.TYPE_TAG), utcnow())
@@ -129,75 +128,51 @@ def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
     return state
 
 
-def _pool_id_from_tags(store, named, requested, corrupt, doing):
-    """The pool id to act on when the store gives none (identity.pool_id_without_store): the one asked for; with a
-    damaged pool in the store (`corrupt`, the StateFileError of the read, of kind "damaged"), the only one tagged
-    with the name; None when no instance of the name has an id. Anything else is refused, naming the ids found,
-    with `doing` (what pool_id=<id> would do) as the way out."""
-    from .domain import identity  # pylint: disable=import-outside-toplevel
-
-    damaged = corrupt is not None and corrupt.kind == "damaged"
-    found = identity.pools_of_name(named, store.pool_name)
-    pool_id, refusal = identity.pool_id_without_store(found, requested, damaged)
-    if refusal is None:
-        return pool_id
-    if damaged:
-        why = "its pool in %s is damaged" % store.location
-    else:
-        why = "%s, so nothing says which instances of that name are its own (they may be another controller's pool " \
-              "of the same name)" % ("there is no pool '%s' in %s" % (store.pool_name, store.location)
-                                     if corrupt is None else "%s is not this pool's readable state" % store.location)
-    raise InvalidRequest(
-        "pool '%s': %s; nothing was changed. EC2 has %s. If one of them is this pool (its state was lost), %s with "
-        "pool_id=<id> (spot_pool_info where the pool lives shows its pool_id); leave another controller's pool to "
-        "that controller" % (store.pool_name, why, refusal, doing),
-        pool_ids=sorted(key for key in found if key),
-        pools_of_name={key or "none": value for key, value in found.items()})
-
-
 def _identify(store, client, existing, rebuild, requested, region, size, corrupt=None):
     """The pool id init works with, and what EC2 knows by the pool's name (None unless it was asked).
 
     A new pool (no state file, or a rebuild that finds no pool of its name) gets a new id, once EC2 shows no
-    other live pool of that name: two pools of one name, each with its own controller, were the way one
-    controller ended the other's instances. The check reads only; it runs before anything is written.
-    What it finds is checked against the store read once more: another init may have made the pool there after
-    `existing` was read and launched before EC2 was asked (_CreatedMeanwhile, as _apply_init says it for the
-    other timing; `size` is this run's, for its message). `corrupt`: the read's StateFileError, if any (a rebuild
-    of a damaged pool of this store may take the only pool id of its name; without one, only `requested`)."""
+    other live pool of that name (_check_name_free). The check reads only; it runs before anything is written.
+    `corrupt`: the read's StateFileError, if any (a rebuild of a damaged pool of this store may take the only pool
+    id of its name; without one, only `requested`: identity.pool_id_for_init)."""
     from ._aws import ec2  # pylint: disable=import-outside-toplevel
     from .domain import identity  # pylint: disable=import-outside-toplevel
 
-    if requested and not identity.valid_pool_id(requested):
-        raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
-                             % (requested,))
     known = (existing or {}).get("pool_id")
-    if requested and known and requested != known:
-        raise InvalidRequest("pool_id %s does not match the pool id %s in %s; leave pool_id out, or use the "
-                             "state file of pool %s" % (requested, known, store.location, requested))
+    identity.check_pool_id(requested, known, store.location,
+                           "; leave pool_id out, or use the state file of pool %s" % (requested,))
     if existing is not None and not rebuild:
         return known, None
     named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
-    pool_id = requested
-    if rebuild:
-        pool_id = known or _pool_id_from_tags(store, named, requested, corrupt, "rebuild it")
-    if pool_id is None or not any(identity.is_member(item["tags"], store.pool_name, pool_id) for item in named):
+    pool_id = identity.pool_id_for_init(named, store.pool_name, store.location, known, requested, rebuild,
+                                        corrupt.kind if corrupt is not None else None)
+    if not identity.known_to_ec2(named, store.pool_name, pool_id):
         # A pool that EC2 does not know yet: its name must be free.
         pool_id = pool_id or identity.new_pool_id()
-        listed = [entry["id"] for entry in (existing or {}).get("instances", []) + (existing or {}).get("leases", [])]
-        others = identity.other_pools(named, ec2.describe_pool_templates(client, store.pool_name), store.pool_name,
-                                      pool_id, listed)
-        if others and not rebuild:
-            # Read again only here: an init that finds the name free pays no second read. A rebuild takes over
-            # whatever the store holds, so a pool made meanwhile is no reason for it to stop.
-            stored = _read_again(store)
-            others = identity.colliding(others, stored)
-            if not others:
-                raise _created_meanwhile(store, stored, size)
-        if others:
-            raise InvalidRequest(identity.collision_message(store.pool_name, region, others),
-                                 other_pools={key or "none": value for key, value in others.items()})
+        _check_name_free(store, client, named, existing, pool_id, rebuild, region, size)
     return pool_id, named
+
+
+def _check_name_free(store, client, named, existing, pool_id, rebuild, region, size):
+    """Refuse a new pool (`pool_id`) whose name another live pool uses: two pools of one name, each with its own
+    controller, were the way one controller ended the other's instances. What EC2 shows is checked against the
+    store read once more: another init may have made the pool there after `existing` was read and launched before
+    EC2 was asked (_CreatedMeanwhile, as _apply_init says it for the other timing; `size` is this run's, for its
+    message)."""
+    from ._aws import ec2  # pylint: disable=import-outside-toplevel
+    from .domain import identity  # pylint: disable=import-outside-toplevel
+
+    others = identity.other_pools(named, ec2.describe_pool_templates(client, store.pool_name), store.pool_name,
+                                  pool_id, identity.listed_ids(existing))
+    if others and not rebuild:
+        # Read again only here: an init that finds the name free pays no second read. A rebuild takes over
+        # whatever the store holds, so a pool made meanwhile is no reason for it to stop.
+        stored = _read_again(store)
+        others = identity.colliding(others, stored)
+        if not others:
+            raise _created_meanwhile(store, stored, size)
+    if others:
+        raise identity.collision_error(store.pool_name, region, others)
 
 
 def _read_again(store):
@@ -225,7 +200,7 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
 
     With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first
     moved aside to `<file>.corrupt-<time>`, never overwritten): the instances of its pool id, which `pool_id`
-    gives, or for a damaged file the only pool id tagged with the name (_pool_id_from_tags). `force_rebuild`: for a
+    gives, or for a damaged file the only pool id tagged with the name (identity.pool_id_from_tags). `force_rebuild`: for a
     file that is not recognisably this pool's. Anything else unreadable is an error, and nothing is moved or
     written. Before anything is written or launched, the options are checked, and what would be launched
     against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas). The store's place
@@ -723,36 +698,6 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
     return plan.terminate, plan.stop, sorted(orphans), sorted(kept)
 
 
-def _terminate_pool_id(store, state, named, requested, warnings, corrupt=None):
-    """The id whose instances terminate ends: the state's; without a readable state, `pool_id` (or, for a damaged
-    pool of this store, the only id tagged with the pool's name: _pool_id_from_tags)."""
-    from .domain import identity  # pylint: disable=import-outside-toplevel
-
-    if requested and not identity.valid_pool_id(requested):
-        raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
-                             % (requested,))
-    known = (state or {}).get("pool_id")
-    if known:
-        if requested and requested != known:
-            raise InvalidRequest("pool_id %s does not match the pool id %s in %s" % (requested, known, store.location))
-        return known
-    if state is not None:
-        # A pool made before pool ids that no refill has run for since: only what its state lists is its own.
-        listed = {entry["id"] for entry in state["instances"] + state["leases"]}
-        unknown = sorted(item["id"] for item in named if item["id"] not in listed
-                         and not item["tags"].get(identity.POOL_ID_TAG) and item["state"] in identity.LIVE_OR_KEPT)
-        if unknown:
-            warnings.append("instances tagged with the name '%s' but with no pool id were left alone, as this pool "
-                            "(made before pool ids) does not list them and they may be another controller's: %s"
-                            % (store.pool_name, ", ".join(unknown)))
-        return requested
-    pool_id = _pool_id_from_tags(store, named, requested, corrupt, "end it")
-    if pool_id and not requested:
-        warnings.append("pool '%s' has a damaged state that cannot say its pool id; ended the instances of pool id "
-                        "%s, the only pool of this name in EC2" % (store.pool_name, pool_id))
-    return pool_id
-
-
 def terminate_pool(store, client, fallback_action="terminate", include_orphans=True, check_mode=False,
                    pool_id=None):
     """End the pool: stop its refill job, terminate its instances (fallbacks stopped instead with
@@ -760,6 +705,7 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
     # pylint: disable=import-outside-toplevel
     from ._aws import ec2
     from . import ending
+    from .domain import identity
 
     warnings = []
     corrupt = None
@@ -772,7 +718,9 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
 
     def plan(current, notes=warnings):
         named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
-        chosen = _terminate_pool_id(store, current, named, pool_id, notes, corrupt)
+        chosen, said = identity.pool_id_to_end(current, named, store.pool_name, store.location, pool_id,
+                                               corrupt.kind if corrupt is not None else None)
+        notes.extend(said)
         return (chosen,) + select_for_terminate(current, named, store.pool_name, chosen, fallback_action,
                                                 include_orphans)
 
