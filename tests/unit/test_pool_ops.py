@@ -266,6 +266,27 @@ def test_release_without_an_id_ends_nobody_s_lease(pool, client, instance_id):
     assert states(client, [other["instance_id"]]) == {other["instance_id"]: "running"}
 
 
+def test_the_lease_to_release_is_a_lease_or_nothing_with_its_reason():
+    """One answer type: the lease (a dict), or NothingToRelease saying why; contradictions are InvalidRequest."""
+    first = {"id": "i-1", "lease_id": "l-1", "leased_at": "2026-11-22T10:00:00Z"}
+    second = {"id": "i-2", "lease_id": "l-2", "leased_at": "2026-11-22T11:00:00Z"}
+    state = {"instances": [], "leases": [second, first]}
+    choose = ops.lease_to_release
+    assert choose("p", state, "latest", None) is second
+    assert choose("p", state, None, "l-1") is first and choose("p", state, "i-1", "l-1") is first
+    assert choose("p", state, "i-2", None) is second
+    for instance_id, lease_id, pool, why in (("latest", None, None, "the pool has no lease"),
+                                             ("", None, state, "no instance_id and no lease_id given"),
+                                             ("i-1", "l-9", state, "lease l-9 is not held any more (instance i-1")):
+        with pytest.raises(ops.NothingToRelease) as nothing:
+            choose("p", pool, instance_id, lease_id)
+        assert str(nothing.value).startswith(why)
+    for instance_id, lease_id, why in (("latest", "l-1", "exclude each other"), ("i-2", "l-1", "is of instance i-1"),
+                                       ("i-9", None, "not leased from pool 'p'; its leases are: i-2, i-1")):
+        with pytest.raises(InvalidRequest, match=why):
+            choose("p", state, instance_id, lease_id)
+
+
 def test_get_returns_a_lease_id_and_release_ends_only_that_lease(pool, client):
     mine = ops.get_instance(pool, no_client, verify=False, refill=False)
     other = ops.get_instance(pool, no_client, verify=False, refill=False)

@@ -607,8 +607,13 @@ def _nothing_released(store, state, why):
             "msg": "nothing released from pool '%s': %s" % (store.pool_name, why)}
 
 
-def _lease_to_release(store, state, instance_id, lease_id):
-    """The lease the caller holds, or a reason why there is nothing to release (a str).
+class NothingToRelease(Exception):
+    """lease_to_release found nothing the caller may end; the reason (str(exc)) is the result's message."""
+
+
+def lease_to_release(pool_name, state, instance_id, lease_id):
+    """The lease the caller holds, from the pool's state (None: no pool); raises NothingToRelease with the reason
+    when there is nothing to release, InvalidRequest when the names contradict each other or the pool.
 
     A release ends only what its caller names: an instance id, a lease id (the token `get` returned), or the
     explicit `latest`. An empty name is "nothing": a CI step whose get failed, or a cleanup step that runs
@@ -619,18 +624,19 @@ def _lease_to_release(store, state, instance_id, lease_id):
             raise InvalidRequest("instance_id=latest and lease_id exclude each other: pass the lease_id (and the "
                                  "instance_id) that spot_pool_get returned, or instance_id=latest alone")
         if not leases:
-            return "the pool has no lease"
+            raise NothingToRelease("the pool has no lease")
         return max(enumerate(leases), key=lambda item: (item[1].get("leased_at") or "", item[0]))[1]
     if not instance_id and not lease_id:
-        return ("no instance_id and no lease_id given (the step that got the instance may have failed); "
-                "pass the instance_id and lease_id that spot_pool_get returned, or instance_id=latest")
+        raise NothingToRelease("no instance_id and no lease_id given (the step that got the instance may have "
+                               "failed); pass the instance_id and lease_id that spot_pool_get returned, or "
+                               "instance_id=latest")
     if lease_id:
         lease = next((item for item in leases if item.get("lease_id") == lease_id), None)
         if lease is None:
             # Already released (a retried step), expired, or never this pool's: the instance may be leased
             # again by someone else by now, so it is not touched.
-            return "lease %s is not held any more%s" % (
-                lease_id, " (instance %s is not touched)" % instance_id if instance_id else "")
+            raise NothingToRelease("lease %s is not held any more%s" % (
+                lease_id, " (instance %s is not touched)" % instance_id if instance_id else ""))
         if instance_id and lease["id"] != instance_id:
             raise InvalidRequest("lease %s is of instance %s, not %s: pass the instance_id and lease_id that the "
                                  "same spot_pool_get returned" % (lease_id, lease["id"], instance_id))
@@ -638,7 +644,7 @@ def _lease_to_release(store, state, instance_id, lease_id):
     lease = next((item for item in leases if item["id"] == instance_id), None)
     if lease is None:
         raise InvalidRequest("instance %s is not leased from pool '%s'; its leases are: %s"
-                             % (instance_id, store.pool_name, ", ".join(item["id"] for item in leases) or "none"))
+                             % (instance_id, pool_name, ", ".join(item["id"] for item in leases) or "none"))
     return lease
 
 
@@ -648,9 +654,10 @@ def release_instance(store, client, instance_id=None, fallback_action=None, chec
     from . import ending  # pylint: disable=import-outside-toplevel
 
     state = store.read()
-    lease = _lease_to_release(store, state, instance_id, lease_id)
-    if not isinstance(lease, dict):
-        return _nothing_released(store, state, lease)
+    try:
+        lease = lease_to_release(store.pool_name, state, instance_id, lease_id)
+    except NothingToRelease as nothing:
+        return _nothing_released(store, state, str(nothing))
     plan = plan_end([lease], fallback_action or fallback_action_of(state["launch"]))
     action = "stop" if plan.stop else "terminate"
     result = {"changed": True, "instance_id": lease["id"], "type": lease.get("type"), "action": action}
