@@ -173,7 +173,8 @@ def test_a_pool_id_asked_for_must_be_one_and_agree_with_the_store():
     identity.check_pool_id(None, A, WHERE)
     identity.check_pool_id(A, A, WHERE)
     identity.check_pool_id(B, None, WHERE)  # the store says none: the id asked for is not contradicted
-    assert "'ABC' is not a pool id: 16 lower-case hex digits" in refusal(identity.check_pool_id, "ABC", A, WHERE).message
+    bad = refusal(identity.check_pool_id, "ABC", A, WHERE)
+    assert "'ABC' is not a pool id: 16 lower-case hex digits" in bad.message
     error = refusal(identity.check_pool_id, B, A, WHERE, "; leave pool_id out")
     assert error.message == "pool_id %s does not match the pool id %s in %s; leave pool_id out" % (B, A, WHERE)
 

@@ -10,6 +10,7 @@ the write changes nothing; check mode reads but never writes or launches.
 
 from __future__ import annotations
 
+import collections
 import time
 
 from . import jobcontrol
@@ -72,6 +73,29 @@ DEFAULT_INIT_WAIT_TIMEOUT = 300
 # The collection's own tag keys (ec2spot:pool, ec2spot:type, ec2spot:leased-at, ...): the sweep and the rebuild
 # read them, so a user tag in this namespace would be taken for the pool's own bookkeeping.
 RESERVED_TAG_PREFIX = "ec2spot:"
+
+
+class InitRequest(collections.namedtuple("InitRequest", [
+        "size", "launch", "wait", "wait_timeout", "max_size", "rebuild", "force_rebuild", "pool_id", "create_table",
+        "check_mode"], defaults=(True, DEFAULT_INIT_WAIT_TIMEOUT, DEFAULT_MAX_SIZE, False, False, None, True, False))):
+    """What spot_pool_init asks for (init_request makes it from the module's options), as init_pool reads it.
+
+    size: the number of instances the pool keeps. launch: launch_settings() (what every later launch repeats).
+    wait, wait_timeout: whether init waits, and how long, for every instance to run and have an address.
+    max_size: the guard against a typo in size. rebuild: make a lost or damaged pool again from EC2's tags;
+    force_rebuild: also move aside a file that is not recognisably this pool's. pool_id: the pool id to act on
+    (a rebuild of a lost pool names it; otherwise it must agree with the store's). create_table: the store may make
+    its place (the DynamoDB table). check_mode: read, never write or launch."""
+
+    __slots__ = ()
+
+
+def init_request(params, region, check_mode=False):
+    """The InitRequest of spot_pool_init's options (`params`, as the module has them) in `region`."""
+    return InitRequest(size=params["size"], launch=launch_settings(params, region), wait=params["wait"],
+                       wait_timeout=params["wait_timeout"], max_size=params["max_size"], rebuild=params["rebuild"],
+                       force_rebuild=params["force_rebuild"], pool_id=params["pool_id"],
+                       create_table=params["create_table"], check_mode=check_mode)
 
 
 def require_non_negative(**values):
@@ -193,86 +217,118 @@ def _rebuildable(error, rebuild, force_rebuild):
     return (error.kind == "damaged" and (rebuild or force_rebuild)) or (error.kind == "foreign" and force_rebuild)
 
 
-def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_WAIT_TIMEOUT, check_mode=False,
-              refill_env=None, rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic,
-              max_size=DEFAULT_MAX_SIZE, quotas_client=None, pool_id=None, create_table=True):
-    """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
+def init_pool(store, client, request, refill_env=None, quotas_client=None, sleep=time.sleep, clock=time.monotonic):
+    """Create or update the pool and fill it to `request.size` (an InitRequest); with `wait`, until every instance
+    has an address.
 
     With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first
     moved aside to `<file>.corrupt-<time>`, never overwritten): the instances of its pool id, which `pool_id`
-    gives, or for a damaged file the only pool id tagged with the name (identity.pool_id_from_tags). `force_rebuild`: for a
-    file that is not recognisably this pool's. Anything else unreadable is an error, and nothing is moved or
-    written. Before anything is written or launched, the options are checked, and what would be launched
-    against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas). The store's place
-    (the DynamoDB store's table) is checked first and made, with `create_table`, only once nothing else refused
-    the request; check mode never makes it."""
-    # pylint: disable=import-outside-toplevel
+    gives, or for a damaged file the only pool id tagged with the name (identity.pool_id_from_tags).
+    `force_rebuild`: for a file that is not recognisably this pool's. Anything else unreadable is an error, and
+    nothing is moved or written. Before anything is written or launched, the options are checked, and what would
+    be launched against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas). The
+    store's place (the DynamoDB store's table) is checked first and made, with `create_table`, only once nothing
+    else refused the request; check mode never makes it. `refill_env`: the environment of the refill job init
+    starts when the pool is not whole yet (None: none is started)."""
     # The launcher pulls in boto3; get must not import this path.
-    from .launcher import account_limit_problem
-    from .launcher import ensure_template
-    from .launcher import validate_launch
-    from .refill import LeaseKeeper
-    from .refill import adopt_pool_id
-    from .refill import reconcile
+    from .launcher import validate_launch  # pylint: disable=import-outside-toplevel
 
-    check_init_request(size, launch, wait_timeout, max_size)
+    size, launch = request.size, request.launch
+    check_init_request(size, launch, request.wait_timeout, request.max_size)
     validate_launch(client, launch)
-    # A table of another shape, a missing one that may not be made, no permission: refused before anything else.
-    store_ready = store.prepare(create=create_table, dry_run=True)
-    corrupt = None
-    try:
-        existing = store.read() if store_ready else None
-    except StateFileError as exc:
-        if not _rebuildable(exc, rebuild, force_rebuild):
-            raise
-        existing, corrupt = None, exc
-    rebuild = rebuild or force_rebuild
+    store_ready, existing, corrupt = _read_for_init(store, request)
+    rebuild = request.rebuild or request.force_rebuild
     warnings = []
     have = len(existing["instances"]) if existing else 0
-    problem = account_limit_problem(client, quotas_client, launch, size - have, warnings.append)
-    if problem:
-        raise InvalidRequest("pool '%s': %s" % (store.pool_name, problem), warnings=warnings)
-    pool_id, named = _identify(store, client, existing, rebuild, pool_id, launch.get("region"), size, corrupt)
+    _check_account_limits(store, client, quotas_client, launch, size - have, warnings)
+    pool_id, named = _identify(store, client, existing, rebuild, request.pool_id, launch.get("region"), size, corrupt)
     old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
     spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
-    if check_mode:
+    if request.check_mode:
         return {"changed": spec_changed or have != size or not store_ready, "launched": [], "terminated": [],
                 "would_launch": max(0, size - have), "pool": _pool_view(existing), "counts": counts(existing),
                 "warnings": warnings, "pool_id": pool_id}
-
-    if not store_ready:
-        store.prepare(create=create_table)
-    if existing is not None and not existing.get("pool_id"):
-        # A pool made before pool ids: it adopts one now (see adopt_pool_id), before its template is named.
-        existing = adopt_pool_id(store, client, existing, pool_id)
-        pool_id = existing["pool_id"]
     made = []  # the template this run makes, if any: nothing refers to it until the pool is written
-    launch = dict(launch, template=ensure_template(client, store.pool_name, pool_id,
-                                                   dict(launch, template=(existing or {}).get("launch", {})
-                                                        .get("template")), made=made))
+    existing, pool_id, launch = _ready_to_write(store, client, request, store_ready, existing, pool_id, made)
     try:
-        lock, aside = _write_pool(store, corrupt, force_rebuild,
+        lock, aside = _write_pool(store, corrupt, request.force_rebuild,
                                   lambda tx: _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id))
     except Exception as exc:
         # Not written (another init created the pool meanwhile, a state directory refused, a failed write): what
         # this run made in EC2 goes, or it would block the pool's name for every later init.
         _remove_made_templates(client, made, exc)
         raise
+    launched, dropped, retired = _fill(store, client, lock, request, sleep, clock)
+    result = _init_result(store, size, refill_env, bool(spec_changed or launched or dropped or retired), launched,
+                          retired, warnings)
+    if corrupt is not None and aside:
+        result["moved_aside"] = aside
+    return result
+
+
+def _read_for_init(store, request):
+    """(whether the store's place is ready, the pool it holds or None, the StateFileError that init may rebuild
+    past or None). A table of another shape, a missing one that may not be made, no permission: refused here,
+    before anything else."""
+    store_ready = store.prepare(create=request.create_table, dry_run=True)
+    try:
+        return store_ready, (store.read() if store_ready else None), None
+    except StateFileError as exc:
+        if not _rebuildable(exc, request.rebuild, request.force_rebuild):
+            raise
+        return store_ready, None, exc
+
+
+def _check_account_limits(store, client, quotas_client, launch, more, warnings):
+    """Refuse (InvalidRequest) `more` instances that the account's limits would not allow; notes go to `warnings`."""
+    from .launcher import account_limit_problem  # pylint: disable=import-outside-toplevel
+
+    problem = account_limit_problem(client, quotas_client, launch, more, warnings.append)
+    if problem:
+        raise InvalidRequest("pool '%s': %s" % (store.pool_name, problem), warnings=warnings)
+
+
+def _ready_to_write(store, client, request, store_ready, existing, pool_id, made):
+    """What init does before it writes: make the store's place, adopt a pool id for a pool made before pool ids
+    (adopt_pool_id, before its template is named), and ensure the pool's launch template (one it makes is added to
+    `made`). Returns (the pool as it now is, its pool id, the launch settings with the template)."""
+    # pylint: disable=import-outside-toplevel
+    from .launcher import ensure_template
+    from .refill import adopt_pool_id
+
+    if not store_ready:
+        store.prepare(create=request.create_table)
+    if existing is not None and not existing.get("pool_id"):
+        existing = adopt_pool_id(store, client, existing, pool_id)
+        pool_id = existing["pool_id"]
+    previous = dict(request.launch, template=(existing or {}).get("launch", {}).get("template"))
+    launch = dict(request.launch, template=ensure_template(client, store.pool_name, pool_id, previous, made=made))
+    return existing, pool_id, launch
+
+
+def _fill(store, client, lock, request, sleep, clock):
+    """Refill passes under init's `lock` (released at the end): one, or with `request.wait` until the pool is whole
+    (PoolError after wait_timeout). Returns what they launched, dropped and retired, as three id lists."""
+    # pylint: disable=import-outside-toplevel
+    from .refill import LeaseKeeper
+    from .refill import reconcile
+
     try:
         launched, dropped, retired = [], [], []
-        deadline = clock() + wait_timeout
+        deadline = clock() + request.wait_timeout
         keeper = LeaseKeeper.of(store, lock)  # a wait may outlast the lease: renewed while it lasts
         while True:
             result = reconcile(store, client, heartbeat=keeper.beat)
             launched += result.launched + result.replayed
             dropped += result.dropped
             retired += result.retired
-            if result.whole or not wait:
+            if result.whole or not request.wait:
                 break
             if clock() >= deadline:
                 raise PoolError(
                     "pool '%s' has %d ready of %d after wait_timeout=%ss; %d pending"
-                    % (store.pool_name, result.counts["ready"], size, wait_timeout, result.counts["pending"]),
+                    % (store.pool_name, result.counts["ready"], request.size, request.wait_timeout,
+                       result.counts["pending"]),
                     launched=launched, counts=result.counts,
                 )
             sleep(1.0)
@@ -280,17 +336,19 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     finally:
         if lock is not None:
             lock.release()
+    return launched, dropped, retired
+
+
+def _init_result(store, size, refill_env, changed, launched, retired, warnings):
+    """init's result, from the pool as written; starts the refill job if the pool is not whole."""
     state = store.read()
     pool_counts = counts(state)
     if refill_env is not None and (pool_counts["pending"] or pool_counts["fallback"] or pool_counts["ready"] < size):
         # Addresses still to fill in (wait=false), or fallbacks to replace by Spot: the job goes on in the background.
         jobcontrol.start_refill(store, refill_env)
-    result = {"changed": bool(spec_changed or launched or dropped or retired), "launched": launched,
-              "terminated": retired, "pool": _pool_view(state), "counts": pool_counts, "pool_id": state.get("pool_id"),
-              "cooldowns": state.get("cooldowns", []), "warnings": warnings}
-    if corrupt is not None and aside:
-        result["moved_aside"] = aside
-    return result
+    return {"changed": changed, "launched": launched, "terminated": retired, "pool": _pool_view(state),
+            "counts": pool_counts, "pool_id": state.get("pool_id"), "cooldowns": state.get("cooldowns", []),
+            "warnings": warnings}
 
 
 def _write_pool(store, corrupt, force_rebuild, change):
