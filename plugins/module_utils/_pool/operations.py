@@ -462,10 +462,7 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
     error, and nothing is created for it."""
     # pylint: disable=import-outside-toplevel
     # The refill pulls in boto3 and the launcher; get must not import this path.
-    from .refill import LeaseKeeper
-    from .refill import PoolGone
     from .refill import preview
-    from .refill import reconcile
     from .domain.refill_plan import report_changes
 
     require_non_negative(wait_timeout=wait_timeout)
@@ -489,22 +486,8 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
             if not wait:
                 return _reconcile_result(state, passes, done, True,
                                          "pool '%s': %s; nothing done" % (store.pool_name, REFILL_RUNNING))
-            if not lock.acquire(timeout=max(0.0, deadline - clock())):
-                raise PoolError("pool '%s': the refill job still held the pool's refill lock after wait_timeout=%ss; "
-                                "it does the same work (see %s), or run again with a longer wait_timeout"
-                                % (store.pool_name, wait_timeout, store.refill_log_path()),
-                                refill_running=True, passes=passes, counts=counts(store.read()))
-        try:
-            before = store.read()
-            try:
-                if before is None:
-                    raise PoolGone("pool '%s' was terminated during the reconcile" % store.pool_name)
-                outcome = reconcile(store, client, heartbeat=LeaseKeeper.of(store, lock).beat)
-            except PoolGone:
-                lock.remove()  # made for a pool that no longer exists: nothing may be left of it
-                raise
-        finally:
-            lock.release()
+            _wait_for_the_job(store, lock, max(0.0, deadline - clock()), wait_timeout, passes)
+        before, outcome = _locked_pass(store, client, lock)
         passes += 1
         state = store.read() or before
         for key in RECONCILE_LISTS:
@@ -523,6 +506,38 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
                              "pool '%s': %d pass%s, %d ready of %d" % (
                                  store.pool_name, passes, "" if passes == 1 else "es", counts(state)["ready"],
                                  counts(state)["target"]))
+
+
+def _wait_for_the_job(store, lock, timeout, wait_timeout, passes):
+    """Take the refill `lock` that the job holds, waiting up to `timeout` seconds; PoolError if it is still held
+    (`wait_timeout` and `passes`, the passes done so far, for the error)."""
+    if not lock.acquire(timeout=timeout):
+        raise PoolError("pool '%s': the refill job still held the pool's refill lock after wait_timeout=%ss; "
+                        "it does the same work (see %s), or run again with a longer wait_timeout"
+                        % (store.pool_name, wait_timeout, store.refill_log_path()),
+                        refill_running=True, passes=passes, counts=counts(store.read()))
+
+
+def _locked_pass(store, client, lock):
+    """One refill pass under the refill `lock` (taken by the caller, released here): (the pool before it, its
+    ReconcileResult). A pool terminated meanwhile raises PoolGone, and the lock made for it is removed."""
+    # pylint: disable=import-outside-toplevel
+    from .refill import LeaseKeeper
+    from .refill import PoolGone
+    from .refill import reconcile
+
+    try:
+        before = store.read()
+        try:
+            if before is None:
+                raise PoolGone("pool '%s' was terminated during the reconcile" % store.pool_name)
+            outcome = reconcile(store, client, heartbeat=LeaseKeeper.of(store, lock).beat)
+        except PoolGone:
+            lock.remove()  # made for a pool that no longer exists: nothing may be left of it
+            raise
+    finally:
+        lock.release()
+    return before, outcome
 
 
 # -- get --------------------------------------------------------------------------------------------------
@@ -575,50 +590,21 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
     if lease_ttl < 0:
         raise InvalidRequest("lease_ttl must be a number of seconds, or 0 for a lease that never expires; got %d"
                              % lease_ttl)
-    deadline = clock() + wait_timeout
-    alive, dead, dropped = set(), set(), []
-    verified = False
-    refill_started = None
-    while True:
+
+    def claim_ready(dead, alive):
         # One store call: the drops and the lease in one atomic step, the last step of a get that can fail.
-        claim = store.claim_ready(dead, alive, lease_ttl, verify=verify, verify_max_age=verify_max_age,
-                                  check_mode=check_mode)
-        if claim is None:
-            raise _no_pool(store)
-        dropped += [instance_id for instance_id in claim.dropped if instance_id not in dropped]
-        if claim.lease is not None:
-            break
-        if claim.unchecked:
-            # Outside the lock. One id: the common case is one call for one instance. After a dead one, all the
-            # other candidates in one call: an instance seldom dies alone (an interruption wave, a pool ended
-            # outside it). If another get leases the checked instance meanwhile, the claim passes it over.
-            asked = claim.unchecked if dead else claim.unchecked[:1]
-            found = instance_states(asked)
-            verified = True
-            for instance_id in asked:
-                (alive if found.get(instance_id) == "running" else dead).add(instance_id)
-            continue
-        if refill and not check_mode and refill_started is None:
-            refill_started = _start_refill_quietly(store, refill_env)
-        if clock() >= deadline:
-            raise _no_ready(store, claim.counts, claim.refill_error, _refill_note(refill, check_mode, refill_started),
-                            dropped)
-        alive = set()  # a wait of a second or more: what was running may not be now
-        sleep(1.0)
+        return store.claim_ready(dead, alive, lease_ttl, verify=verify, verify_max_age=verify_max_age,
+                                 check_mode=check_mode)
+
+    claim, verified, dropped = _claim(store, instance_states, claim_ready, (refill, refill_env, check_mode),
+                                      clock() + wait_timeout, sleep, clock)
     lease = claim.lease
     warnings = []
     if claim.refill_error:
         warnings.append("the pool's refill job failed: %s" % claim.refill_error)
     refill_result = {"started": False, "pid": None}
     if refill and not check_mode:
-        started, pid, problem, exited = _start_refill_quietly(store, refill_env)
-        refill_result = {"started": started, "pid": pid}
-        if exited and not claim.refill_error:
-            refill_result["last_error"] = exited
-            warnings.append("the pool's refill job failed: %s" % exited)
-        if problem:
-            refill_result["error"] = problem
-            warnings.append("%s; the lease stands, and the next get or spot_pool_init starts the job" % problem)
+        refill_result = _refill_after_get(store, refill_env, claim.refill_error, warnings)
     return {
         "changed": True,
         "ip": address_of(lease, address),
@@ -637,6 +623,56 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
         "refill": refill_result,
         "warnings": warnings,
     }
+
+
+def _claim(store, instance_states, claim_ready, refill_options, deadline, sleep, clock):
+    """The store's claim that holds a lease: (claim, whether EC2 was asked, the ids dropped as dead).
+
+    `claim_ready(dead, alive)` is asked again after each check of the candidates it left unchecked, and once a
+    second until `deadline` while nothing is ready: then the refill job is started once (`refill_options`: get's
+    refill, refill_env and check_mode), and NoReadyInstance says what became of it."""
+    refill, refill_env, check_mode = refill_options
+    alive, dead, dropped = set(), set(), []
+    verified = False
+    refill_started = None
+    while True:
+        claim = claim_ready(dead, alive)
+        if claim is None:
+            raise _no_pool(store)
+        dropped += [instance_id for instance_id in claim.dropped if instance_id not in dropped]
+        if claim.lease is not None:
+            return claim, verified, dropped
+        if claim.unchecked:
+            # Outside the lock. One id: the common case is one call for one instance. After a dead one, all the
+            # other candidates in one call: an instance seldom dies alone (an interruption wave, a pool ended
+            # outside it). If another get leases the checked instance meanwhile, the claim passes it over.
+            asked = claim.unchecked if dead else claim.unchecked[:1]
+            found = instance_states(asked)
+            verified = True
+            for instance_id in asked:
+                (alive if found.get(instance_id) == "running" else dead).add(instance_id)
+            continue
+        if refill and not check_mode and refill_started is None:
+            refill_started = _start_refill_quietly(store, refill_env)
+        if clock() >= deadline:
+            raise _no_ready(store, claim.counts, claim.refill_error, _refill_note(refill, check_mode, refill_started),
+                            dropped)
+        alive = set()  # a wait of a second or more: what was running may not be now
+        sleep(1.0)
+
+
+def _refill_after_get(store, refill_env, refill_error, warnings):
+    """Start the refill job after a lease was written; its result's `refill` (what went wrong goes to `warnings`:
+    the lease stands whatever happens here). `refill_error`: the pool's, already warned about."""
+    started, pid, problem, exited = _start_refill_quietly(store, refill_env)
+    refill_result = {"started": started, "pid": pid}
+    if exited and not refill_error:
+        refill_result["last_error"] = exited
+        warnings.append("the pool's refill job failed: %s" % exited)
+    if problem:
+        refill_result["error"] = problem
+        warnings.append("%s; the lease stands, and the next get or spot_pool_init starts the job" % problem)
+    return refill_result
 
 
 def _refill_note(refill, check_mode, refill_started):
