@@ -345,7 +345,7 @@ from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors i
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_INIT_WAIT_TIMEOUT
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import DEFAULT_MAX_SIZE
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import init_pool
-from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import launch_settings
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.operations import init_request
 # Not used here: it makes Ansible ship the refill job's code, which this module starts (see refill_payload.py).
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import refill_payload  # noqa: F401 pylint: disable=unused-import
 
@@ -386,16 +386,11 @@ def main():
         required_one_of=[("image_id", "launch_template")],
         mutually_exclusive=[("availability_zones", "subnet_ids"), ("image_id", "launch_template")],
     )
-    params = module.params
     try:
-        result = init_pool(
-            aws_pool_store(module), ec2_client(module), params["size"], launch_settings(params, module.region),
-            wait=params["wait"], wait_timeout=params["wait_timeout"], check_mode=module.check_mode,
-            refill_env=child_environment(params, module.region), rebuild=params["rebuild"],
-            max_size=params["max_size"], quotas_client=module.client("service-quotas", config=BOTOCORE_CONFIG),
-            pool_id=params["pool_id"],
-            force_rebuild=params["force_rebuild"], create_table=params["create_table"],
-        )
+        result = init_pool(aws_pool_store(module), ec2_client(module),
+                           init_request(module.params, module.region, module.check_mode),
+                           refill_env=child_environment(module.params, module.region),
+                           quotas_client=module.client("service-quotas", config=BOTOCORE_CONFIG))
     except PoolError as error:
         fail(module, error)
     for warning in result.pop("warnings"):

@@ -251,7 +251,7 @@ def leased_pool(pool):
     from tests.support.moto import POOL_LAUNCH
 
     store = FileStore(str(pool.state_file), pool.pool_name)
-    ops.init_pool(store, pool.ec2, 2, dict(POOL_LAUNCH), wait=True, wait_timeout=60)
+    ops.init_pool(store, pool.ec2, ops.InitRequest(2, dict(POOL_LAUNCH), wait=True, wait_timeout=60))
     pool.lease = ops.get_instance(store, None, verify=False, refill=False)
     return pool
 

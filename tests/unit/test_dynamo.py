@@ -770,7 +770,7 @@ def test_terminate_ends_the_instances_and_names_the_items_it_leaves(open_store, 
     """Another tool's item (or a typo) without rev: terminate used to end the instances and then crash on it,
     leaving the pool's items, and every later terminate crashed the same way."""
     store = open_store()
-    ops.init_pool(store, proxy_client, 2, dict(POOL_LAUNCH), wait_timeout=60)
+    ops.init_pool(store, proxy_client, ops.InitRequest(2, dict(POOL_LAUNCH), wait_timeout=60))
     assert len(live_instances(proxy_client)) == 2
     if key == "inst#":
         key = "inst#" + store.read()["instances"][0]["id"]
@@ -792,7 +792,7 @@ def test_terminate_ends_the_instances_and_names_the_items_it_leaves(open_store, 
 def test_a_rebuild_keeps_leases_and_never_hands_out_an_instance_whose_lease_item_is_damaged(
         open_store, url, table, proxy_client, tmp_path):
     store = open_store()
-    ops.init_pool(store, proxy_client, 3, dict(POOL_LAUNCH), wait_timeout=60)
+    ops.init_pool(store, proxy_client, ops.InitRequest(3, dict(POOL_LAUNCH), wait_timeout=60))
     kept = ops.get_instance(store, None, verify=False, refill=False)
     confused = ops.get_instance(store, None, verify=False, refill=False)
     idle = store.read()["instances"][0]["id"]
@@ -801,7 +801,8 @@ def test_a_rebuild_keeps_leases_and_never_hands_out_an_instance_whose_lease_item
     before = items_of(url, table)
     members = live_instances(proxy_client)
 
-    rebuilt = ops.init_pool(open_store(), proxy_client, 1, dict(POOL_LAUNCH), rebuild=True, wait_timeout=60)
+    rebuilt = ops.init_pool(open_store(), proxy_client,
+                            ops.InitRequest(1, dict(POOL_LAUNCH), rebuild=True, wait_timeout=60))
     assert rebuilt["launched"] == [] and live_instances(proxy_client) == members
     state = open_store().read()
     leases = {lease["id"]: lease for lease in state["leases"]}

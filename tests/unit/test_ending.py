@@ -94,7 +94,7 @@ def lease_a_fallback(store):
 
 @pytest.mark.parametrize("pool_action", ["stop", "terminate"])
 def test_release_with_defaults_follows_the_pool_s_fallback_action(store, client, pool_action):
-    ops.init_pool(store, client, 2, dict(POOL_LAUNCH, fallback_action=pool_action))
+    ops.init_pool(store, client, ops.InitRequest(2, dict(POOL_LAUNCH, fallback_action=pool_action)))
     fallback = lease_a_fallback(store)
     released = ops.release_instance(store, client, fallback["instance_id"], lease_id=fallback["lease_id"])
     assert released["action"] == pool_action
@@ -109,7 +109,7 @@ def test_release_with_defaults_follows_the_pool_s_fallback_action(store, client,
 
 
 def test_terminate_ends_the_rest_when_the_state_lists_an_instance_ec2_no_longer_knows(store, client):
-    ops.init_pool(store, client, 2, dict(POOL_LAUNCH))
+    ops.init_pool(store, client, ops.InitRequest(2, dict(POOL_LAUNCH)))
     live = [entry["id"] for entry in store.read()["instances"]]
     with store.transaction() as tx:
         tx.state["instances"].append(dict(tx.state["instances"][0], id=GONE))
@@ -119,7 +119,7 @@ def test_terminate_ends_the_rest_when_the_state_lists_an_instance_ec2_no_longer_
 
 
 def test_an_expired_lease_of_an_instance_ec2_no_longer_knows_ends_all_the_same(store, client):
-    ops.init_pool(store, client, 2, dict(POOL_LAUNCH))
+    ops.init_pool(store, client, ops.InitRequest(2, dict(POOL_LAUNCH)))
     leased = ops.get_instance(store, None, verify=False, refill=False)
     with store.transaction() as tx:
         tx.state["leases"].append(dict(tx.state["leases"][0], id=GONE, lease_id="gone", type="fallback",
@@ -149,7 +149,7 @@ def guard_the_lock(client, store):
 
 
 def test_the_guard_sees_a_call_made_under_the_pool_lock(store, client):
-    ops.init_pool(store, client, 1, dict(POOL_LAUNCH))
+    ops.init_pool(store, client, ops.InitRequest(1, dict(POOL_LAUNCH)))
     calls, under_lock = guard_the_lock(client, store)
     client.describe_instances()
     with store.transaction():
@@ -160,7 +160,7 @@ def test_the_guard_sees_a_call_made_under_the_pool_lock(store, client):
 def test_no_operation_calls_ec2_while_it_holds_the_pool_lock(store, client):
     calls, under_lock = guard_the_lock(client, store)
     launch = dict(POOL_LAUNCH, fallback_action="stop")
-    ops.init_pool(store, client, 3, launch)
+    ops.init_pool(store, client, ops.InitRequest(3, launch))
     # Release (a Spot one), lease expiry (a fallback: stopped), an orphan swept, a surplus fallback retired.
     spot = ops.get_instance(store, None, verify=False, refill=False)
     ops.release_instance(store, client, spot["instance_id"], lease_id=spot["lease_id"])

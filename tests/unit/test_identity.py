@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain import identity
+from ansible_collections.ec2spot.pool.plugins.module_utils._pool.domain.errors import InvalidRequest
 from ansible_collections.ec2spot.pool.plugins.module_utils._pool import operations as ops
 
 A = "aaaaaaaaaaaaaaaa"
@@ -189,3 +192,84 @@ def test_reusable_fallbacks_go_on_past_one_of_another_subnet_or_zone():
     launch = {"instance_types": ["t3.micro"], "availability_zones": ["us-east-1a"]}
     found = identity.reusable_fallbacks([stopped("i-x", zone="us-east-1f"), stopped("i-z")], launch, "ci", A)
     assert [item["id"] for item in found] == ["i-z"]
+
+
+WHERE = "/state/ci.json"
+
+
+def refusal(call, *args, **kwargs):
+    with pytest.raises(InvalidRequest) as caught:
+        call(*args, **kwargs)
+    return caught.value
+
+
+def test_a_pool_id_asked_for_must_be_one_and_agree_with_the_store():
+    identity.check_pool_id(None, A, WHERE)
+    identity.check_pool_id(A, A, WHERE)
+    identity.check_pool_id(B, None, WHERE)  # the store says none: the id asked for is not contradicted
+    bad = refusal(identity.check_pool_id, "ABC", A, WHERE)
+    assert "'ABC' is not a pool id: 16 lower-case hex digits" in bad.message
+    error = refusal(identity.check_pool_id, B, A, WHERE, "; leave pool_id out")
+    assert error.message == "pool_id %s does not match the pool id %s in %s; leave pool_id out" % (B, A, WHERE)
+
+
+def test_the_pool_id_taken_from_tags_is_refused_with_the_ids_it_could_be():
+    one = {A: {"instances": 2, "leased": 0}}
+    two = {A: one[A], B: {"instances": 1, "leased": 1}, None: {"instances": 1, "leased": 0}}
+    take = identity.pool_id_from_tags
+    assert take(two, B, "ci", WHERE, None, "end it") == B
+    assert take(one, None, "ci", WHERE, "damaged", "end it") == A
+    assert take({None: {"instances": 1, "leased": 0}}, None, "ci", WHERE, None, "end it") is None
+    lost = refusal(take, one, None, "ci", WHERE, None, "rebuild it")
+    assert lost.message.startswith("pool 'ci': there is no pool 'ci' in %s, so nothing says which" % WHERE)
+    assert "rebuild it with pool_id=<id>" in lost.message and "pool id %s (2 instances" % A in lost.message
+    assert lost.details == {"pool_ids": [A], "pools_of_name": {A: {"instances": 2, "leased": 0}}}
+    foreign = refusal(take, one, None, "ci", WHERE, "foreign", "end it")
+    assert "%s is not this pool's readable state" % WHERE in foreign.message
+    damaged = refusal(take, two, None, "ci", WHERE, "damaged", "end it")
+    assert "its pool in %s is damaged" % WHERE in damaged.message and "several pools" in damaged.message
+    assert damaged.details["pool_ids"] == [A, B] and set(damaged.details["pools_of_name"]) == {A, B, "none"}
+
+
+def test_init_builds_on_the_id_asked_for_or_on_a_rebuild_the_stores_or_the_tags():
+    named = [inst("i-a1"), inst("i-a2")]
+    choose = identity.pool_id_for_init
+    assert choose(named, "ci", WHERE, None, None, rebuild=False) is None  # a new pool: a new id is made
+    assert choose(named, "ci", WHERE, None, B, rebuild=False) == B
+    assert choose(named, "ci", WHERE, B, None, rebuild=True) == B  # the store's id wins
+    assert choose(named, "ci", WHERE, None, None, rebuild=True, corrupt_kind="damaged") == A
+    assert "rebuild it with pool_id=<id>" in refusal(choose, named, "ci", WHERE, None, None, rebuild=True).message
+    assert identity.known_to_ec2(named, "ci", A)
+    assert not identity.known_to_ec2(named, "ci", B) and not identity.known_to_ec2(named, "ci", None)
+    assert not identity.known_to_ec2(named, "cd", A)
+
+
+def test_a_name_another_pool_uses_is_refused_naming_that_pool():
+    others = {B: {"instances": 2, "templates": []}, None: {"instances": 1, "templates": []}}
+    error = identity.collision_error("ci", "eu-west-1", others)
+    assert isinstance(error, InvalidRequest) and error.message == identity.collision_message("ci", "eu-west-1", others)
+    assert error.details == {"other_pools": {B: others[B], "none": others[None]}}
+
+
+def test_terminate_ends_the_stores_pool_id_or_says_what_it_left_alone():
+    named = [inst("i-a1"), inst("i-old", pool_id=None), inst("i-old-gone", pool_id=None, state="terminated"),
+             inst("i-listed", pool_id=None)]
+    end = identity.pool_id_to_end
+    assert end(dict(state_of("i-a1"), pool_id=A), named, "ci", WHERE, None) == (A, [])
+    assert "does not match" in refusal(end, dict(state_of(), pool_id=A), named, "ci", WHERE, B).message
+    # A pool made before pool ids: what it lists, and the id asked for; others of its name without an id are named.
+    pool_id, warnings = end(state_of("i-listed"), named, "ci", WHERE, None)
+    assert pool_id is None and len(warnings) == 1 and warnings[0].endswith("another controller's: i-old")
+    assert end(state_of("i-listed", "i-old"), named, "ci", WHERE, A) == (A, [])
+    # No state: the id asked for; a damaged one, the only id of the name, said in a warning.
+    assert end(None, named, "ci", WHERE, A) == (A, [])
+    pool_id, warnings = end(None, named, "ci", WHERE, None, corrupt_kind="damaged")
+    assert pool_id == A and warnings == ["pool 'ci' has a damaged state that cannot say its pool id; ended the "
+                                         "instances of pool id %s, the only pool of this name in EC2" % A]
+    assert "end it with pool_id=<id>" in refusal(end, None, named, "ci", WHERE, None).message
+    assert end(None, [inst("i-old", pool_id=None)], "ci", WHERE, None) == (None, [])
+
+
+def test_a_states_listed_ids_are_its_entries_then_its_leases():
+    assert identity.listed_ids(state_of("i-1", "i-2", leases=["i-3"])) == ["i-1", "i-2", "i-3"]
+    assert identity.listed_ids(None) == []

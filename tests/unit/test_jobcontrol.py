@@ -227,7 +227,7 @@ def test_terminate_removes_the_pools_files_and_the_code_copy_once_no_pool_needs_
     stores = {}
     for name in ("a", "b"):
         store = FileStore(str(tmp_path / "state" / (name + ".json")), name)
-        ops.init_pool(store, client, 1, dict(POOL_LAUNCH), wait=True, wait_timeout=60)
+        ops.init_pool(store, client, ops.InitRequest(1, dict(POOL_LAUNCH), wait=True, wait_timeout=60))
         for suffix in (".refill.log", ".refill.log.1"):
             with open(store.path + suffix, "w") as handle:
                 handle.write("{}\n")

@@ -30,7 +30,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def pool(store, client):
-    result = ops.init_pool(store, client, 3, dict(LAUNCH), wait=True, wait_timeout=60)
+    result = ops.init_pool(store, client, ops.InitRequest(3, dict(LAUNCH), wait=True, wait_timeout=60))
     assert result["counts"]["ready"] == 3
     return store
 
@@ -52,17 +52,17 @@ def states(client, ids):
 
 
 def test_init_is_idempotent_and_check_mode_changes_nothing(store, client):
-    planned = ops.init_pool(store, client, 2, dict(LAUNCH), check_mode=True)
+    planned = ops.init_pool(store, client, ops.InitRequest(2, dict(LAUNCH), check_mode=True))
     assert planned["changed"] and planned["would_launch"] == 2 and not store.exists()
-    first = ops.init_pool(store, client, 2, dict(LAUNCH))
+    first = ops.init_pool(store, client, ops.InitRequest(2, dict(LAUNCH)))
     assert first["changed"] and len(first["launched"]) == 2
-    again = ops.init_pool(store, client, 2, dict(LAUNCH))
+    again = ops.init_pool(store, client, ops.InitRequest(2, dict(LAUNCH)))
     assert not again["changed"] and again["launched"] == []
-    smaller = ops.init_pool(store, client, 1, dict(LAUNCH))
+    smaller = ops.init_pool(store, client, ops.InitRequest(1, dict(LAUNCH)))
     assert smaller["changed"] and len(smaller["terminated"]) == 1
     assert states(client, smaller["terminated"]) == {smaller["terminated"][0]: "terminated"}
     with pytest.raises(InvalidRequest, match="size must be 0 or more"):
-        ops.init_pool(store, client, -1, dict(LAUNCH))
+        ops.init_pool(store, client, ops.InitRequest(-1, dict(LAUNCH)))
 
 
 def test_get_hands_out_without_calling_ec2_when_recently_verified_and_allowed(pool):
@@ -188,8 +188,8 @@ def test_rebuild_from_tags_moves_a_corrupt_file_aside_and_knows_leases(pool, cli
     with open(pool.path, "w") as handle:
         handle.write(damaged)
     with pytest.raises(StateFileError):
-        ops.init_pool(pool, client, 3, dict(LAUNCH))
-    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+        ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH)))
+    rebuilt = ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), rebuild=True))
     assert open(rebuilt["moved_aside"]).read() == damaged
     state = pool.read()
     assert [lease["id"] for lease in state["leases"]] == [leased]
@@ -215,15 +215,15 @@ def test_rebuild_moves_aside_only_this_pools_file_unless_forced(pool, client, co
     instances = sorted(ops.terminate_pool(pool, client, check_mode=True, pool_id=pool_id)["terminated"])
     assert len(instances) == 3
     with pytest.raises(StateFileError) as err:
-        ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+        ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), rebuild=True))
     assert pool.path in err.value.message and "force_rebuild" in err.value.message, err.value.message
     assert open(pool.path).read() == content and sorted(os.listdir(directory)) == before  # nothing moved or written
     assert sorted(ops.terminate_pool(pool, client, check_mode=True, pool_id=pool_id)["terminated"]) == instances
     with pytest.raises(InvalidRequest, match="pool id %s .*rebuild it with pool_id=" % pool_id):
-        ops.init_pool(pool, client, 3, dict(LAUNCH), force_rebuild=True)
+        ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), force_rebuild=True))
     assert open(pool.path).read() == content and sorted(os.listdir(directory)) == before
 
-    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), force_rebuild=True, pool_id=pool_id)
+    rebuilt = ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), force_rebuild=True, pool_id=pool_id))
     assert open(rebuilt["moved_aside"]).read() == content
     assert pool.read()["pool_name"] == "p" and len(pool.read()["instances"]) == 3
 
@@ -235,7 +235,7 @@ def test_a_rebuild_never_moves_a_link_or_another_users_file(pool, client, tmp_pa
     os.symlink(target, pool.path)
     for force in (False, True):
         with pytest.raises(StateFileError, match="symbolic link"):
-            ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True, force_rebuild=force)
+            ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), rebuild=True, force_rebuild=force))
         assert os.path.islink(pool.path) and target.read_text() == "keep me"
 
 
@@ -264,6 +264,27 @@ def test_release_without_an_id_ends_nobody_s_lease(pool, client, instance_id):
     assert "no instance_id and no lease_id" in nothing["msg"] and "instance_id=latest" in nothing["msg"]
     assert open(pool.path, "rb").read() == before
     assert states(client, [other["instance_id"]]) == {other["instance_id"]: "running"}
+
+
+def test_the_lease_to_release_is_a_lease_or_nothing_with_its_reason():
+    """One answer type: the lease (a dict), or NothingToRelease saying why; contradictions are InvalidRequest."""
+    first = {"id": "i-1", "lease_id": "l-1", "leased_at": "2026-11-22T10:00:00Z"}
+    second = {"id": "i-2", "lease_id": "l-2", "leased_at": "2026-11-22T11:00:00Z"}
+    state = {"instances": [], "leases": [second, first]}
+    choose = ops.lease_to_release
+    assert choose("p", state, "latest", None) is second
+    assert choose("p", state, None, "l-1") is first and choose("p", state, "i-1", "l-1") is first
+    assert choose("p", state, "i-2", None) is second
+    for instance_id, lease_id, pool, why in (("latest", None, None, "the pool has no lease"),
+                                             ("", None, state, "no instance_id and no lease_id given"),
+                                             ("i-1", "l-9", state, "lease l-9 is not held any more (instance i-1")):
+        with pytest.raises(ops.NothingToRelease) as nothing:
+            choose("p", pool, instance_id, lease_id)
+        assert str(nothing.value).startswith(why)
+    for instance_id, lease_id, why in (("latest", "l-1", "exclude each other"), ("i-2", "l-1", "is of instance i-1"),
+                                       ("i-9", None, "not leased from pool 'p'; its leases are: i-2, i-1")):
+        with pytest.raises(InvalidRequest, match=why):
+            choose("p", state, instance_id, lease_id)
 
 
 def test_get_returns_a_lease_id_and_release_ends_only_that_lease(pool, client):
@@ -336,6 +357,20 @@ def test_init_request_checks_accept_what_is_sane():
     ops.check_init_request(500, dict(LAUNCH), wait_timeout=0, max_size=500)
 
 
+def test_init_request_is_the_modules_options_as_one_value():
+    params = {"size": 3, "max_size": 10, "image_id": "ami-1", "instance_types": ["t3.micro"], "wait": False,
+              "wait_timeout": 30, "rebuild": True, "force_rebuild": False, "pool_id": "a" * 16, "create_table": False,
+              "tags": {"team": "ci"}, "cooldown": 60}
+    request = ops.init_request(params, REGION, check_mode=True)
+    assert request == ops.InitRequest(size=3, launch=ops.launch_settings(params, REGION), wait=False, wait_timeout=30,
+                                      max_size=10, rebuild=True, force_rebuild=False, pool_id="a" * 16,
+                                      create_table=False, check_mode=True)
+    assert request.launch["tags"] == {"team": "ci"} and request.launch["region"] == REGION
+    # What a caller leaves out is the module's default.
+    assert ops.InitRequest(2, {}) == (2, {}, True, ops.DEFAULT_INIT_WAIT_TIMEOUT, ops.DEFAULT_MAX_SIZE, False, False,
+                                      None, True, False)
+
+
 def test_init_refuses_what_the_account_cannot_hold_before_writing_or_launching(store, proxy_client, fault_proxy):
     # Spot and On-Demand standard quotas of 20 vCPUs each hold 20 t3.micro (2 vCPUs), whatever max_size allows.
     fault_proxy.set_service_quota("L-34B43A08", 20)
@@ -344,7 +379,7 @@ def test_init_refuses_what_the_account_cannot_hold_before_writing_or_launching(s
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     with pytest.raises(InvalidRequest, match=r"pool 'p': 25 more instance\(s\) do not fit the account's vCPU "
                                              r"quotas: .*\(L-1216C47A\) 20 vCPUs, 0 in use: room for 10 t3.micro"):
-        ops.init_pool(store, proxy_client, 25, dict(LAUNCH), max_size=200, quotas_client=quotas)
+        ops.init_pool(store, proxy_client, ops.InitRequest(25, dict(LAUNCH), max_size=200), quotas_client=quotas)
     assert not store.exists()
     assert proxy_client.describe_instances()["Reservations"] == []
     assert proxy_client.describe_launch_templates()["LaunchTemplates"] == []
@@ -355,7 +390,7 @@ def test_init_refuses_what_the_account_cannot_hold_before_writing_or_launching(s
 def test_init_refuses_a_launch_template_that_does_not_exist_before_writing(store, client, template):
     launch = dict(LAUNCH, image_id=None, launch_template=template)
     with pytest.raises(InvalidRequest, match="launch_template %s does not exist" % list(template.values())[0]):
-        ops.init_pool(store, client, 1, launch)
+        ops.init_pool(store, client, ops.InitRequest(1, launch))
     assert not store.exists()
     assert client.describe_instances()["Reservations"] == []
 
@@ -382,7 +417,7 @@ def test_a_second_pool_of_a_live_name_is_refused_before_anything_is_written(pool
     templates = client.describe_launch_templates()["LaunchTemplates"]
     for check_mode in (True, False):
         with pytest.raises(InvalidRequest) as caught:
-            ops.init_pool(other, client, 2, dict(LAUNCH), check_mode=check_mode)
+            ops.init_pool(other, client, ops.InitRequest(2, dict(LAUNCH), check_mode=check_mode))
         message = caught.value.message
         assert "pool name 'p' is already used" in message and "pool id %s (3 instances" % pool_id in message
         assert "one store shared by the controllers" in message, message
@@ -412,7 +447,8 @@ def test_an_init_that_sees_the_instances_of_a_pool_made_meanwhile_says_so_and_la
     templates = client.describe_launch_templates()["LaunchTemplates"]
     for check_mode in (True, False):
         with pytest.raises(PoolError) as caught:
-            ops.init_pool(ReadBeforeTheWinner(pool.path, "p"), client, 2, dict(LAUNCH), check_mode=check_mode)
+            ops.init_pool(ReadBeforeTheWinner(pool.path, "p"), client,
+                          ops.InitRequest(2, dict(LAUNCH), check_mode=check_mode))
         message = caught.value.message
         assert ("pool 'p' was created by another spot_pool_init while this one ran (pool id %s, size 3, in %s)"
                 % (pool_id, pool.path)) in message and "run it again to give the pool size 2" in message, message
@@ -446,7 +482,7 @@ def test_a_pool_made_before_pool_ids_adopts_one_for_what_its_state_lists_only(po
     with pool.transaction() as tx:  # as an older release wrote it
         del tx.state["pool_id"]
     stray = named_stray(client)  # another old controller's instance of the same name
-    again = ops.init_pool(pool, client, 3, dict(LAUNCH))
+    again = ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH)))
     pool_id = pool.read()["pool_id"]
     assert again["pool_id"] == pool_id and len(pool_id) == 16 and again["launched"] == []
     assert all(tags(client, i)["ec2spot:pool-id"] == pool_id for i in listed)
@@ -463,10 +499,10 @@ def test_rebuild_of_a_lost_file_takes_only_the_pool_id_it_is_given(pool, client)
     templates = client.describe_launch_templates()["LaunchTemplates"]
     with pytest.raises(InvalidRequest, match="no pool 'p' in .*pool id %s \\(3 instances, 0 leased\\).*rebuild it "
                                              "with pool_id=" % old["pool_id"]) as err:
-        ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+        ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), rebuild=True))
     assert err.value.details["pool_ids"] == [old["pool_id"]]
     assert not pool.exists() and client.describe_launch_templates()["LaunchTemplates"] == templates, "nothing made"
-    rebuilt = ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True, pool_id=old["pool_id"])
+    rebuilt = ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), rebuild=True, pool_id=old["pool_id"]))
     assert rebuilt["pool_id"] == old["pool_id"] and rebuilt["launched"] == []
     assert sorted(e["id"] for e in pool.read()["instances"]) == sorted(e["id"] for e in old["instances"])
 
@@ -474,9 +510,9 @@ def test_rebuild_of_a_lost_file_takes_only_the_pool_id_it_is_given(pool, client)
     os.unlink(pool.path)
     with pytest.raises(InvalidRequest, match="pool id %s \\(3 instances, 0 leased\\); pool id f{16} \\(1 "
                                              "instance, 0 leased\\).*pool_id=" % old["pool_id"]):
-        ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True)
+        ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), rebuild=True))
     assert not pool.exists()
-    ops.init_pool(pool, client, 3, dict(LAUNCH), rebuild=True, pool_id=old["pool_id"])
+    ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH), rebuild=True, pool_id=old["pool_id"]))
     assert theirs not in [e["id"] for e in pool.read()["instances"]] and pool.read()["pool_id"] == old["pool_id"]
     client.terminate_instances(InstanceIds=[theirs])
 
@@ -501,7 +537,7 @@ def test_a_user_template_that_vanished_stops_the_refill_with_what_to_do(store, c
 
     made = client.create_launch_template(LaunchTemplateName="theirs", LaunchTemplateData={"ImageId": LAUNCH["image_id"]})
     launch = dict(LAUNCH, image_id=None, launch_template={"LaunchTemplateName": "theirs"})
-    ops.init_pool(store, client, 1, launch)
+    ops.init_pool(store, client, ops.InitRequest(1, launch))
     client.delete_launch_template(LaunchTemplateId=made["LaunchTemplate"]["LaunchTemplateId"])
     client.terminate_instances(InstanceIds=[store.read()["instances"][0]["id"]])
     assert refill.RefillJob(store, client, lambda event, **fields: None).run() == 1
@@ -516,7 +552,7 @@ def test_a_stopped_fallback_is_started_again_before_an_on_demand_launch(tmp_path
     client = proxy_client
     store = FileStore(str(tmp_path / "state" / "p.json"), "p")
     fault_proxy.fail_offering("InsufficientInstanceCapacity", market="spot")
-    ops.init_pool(store, client, 2, dict(LAUNCH))
+    ops.init_pool(store, client, ops.InitRequest(2, dict(LAUNCH)))
     first = ops.get_instance(store, no_client, verify=False, refill=False)
     ops.get_instance(store, no_client, verify=False, refill=False)
     client.create_tags(Resources=[first["instance_id"]], Tags=[{"Key": "ec2spot:leased-at", "Value": "x"}])
@@ -687,7 +723,7 @@ def test_a_successful_init_clears_the_error_that_stopped_the_refill(pool, client
     with pool.transaction() as tx:
         tx.state["refill"].update(last_error="CreateFleet failed (UnauthorizedOperation)",
                                   last_error_code="UnauthorizedOperation", last_error_permanent=True)
-    ops.init_pool(pool, client, 3, dict(LAUNCH))
+    ops.init_pool(pool, client, ops.InitRequest(3, dict(LAUNCH)))
     refill = pool.read()["refill"]
     assert (refill["last_error"], refill["last_error_code"], refill["last_error_permanent"]) == (None, None, None)
     assert ops.pool_info(pool)["refill"]["will_restart"] is True

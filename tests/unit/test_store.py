@@ -335,12 +335,13 @@ def tagged_members(ec2):
 
 def test_a_damaged_pool_is_refused_by_name_and_rebuilt_from_ec2s_tags(kit, proxy_client):
     store = kit.open()
-    ops.init_pool(store, proxy_client, 2, dict(POOL_LAUNCH), wait=True, wait_timeout=60)
+    ops.init_pool(store, proxy_client, ops.InitRequest(2, dict(POOL_LAUNCH), wait=True, wait_timeout=60))
     members = tagged_members(proxy_client)
     assert len(members) == 2
     broken = kit.damage(store)
     damaged = kit.snapshot()
-    for refused in (kit.open().read, lambda: ops.init_pool(kit.open(), proxy_client, 2, dict(POOL_LAUNCH)),
+    for refused in (kit.open().read,
+                    lambda: ops.init_pool(kit.open(), proxy_client, ops.InitRequest(2, dict(POOL_LAUNCH))),
                     lambda: ops.get_instance(kit.open(), None, verify=False, refill=False)):
         with pytest.raises(DamagedPool) as err:
             refused()
@@ -348,7 +349,8 @@ def test_a_damaged_pool_is_refused_by_name_and_rebuilt_from_ec2s_tags(kit, proxy
         assert err.value.kind == "damaged"
     assert kit.snapshot() == damaged, "a refusal changes nothing"
 
-    rebuilt = ops.init_pool(kit.open(), proxy_client, 2, dict(POOL_LAUNCH), rebuild=True, wait_timeout=60)
+    rebuilt = ops.init_pool(kit.open(), proxy_client,
+                            ops.InitRequest(2, dict(POOL_LAUNCH), rebuild=True, wait_timeout=60))
     assert rebuilt["launched"] == [] and tagged_members(proxy_client) == members, "nothing launched twice"
     state = kit.open().read()
     assert sorted(ids(state["instances"] + state["leases"])) == members

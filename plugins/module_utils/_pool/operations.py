@@ -10,6 +10,7 @@ the write changes nothing; check mode reads but never writes or launches.
 
 from __future__ import annotations
 
+import collections
 import time
 
 from . import jobcontrol
@@ -74,6 +75,29 @@ DEFAULT_INIT_WAIT_TIMEOUT = 300
 RESERVED_TAG_PREFIX = "ec2spot:"
 
 
+class InitRequest(collections.namedtuple("InitRequest", [
+        "size", "launch", "wait", "wait_timeout", "max_size", "rebuild", "force_rebuild", "pool_id", "create_table",
+        "check_mode"], defaults=(True, DEFAULT_INIT_WAIT_TIMEOUT, DEFAULT_MAX_SIZE, False, False, None, True, False))):
+    """What spot_pool_init asks for (init_request makes it from the module's options), as init_pool reads it.
+
+    size: the number of instances the pool keeps. launch: launch_settings() (what every later launch repeats).
+    wait, wait_timeout: whether init waits, and how long, for every instance to run and have an address.
+    max_size: the guard against a typo in size. rebuild: make a lost or damaged pool again from EC2's tags;
+    force_rebuild: also move aside a file that is not recognisably this pool's. pool_id: the pool id to act on
+    (a rebuild of a lost pool names it; otherwise it must agree with the store's). create_table: the store may make
+    its place (the DynamoDB table). check_mode: read, never write or launch."""
+
+    __slots__ = ()
+
+
+def init_request(params, region, check_mode=False):
+    """The InitRequest of spot_pool_init's options (`params`, as the module has them) in `region`."""
+    return InitRequest(size=params["size"], launch=launch_settings(params, region), wait=params["wait"],
+                       wait_timeout=params["wait_timeout"], max_size=params["max_size"], rebuild=params["rebuild"],
+                       force_rebuild=params["force_rebuild"], pool_id=params["pool_id"],
+                       create_table=params["create_table"], check_mode=check_mode)
+
+
 def require_non_negative(**values):
     """Refuse a negative number of seconds (or instances): it would mean "already over" everywhere it is used."""
     for name, value in sorted(values.items()):
@@ -114,8 +138,7 @@ def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
     state = new_state(store.pool_name, size, launch)
     state["pool_id"] = pool_id
     old_leases = {lease["id"]: lease for lease in (previous or {}).get("leases", [])}
-    listed = [entry["id"] for entry in (previous or {}).get("instances", [])] + list(old_leases)
-    for info in identity.mine(named, store.pool_name, pool_id, listed):
+    for info in identity.mine(named, store.pool_name, pool_id, identity.listed_ids(previous)):
         if ec2.RELEASED_TAG in info["tags"] or info["state"] not in ("pending", "running"):
             continue
         entry = entry_from_instance(dict(info, subnet_id=None), info["tags"].get(ec2.TYPE_TAG), utcnow())
@@ -129,75 +152,51 @@ def _rebuild_from_tags(named, store, size, launch, previous, pool_id):
     return state
 
 
-def _pool_id_from_tags(store, named, requested, corrupt, doing):
-    """The pool id to act on when the store gives none (identity.pool_id_without_store): the one asked for; with a
-    damaged pool in the store (`corrupt`, the StateFileError of the read, of kind "damaged"), the only one tagged
-    with the name; None when no instance of the name has an id. Anything else is refused, naming the ids found,
-    with `doing` (what pool_id=<id> would do) as the way out."""
-    from .domain import identity  # pylint: disable=import-outside-toplevel
-
-    damaged = corrupt is not None and corrupt.kind == "damaged"
-    found = identity.pools_of_name(named, store.pool_name)
-    pool_id, refusal = identity.pool_id_without_store(found, requested, damaged)
-    if refusal is None:
-        return pool_id
-    if damaged:
-        why = "its pool in %s is damaged" % store.location
-    else:
-        why = "%s, so nothing says which instances of that name are its own (they may be another controller's pool " \
-              "of the same name)" % ("there is no pool '%s' in %s" % (store.pool_name, store.location)
-                                     if corrupt is None else "%s is not this pool's readable state" % store.location)
-    raise InvalidRequest(
-        "pool '%s': %s; nothing was changed. EC2 has %s. If one of them is this pool (its state was lost), %s with "
-        "pool_id=<id> (spot_pool_info where the pool lives shows its pool_id); leave another controller's pool to "
-        "that controller" % (store.pool_name, why, refusal, doing),
-        pool_ids=sorted(key for key in found if key),
-        pools_of_name={key or "none": value for key, value in found.items()})
-
-
 def _identify(store, client, existing, rebuild, requested, region, size, corrupt=None):
     """The pool id init works with, and what EC2 knows by the pool's name (None unless it was asked).
 
     A new pool (no state file, or a rebuild that finds no pool of its name) gets a new id, once EC2 shows no
-    other live pool of that name: two pools of one name, each with its own controller, were the way one
-    controller ended the other's instances. The check reads only; it runs before anything is written.
-    What it finds is checked against the store read once more: another init may have made the pool there after
-    `existing` was read and launched before EC2 was asked (_CreatedMeanwhile, as _apply_init says it for the
-    other timing; `size` is this run's, for its message). `corrupt`: the read's StateFileError, if any (a rebuild
-    of a damaged pool of this store may take the only pool id of its name; without one, only `requested`)."""
+    other live pool of that name (_check_name_free). The check reads only; it runs before anything is written.
+    `corrupt`: the read's StateFileError, if any (a rebuild of a damaged pool of this store may take the only pool
+    id of its name; without one, only `requested`: identity.pool_id_for_init)."""
     from ._aws import ec2  # pylint: disable=import-outside-toplevel
     from .domain import identity  # pylint: disable=import-outside-toplevel
 
-    if requested and not identity.valid_pool_id(requested):
-        raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
-                             % (requested,))
     known = (existing or {}).get("pool_id")
-    if requested and known and requested != known:
-        raise InvalidRequest("pool_id %s does not match the pool id %s in %s; leave pool_id out, or use the "
-                             "state file of pool %s" % (requested, known, store.location, requested))
+    identity.check_pool_id(requested, known, store.location,
+                           "; leave pool_id out, or use the state file of pool %s" % (requested,))
     if existing is not None and not rebuild:
         return known, None
     named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
-    pool_id = requested
-    if rebuild:
-        pool_id = known or _pool_id_from_tags(store, named, requested, corrupt, "rebuild it")
-    if pool_id is None or not any(identity.is_member(item["tags"], store.pool_name, pool_id) for item in named):
+    pool_id = identity.pool_id_for_init(named, store.pool_name, store.location, known, requested, rebuild,
+                                        corrupt.kind if corrupt is not None else None)
+    if not identity.known_to_ec2(named, store.pool_name, pool_id):
         # A pool that EC2 does not know yet: its name must be free.
         pool_id = pool_id or identity.new_pool_id()
-        listed = [entry["id"] for entry in (existing or {}).get("instances", []) + (existing or {}).get("leases", [])]
-        others = identity.other_pools(named, ec2.describe_pool_templates(client, store.pool_name), store.pool_name,
-                                      pool_id, listed)
-        if others and not rebuild:
-            # Read again only here: an init that finds the name free pays no second read. A rebuild takes over
-            # whatever the store holds, so a pool made meanwhile is no reason for it to stop.
-            stored = _read_again(store)
-            others = identity.colliding(others, stored)
-            if not others:
-                raise _created_meanwhile(store, stored, size)
-        if others:
-            raise InvalidRequest(identity.collision_message(store.pool_name, region, others),
-                                 other_pools={key or "none": value for key, value in others.items()})
+        _check_name_free(store, client, named, existing, pool_id, rebuild, region, size)
     return pool_id, named
+
+
+def _check_name_free(store, client, named, existing, pool_id, rebuild, region, size):
+    """Refuse a new pool (`pool_id`) whose name another live pool uses: two pools of one name, each with its own
+    controller, were the way one controller ended the other's instances. What EC2 shows is checked against the
+    store read once more: another init may have made the pool there after `existing` was read and launched before
+    EC2 was asked (_CreatedMeanwhile, as _apply_init says it for the other timing; `size` is this run's, for its
+    message)."""
+    from ._aws import ec2  # pylint: disable=import-outside-toplevel
+    from .domain import identity  # pylint: disable=import-outside-toplevel
+
+    others = identity.other_pools(named, ec2.describe_pool_templates(client, store.pool_name), store.pool_name,
+                                  pool_id, identity.listed_ids(existing))
+    if others and not rebuild:
+        # Read again only here: an init that finds the name free pays no second read. A rebuild takes over
+        # whatever the store holds, so a pool made meanwhile is no reason for it to stop.
+        stored = _read_again(store)
+        others = identity.colliding(others, stored)
+        if not others:
+            raise _created_meanwhile(store, stored, size)
+    if others:
+        raise identity.collision_error(store.pool_name, region, others)
 
 
 def _read_again(store):
@@ -218,86 +217,118 @@ def _rebuildable(error, rebuild, force_rebuild):
     return (error.kind == "damaged" and (rebuild or force_rebuild)) or (error.kind == "foreign" and force_rebuild)
 
 
-def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_WAIT_TIMEOUT, check_mode=False,
-              refill_env=None, rebuild=False, force_rebuild=False, sleep=time.sleep, clock=time.monotonic,
-              max_size=DEFAULT_MAX_SIZE, quotas_client=None, pool_id=None, create_table=True):
-    """Create or update the pool and fill it to `size`; with `wait`, until every instance has an address.
+def init_pool(store, client, request, refill_env=None, quotas_client=None, sleep=time.sleep, clock=time.monotonic):
+    """Create or update the pool and fill it to `request.size` (an InitRequest); with `wait`, until every instance
+    has an address.
 
     With `rebuild`, a lost or damaged state file is made again from the pool's tags (a damaged one is first
     moved aside to `<file>.corrupt-<time>`, never overwritten): the instances of its pool id, which `pool_id`
-    gives, or for a damaged file the only pool id tagged with the name (_pool_id_from_tags). `force_rebuild`: for a
-    file that is not recognisably this pool's. Anything else unreadable is an error, and nothing is moved or
-    written. Before anything is written or launched, the options are checked, and what would be launched
-    against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas). The store's place
-    (the DynamoDB store's table) is checked first and made, with `create_table`, only once nothing else refused
-    the request; check mode never makes it."""
-    # pylint: disable=import-outside-toplevel
+    gives, or for a damaged file the only pool id tagged with the name (identity.pool_id_from_tags).
+    `force_rebuild`: for a file that is not recognisably this pool's. Anything else unreadable is an error, and
+    nothing is moved or written. Before anything is written or launched, the options are checked, and what would
+    be launched against the account's limits (`quotas_client`: a Service Quotas client, for the vCPU quotas). The
+    store's place (the DynamoDB store's table) is checked first and made, with `create_table`, only once nothing
+    else refused the request; check mode never makes it. `refill_env`: the environment of the refill job init
+    starts when the pool is not whole yet (None: none is started)."""
     # The launcher pulls in boto3; get must not import this path.
-    from .launcher import account_limit_problem
-    from .launcher import ensure_template
-    from .launcher import validate_launch
-    from .refill import LeaseKeeper
-    from .refill import adopt_pool_id
-    from .refill import reconcile
+    from .launcher import validate_launch  # pylint: disable=import-outside-toplevel
 
-    check_init_request(size, launch, wait_timeout, max_size)
+    size, launch = request.size, request.launch
+    check_init_request(size, launch, request.wait_timeout, request.max_size)
     validate_launch(client, launch)
-    # A table of another shape, a missing one that may not be made, no permission: refused before anything else.
-    store_ready = store.prepare(create=create_table, dry_run=True)
-    corrupt = None
-    try:
-        existing = store.read() if store_ready else None
-    except StateFileError as exc:
-        if not _rebuildable(exc, rebuild, force_rebuild):
-            raise
-        existing, corrupt = None, exc
-    rebuild = rebuild or force_rebuild
+    store_ready, existing, corrupt = _read_for_init(store, request)
+    rebuild = request.rebuild or request.force_rebuild
     warnings = []
     have = len(existing["instances"]) if existing else 0
-    problem = account_limit_problem(client, quotas_client, launch, size - have, warnings.append)
-    if problem:
-        raise InvalidRequest("pool '%s': %s" % (store.pool_name, problem), warnings=warnings)
-    pool_id, named = _identify(store, client, existing, rebuild, pool_id, launch.get("region"), size, corrupt)
+    _check_account_limits(store, client, quotas_client, launch, size - have, warnings)
+    pool_id, named = _identify(store, client, existing, rebuild, request.pool_id, launch.get("region"), size, corrupt)
     old_launch = {k: v for k, v in ((existing or {}).get("launch") or {}).items() if k != "template"}
     spec_changed = rebuild or existing is None or existing["target_size"] != size or old_launch != launch
-    if check_mode:
+    if request.check_mode:
         return {"changed": spec_changed or have != size or not store_ready, "launched": [], "terminated": [],
                 "would_launch": max(0, size - have), "pool": _pool_view(existing), "counts": counts(existing),
                 "warnings": warnings, "pool_id": pool_id}
-
-    if not store_ready:
-        store.prepare(create=create_table)
-    if existing is not None and not existing.get("pool_id"):
-        # A pool made before pool ids: it adopts one now (see adopt_pool_id), before its template is named.
-        existing = adopt_pool_id(store, client, existing, pool_id)
-        pool_id = existing["pool_id"]
     made = []  # the template this run makes, if any: nothing refers to it until the pool is written
-    launch = dict(launch, template=ensure_template(client, store.pool_name, pool_id,
-                                                   dict(launch, template=(existing or {}).get("launch", {})
-                                                        .get("template")), made=made))
+    existing, pool_id, launch = _ready_to_write(store, client, request, store_ready, existing, pool_id, made)
     try:
-        lock, aside = _write_pool(store, corrupt, force_rebuild,
+        lock, aside = _write_pool(store, corrupt, request.force_rebuild,
                                   lambda tx: _apply_init(tx, store, existing, size, launch, rebuild, named, pool_id))
     except Exception as exc:
         # Not written (another init created the pool meanwhile, a state directory refused, a failed write): what
         # this run made in EC2 goes, or it would block the pool's name for every later init.
         _remove_made_templates(client, made, exc)
         raise
+    launched, dropped, retired = _fill(store, client, lock, request, sleep, clock)
+    result = _init_result(store, size, refill_env, bool(spec_changed or launched or dropped or retired), launched,
+                          retired, warnings)
+    if corrupt is not None and aside:
+        result["moved_aside"] = aside
+    return result
+
+
+def _read_for_init(store, request):
+    """(whether the store's place is ready, the pool it holds or None, the StateFileError that init may rebuild
+    past or None). A table of another shape, a missing one that may not be made, no permission: refused here,
+    before anything else."""
+    store_ready = store.prepare(create=request.create_table, dry_run=True)
+    try:
+        return store_ready, (store.read() if store_ready else None), None
+    except StateFileError as exc:
+        if not _rebuildable(exc, request.rebuild, request.force_rebuild):
+            raise
+        return store_ready, None, exc
+
+
+def _check_account_limits(store, client, quotas_client, launch, more, warnings):
+    """Refuse (InvalidRequest) `more` instances that the account's limits would not allow; notes go to `warnings`."""
+    from .launcher import account_limit_problem  # pylint: disable=import-outside-toplevel
+
+    problem = account_limit_problem(client, quotas_client, launch, more, warnings.append)
+    if problem:
+        raise InvalidRequest("pool '%s': %s" % (store.pool_name, problem), warnings=warnings)
+
+
+def _ready_to_write(store, client, request, store_ready, existing, pool_id, made):
+    """What init does before it writes: make the store's place, adopt a pool id for a pool made before pool ids
+    (adopt_pool_id, before its template is named), and ensure the pool's launch template (one it makes is added to
+    `made`). Returns (the pool as it now is, its pool id, the launch settings with the template)."""
+    # pylint: disable=import-outside-toplevel
+    from .launcher import ensure_template
+    from .refill import adopt_pool_id
+
+    if not store_ready:
+        store.prepare(create=request.create_table)
+    if existing is not None and not existing.get("pool_id"):
+        existing = adopt_pool_id(store, client, existing, pool_id)
+        pool_id = existing["pool_id"]
+    previous = dict(request.launch, template=(existing or {}).get("launch", {}).get("template"))
+    launch = dict(request.launch, template=ensure_template(client, store.pool_name, pool_id, previous, made=made))
+    return existing, pool_id, launch
+
+
+def _fill(store, client, lock, request, sleep, clock):
+    """Refill passes under init's `lock` (released at the end): one, or with `request.wait` until the pool is whole
+    (PoolError after wait_timeout). Returns what they launched, dropped and retired, as three id lists."""
+    # pylint: disable=import-outside-toplevel
+    from .refill import LeaseKeeper
+    from .refill import reconcile
+
     try:
         launched, dropped, retired = [], [], []
-        deadline = clock() + wait_timeout
+        deadline = clock() + request.wait_timeout
         keeper = LeaseKeeper.of(store, lock)  # a wait may outlast the lease: renewed while it lasts
         while True:
             result = reconcile(store, client, heartbeat=keeper.beat)
             launched += result.launched + result.replayed
             dropped += result.dropped
             retired += result.retired
-            if result.whole or not wait:
+            if result.whole or not request.wait:
                 break
             if clock() >= deadline:
                 raise PoolError(
                     "pool '%s' has %d ready of %d after wait_timeout=%ss; %d pending"
-                    % (store.pool_name, result.counts["ready"], size, wait_timeout, result.counts["pending"]),
+                    % (store.pool_name, result.counts["ready"], request.size, request.wait_timeout,
+                       result.counts["pending"]),
                     launched=launched, counts=result.counts,
                 )
             sleep(1.0)
@@ -305,17 +336,19 @@ def init_pool(store, client, size, launch, wait=True, wait_timeout=DEFAULT_INIT_
     finally:
         if lock is not None:
             lock.release()
+    return launched, dropped, retired
+
+
+def _init_result(store, size, refill_env, changed, launched, retired, warnings):
+    """init's result, from the pool as written; starts the refill job if the pool is not whole."""
     state = store.read()
     pool_counts = counts(state)
     if refill_env is not None and (pool_counts["pending"] or pool_counts["fallback"] or pool_counts["ready"] < size):
         # Addresses still to fill in (wait=false), or fallbacks to replace by Spot: the job goes on in the background.
         jobcontrol.start_refill(store, refill_env)
-    result = {"changed": bool(spec_changed or launched or dropped or retired), "launched": launched,
-              "terminated": retired, "pool": _pool_view(state), "counts": pool_counts, "pool_id": state.get("pool_id"),
-              "cooldowns": state.get("cooldowns", []), "warnings": warnings}
-    if corrupt is not None and aside:
-        result["moved_aside"] = aside
-    return result
+    return {"changed": changed, "launched": launched, "terminated": retired, "pool": _pool_view(state),
+            "counts": pool_counts, "pool_id": state.get("pool_id"), "cooldowns": state.get("cooldowns", []),
+            "warnings": warnings}
 
 
 def _write_pool(store, corrupt, force_rebuild, change):
@@ -429,10 +462,7 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
     error, and nothing is created for it."""
     # pylint: disable=import-outside-toplevel
     # The refill pulls in boto3 and the launcher; get must not import this path.
-    from .refill import LeaseKeeper
-    from .refill import PoolGone
     from .refill import preview
-    from .refill import reconcile
     from .domain.refill_plan import report_changes
 
     require_non_negative(wait_timeout=wait_timeout)
@@ -456,22 +486,8 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
             if not wait:
                 return _reconcile_result(state, passes, done, True,
                                          "pool '%s': %s; nothing done" % (store.pool_name, REFILL_RUNNING))
-            if not lock.acquire(timeout=max(0.0, deadline - clock())):
-                raise PoolError("pool '%s': the refill job still held the pool's refill lock after wait_timeout=%ss; "
-                                "it does the same work (see %s), or run again with a longer wait_timeout"
-                                % (store.pool_name, wait_timeout, store.refill_log_path()),
-                                refill_running=True, passes=passes, counts=counts(store.read()))
-        try:
-            before = store.read()
-            try:
-                if before is None:
-                    raise PoolGone("pool '%s' was terminated during the reconcile" % store.pool_name)
-                outcome = reconcile(store, client, heartbeat=LeaseKeeper.of(store, lock).beat)
-            except PoolGone:
-                lock.remove()  # made for a pool that no longer exists: nothing may be left of it
-                raise
-        finally:
-            lock.release()
+            _wait_for_the_job(store, lock, max(0.0, deadline - clock()), wait_timeout, passes)
+        before, outcome = _locked_pass(store, client, lock)
         passes += 1
         state = store.read() or before
         for key in RECONCILE_LISTS:
@@ -490,6 +506,38 @@ def reconcile_pool(store, client, wait=False, wait_timeout=DEFAULT_RECONCILE_WAI
                              "pool '%s': %d pass%s, %d ready of %d" % (
                                  store.pool_name, passes, "" if passes == 1 else "es", counts(state)["ready"],
                                  counts(state)["target"]))
+
+
+def _wait_for_the_job(store, lock, timeout, wait_timeout, passes):
+    """Take the refill `lock` that the job holds, waiting up to `timeout` seconds; PoolError if it is still held
+    (`wait_timeout` and `passes`, the passes done so far, for the error)."""
+    if not lock.acquire(timeout=timeout):
+        raise PoolError("pool '%s': the refill job still held the pool's refill lock after wait_timeout=%ss; "
+                        "it does the same work (see %s), or run again with a longer wait_timeout"
+                        % (store.pool_name, wait_timeout, store.refill_log_path()),
+                        refill_running=True, passes=passes, counts=counts(store.read()))
+
+
+def _locked_pass(store, client, lock):
+    """One refill pass under the refill `lock` (taken by the caller, released here): (the pool before it, its
+    ReconcileResult). A pool terminated meanwhile raises PoolGone, and the lock made for it is removed."""
+    # pylint: disable=import-outside-toplevel
+    from .refill import LeaseKeeper
+    from .refill import PoolGone
+    from .refill import reconcile
+
+    try:
+        before = store.read()
+        try:
+            if before is None:
+                raise PoolGone("pool '%s' was terminated during the reconcile" % store.pool_name)
+            outcome = reconcile(store, client, heartbeat=LeaseKeeper.of(store, lock).beat)
+        except PoolGone:
+            lock.remove()  # made for a pool that no longer exists: nothing may be left of it
+            raise
+    finally:
+        lock.release()
+    return before, outcome
 
 
 # -- get --------------------------------------------------------------------------------------------------
@@ -542,50 +590,21 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
     if lease_ttl < 0:
         raise InvalidRequest("lease_ttl must be a number of seconds, or 0 for a lease that never expires; got %d"
                              % lease_ttl)
-    deadline = clock() + wait_timeout
-    alive, dead, dropped = set(), set(), []
-    verified = False
-    refill_started = None
-    while True:
+
+    def claim_ready(dead, alive):
         # One store call: the drops and the lease in one atomic step, the last step of a get that can fail.
-        claim = store.claim_ready(dead, alive, lease_ttl, verify=verify, verify_max_age=verify_max_age,
-                                  check_mode=check_mode)
-        if claim is None:
-            raise _no_pool(store)
-        dropped += [instance_id for instance_id in claim.dropped if instance_id not in dropped]
-        if claim.lease is not None:
-            break
-        if claim.unchecked:
-            # Outside the lock. One id: the common case is one call for one instance. After a dead one, all the
-            # other candidates in one call: an instance seldom dies alone (an interruption wave, a pool ended
-            # outside it). If another get leases the checked instance meanwhile, the claim passes it over.
-            asked = claim.unchecked if dead else claim.unchecked[:1]
-            found = instance_states(asked)
-            verified = True
-            for instance_id in asked:
-                (alive if found.get(instance_id) == "running" else dead).add(instance_id)
-            continue
-        if refill and not check_mode and refill_started is None:
-            refill_started = _start_refill_quietly(store, refill_env)
-        if clock() >= deadline:
-            raise _no_ready(store, claim.counts, claim.refill_error, _refill_note(refill, check_mode, refill_started),
-                            dropped)
-        alive = set()  # a wait of a second or more: what was running may not be now
-        sleep(1.0)
+        return store.claim_ready(dead, alive, lease_ttl, verify=verify, verify_max_age=verify_max_age,
+                                 check_mode=check_mode)
+
+    claim, verified, dropped = _claim(store, instance_states, claim_ready, (refill, refill_env, check_mode),
+                                      clock() + wait_timeout, sleep, clock)
     lease = claim.lease
     warnings = []
     if claim.refill_error:
         warnings.append("the pool's refill job failed: %s" % claim.refill_error)
     refill_result = {"started": False, "pid": None}
     if refill and not check_mode:
-        started, pid, problem, exited = _start_refill_quietly(store, refill_env)
-        refill_result = {"started": started, "pid": pid}
-        if exited and not claim.refill_error:
-            refill_result["last_error"] = exited
-            warnings.append("the pool's refill job failed: %s" % exited)
-        if problem:
-            refill_result["error"] = problem
-            warnings.append("%s; the lease stands, and the next get or spot_pool_init starts the job" % problem)
+        refill_result = _refill_after_get(store, refill_env, claim.refill_error, warnings)
     return {
         "changed": True,
         "ip": address_of(lease, address),
@@ -604,6 +623,56 @@ def get_instance(store, instance_states, address="public", verify=True, verify_m
         "refill": refill_result,
         "warnings": warnings,
     }
+
+
+def _claim(store, instance_states, claim_ready, refill_options, deadline, sleep, clock):
+    """The store's claim that holds a lease: (claim, whether EC2 was asked, the ids dropped as dead).
+
+    `claim_ready(dead, alive)` is asked again after each check of the candidates it left unchecked, and once a
+    second until `deadline` while nothing is ready: then the refill job is started once (`refill_options`: get's
+    refill, refill_env and check_mode), and NoReadyInstance says what became of it."""
+    refill, refill_env, check_mode = refill_options
+    alive, dead, dropped = set(), set(), []
+    verified = False
+    refill_started = None
+    while True:
+        claim = claim_ready(dead, alive)
+        if claim is None:
+            raise _no_pool(store)
+        dropped += [instance_id for instance_id in claim.dropped if instance_id not in dropped]
+        if claim.lease is not None:
+            return claim, verified, dropped
+        if claim.unchecked:
+            # Outside the lock. One id: the common case is one call for one instance. After a dead one, all the
+            # other candidates in one call: an instance seldom dies alone (an interruption wave, a pool ended
+            # outside it). If another get leases the checked instance meanwhile, the claim passes it over.
+            asked = claim.unchecked if dead else claim.unchecked[:1]
+            found = instance_states(asked)
+            verified = True
+            for instance_id in asked:
+                (alive if found.get(instance_id) == "running" else dead).add(instance_id)
+            continue
+        if refill and not check_mode and refill_started is None:
+            refill_started = _start_refill_quietly(store, refill_env)
+        if clock() >= deadline:
+            raise _no_ready(store, claim.counts, claim.refill_error, _refill_note(refill, check_mode, refill_started),
+                            dropped)
+        alive = set()  # a wait of a second or more: what was running may not be now
+        sleep(1.0)
+
+
+def _refill_after_get(store, refill_env, refill_error, warnings):
+    """Start the refill job after a lease was written; its result's `refill` (what went wrong goes to `warnings`:
+    the lease stands whatever happens here). `refill_error`: the pool's, already warned about."""
+    started, pid, problem, exited = _start_refill_quietly(store, refill_env)
+    refill_result = {"started": started, "pid": pid}
+    if exited and not refill_error:
+        refill_result["last_error"] = exited
+        warnings.append("the pool's refill job failed: %s" % exited)
+    if problem:
+        refill_result["error"] = problem
+        warnings.append("%s; the lease stands, and the next get or spot_pool_init starts the job" % problem)
+    return refill_result
 
 
 def _refill_note(refill, check_mode, refill_started):
@@ -632,8 +701,13 @@ def _nothing_released(store, state, why):
             "msg": "nothing released from pool '%s': %s" % (store.pool_name, why)}
 
 
-def _lease_to_release(store, state, instance_id, lease_id):
-    """The lease the caller holds, or a reason why there is nothing to release (a str).
+class NothingToRelease(Exception):
+    """lease_to_release found nothing the caller may end; the reason (str(exc)) is the result's message."""
+
+
+def lease_to_release(pool_name, state, instance_id, lease_id):
+    """The lease the caller holds, from the pool's state (None: no pool); raises NothingToRelease with the reason
+    when there is nothing to release, InvalidRequest when the names contradict each other or the pool.
 
     A release ends only what its caller names: an instance id, a lease id (the token `get` returned), or the
     explicit `latest`. An empty name is "nothing": a CI step whose get failed, or a cleanup step that runs
@@ -644,18 +718,19 @@ def _lease_to_release(store, state, instance_id, lease_id):
             raise InvalidRequest("instance_id=latest and lease_id exclude each other: pass the lease_id (and the "
                                  "instance_id) that spot_pool_get returned, or instance_id=latest alone")
         if not leases:
-            return "the pool has no lease"
+            raise NothingToRelease("the pool has no lease")
         return max(enumerate(leases), key=lambda item: (item[1].get("leased_at") or "", item[0]))[1]
     if not instance_id and not lease_id:
-        return ("no instance_id and no lease_id given (the step that got the instance may have failed); "
-                "pass the instance_id and lease_id that spot_pool_get returned, or instance_id=latest")
+        raise NothingToRelease("no instance_id and no lease_id given (the step that got the instance may have "
+                               "failed); pass the instance_id and lease_id that spot_pool_get returned, or "
+                               "instance_id=latest")
     if lease_id:
         lease = next((item for item in leases if item.get("lease_id") == lease_id), None)
         if lease is None:
             # Already released (a retried step), expired, or never this pool's: the instance may be leased
             # again by someone else by now, so it is not touched.
-            return "lease %s is not held any more%s" % (
-                lease_id, " (instance %s is not touched)" % instance_id if instance_id else "")
+            raise NothingToRelease("lease %s is not held any more%s" % (
+                lease_id, " (instance %s is not touched)" % instance_id if instance_id else ""))
         if instance_id and lease["id"] != instance_id:
             raise InvalidRequest("lease %s is of instance %s, not %s: pass the instance_id and lease_id that the "
                                  "same spot_pool_get returned" % (lease_id, lease["id"], instance_id))
@@ -663,7 +738,7 @@ def _lease_to_release(store, state, instance_id, lease_id):
     lease = next((item for item in leases if item["id"] == instance_id), None)
     if lease is None:
         raise InvalidRequest("instance %s is not leased from pool '%s'; its leases are: %s"
-                             % (instance_id, store.pool_name, ", ".join(item["id"] for item in leases) or "none"))
+                             % (instance_id, pool_name, ", ".join(item["id"] for item in leases) or "none"))
     return lease
 
 
@@ -673,9 +748,10 @@ def release_instance(store, client, instance_id=None, fallback_action=None, chec
     from . import ending  # pylint: disable=import-outside-toplevel
 
     state = store.read()
-    lease = _lease_to_release(store, state, instance_id, lease_id)
-    if not isinstance(lease, dict):
-        return _nothing_released(store, state, lease)
+    try:
+        lease = lease_to_release(store.pool_name, state, instance_id, lease_id)
+    except NothingToRelease as nothing:
+        return _nothing_released(store, state, str(nothing))
     plan = plan_end([lease], fallback_action or fallback_action_of(state["launch"]))
     action = "stop" if plan.stop else "terminate"
     result = {"changed": True, "instance_id": lease["id"], "type": lease.get("type"), "action": action}
@@ -723,36 +799,6 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
     return plan.terminate, plan.stop, sorted(orphans), sorted(kept)
 
 
-def _terminate_pool_id(store, state, named, requested, warnings, corrupt=None):
-    """The id whose instances terminate ends: the state's; without a readable state, `pool_id` (or, for a damaged
-    pool of this store, the only id tagged with the pool's name: _pool_id_from_tags)."""
-    from .domain import identity  # pylint: disable=import-outside-toplevel
-
-    if requested and not identity.valid_pool_id(requested):
-        raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
-                             % (requested,))
-    known = (state or {}).get("pool_id")
-    if known:
-        if requested and requested != known:
-            raise InvalidRequest("pool_id %s does not match the pool id %s in %s" % (requested, known, store.location))
-        return known
-    if state is not None:
-        # A pool made before pool ids that no refill has run for since: only what its state lists is its own.
-        listed = {entry["id"] for entry in state["instances"] + state["leases"]}
-        unknown = sorted(item["id"] for item in named if item["id"] not in listed
-                         and not item["tags"].get(identity.POOL_ID_TAG) and item["state"] in identity.LIVE_OR_KEPT)
-        if unknown:
-            warnings.append("instances tagged with the name '%s' but with no pool id were left alone, as this pool "
-                            "(made before pool ids) does not list them and they may be another controller's: %s"
-                            % (store.pool_name, ", ".join(unknown)))
-        return requested
-    pool_id = _pool_id_from_tags(store, named, requested, corrupt, "end it")
-    if pool_id and not requested:
-        warnings.append("pool '%s' has a damaged state that cannot say its pool id; ended the instances of pool id "
-                        "%s, the only pool of this name in EC2" % (store.pool_name, pool_id))
-    return pool_id
-
-
 def terminate_pool(store, client, fallback_action="terminate", include_orphans=True, check_mode=False,
                    pool_id=None):
     """End the pool: stop its refill job, terminate its instances (fallbacks stopped instead with
@@ -760,6 +806,7 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
     # pylint: disable=import-outside-toplevel
     from ._aws import ec2
     from . import ending
+    from .domain import identity
 
     warnings = []
     corrupt = None
@@ -772,7 +819,9 @@ def terminate_pool(store, client, fallback_action="terminate", include_orphans=T
 
     def plan(current, notes=None):
         named = [ec2.instance_summary(item) for item in ec2.describe_pool_instances(client, store.pool_name)]
-        chosen = _terminate_pool_id(store, current, named, pool_id, warnings if notes is None else notes, corrupt)
+        chosen, said = identity.pool_id_to_end(current, named, store.pool_name, store.location, pool_id,
+                                               corrupt.kind if corrupt is not None else None)
+        (warnings if notes is None else notes).extend(said)
         return (chosen,) + select_for_terminate(current, named, store.pool_name, chosen, fallback_action,
                                                 include_orphans)
 

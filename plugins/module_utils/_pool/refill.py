@@ -236,39 +236,12 @@ def act(store, client, launcher, observed, plan, now, result):
     lock, the pass is applied to the pool as it is by then (refill_plan.settle); what that retires is ended
     after the lock is released. A pool terminated meanwhile: what this pass launched or took over is terminated
     and PoolGone raised. A launch error is raised last, once the rest of the pass is recorded."""
-    launch_settings = launcher.launch
     result.interrupted = list(plan.interrupted)
     for cooldown in plan.cooldowns:
         launcher.cooldowns.add(cooldown["scope"], cooldown["code"], launcher.cooldown_seconds, cooldown["market"],
                                cooldown["instance_type"], cooldown["location"])
-    gone = []  # expired leases EC2 no longer knows: ended already
-    if plan.expired:
-        gone = ending.end(client, plan.expired, plan.fallback_action).gone
-        result.expired = [lease["id"] for lease in plan.expired]
-    ec2.create_tags(client, plan.tag_leased, {ec2.LEASED_TAG: isoformat(now)})
-    result.leases_tagged = list(plan.tag_leased)
-    for instance_id in plan.mark_orphans:
-        ec2.create_tags(client, [instance_id], {ec2.ORPHAN_TAG: isoformat(now)})
-        result.orphans_marked.append(instance_id)
-    if plan.end_orphans:
-        # In neither the pool nor a lease, so never kept for its reuse: terminated, whatever their type.
-        ending.end(client, [{"id": instance_id} for instance_id in plan.end_orphans], "terminate")
-        result.orphans_terminated = list(plan.end_orphans)
-
-    launched, error, template = LaunchResult(), None, launch_settings.get("template")
-    if plan.launch or plan.extra_spot:
-        # The template may have been deleted outside the pool: the pool's own is made again from the settings in
-        # the state; a user's that vanished stops the job with an error that says what to do.
-        template = ensure_template(client, store.pool_name, launcher.pool_id, launch_settings)
-        launcher.launch = dict(launch_settings, template=template)
-        launcher.reusable = list(plan.reusable)
-        try:
-            launched = launcher.launch_instances(plan.launch, plan.extra_spot)
-        except LaunchError as exc:
-            error = exc
-            launched.errors = exc.details.get("launch_errors", [])
-        except ec2.Ec2Error as exc:
-            error = exc  # recorded below with what this pass did learn, then raised
+    gone = _end_and_mark(client, plan, now, result)
+    launched, error, template = _launch(store, client, launcher, plan)
     result.launch_errors += launched.errors
 
     # No EC2 call under the lock: what settle retires is ended after it.
@@ -298,6 +271,46 @@ def act(store, client, launcher, observed, plan, now, result):
     if error is not None:
         raise error
     return result
+
+
+def _end_and_mark(client, plan, now, result):
+    """act's first AWS calls: end the expired leases, tag the leased instances, mark and end the orphans (recorded
+    in `result`). Returns the expired leases EC2 no longer knows (ended already)."""
+    gone = []
+    if plan.expired:
+        gone = ending.end(client, plan.expired, plan.fallback_action).gone
+        result.expired = [lease["id"] for lease in plan.expired]
+    ec2.create_tags(client, plan.tag_leased, {ec2.LEASED_TAG: isoformat(now)})
+    result.leases_tagged = list(plan.tag_leased)
+    for instance_id in plan.mark_orphans:
+        ec2.create_tags(client, [instance_id], {ec2.ORPHAN_TAG: isoformat(now)})
+        result.orphans_marked.append(instance_id)
+    if plan.end_orphans:
+        # In neither the pool nor a lease, so never kept for its reuse: terminated, whatever their type.
+        ending.end(client, [{"id": instance_id} for instance_id in plan.end_orphans], "terminate")
+        result.orphans_terminated = list(plan.end_orphans)
+    return gone
+
+
+def _launch(store, client, launcher, plan):
+    """act's launches (plan.launch, plan.extra_spot, reusing plan.reusable): (the LaunchResult, the error that
+    stopped them or None, the pool's launch template as it is now)."""
+    launch_settings = launcher.launch
+    launched, error, template = LaunchResult(), None, launch_settings.get("template")
+    if plan.launch or plan.extra_spot:
+        # The template may have been deleted outside the pool: the pool's own is made again from the settings in
+        # the state; a user's that vanished stops the job with an error that says what to do.
+        template = ensure_template(client, store.pool_name, launcher.pool_id, launch_settings)
+        launcher.launch = dict(launch_settings, template=template)
+        launcher.reusable = list(plan.reusable)
+        try:
+            launched = launcher.launch_instances(plan.launch, plan.extra_spot)
+        except LaunchError as exc:
+            error = exc
+            launched.errors = exc.details.get("launch_errors", [])
+        except ec2.Ec2Error as exc:
+            error = exc  # recorded below with what this pass did learn, then raised
+    return launched, error, template
 
 
 # How often the refill job renews a lease that expires (DynamoDB), whatever its length: each renewal also answers

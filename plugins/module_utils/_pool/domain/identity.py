@@ -17,6 +17,8 @@ import binascii
 import os
 import re
 
+from .errors import InvalidRequest
+
 POOL_TAG = "ec2spot:pool"
 POOL_ID_TAG = "ec2spot:pool-id"
 TYPE_TAG = "ec2spot:type"
@@ -162,6 +164,92 @@ def pool_id_without_store(found, requested, damaged):
     if damaged:
         return None, "instances of several pools are tagged with the name: %s" % describe_pools_of_name(ids)
     return None, "instances tagged with the name: %s" % describe_pools_of_name(ids)
+
+
+def listed_ids(state):
+    """The ids a pool's state lists (idle entries, then leases); none for no state."""
+    return [entry["id"] for entry in (state or {}).get("instances", []) + (state or {}).get("leases", [])]
+
+
+def check_pool_id(requested, known, location, way_out=""):
+    """Refuse (InvalidRequest) a `requested` pool id that is not one, or that the store's pool id (`known`, of the
+    pool in `location`) contradicts; `way_out` ends the second message. Nothing has been read from EC2 yet."""
+    if requested and not valid_pool_id(requested):
+        raise InvalidRequest("pool_id %r is not a pool id: 16 lower-case hex digits, as spot_pool_info shows it"
+                             % (requested,))
+    if requested and known and requested != known:
+        raise InvalidRequest("pool_id %s does not match the pool id %s in %s%s" % (requested, known, location, way_out))
+
+
+def pool_id_from_tags(found, requested, pool_name, location, corrupt_kind, doing):
+    """The pool id to act on when the store gives none (pool_id_without_store): the one asked for; with a damaged
+    pool in the store (`corrupt_kind` "damaged", the kind of the read's StateFileError; None: the store has no
+    pool), the only one tagged with the name; None when no instance of the name has an id. Anything else is
+    refused, naming the ids found (`found`: pools_of_name()), with `doing` (what pool_id=<id> would do) as the way
+    out."""
+    damaged = corrupt_kind == "damaged"
+    pool_id, refusal = pool_id_without_store(found, requested, damaged)
+    if refusal is None:
+        return pool_id
+    if damaged:
+        why = "its pool in %s is damaged" % location
+    else:
+        why = "%s, so nothing says which instances of that name are its own (they may be another controller's pool " \
+              "of the same name)" % ("there is no pool '%s' in %s" % (pool_name, location)
+                                     if corrupt_kind is None else "%s is not this pool's readable state" % location)
+    raise InvalidRequest(
+        "pool '%s': %s; nothing was changed. EC2 has %s. If one of them is this pool (its state was lost), %s with "
+        "pool_id=<id> (spot_pool_info where the pool lives shows its pool_id); leave another controller's pool to "
+        "that controller" % (pool_name, why, refusal, doing),
+        pool_ids=sorted(key for key in found if key),
+        pools_of_name={key or "none": value for key, value in found.items()})
+
+
+def pool_id_for_init(named, pool_name, location, known, requested, rebuild, corrupt_kind=None):
+    """The pool id init builds on, before it is known whether EC2 has a pool of it (None: a new id is to be made).
+    Without `rebuild`, the one asked for; a rebuild keeps the store's (`known`), or else takes the id that
+    pool_id_from_tags allows among the instances tagged with the name (`named`: summaries)."""
+    if not rebuild:
+        return requested
+    return known or pool_id_from_tags(pools_of_name(named, pool_name), requested, pool_name, location, corrupt_kind,
+                                      "rebuild it")
+
+
+def known_to_ec2(named, pool_name, pool_id):
+    """Some instance tagged with the name (`named`: summaries) carries `pool_id`: the pool exists in EC2."""
+    return pool_id is not None and any(is_member(item["tags"], pool_name, pool_id) for item in named)
+
+
+def collision_error(pool_name, region, others):
+    """The refusal of a new pool whose name other pools use (`others`: other_pools() after colliding())."""
+    return InvalidRequest(collision_message(pool_name, region, others),
+                          other_pools={key or "none": value for key, value in others.items()})
+
+
+def pool_id_to_end(state, named, pool_name, location, requested, corrupt_kind=None):
+    """The id whose instances terminate ends, and the warnings that choice gives: (pool id or None, [str]).
+
+    The state's id; a pool of the state made before pool ids ends what it lists (and `requested`), naming the
+    instances of its name with no id that it leaves alone; without a readable state, `requested` (or, for a damaged
+    pool of this store, the only id tagged with the pool's name: pool_id_from_tags)."""
+    known = (state or {}).get("pool_id")
+    check_pool_id(requested, known, location)
+    if known:
+        return known, []
+    if state is not None:
+        listed = set(listed_ids(state))
+        unknown = sorted(item["id"] for item in named if item["id"] not in listed
+                         and not item["tags"].get(POOL_ID_TAG) and item["state"] in LIVE_OR_KEPT)
+        if not unknown:
+            return requested, []
+        return requested, ["instances tagged with the name '%s' but with no pool id were left alone, as this pool "
+                           "(made before pool ids) does not list them and they may be another controller's: %s"
+                           % (pool_name, ", ".join(unknown))]
+    pool_id = pool_id_from_tags(pools_of_name(named, pool_name), requested, pool_name, location, corrupt_kind, "end it")
+    if pool_id and not requested:
+        return pool_id, ["pool '%s' has a damaged state that cannot say its pool id; ended the instances of pool id "
+                         "%s, the only pool of this name in EC2" % (pool_name, pool_id)]
+    return pool_id, []
 
 
 def reusable_fallbacks(summaries, launch, pool_name, pool_id):
