@@ -174,12 +174,6 @@ def test_other_pools_skip_what_is_not_another_pool_and_go_on_past_it():
     assert identity.other_pools([], templates, "ci", A) == {B: {"instances": 0, "templates": ["lt-b"]}}
 
 
-def test_pool_ids_in_tags_count_only_live_or_kept_instances_of_the_name():
-    """pool_ids_in_tags (mutation run: `and` turned `or` lived)."""
-    found = [inst("i-1", pool="other"), inst("i-2", state="terminated"), inst("i-3", pool_id=B)]
-    assert identity.pool_ids_in_tags(found, "ci") == {B: 1}
-
-
 def test_reusable_fallbacks_go_on_past_one_of_another_subnet_or_zone():
     """reusable_fallbacks (mutation run: the subnet and zone filters' `continue` turned `break` lived)."""
     def stopped(instance_id, **where):
