@@ -795,7 +795,7 @@ def select_for_terminate(state, named, pool_name, pool_id, fallback_action="term
             continue
         kinds[item["id"]] = item["tags"].get(identity.TYPE_TAG, "spot")
     plan = plan_end([{"id": instance_id, "type": kind, "state": live.get(instance_id)}
-                            for instance_id, kind in sorted(kinds.items())], fallback_action)
+                     for instance_id, kind in sorted(kinds.items())], fallback_action)
     return plan.terminate, plan.stop, sorted(orphans), sorted(kept)
 
 
