@@ -330,8 +330,8 @@ def report_payloads(payloads, baseline, out):
         raise BenchFailure("the payloads of get and %s hold the same collection files: nothing to compare"
                            % baseline.case("get"))
     out("Payload of spot_pool_get (the module's zip in the AnsiballZ wrapper, as the controller built it):")
-    for label, payload, source in (("after  (HEAD)", after, REPO), ("before (%s)" % baseline.rev, before,
-                                                                     baseline.source)):
+    sides = (("after  (HEAD)", after, REPO), ("before (%s)" % baseline.rev, before, baseline.source))
+    for label, payload, source in sides:
         out("  %s: %d bytes, %d files (%d of them this collection's, each identical to %s)"
             % (label, payload["bytes"], payload["files"], len(payload["ours"]), source))
     out("  after/before: %.3f in bytes, %+d files; the collection's files %d bytes after, %d before"

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The mutation score of each pure module after `mutmut run` (make mutation), from mutmut's own result files.
 
 Run in the folder mutmut ran in (build/mutation). Prints one Markdown row per module, then every mutant that
