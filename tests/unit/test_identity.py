@@ -167,3 +167,16 @@ def test_reusable_fallbacks_go_on_past_one_of_another_subnet_or_zone():
     launch = {"instance_types": ["t3.micro"], "availability_zones": ["us-east-1a"]}
     found = identity.reusable_fallbacks([stopped("i-x", zone="us-east-1f"), stopped("i-z")], launch, "ci", A)
     assert [item["id"] for item in found] == ["i-z"]
+
+
+def test_the_other_pools_are_described_in_order_with_their_counts_and_templates():
+    """describe_others and collision_message, the text init fails with (mutation run: the order of a pool
+    without an id, the plural rule, the separators and the default region's name lived)."""
+    digits = "0123456789abcdef"  # sorts before any pool-id-less name's key but "": a pool without id comes first
+    found = {digits: {"instances": 2, "templates": ["lt-z", "lt-a"]}, None: {"instances": 1, "templates": []}}
+    described = ("a pool made before pool ids (no ec2spot:pool-id tag) (1 instance); "
+                 "pool id 0123456789abcdef (2 instances, launch template lt-a, lt-z)")
+    assert identity.describe_others(found) == described
+    message = identity.collision_message("ci", None, found)
+    assert message.startswith("pool name 'ci' is already used in region (default) by another pool: %s. Two pools "
+                              "of one name would end each other's instances. Either use that pool" % described)
