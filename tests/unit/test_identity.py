@@ -267,3 +267,16 @@ def test_terminate_ends_the_stores_pool_id_or_says_what_it_left_alone():
 def test_a_states_listed_ids_are_its_entries_then_its_leases():
     assert identity.listed_ids(state_of("i-1", "i-2", leases=["i-3"])) == ["i-1", "i-2", "i-3"]
     assert identity.listed_ids(None) == []
+
+
+def test_the_other_pools_are_described_in_order_with_their_counts_and_templates():
+    """describe_others and collision_message, the text init fails with (mutation run: the order of a pool
+    without an id, the plural rule, the separators and the default region's name lived)."""
+    digits = "0123456789abcdef"  # sorts before any pool-id-less name's key but "": a pool without id comes first
+    found = {digits: {"instances": 2, "templates": ["lt-z", "lt-a"]}, None: {"instances": 1, "templates": []}}
+    described = ("a pool made before pool ids (no ec2spot:pool-id tag) (1 instance); "
+                 "pool id 0123456789abcdef (2 instances, launch template lt-a, lt-z)")
+    assert identity.describe_others(found) == described
+    message = identity.collision_message("ci", None, found)
+    assert message.startswith("pool name 'ci' is already used in region (default) by another pool: %s. Two pools "
+                              "of one name would end each other's instances. Either use that pool" % described)
